@@ -1,0 +1,178 @@
+//! Admin and status endpoints: `/index`, `/mounts`, `/mounts/<uuid>/blocks`,
+//! `/_health/ping` (keep-protocol.md §3.4, §3.7). The index walk runs on its own thread
+//! (directory listing is blocking I/O) and streams its text back through a bounded channel.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::api::auth;
+use crate::error::RequestError;
+use crate::http::request::Head;
+use crate::http::response::BodyFraming;
+use crate::limits::{INDEX_CHANNEL_CHUNKS_MAX, INDEX_CHUNK_BYTES};
+use crate::locator::is_hash;
+use crate::server::connection::{Connection, Reply, Response, TEXT_PLAIN};
+use crate::server::worker::Worker;
+use crate::volume::{layout, Volume};
+
+#[derive(Serialize)]
+struct MountJson<'a> {
+    uuid: &'a str,
+    device_id: &'a str,
+    allow_write: bool,
+    allow_trash: bool,
+    replication: u32,
+    storage_classes: BTreeMap<&'a str, bool>,
+}
+
+pub fn mounts(worker: &Worker, head: &Head) -> Result<Reply, RequestError> {
+    auth::require_root(&worker.node, head)?;
+    let mounts: Vec<MountJson> = worker
+        .node
+        .volumes
+        .all()
+        .iter()
+        .map(|volume| MountJson {
+            uuid: &volume.uuid,
+            device_id: &volume.device_id,
+            allow_write: volume.allow_write,
+            allow_trash: volume.allow_trash,
+            replication: volume.replication,
+            storage_classes: volume.storage_classes.iter().map(|class| (class.as_str(), true)).collect(),
+        })
+        .collect();
+    let mut body = serde_json::to_vec(&mounts).map_err(|error| RequestError::Internal(error.to_string()))?;
+    body.push(b'\n');
+    // keepstore 3.2.1 labels it text/plain (keepstore-observed.md).
+    Ok(Reply::text(200, TEXT_PLAIN, body))
+}
+
+pub fn health(worker: &Worker, head: &Head) -> Result<Reply, RequestError> {
+    auth::require_management(&worker.node, head)?;
+    Ok(Reply::Full(Response {
+        status: 200,
+        content_type: Some("application/json"),
+        extra: Vec::new(),
+        body: b"{\"health\":\"OK\"}\n".to_vec(),
+        cors: false,
+    }))
+}
+
+/// One piece of index text, or the reason the walk stopped early.
+type IndexPiece = Result<Vec<u8>, String>;
+
+pub async fn index(
+    worker: &Worker,
+    connection: &mut Connection,
+    head: &Head,
+    uuid: Option<&str>,
+    path_prefix: &str,
+) -> Result<Reply, RequestError> {
+    auth::require_root(&worker.node, head)?;
+    // `?prefix=` wins when it is not empty (keep-protocol.md §3.4).
+    let prefix = head.query_values("prefix").find(|prefix| !prefix.is_empty()).unwrap_or_else(|| path_prefix.to_string());
+    let volumes: Vec<Arc<Volume>> = match uuid {
+        Some(uuid) => vec![worker.node.volumes.by_uuid(uuid).ok_or(RequestError::NotFound)?.clone()],
+        None => worker.node.volumes.all().to_vec(),
+    };
+    let (sender, mut receiver) = mpsc::channel::<IndexPiece>(INDEX_CHANNEL_CHUNKS_MAX);
+    let roots: Vec<PathBuf> = volumes.iter().map(|volume| volume.root.clone()).collect();
+    std::thread::Builder::new()
+        .name("keepring-index".into())
+        .spawn(move || walk_index(&roots, &prefix, &sender))
+        .map_err(|error| RequestError::Internal(format!("cannot start index walk: {error}")))?;
+
+    let mut out = Vec::with_capacity(1024);
+    connection.response_head(200, BodyFraming::Chunked).write_to(&mut out);
+    let mut bytes_out = 0u64;
+    let mut complete = false;
+    while let Some(piece) = receiver.recv().await {
+        match piece {
+            Ok(text) if text.is_empty() => complete = true,
+            Ok(text) => {
+                bytes_out += text.len() as u64;
+                let _ = write!(out, "{:x}\r\n", text.len());
+                out.extend_from_slice(&text);
+                out.extend_from_slice(b"\r\n");
+                out = send(connection, out).await?;
+            }
+            Err(reason) => {
+                tracing::error!(reason, "index walk failed; the index ends without its blank line");
+                break;
+            }
+        }
+    }
+    if complete {
+        // The blank line that tells keep-balance the index is whole.
+        out.extend_from_slice(b"1\r\n\n\r\n");
+        bytes_out += 1;
+    }
+    out.extend_from_slice(b"0\r\n\r\n");
+    send(connection, out).await?;
+    Ok(Reply::Sent { status: 200, bytes_out })
+}
+
+async fn send(connection: &mut Connection, out: Vec<u8>) -> Result<Vec<u8>, RequestError> {
+    let (result, mut out) = connection.write_raw(out).await;
+    result?;
+    out.clear();
+    Ok(out)
+}
+
+/// Runs on its own thread. Sends text pieces, then an empty piece when every volume was
+/// listed, or an error; stops early if the client went away (the receiver closed).
+fn walk_index(roots: &[PathBuf], prefix: &str, sender: &mpsc::Sender<IndexPiece>) {
+    let mut text = Vec::with_capacity(INDEX_CHUNK_BYTES + 128);
+    for root in roots {
+        if let Err(error) = walk_volume(root, prefix, &mut text, sender) {
+            let _ = sender.blocking_send(Err(format!("{}: {error}", root.display())));
+            return;
+        }
+    }
+    if !text.is_empty() && sender.blocking_send(Ok(std::mem::take(&mut text))).is_err() {
+        return;
+    }
+    let _ = sender.blocking_send(Ok(Vec::new()));
+}
+
+fn walk_volume(root: &std::path::Path, prefix: &str, text: &mut Vec<u8>, sender: &mpsc::Sender<IndexPiece>) -> std::io::Result<()> {
+    for dir in std::fs::read_dir(root)? {
+        let dir = dir?;
+        let name = dir.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let related = name.starts_with(prefix) || prefix.starts_with(name);
+        if !layout::is_index_dir_name(name) || !related || !dir.file_type()?.is_dir() {
+            continue;
+        }
+        let mut entries: Vec<_> = std::fs::read_dir(dir.path())?.collect::<Result<_, _>>()?;
+        entries.sort_by_key(|entry| entry.file_name());
+        for entry in entries {
+            let file_name = entry.file_name();
+            let Some(hash) = file_name.to_str() else { continue };
+            if !is_hash(hash) || !hash.starts_with(prefix) {
+                continue;
+            }
+            let metadata = match entry.metadata() {
+                Ok(metadata) => metadata,
+                // Trashed or rewritten between listing and stat: not an error.
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(error) => return Err(error),
+            };
+            if !metadata.is_file() {
+                continue;
+            }
+            let mtime_ns = metadata.mtime() as i128 * 1_000_000_000 + metadata.mtime_nsec() as i128;
+            let _ = writeln!(text, "{hash}+{} {mtime_ns}", metadata.len());
+            if text.len() >= INDEX_CHUNK_BYTES && sender.blocking_send(Ok(std::mem::take(text))).is_err() {
+                return Err(std::io::Error::other("client went away"));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,334 @@
+//! Block GET/HEAD, PUT and TOUCH (keep-protocol.md §3.1–3.3, §5). Reads stream the block
+//! a chunk at a time, hashing as they go and withholding the last chunk until the MD5 is
+//! right; writes take the whole body (at most 64 MiB, leased from the buffer budget),
+//! check its MD5, then store it on the first volume in placement order that takes it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::api::auth;
+use crate::bufpool::{Lease, CHUNK_BUFFER_BYTES};
+use crate::digest::{BlockDigest, EMPTY_BLOCK_HASH};
+use crate::error::RequestError;
+use crate::http::request::{Framing, Head};
+use crate::http::response::BodyFraming;
+use crate::http::token::tokens;
+use crate::limits::{BLOCK_BYTES_MAX, CHUNK_BYTES, HASH_HEX_LEN};
+use crate::locator::Locator;
+use crate::server::connection::{Connection, Reply, TEXT_PLAIN};
+use crate::server::worker::Worker;
+use crate::volume::io::{self, WriteError};
+use crate::volume::{layout, Volume};
+
+pub fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_secs()).unwrap_or(0)
+}
+
+/// How streaming one copy of a block ended badly.
+enum StreamError {
+    /// The stored bytes are not the block: try another copy if nothing was sent.
+    Corrupt,
+    Volume(std::io::Error),
+    Client(RequestError),
+}
+
+pub async fn read(
+    worker: &Worker,
+    connection: &mut Connection,
+    head: &Head,
+    locator_text: &str,
+    send_body: bool,
+) -> Result<Reply, RequestError> {
+    let locator = Locator::parse(locator_text).map_err(|_| RequestError::InvalidLocator)?;
+    // 3.x: without a size the server could not announce a length and then abort on a
+    // checksum mismatch, so GET needs one (HEAD does not).
+    if send_body && locator.size.unwrap_or(0) == 0 && locator.hash != EMPTY_BLOCK_HASH {
+        return Err(RequestError::MethodNotAllowed);
+    }
+    auth::check_read_permission(&worker.node, head, &locator, now_secs())?;
+    let _lease = worker.pool.lease(CHUNK_BUFFER_BYTES as u64).await?;
+    let mut buffer = worker.pool.chunk();
+    let mut failure = RequestError::NotFound;
+    for volume in worker.node.volumes.ordered_for(locator.hash) {
+        let (file, size) = match io::open_block(&volume.root, locator.hash).await {
+            Ok(Some(opened)) => opened,
+            Ok(None) => continue,
+            Err(error) => {
+                tracing::warn!(volume = %volume.uuid, hash = locator.hash, error = %error, "block open failed");
+                failure = RequestError::Internal(format!("volume error: {error}"));
+                continue;
+            }
+        };
+        if size > BLOCK_BYTES_MAX {
+            failure = RequestError::BodyTooLarge;
+            continue;
+        }
+        let (outcome, returned) = stream_copy(connection, &file, size, locator.hash, buffer, send_body).await;
+        buffer = returned;
+        match outcome {
+            Ok(bytes_out) => {
+                worker.pool.recycle(buffer);
+                return Ok(Reply::Sent { status: 200, bytes_out });
+            }
+            Err(StreamError::Client(error)) => return Err(error),
+            Err(StreamError::Corrupt) => {
+                tracing::error!(volume = %volume.uuid, hash = locator.hash, "stored copy fails its MD5 check");
+                failure = RequestError::ChecksumMismatch;
+            }
+            Err(StreamError::Volume(error)) => {
+                tracing::warn!(volume = %volume.uuid, hash = locator.hash, error = %error, "block read failed");
+                failure = RequestError::Internal(format!("volume error: {error}"));
+            }
+        }
+        if connection.response_started {
+            // Part of the block left already: the only honest answer is a cut body.
+            return Err(failure);
+        }
+    }
+    worker.pool.recycle(buffer);
+    Err(failure)
+}
+
+/// Send (GET) or just verify (HEAD) one stored copy. The head and the first chunk leave in
+/// one write; the last chunk leaves only once the whole copy hashed right.
+async fn stream_copy(
+    connection: &mut Connection,
+    file: &tokio_uring::fs::File,
+    size: u64,
+    hash: &str,
+    mut buffer: Vec<u8>,
+    send_body: bool,
+) -> (Result<u64, StreamError>, Vec<u8>) {
+    let mut digest = BlockDigest::default();
+    let mut offset = 0u64;
+    buffer.clear();
+    let mut response_head = connection.response_head(200, BodyFraming::Length(size));
+    response_head.extra.push("Vary: X-Keep-Signature".to_string());
+    response_head.content_type = Some("application/octet-stream");
+    let mut head_bytes = Vec::new();
+    response_head.write_to(if send_body { &mut buffer } else { &mut head_bytes });
+    loop {
+        let want = (size - offset).min(CHUNK_BYTES as u64) as usize;
+        let start = buffer.len();
+        buffer.reserve(want);
+        let (result, returned) = io::read_exact_into(file, buffer, start, start + want, offset).await;
+        buffer = returned;
+        if let Err(error) = result {
+            return (Err(StreamError::Volume(error)), buffer);
+        }
+        digest.update(&buffer[start..start + want]);
+        offset += want as u64;
+        let last = offset == size;
+        if last && !digest.matches(hash) {
+            return (Err(StreamError::Corrupt), buffer);
+        }
+        if send_body {
+            let (result, returned) = connection.write_raw(buffer).await;
+            buffer = returned;
+            if let Err(error) = result {
+                return (Err(StreamError::Client(error)), buffer);
+            }
+            buffer.clear();
+        }
+        if last {
+            break;
+        }
+    }
+    if !send_body {
+        if let (Err(error), _) = connection.write_raw(head_bytes).await {
+            return (Err(StreamError::Client(error)), buffer);
+        }
+        return (Ok(0), buffer);
+    }
+    (Ok(size), buffer)
+}
+
+pub async fn write(
+    worker: &Worker,
+    connection: &mut Connection,
+    head: &Head,
+    locator_text: &str,
+) -> Result<Reply, RequestError> {
+    let hash = &locator_text[..HASH_HEX_LEN];
+    let length = match head.framing {
+        Some(Framing::Length(length)) => Some(length),
+        Some(Framing::Chunked) => None,
+        None => Some(0),
+    };
+    // Refused from the head alone: no `100 Continue`, no byte of the body read.
+    if length.is_some_and(|length| length > BLOCK_BYTES_MAX) {
+        return Err(RequestError::BodyTooLarge);
+    }
+    let wanted_classes = head.requested_storage_classes();
+    let candidates: Vec<Arc<Volume>> = worker
+        .node
+        .volumes
+        .ordered_for(hash)
+        .into_iter()
+        .filter(|volume| volume.allow_write)
+        .filter(|volume| wanted_classes.is_empty() || wanted_classes.iter().any(|class| volume.has_class(class)))
+        .collect();
+    if candidates.is_empty() {
+        return Err(RequestError::InsufficientStorage);
+    }
+    let first_lease = length.unwrap_or(CHUNK_BYTES as u64) + CHUNK_BUFFER_BYTES as u64;
+    let mut lease = worker.pool.lease(first_lease).await?;
+    let (body, digest) = read_body(worker, connection, &mut lease, length).await?;
+    if !digest.matches(hash) {
+        return Err(RequestError::HashMismatch { computed: digest.hex(), path: locator_text.to_string() });
+    }
+    let size = body.len() as u64;
+    let stored = store(worker, hash, body, &candidates, &wanted_classes).await?;
+    drop(lease);
+    Ok(write_reply(worker, head, hash, size, &stored))
+}
+
+async fn read_body(
+    worker: &Worker,
+    connection: &mut Connection,
+    lease: &mut Lease,
+    length: Option<u64>,
+) -> Result<(Vec<u8>, BlockDigest), RequestError> {
+    let mut digest = BlockDigest::default();
+    let mut body = Vec::with_capacity(length.unwrap_or(CHUNK_BYTES as u64) as usize);
+    let length_max = BLOCK_BYTES_MAX as usize + 1;
+    loop {
+        if length.is_none() && body.capacity() - body.len() < CHUNK_BYTES {
+            worker.pool.grow(lease, CHUNK_BYTES as u64).await?;
+            body.reserve_exact(CHUNK_BYTES);
+        }
+        let before = body.len();
+        let (result, returned) = connection.read_body_some(body, CHUNK_BYTES, length_max).await;
+        body = returned;
+        if result? == 0 {
+            return Ok((body, digest));
+        }
+        if body.len() as u64 > BLOCK_BYTES_MAX {
+            return Err(RequestError::BodyTooLarge);
+        }
+        // At most one chunk per step: hashing it holds the core ~1 ms.
+        digest.update(&body[before..]);
+    }
+}
+
+/// Pass 1: a volume that already holds the block keeps it (touched) or, if its copy is
+/// damaged, gets the good bytes. Pass 2: write to the next volumes in placement order
+/// until the request is satisfied (one copy, or every requested class).
+async fn store(
+    worker: &Worker,
+    hash: &str,
+    mut body: Vec<u8>,
+    candidates: &[Arc<Volume>],
+    wanted_classes: &[String],
+) -> Result<Vec<Arc<Volume>>, RequestError> {
+    let mut stored: Vec<Arc<Volume>> = Vec::new();
+    let mut any_failed = false;
+    let mut scratch = worker.pool.chunk();
+    for volume in candidates {
+        let existing = match io::open_block(&volume.root, hash).await {
+            Ok(existing) => existing,
+            Err(error) => {
+                tracing::warn!(volume = %volume.uuid, hash, error = %error, "block open failed");
+                continue;
+            }
+        };
+        let Some((file, size)) = existing else { continue };
+        let (same, returned) = io::stored_copy_equals(&file, size, &body, scratch).await;
+        scratch = returned;
+        drop(file);
+        if matches!(same, Ok(true)) {
+            if let Err(error) = io::touch(&layout::block_path(&volume.root, hash)) {
+                tracing::warn!(volume = %volume.uuid, hash, error = %error, "touch failed");
+            }
+            stored.push(volume.clone());
+        } else {
+            tracing::warn!(volume = %volume.uuid, hash, "stored copy differs from a verified PUT: rewriting it");
+            let (result, returned) = io::write_block(&volume.root, hash, body, worker.next_random()).await;
+            body = returned;
+            match result {
+                Ok(()) => stored.push(volume.clone()),
+                Err(error) => any_failed |= note_write_failure(volume, hash, error),
+            }
+        }
+        if is_satisfied(&stored, wanted_classes) {
+            break;
+        }
+    }
+    worker.pool.recycle(scratch);
+    for volume in candidates {
+        if is_satisfied(&stored, wanted_classes) {
+            break;
+        }
+        if stored.iter().any(|done| done.uuid == volume.uuid) {
+            continue;
+        }
+        let (result, returned) = io::write_block(&volume.root, hash, body, worker.next_random()).await;
+        body = returned;
+        match result {
+            Ok(()) => stored.push(volume.clone()),
+            Err(error) => any_failed |= note_write_failure(volume, hash, error),
+        }
+    }
+    if stored.is_empty() {
+        return Err(if any_failed { RequestError::VolumeUnavailable } else { RequestError::InsufficientStorage });
+    }
+    Ok(stored)
+}
+
+/// Log a failed write; true when it failed for another reason than lack of space.
+fn note_write_failure(volume: &Volume, hash: &str, error: WriteError) -> bool {
+    match error {
+        WriteError::Full => {
+            tracing::warn!(volume = %volume.uuid, hash, "volume full, trying the next one");
+            false
+        }
+        WriteError::Failed(error) => {
+            tracing::error!(volume = %volume.uuid, hash, error = %error, "block write failed");
+            true
+        }
+    }
+}
+
+fn is_satisfied(stored: &[Arc<Volume>], wanted_classes: &[String]) -> bool {
+    if wanted_classes.is_empty() {
+        return !stored.is_empty();
+    }
+    wanted_classes.iter().all(|class| stored.iter().any(|volume| volume.has_class(class)))
+}
+
+fn write_reply(worker: &Worker, head: &Head, hash: &str, size: u64, stored: &[Arc<Volume>]) -> Reply {
+    let mut locator = format!("{hash}+{size}");
+    if let (Some(key), Some(token)) = (worker.node.signing_key.as_ref(), tokens(head).first()) {
+        locator.push_str(&key.sign_hint(hash, token, now_secs()));
+    }
+    locator.push('\n');
+    let replicas: u32 = stored.iter().map(|volume| volume.replication).sum();
+    let mut classes: BTreeMap<&str, u32> = BTreeMap::new();
+    for volume in stored {
+        for class in &volume.storage_classes {
+            *classes.entry(class).or_default() += volume.replication;
+        }
+    }
+    let confirmed: Vec<String> = classes.iter().map(|(class, count)| format!("{class}={count}")).collect();
+    let Reply::Full(mut response) = Reply::text(200, TEXT_PLAIN, locator.into_bytes()) else {
+        unreachable!("Reply::text is a full reply")
+    };
+    response.extra.push(format!("X-Keep-Replicas-Stored: {replicas}"));
+    response.extra.push(format!("X-Keep-Storage-Classes-Confirmed: {}", confirmed.join(", ")));
+    Reply::Full(response)
+}
+
+/// TOUCH: set the mtime of the block on the first writable volume (UUID order) holding it.
+pub fn touch(worker: &Worker, head: &Head, locator_text: &str) -> Result<Reply, RequestError> {
+    auth::require_root(&worker.node, head)?;
+    let locator = Locator::parse(locator_text).map_err(|_| RequestError::InvalidLocator)?;
+    for volume in worker.node.volumes.all().iter().filter(|volume| volume.allow_write) {
+        match io::touch(&layout::block_path(&volume.root, locator.hash)) {
+            Ok(()) => return Ok(Reply::empty(200)),
+            Err(error) if io::is_missing(&error) => continue,
+            Err(error) => return Err(RequestError::Internal(format!("volume error: {error}"))),
+        }
+    }
+    Err(RequestError::NotFound)
+}

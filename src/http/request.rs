@@ -1,0 +1,216 @@
+//! Parse one request head with httparse into an owned `Head`, keeping only what keepring
+//! acts on. Bounded by `HEADER_BYTES_MAX` and `HEADER_COUNT_MAX`.
+
+use crate::error::RequestError;
+use crate::limits::{HEADER_BYTES_MAX, HEADER_COUNT_MAX};
+
+/// How the request body is delimited (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    Length(u64),
+    Chunked,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Head {
+    pub method: String,
+    /// Path without the query string, not percent-decoded (locators never need it).
+    pub path: String,
+    pub query: String,
+    pub framing: Option<Framing>,
+    pub expect_continue: bool,
+    /// The client asked to close after this response (or spoke HTTP/1.0 without
+    /// keep-alive).
+    pub close: bool,
+    pub authorization: Option<String>,
+    pub cookie: Option<String>,
+    pub request_id: Option<String>,
+    pub storage_classes: Option<String>,
+}
+
+/// `Ok(None)`: the head is not complete yet, read more.
+pub fn parse_head(bytes: &[u8]) -> Result<Option<(Head, usize)>, RequestError> {
+    let mut slots = [httparse::EMPTY_HEADER; HEADER_COUNT_MAX];
+    let mut request = httparse::Request::new(&mut slots);
+    let head_len = match request.parse(bytes) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if bytes.len() >= HEADER_BYTES_MAX => {
+            return Err(RequestError::HeadTooLarge)
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(RequestError::HeadTooLarge),
+        Err(_) => return Err(RequestError::Malformed("malformed request head")),
+    };
+    if head_len > HEADER_BYTES_MAX {
+        return Err(RequestError::HeadTooLarge);
+    }
+    let target = request.path.unwrap_or("/");
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let version_minor = request.version.unwrap_or(1);
+    let mut head = Head {
+        method: request.method.unwrap_or("").to_string(),
+        path: path.to_string(),
+        query: query.to_string(),
+        close: version_minor == 0,
+        ..Head::default()
+    };
+    let mut content_length: Option<u64> = None;
+    let mut chunked = false;
+    for header in request.headers.iter() {
+        let value = std::str::from_utf8(header.value)
+            .map_err(|_| RequestError::Malformed("header value is not UTF-8"))?
+            .trim();
+        let name = header.name;
+        if name.eq_ignore_ascii_case("content-length") {
+            let parsed = parse_content_length(value)?;
+            if content_length.is_some_and(|previous| previous != parsed) {
+                return Err(RequestError::Malformed("conflicting Content-Length headers"));
+            }
+            content_length = Some(parsed);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = transfer_encoding_is_chunked(value)?;
+        } else if name.eq_ignore_ascii_case("expect") {
+            head.expect_continue = value.eq_ignore_ascii_case("100-continue");
+        } else if name.eq_ignore_ascii_case("connection") {
+            for option in value.split(',').map(str::trim) {
+                if option.eq_ignore_ascii_case("close") {
+                    head.close = true;
+                } else if option.eq_ignore_ascii_case("keep-alive") && version_minor == 0 {
+                    head.close = false;
+                }
+            }
+        } else if name.eq_ignore_ascii_case("authorization") {
+            head.authorization.get_or_insert_with(|| value.to_string());
+        } else if name.eq_ignore_ascii_case("cookie") {
+            head.cookie.get_or_insert_with(|| value.to_string());
+        } else if name.eq_ignore_ascii_case("x-request-id") {
+            head.request_id.get_or_insert_with(|| value.to_string());
+        } else if name.eq_ignore_ascii_case("x-keep-storage-classes") {
+            head.storage_classes.get_or_insert_with(|| value.to_string());
+        }
+    }
+    // RFC 9112 §6.3: Transfer-Encoding overrides Content-Length.
+    head.framing = if chunked {
+        Some(Framing::Chunked)
+    } else {
+        content_length.map(Framing::Length)
+    };
+    Ok(Some((head, head_len)))
+}
+
+fn parse_content_length(value: &str) -> Result<u64, RequestError> {
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(RequestError::Malformed("invalid Content-Length"));
+    }
+    value.parse().map_err(|_| RequestError::Malformed("invalid Content-Length"))
+}
+
+fn transfer_encoding_is_chunked(value: &str) -> Result<bool, RequestError> {
+    let last = value.rsplit(',').next().unwrap_or("").trim();
+    if last.eq_ignore_ascii_case("chunked") {
+        Ok(true)
+    } else if last.eq_ignore_ascii_case("identity") || last.is_empty() {
+        Ok(false)
+    } else {
+        Err(RequestError::Malformed("unsupported Transfer-Encoding"))
+    }
+}
+
+impl Head {
+    /// Comma-separated storage classes, trimmed, empties dropped (keep-protocol.md §8).
+    pub fn requested_storage_classes(&self) -> Vec<String> {
+        self.storage_classes
+            .as_deref()
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|class| !class.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Every value of query parameter `name`, in order, percent-decoded.
+    pub fn query_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = String> + 'a {
+        self.query.split('&').filter_map(move |pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (key == name).then(|| percent_decode(value))
+        })
+    }
+}
+
+/// Decode `%XX` and `+` in a query value; malformed escapes are kept literally.
+pub fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        let byte = bytes[index];
+        let escaped = (byte == b'%' && index + 2 < bytes.len())
+            .then(|| std::str::from_utf8(&bytes[index + 1..index + 3]).ok())
+            .flatten()
+            .and_then(|digits| u8::from_str_radix(digits, 16).ok());
+        match (byte, escaped) {
+            (_, Some(decoded)) => {
+                out.push(decoded);
+                index += 3;
+            }
+            (b'+', None) => {
+                out.push(b' ');
+                index += 1;
+            }
+            _ => {
+                out.push(byte);
+                index += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partial_head_asks_for_more() {
+        assert!(parse_head(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap().is_none());
+    }
+
+    #[test]
+    fn parses_fields_and_leaves_the_body() {
+        let raw = b"PUT /abc?api_token=t%2Fx&prefix=1 HTTP/1.1\r\nContent-Length: 5\r\nExpect: 100-continue\r\nAuthorization: Bearer x\r\nX-Keep-Storage-Classes: a, ,b\r\n\r\nhello";
+        let (head, len) = parse_head(raw).unwrap().unwrap();
+        assert_eq!(&raw[len..], b"hello");
+        assert_eq!(head.method, "PUT");
+        assert_eq!(head.path, "/abc");
+        assert_eq!(head.framing, Some(Framing::Length(5)));
+        assert!(head.expect_continue);
+        assert!(!head.close);
+        assert_eq!(head.query_values("api_token").collect::<Vec<_>>(), ["t/x"]);
+        assert_eq!(head.requested_storage_classes(), ["a", "b"]);
+    }
+
+    #[test]
+    fn chunked_overrides_length_and_http10_closes() {
+        let raw = b"PUT /x HTTP/1.0\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let (head, _) = parse_head(raw).unwrap().unwrap();
+        assert_eq!(head.framing, Some(Framing::Chunked));
+        assert!(head.close);
+    }
+
+    #[test]
+    fn bad_lengths_and_oversized_heads_are_refused() {
+        let raw = b"PUT /x HTTP/1.1\r\nContent-Length: -1\r\n\r\n";
+        assert!(matches!(parse_head(raw), Err(RequestError::Malformed(_))));
+        let raw = b"PUT /x HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n";
+        assert!(matches!(parse_head(raw), Err(RequestError::Malformed(_))));
+        let mut huge = b"GET / HTTP/1.1\r\nX: ".to_vec();
+        huge.resize(HEADER_BYTES_MAX + 10, b'a');
+        assert!(matches!(parse_head(&huge), Err(RequestError::HeadTooLarge)));
+    }
+
+    #[test]
+    fn percent_decoding_keeps_bad_escapes() {
+        assert_eq!(percent_decode("a%20b+c%zz%4"), "a b c%zz%4");
+    }
+}

@@ -1,0 +1,98 @@
+//! Response heads. Every response carries the CORS headers keepstore sends (except on
+//! `/metrics` and `/_health`), `X-Request-Id`, `Date` and an explicit framing header.
+
+use std::io::Write;
+
+use crate::error::reason_phrase;
+
+const CORS_HEADERS: &str = "Access-Control-Allow-Headers: Authorization, Content-Length, Content-Type, X-Keep-Desired-Replicas, X-Keep-Signature, X-Keep-Storage-Classes\r\n\
+Access-Control-Allow-Methods: GET, HEAD, PUT, OPTIONS\r\n\
+Access-Control-Allow-Origin: *\r\n\
+Access-Control-Expose-Headers: X-Keep-Locator, X-Keep-Replicas-Stored, X-Keep-Storage-Classes-Confirmed\r\n\
+Access-Control-Max-Age: 86486400\r\n";
+
+/// How the body of a response is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFraming {
+    Length(u64),
+    Chunked,
+}
+
+/// Everything a response head says, before it is serialised.
+#[derive(Debug, Clone)]
+pub struct ResponseHead<'a> {
+    pub status: u16,
+    pub framing: BodyFraming,
+    pub content_type: Option<&'a str>,
+    /// Extra headers, each `Name: value` without the line end.
+    pub extra: Vec<String>,
+    pub cors: bool,
+    pub request_id: Option<&'a str>,
+    pub close: bool,
+    pub date: &'a str,
+}
+
+impl<'a> ResponseHead<'a> {
+    pub fn new(status: u16, framing: BodyFraming, date: &'a str) -> Self {
+        ResponseHead {
+            status,
+            framing,
+            content_type: None,
+            extra: Vec::new(),
+            cors: true,
+            request_id: None,
+            close: false,
+            date,
+        }
+    }
+
+    /// Append the serialised head to `out`.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        // Writing into a Vec cannot fail.
+        let _ = write!(out, "HTTP/1.1 {} {}\r\n", self.status, reason_phrase(self.status));
+        if self.cors {
+            out.extend_from_slice(CORS_HEADERS.as_bytes());
+        }
+        for header in &self.extra {
+            out.extend_from_slice(header.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        if let Some(request_id) = self.request_id {
+            let _ = write!(out, "X-Request-Id: {request_id}\r\n");
+        }
+        let _ = write!(out, "Date: {}\r\n", self.date);
+        match self.framing {
+            BodyFraming::Length(length) => {
+                let _ = write!(out, "Content-Length: {length}\r\n");
+            }
+            BodyFraming::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        }
+        if let Some(content_type) = self.content_type {
+            let _ = write!(out, "Content-Type: {content_type}\r\n");
+        }
+        if self.close {
+            out.extend_from_slice(b"Connection: close\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_has_cors_framing_and_close() {
+        let mut head = ResponseHead::new(404, BodyFraming::Length(20), "Wed, 25 Nov 2026 08:50:57 GMT");
+        head.request_id = Some("req-x");
+        head.close = true;
+        head.extra.push("Vary: X-Keep-Signature".into());
+        let mut out = Vec::new();
+        head.write_to(&mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("HTTP/1.1 404 Not Found\r\nAccess-Control-Allow-Headers: "));
+        assert!(text.contains("\r\nAccess-Control-Max-Age: 86486400\r\n"));
+        assert!(text.contains("\r\nVary: X-Keep-Signature\r\nX-Request-Id: req-x\r\n"));
+        assert!(text.ends_with("Content-Length: 20\r\nConnection: close\r\n\r\n"));
+    }
+}

@@ -1,0 +1,18 @@
+//! keepring: a wire-compatible Arvados keepstore, thread-per-core on io_uring.
+//! The data path runs listener → connection → request → handler → volume → response;
+//! see DESIGN.md (../shared) for the map and each module's `//!` for its part.
+
+pub mod api;
+pub mod bufpool;
+pub mod config;
+pub mod digest;
+pub mod error;
+pub mod http;
+pub mod lifecycle;
+pub mod limits;
+pub mod locator;
+pub mod node;
+pub mod server;
+pub mod signature;
+pub mod volume;
+pub mod volumes;

@@ -1,0 +1,79 @@
+//! Every limit keepring enforces, in one place, each with its unit in the name and the
+//! arithmetic that justifies it. Command-line flags that override a limit say so; the
+//! compile-time assertions at the bottom keep the relations between limits honest.
+
+/// Largest block Keep stores: `BlockSize = 1<<26` in keepstore (keep-protocol.md §1).
+pub const BLOCK_BYTES_MAX: u64 = 64 * 1024 * 1024;
+
+/// Bytes one read from the socket may bring in while a request head is being parsed.
+/// Keep clients send a few hundred bytes of headers; 16 KiB leaves room for long cookies
+/// and tokens while 1,000 idle connections cost only 16 MiB.
+pub const READ_BUFFER_BYTES: usize = 16 * 1024;
+
+/// A request head (request line + headers + blank line) larger than this is refused with
+/// 431. It must fit in one read buffer, because httparse needs the head contiguous.
+pub const HEADER_BYTES_MAX: usize = 16 * 1024;
+
+/// Headers per request; httparse parses into a fixed array of this many slots.
+pub const HEADER_COUNT_MAX: usize = 64;
+
+/// Time allowed from the first byte of a request to the end of its head.
+pub const HEADER_TIMEOUT_MS: u64 = 10_000;
+
+/// Time a keep-alive connection may sit idle between requests before it is closed.
+pub const IDLE_TIMEOUT_MS: u64 = 65_000;
+
+/// Time allowed for any single socket read of a request body or a single socket write of
+/// a response to make progress. A 64 MiB transfer to a client reading 64 KiB/s still
+/// makes progress every second, so only a stalled peer trips it.
+pub const IO_STALL_TIMEOUT_MS: u64 = 60_000;
+
+/// Connections one worker serves at once; past it the worker stops accepting until one
+/// closes (the kernel's accept queue holds the rest).
+pub const CONNECTIONS_PER_WORKER_MAX: usize = 4096;
+
+/// Backlog of each listening socket.
+pub const LISTEN_BACKLOG: i32 = 1024;
+
+/// Bytes moved per step of a block transfer: read from disk, hashed, written to the socket
+/// (GET) or read from the socket, hashed, written to disk (PUT). MD5 runs at ~0.43 GB/s
+/// per core here, so one step holds the core for ~1.2 ms: small requests on the same core
+/// are never stalled longer than that by a large one.
+pub const CHUNK_BYTES: usize = 512 * 1024;
+
+/// Room kept in front of the first chunk of a GET for the response head, so that head and
+/// the first bytes of the block leave in one write.
+pub const RESPONSE_HEAD_BYTES_MAX: usize = 2 * 1024;
+
+/// `--max-buffers` default, in units of 64 MiB (keepstore's `MaxKeepBlobBuffers`).
+pub const MAX_BUFFERS_DEFAULT: u64 = 128;
+
+/// One unit of `--max-buffers`.
+pub const BUFFER_UNIT_BYTES: u64 = BLOCK_BYTES_MAX;
+
+/// How long a request waits for buffer budget before it is answered 503 (clients retry
+/// 503 after a back-off).
+pub const BUFFER_WAIT_MS_MAX: u64 = 5_000;
+
+/// Default lifetime of a permission signature: 2 weeks, keepstore's `BlobSigningTTL` 336h.
+pub const BLOB_SIGNING_TTL_SECS_DEFAULT: u64 = 14 * 24 * 3600;
+
+/// Length of a locator's hash: 32 hex digits of MD5.
+pub const HASH_HEX_LEN: usize = 32;
+
+/// A volume with less free space than this is full for writes (keepstore: one block).
+pub const VOLUME_FREE_BYTES_MIN: u64 = BLOCK_BYTES_MAX;
+
+/// Text of an index response is produced off the cores in pieces of about this size, and
+/// at most `INDEX_CHANNEL_CHUNKS_MAX` of them wait to be sent.
+pub const INDEX_CHUNK_BYTES: usize = 64 * 1024;
+pub const INDEX_CHANNEL_CHUNKS_MAX: usize = 16;
+
+const _: () = assert!(HEADER_BYTES_MAX <= READ_BUFFER_BYTES);
+const _: () = assert!(CHUNK_BYTES as u64 <= BLOCK_BYTES_MAX);
+const _: () = assert!(BLOCK_BYTES_MAX.is_multiple_of(CHUNK_BYTES as u64));
+const _: () = assert!(RESPONSE_HEAD_BYTES_MAX < CHUNK_BYTES);
+
+/// Chunk buffers a worker keeps for reuse after their request ends (64 × 514 KiB ≈
+/// 33 MiB per worker at most); more are freed.
+pub const FREE_CHUNKS_PER_WORKER_MAX: usize = 64;

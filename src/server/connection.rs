@@ -1,0 +1,378 @@
+//! One client connection: read request heads (bounded, with timeouts), let a handler read
+//! the body and answer, write responses in order, keep the connection alive or close it.
+//! tokio-uring does not cancel an operation whose future is dropped, so every timeout
+//! shuts the socket down first: the pending operation then completes and frees its buffer.
+
+use std::future::Future;
+use std::net::Shutdown;
+use std::time::{Duration, Instant};
+
+use tokio_uring::buf::BoundedBuf;
+use tokio_uring::net::TcpStream;
+
+use crate::api;
+use crate::error::RequestError;
+use crate::http::chunked::ChunkedDecoder;
+use crate::http::request::{parse_head, Framing, Head};
+use crate::http::response::{BodyFraming, ResponseHead};
+use crate::limits::{HEADER_TIMEOUT_MS, IDLE_TIMEOUT_MS, IO_STALL_TIMEOUT_MS, READ_BUFFER_BYTES};
+use crate::server::worker::Worker;
+
+/// A whole response, written by the connection loop.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub content_type: Option<&'static str>,
+    pub extra: Vec<String>,
+    pub body: Vec<u8>,
+    /// `/metrics` and `/_health` carry no CORS headers (keepstore-observed.md).
+    pub cors: bool,
+}
+
+/// What a handler did.
+#[derive(Debug)]
+pub enum Reply {
+    Full(Response),
+    /// The handler wrote head and body itself (a streamed block or index).
+    Sent { status: u16, bytes_out: u64 },
+}
+
+impl Reply {
+    pub fn empty(status: u16) -> Reply {
+        Reply::Full(Response { status, content_type: None, extra: Vec::new(), body: Vec::new(), cors: true })
+    }
+
+    pub fn text(status: u16, content_type: &'static str, body: Vec<u8>) -> Reply {
+        Reply::Full(Response { status, content_type: Some(content_type), extra: Vec::new(), body, cors: true })
+    }
+}
+
+pub const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
+
+enum Body {
+    Length { remaining: u64 },
+    Chunked(ChunkedDecoder),
+}
+
+pub struct Connection {
+    stream: TcpStream,
+    /// Bytes read from the socket and not yet consumed are `read_buffer[start..]`.
+    read_buffer: Vec<u8>,
+    start: usize,
+    body: Option<Body>,
+    continue_pending: bool,
+    /// Some bytes of the current response were written: errors can no longer be answered.
+    pub response_started: bool,
+    /// The current response must say `Connection: close` and the connection then ends.
+    pub close_after: bool,
+    pub request_id: String,
+    pub date: String,
+    pub is_head: bool,
+}
+
+impl Connection {
+    pub fn new(stream: TcpStream) -> Self {
+        Connection {
+            stream,
+            read_buffer: Vec::with_capacity(READ_BUFFER_BYTES),
+            start: 0,
+            body: None,
+            continue_pending: false,
+            response_started: false,
+            close_after: false,
+            request_id: String::new(),
+            date: String::new(),
+            is_head: false,
+        }
+    }
+
+    fn buffered(&self) -> &[u8] {
+        &self.read_buffer[self.start..]
+    }
+
+    /// Run `operation` with a deadline; past it the socket is shut down (see module doc).
+    async fn deadline<T>(&self, deadline: Instant, operation: impl Future<Output = T>) -> Result<T, RequestError> {
+        match tokio::time::timeout_at(deadline.into(), operation).await {
+            Ok(output) => Ok(output),
+            Err(_) => {
+                let _ = self.stream.shutdown(Shutdown::Both);
+                Err(RequestError::ClientGone)
+            }
+        }
+    }
+
+    /// Read more bytes into the read buffer, compacting it first. `Ok(0)` is end of stream.
+    async fn fill(&mut self, deadline: Instant) -> Result<usize, RequestError> {
+        if self.start > 0 {
+            self.read_buffer.drain(..self.start);
+            self.start = 0;
+        }
+        let buffer = std::mem::take(&mut self.read_buffer);
+        let end = buffer.capacity();
+        let offset = buffer.len();
+        if offset == end {
+            self.read_buffer = buffer;
+            return Err(RequestError::HeadTooLarge);
+        }
+        let (result, slice) = self.deadline(deadline, self.stream.read(buffer.slice(offset..end))).await?;
+        self.read_buffer = slice.into_inner();
+        result.map_err(|_| RequestError::ClientGone)
+    }
+
+    /// Read the next request head. `Ok(None)`: the client closed between requests (or
+    /// stayed idle past `IDLE_TIMEOUT_MS`).
+    pub async fn read_head(&mut self) -> Result<Option<Head>, RequestError> {
+        let idle_deadline = Instant::now() + Duration::from_millis(IDLE_TIMEOUT_MS);
+        let mut head_deadline = None;
+        loop {
+            if !self.buffered().is_empty() {
+                head_deadline.get_or_insert_with(|| Instant::now() + Duration::from_millis(HEADER_TIMEOUT_MS));
+                if let Some((head, length)) = parse_head(self.buffered())? {
+                    self.start += length;
+                    return Ok(Some(head));
+                }
+            }
+            let deadline = head_deadline.unwrap_or(idle_deadline);
+            match self.fill(deadline).await {
+                Ok(0) if self.buffered().is_empty() => return Ok(None),
+                Ok(0) => return Err(RequestError::ClientGone),
+                Ok(_) => {}
+                Err(RequestError::ClientGone) if head_deadline.is_none() => return Ok(None),
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// Prepare for a request: its body framing, its id, whether to close after it.
+    pub fn begin_request(&mut self, head: &Head, request_id: String, date: String, draining: bool) {
+        self.body = match head.framing {
+            Some(Framing::Length(0)) | None => None,
+            Some(Framing::Length(length)) => Some(Body::Length { remaining: length }),
+            Some(Framing::Chunked) => Some(Body::Chunked(ChunkedDecoder::default())),
+        };
+        self.continue_pending = head.expect_continue && self.body.is_some();
+        self.response_started = false;
+        self.close_after = head.close || draining;
+        self.request_id = request_id;
+        self.date = date;
+        self.is_head = head.method == "HEAD";
+    }
+
+    /// The body has been read to its end (so the next request can be parsed).
+    pub fn body_complete(&self) -> bool {
+        match &self.body {
+            None => true,
+            Some(Body::Length { remaining }) => *remaining == 0,
+            Some(Body::Chunked(decoder)) => decoder.is_done(),
+        }
+    }
+
+    /// Append up to `want_max` more body bytes to `out`; `Ok(0)` at the end of the body.
+    /// A body cut short by the client is `ClientGone`; a chunked body that grows past
+    /// `length_max` is `BodyTooLarge`.
+    pub async fn read_body_some(
+        &mut self,
+        mut out: Vec<u8>,
+        want_max: usize,
+        length_max: usize,
+    ) -> (Result<usize, RequestError>, Vec<u8>) {
+        if self.continue_pending {
+            self.continue_pending = false;
+            let (result, _) = self.write_raw(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec()).await;
+            if let Err(error) = result {
+                return (Err(error), out);
+            }
+            self.response_started = false;
+        }
+        let stall = Instant::now() + Duration::from_millis(IO_STALL_TIMEOUT_MS);
+        match self.body.as_mut() {
+            None => (Ok(0), out),
+            Some(Body::Length { remaining: 0 }) => (Ok(0), out),
+            Some(Body::Length { remaining }) => {
+                let want = (*remaining).min(want_max as u64) as usize;
+                let buffered = self.read_buffer.len() - self.start;
+                if buffered > 0 {
+                    let take = want.min(buffered);
+                    out.extend_from_slice(&self.read_buffer[self.start..self.start + take]);
+                    self.start += take;
+                    *remaining -= take as u64;
+                    return (Ok(take), out);
+                }
+                out.reserve(want);
+                let length = out.len();
+                let read = self.deadline(stall, self.stream.read(out.slice(length..length + want))).await;
+                let (result, slice) = match read {
+                    Ok(done) => done,
+                    Err(error) => return (Err(error), Vec::new()),
+                };
+                out = slice.into_inner();
+                match result {
+                    Ok(0) | Err(_) => (Err(RequestError::ClientGone), out),
+                    Ok(read) => {
+                        if let Some(Body::Length { remaining }) = self.body.as_mut() {
+                            *remaining -= read as u64;
+                        }
+                        (Ok(read), out)
+                    }
+                }
+            }
+            Some(Body::Chunked(_)) => self.read_chunked_some(out, length_max, stall).await,
+        }
+    }
+
+    async fn read_chunked_some(
+        &mut self,
+        mut out: Vec<u8>,
+        length_max: usize,
+        stall: Instant,
+    ) -> (Result<usize, RequestError>, Vec<u8>) {
+        loop {
+            let before = out.len();
+            if let Some(Body::Chunked(decoder)) = self.body.as_mut() {
+                if decoder.is_done() {
+                    return (Ok(0), out);
+                }
+                match decoder.decode(&self.read_buffer[self.start..], &mut out, length_max) {
+                    Ok(used) => self.start += used,
+                    Err(error) => return (Err(error), out),
+                }
+                if out.len() > before || decoder.is_done() {
+                    return (Ok(out.len() - before), out);
+                }
+            }
+            match self.fill(stall).await {
+                Ok(0) => return (Err(RequestError::ClientGone), out),
+                Ok(_) => {}
+                Err(error) => return (Err(error), out),
+            }
+        }
+    }
+
+    /// Read and drop the rest of a small request body, so the connection can be reused.
+    pub async fn discard_body(&mut self, bytes_max: usize) -> Result<(), RequestError> {
+        let mut scratch = Vec::with_capacity(READ_BUFFER_BYTES);
+        let mut total = 0;
+        loop {
+            scratch.clear();
+            let (result, returned) = self.read_body_some(scratch, READ_BUFFER_BYTES, bytes_max).await;
+            scratch = returned;
+            match result? {
+                0 => return Ok(()),
+                read => total += read,
+            }
+            if total > bytes_max {
+                return Err(RequestError::BodyTooLarge);
+            }
+        }
+    }
+
+    /// A head for the current request's response, with its id, date and close flag.
+    pub fn response_head(&self, status: u16, framing: BodyFraming) -> ResponseHead<'_> {
+        let mut head = ResponseHead::new(status, framing, &self.date);
+        head.request_id = Some(&self.request_id);
+        head.close = self.close_after;
+        head
+    }
+
+    /// Write every byte of `buffer` (bounded by `IO_STALL_TIMEOUT_MS`).
+    pub async fn write_raw(&mut self, buffer: Vec<u8>) -> (Result<(), RequestError>, Vec<u8>) {
+        self.response_started = true;
+        let stall = Instant::now() + Duration::from_millis(IO_STALL_TIMEOUT_MS);
+        match self.deadline(stall, self.stream.write_all(buffer)).await {
+            Ok((Ok(()), buffer)) => (Ok(()), buffer),
+            Ok((Err(_), buffer)) => (Err(RequestError::ClientGone), buffer),
+            Err(error) => (Err(error), Vec::new()),
+        }
+    }
+
+    /// Write a whole response; returns its status and body bytes.
+    pub async fn send(&mut self, response: Response) -> Result<(u16, u64), RequestError> {
+        let mut head = self.response_head(response.status, BodyFraming::Length(response.body.len() as u64));
+        head.content_type = response.content_type;
+        head.extra = response.extra;
+        head.cors = response.cors;
+        if !response.cors {
+            head.request_id = None;
+        }
+        let mut out = Vec::with_capacity(512 + response.body.len());
+        head.write_to(&mut out);
+        let body_bytes = if self.is_head { 0 } else { response.body.len() as u64 };
+        if !self.is_head {
+            out.extend_from_slice(&response.body);
+        }
+        self.write_raw(out).await.0?;
+        Ok((response.status, body_bytes))
+    }
+
+    pub fn shutdown(&self) {
+        let _ = self.stream.shutdown(Shutdown::Both);
+    }
+}
+
+/// Serve requests on one connection until it closes.
+pub async fn serve(stream: TcpStream, worker: &Worker) {
+    let mut connection = Connection::new(stream);
+    loop {
+        let head = match connection.read_head().await {
+            Ok(Some(head)) => head,
+            Ok(None) | Err(RequestError::ClientGone) => break,
+            Err(error) => {
+                connection.begin_request(&Head::default(), worker.new_request_id(), worker.http_date(), true);
+                let _ = answer_error(&mut connection, &error).await;
+                worker.log_request("-", "-", error.reply().status, 0, Instant::now(), &connection.request_id);
+                break;
+            }
+        };
+        let started = Instant::now();
+        let request_id = head.request_id.clone().unwrap_or_else(|| worker.new_request_id());
+        connection.begin_request(&head, request_id, worker.http_date(), worker.node.is_draining());
+        let outcome = dispatch(worker, &mut connection, &head).await;
+        let (status, bytes_out) = match outcome {
+            Ok(Reply::Full(response)) => {
+                // An unread body makes the connection unusable for the next request.
+                connection.close_after |= !connection.body_complete();
+                connection.send(response).await.unwrap_or((499, 0))
+            }
+            Ok(Reply::Sent { status, bytes_out }) => (status, bytes_out),
+            Err(error) if connection.response_started => {
+                connection.close_after = true;
+                (error.reply().status, 0)
+            }
+            Err(error) => {
+                connection.close_after |= !connection.body_complete() || matches!(error, RequestError::ClientGone);
+                answer_error(&mut connection, &error).await.unwrap_or((499, 0))
+            }
+        };
+        worker.log_request(&head.method, &head.path, status, bytes_out, started, &connection.request_id);
+        if connection.close_after {
+            break;
+        }
+    }
+    connection.shutdown();
+}
+
+async fn dispatch(worker: &Worker, connection: &mut Connection, head: &Head) -> Result<Reply, RequestError> {
+    // Only PUT carries a block; any other body is read and dropped (small) or refused.
+    if head.method != "PUT" && head.framing.is_some() {
+        connection.discard_body(READ_BUFFER_BYTES).await?;
+    }
+    api::handle(worker, connection, head).await
+}
+
+async fn answer_error(connection: &mut Connection, error: &RequestError) -> Result<(u16, u64), RequestError> {
+    let reply = error.reply();
+    if matches!(error, RequestError::ClientGone) {
+        return Ok((reply.status, 0));
+    }
+    let mut response = Response {
+        status: reply.status,
+        content_type: Some(TEXT_PLAIN),
+        extra: Vec::new(),
+        body: reply.body.into_bytes(),
+        cors: true,
+    };
+    if reply.nosniff {
+        response.extra.push("X-Content-Type-Options: nosniff".into());
+    }
+    connection.send(response).await
+}

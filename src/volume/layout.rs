@@ -1,0 +1,40 @@
+//! Where a block lives inside a directory volume: `<root>/<first 3 hex>/<hash>`, and the
+//! names keepstore gives temporary and trashed files. Pure.
+
+use std::path::{Path, PathBuf};
+
+pub fn block_dir(root: &Path, hash: &str) -> PathBuf {
+    root.join(&hash[..3])
+}
+
+pub fn block_path(root: &Path, hash: &str) -> PathBuf {
+    block_dir(root, hash).join(hash)
+}
+
+/// `tmp<hash><digits>` in the block's own directory (Go `ioutil.TempFile` pattern, so
+/// keepstore's tools recognise and skip it), which makes the final rename atomic.
+pub fn temp_path(root: &Path, hash: &str, random: u64) -> PathBuf {
+    block_dir(root, hash).join(format!("tmp{hash}{random}"))
+}
+
+/// Index rules: only `^[0-9a-f]+$` directories, and in them only `^[0-9a-f]{32}$` files.
+pub fn is_index_dir_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(crate::locator::is_lower_hex)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keepstore_layout() {
+        let hash = "6f09f2b353b6d63069f770b90e2b112c";
+        assert_eq!(block_path(Path::new("/v"), hash), Path::new("/v/6f0/6f09f2b353b6d63069f770b90e2b112c"));
+        assert_eq!(
+            temp_path(Path::new("/v"), hash, 42),
+            Path::new("/v/6f0/tmp6f09f2b353b6d63069f770b90e2b112c42")
+        );
+        assert!(is_index_dir_name("6f0"));
+        assert!(!is_index_dir_name("full"));
+    }
+}
