@@ -23,7 +23,10 @@ pub struct BufferBudget {
 
 impl BufferBudget {
     pub fn new(total_bytes: u64) -> Arc<Self> {
-        Arc::new(BufferBudget { total_bytes, available_bytes: AtomicU64::new(total_bytes) })
+        Arc::new(BufferBudget {
+            total_bytes,
+            available_bytes: AtomicU64::new(total_bytes),
+        })
     }
 
     pub fn total_bytes(&self) -> u64 {
@@ -36,13 +39,18 @@ impl BufferBudget {
 
     fn try_take(&self, bytes: u64) -> bool {
         self.available_bytes
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |available| available.checked_sub(bytes))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |available| {
+                available.checked_sub(bytes)
+            })
             .is_ok()
     }
 
     fn give(&self, bytes: u64) {
         let before = self.available_bytes.fetch_add(bytes, Ordering::AcqRel);
-        assert!(before + bytes <= self.total_bytes, "buffer budget returned more than was taken");
+        assert!(
+            before + bytes <= self.total_bytes,
+            "buffer budget returned more than was taken"
+        );
     }
 }
 
@@ -73,13 +81,19 @@ pub struct BufferPool {
 
 impl BufferPool {
     pub fn new(budget: Arc<BufferBudget>) -> Self {
-        BufferPool { budget, free_chunks: RefCell::new(Vec::new()) }
+        BufferPool {
+            budget,
+            free_chunks: RefCell::new(Vec::new()),
+        }
     }
 
     /// Reserve `bytes`, waiting up to `BUFFER_WAIT_MS_MAX` for other requests to finish.
     pub async fn lease(&self, bytes: u64) -> Result<Lease, RequestError> {
         self.wait_for(bytes).await?;
-        Ok(Lease { budget: self.budget.clone(), bytes })
+        Ok(Lease {
+            budget: self.budget.clone(),
+            bytes,
+        })
     }
 
     /// Reserve `more` bytes on top of an existing lease (a chunked body that keeps coming).
@@ -142,7 +156,10 @@ mod tests {
         tokio_uring::start(async {
             let pool = BufferPool::new(BufferBudget::new(10));
             let held = pool.lease(10).await.unwrap();
-            assert!(matches!(pool.lease(11).await, Err(RequestError::Busy)), "larger than the budget");
+            assert!(
+                matches!(pool.lease(11).await, Err(RequestError::Busy)),
+                "larger than the budget"
+            );
             drop(held);
             let mut lease = pool.lease(4).await.unwrap();
             pool.grow(&mut lease, 6).await.unwrap();

@@ -18,7 +18,11 @@ pub enum LogFormat {
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "keepring", version, about = "Arvados keepstore-compatible block server on io_uring")]
+#[command(
+    name = "keepring",
+    version,
+    about = "Arvados keepstore-compatible block server on io_uring"
+)]
 pub struct Cli {
     /// Address to serve on (every worker binds it with SO_REUSEPORT).
     #[arg(long, default_value = "127.0.0.1:25107")]
@@ -71,15 +75,25 @@ impl Config {
     pub fn from_cli(cli: Cli) -> Result<Config, String> {
         let workers = match cli.workers {
             Some(workers) => workers as usize,
-            None => std::thread::available_parallelism().map(|count| count.get()).unwrap_or(1),
+            None => std::thread::available_parallelism()
+                .map(|count| count.get())
+                .unwrap_or(1),
         };
-        let volume_dirs =
-            if cli.volumes.is_empty() { vec![PathBuf::from(DEFAULT_VOLUME_DIR)] } else { cli.volumes };
+        let volume_dirs = if cli.volumes.is_empty() {
+            vec![PathBuf::from(DEFAULT_VOLUME_DIR)]
+        } else {
+            cli.volumes
+        };
         Ok(Config {
             listen: cli.listen,
             volume_dirs,
             workers,
-            signing_key: cli.blob_signing_key_file.as_deref().map(read_secret).transpose()?.map(String::into_bytes),
+            signing_key: cli
+                .blob_signing_key_file
+                .as_deref()
+                .map(read_secret)
+                .transpose()?
+                .map(String::into_bytes),
             blob_signing_ttl_secs: cli.blob_signing_ttl_secs,
             system_root_token: cli.system_root_token_file.as_deref().map(read_secret).transpose()?,
             management_token: cli.management_token_file.as_deref().map(read_secret).transpose()?,

@@ -22,7 +22,10 @@ pub enum RequestError {
     BodyTooLarge,
     HeadTooLarge,
     /// PUT body whose MD5 is not the hash named in the path.
-    HashMismatch { computed: String, path: String },
+    HashMismatch {
+        computed: String,
+        path: String,
+    },
     /// A stored copy whose MD5 is not its name, and no good copy elsewhere.
     ChecksumMismatch,
     /// No buffer budget within `BUFFER_WAIT_MS_MAX`.
@@ -122,7 +125,11 @@ mod tests {
 
     #[test]
     fn bodies_are_one_line() {
-        let reply = RequestError::HashMismatch { computed: "a".into(), path: "b".into() }.reply();
+        let reply = RequestError::HashMismatch {
+            computed: "a".into(),
+            path: "b".into(),
+        }
+        .reply();
         assert_eq!(reply.status, 400);
         assert_eq!(reply.body, "content hash a did not match specified locator b\n");
         assert_eq!(RequestError::NotFound.reply().body, "file does not exist\n");

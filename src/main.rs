@@ -8,7 +8,25 @@ use keepring::config::{Cli, Config, LogFormat};
 use keepring::lifecycle::supervisor;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) if !error.use_stderr() => {
+            // --help and --version
+            let _ = error.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(error) => {
+            // One line, not clap's usage block: operators and scripts read the reason.
+            let rendered = error.to_string();
+            let reason = rendered
+                .lines()
+                .next()
+                .unwrap_or("bad arguments")
+                .trim_start_matches("error: ");
+            eprintln!("keepring: {reason} (see --help)");
+            return ExitCode::from(2);
+        }
+    };
     let config = match Config::from_cli(cli) {
         Ok(config) => config,
         Err(message) => {
@@ -17,15 +35,15 @@ fn main() -> ExitCode {
         }
     };
     let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_writer(writer).with_max_level(config.log_level).with_ansi(false);
+    let builder = tracing_subscriber::fmt()
+        .with_writer(writer)
+        .with_max_level(config.log_level)
+        .with_ansi(false);
     match config.log_format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
     }
     let result = supervisor::run(config);
-    if let Err(supervisor::StartError(message)) = &result {
-        tracing::error!("{message}");
-    }
     // Flush the log writer before leaving (process::exit would drop queued lines).
     drop(guard);
     match result {

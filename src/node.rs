@@ -28,7 +28,14 @@ impl Node {
         management_token: Option<String>,
         budget: Arc<BufferBudget>,
     ) -> Self {
-        Node { volumes, signing_key, system_root_token, management_token, budget, draining: AtomicBool::new(false) }
+        Node {
+            volumes,
+            signing_key,
+            system_root_token,
+            management_token,
+            budget,
+            draining: AtomicBool::new(false),
+        }
     }
 
     pub fn is_draining(&self) -> bool {

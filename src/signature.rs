@@ -24,7 +24,10 @@ pub enum SignatureError {
 
 impl SigningKey {
     pub fn new(key: &[u8], ttl_secs: u64) -> Self {
-        SigningKey { key: key.to_vec(), ttl_secs }
+        SigningKey {
+            key: key.to_vec(),
+            ttl_secs,
+        }
     }
 
     pub fn ttl_secs(&self) -> u64 {
@@ -109,7 +112,8 @@ mod tests {
     use super::*;
 
     // Arvados' public test fixtures, as used in keepstore-observed.md.
-    const KEY: &str = "zfhgfenhffzltr9dixws36j1yhksjoll2grmku38mi7yxd66h5j4q9w4jzanezacp8s6q0ro3hxakfye02152hncy6zml2ed0uc";
+    const KEY: &str =
+        "zfhgfenhffzltr9dixws36j1yhksjoll2grmku38mi7yxd66h5j4q9w4jzanezacp8s6q0ro3hxakfye02152hncy6zml2ed0uc";
     const TOKEN: &str = "systemusertesttoken1234567890aoeuidhtnsqjkxbmwvzpy";
     const HASH: &str = "6f09f2b353b6d63069f770b90e2b112c";
     const TTL: u64 = 1_209_600;

@@ -44,7 +44,11 @@ pub fn mounts(worker: &Worker, head: &Head) -> Result<Reply, RequestError> {
             allow_write: volume.allow_write,
             allow_trash: volume.allow_trash,
             replication: volume.replication,
-            storage_classes: volume.storage_classes.iter().map(|class| (class.as_str(), true)).collect(),
+            storage_classes: volume
+                .storage_classes
+                .iter()
+                .map(|class| (class.as_str(), true))
+                .collect(),
         })
         .collect();
     let mut body = serde_json::to_vec(&mounts).map_err(|error| RequestError::Internal(error.to_string()))?;
@@ -76,7 +80,10 @@ pub async fn index(
 ) -> Result<Reply, RequestError> {
     auth::require_root(&worker.node, head)?;
     // `?prefix=` wins when it is not empty (keep-protocol.md §3.4).
-    let prefix = head.query_values("prefix").find(|prefix| !prefix.is_empty()).unwrap_or_else(|| path_prefix.to_string());
+    let prefix = head
+        .query_values("prefix")
+        .find(|prefix| !prefix.is_empty())
+        .unwrap_or_else(|| path_prefix.to_string());
     let volumes: Vec<Arc<Volume>> = match uuid {
         Some(uuid) => vec![worker.node.volumes.by_uuid(uuid).ok_or(RequestError::NotFound)?.clone()],
         None => worker.node.volumes.all().to_vec(),
@@ -89,7 +96,9 @@ pub async fn index(
         .map_err(|error| RequestError::Internal(format!("cannot start index walk: {error}")))?;
 
     let mut out = Vec::with_capacity(1024);
-    connection.response_head(200, BodyFraming::Chunked).write_to(&mut out);
+    let mut response_head = connection.response_head(200, BodyFraming::Chunked);
+    response_head.content_type = Some(TEXT_PLAIN);
+    response_head.write_to(&mut out);
     let mut bytes_out = 0u64;
     let mut complete = false;
     while let Some(piece) = receiver.recv().await {
@@ -141,7 +150,12 @@ fn walk_index(roots: &[PathBuf], prefix: &str, sender: &mpsc::Sender<IndexPiece>
     let _ = sender.blocking_send(Ok(Vec::new()));
 }
 
-fn walk_volume(root: &std::path::Path, prefix: &str, text: &mut Vec<u8>, sender: &mpsc::Sender<IndexPiece>) -> std::io::Result<()> {
+fn walk_volume(
+    root: &std::path::Path,
+    prefix: &str,
+    text: &mut Vec<u8>,
+    sender: &mpsc::Sender<IndexPiece>,
+) -> std::io::Result<()> {
     for dir in std::fs::read_dir(root)? {
         let dir = dir?;
         let name = dir.file_name();

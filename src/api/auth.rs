@@ -11,7 +11,9 @@ use crate::signature::SignatureError;
 /// 3.x: no token → 401, a token that is not the root token → 403; with no root token
 /// configured the admin endpoints are open, as keepstore 3.x.
 pub fn require_root(node: &Node, head: &Head) -> Result<(), RequestError> {
-    let Some(root) = node.system_root_token.as_deref() else { return Ok(()) };
+    let Some(root) = node.system_root_token.as_deref() else {
+        return Ok(());
+    };
     let presented = tokens(head);
     if presented.is_empty() {
         return Err(RequestError::Unauthorized);
@@ -25,7 +27,9 @@ pub fn require_root(node: &Node, head: &Head) -> Result<(), RequestError> {
 
 /// A block read needs a valid signature for the first token when signing is on.
 pub fn check_read_permission(node: &Node, head: &Head, locator: &Locator, now_secs: u64) -> Result<(), RequestError> {
-    let Some(key) = node.signing_key.as_ref() else { return Ok(()) };
+    let Some(key) = node.signing_key.as_ref() else {
+        return Ok(());
+    };
     let presented = tokens(head);
     let token = presented.first().ok_or(RequestError::NoToken)?;
     key.verify(locator, token, now_secs).map_err(|error| match error {
@@ -36,8 +40,14 @@ pub fn check_read_permission(node: &Node, head: &Head, locator: &Locator, now_se
 
 /// The management token guards `/_health/ping`: 404 when none is configured.
 pub fn require_management(node: &Node, head: &Head) -> Result<(), RequestError> {
-    let Some(management) = node.management_token.as_deref() else { return Err(RequestError::HealthDisabled) };
-    match head.authorization.as_deref().and_then(|value| value.strip_prefix("Bearer ")) {
+    let Some(management) = node.management_token.as_deref() else {
+        return Err(RequestError::HealthDisabled);
+    };
+    match head
+        .authorization
+        .as_deref()
+        .and_then(|value| value.strip_prefix("Bearer "))
+    {
         None => Err(RequestError::HealthUnauthorized),
         Some(token) if token.trim() == management => Ok(()),
         Some(_) => Err(RequestError::Forbidden),

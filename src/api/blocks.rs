@@ -22,7 +22,10 @@ use crate::volume::io::{self, WriteError};
 use crate::volume::{layout, Volume};
 
 pub fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_secs())
+        .unwrap_or(0)
 }
 
 /// How streaming one copy of a block ended badly.
@@ -40,6 +43,7 @@ pub async fn read(
     locator_text: &str,
     send_body: bool,
 ) -> Result<Reply, RequestError> {
+    connection.vary_signature = true;
     let locator = Locator::parse(locator_text).map_err(|_| RequestError::InvalidLocator)?;
     // 3.x: without a size the server could not announce a length and then abort on a
     // checksum mismatch, so GET needs one (HEAD does not).
@@ -176,7 +180,10 @@ pub async fn write(
     let mut lease = worker.pool.lease(first_lease).await?;
     let (body, digest) = read_body(worker, connection, &mut lease, length).await?;
     if !digest.matches(hash) {
-        return Err(RequestError::HashMismatch { computed: digest.hex(), path: locator_text.to_string() });
+        return Err(RequestError::HashMismatch {
+            computed: digest.hex(),
+            path: locator_text.to_string(),
+        });
     }
     let size = body.len() as u64;
     let stored = store(worker, hash, body, &candidates, &wanted_classes).await?;
@@ -271,7 +278,11 @@ async fn store(
         }
     }
     if stored.is_empty() {
-        return Err(if any_failed { RequestError::VolumeUnavailable } else { RequestError::InsufficientStorage });
+        return Err(if any_failed {
+            RequestError::VolumeUnavailable
+        } else {
+            RequestError::InsufficientStorage
+        });
     }
     Ok(stored)
 }
@@ -294,7 +305,9 @@ fn is_satisfied(stored: &[Arc<Volume>], wanted_classes: &[String]) -> bool {
     if wanted_classes.is_empty() {
         return !stored.is_empty();
     }
-    wanted_classes.iter().all(|class| stored.iter().any(|volume| volume.has_class(class)))
+    wanted_classes
+        .iter()
+        .all(|class| stored.iter().any(|volume| volume.has_class(class)))
 }
 
 fn write_reply(worker: &Worker, head: &Head, hash: &str, size: u64, stored: &[Arc<Volume>]) -> Reply {
@@ -310,12 +323,17 @@ fn write_reply(worker: &Worker, head: &Head, hash: &str, size: u64, stored: &[Ar
             *classes.entry(class).or_default() += volume.replication;
         }
     }
-    let confirmed: Vec<String> = classes.iter().map(|(class, count)| format!("{class}={count}")).collect();
+    let confirmed: Vec<String> = classes
+        .iter()
+        .map(|(class, count)| format!("{class}={count}"))
+        .collect();
     let Reply::Full(mut response) = Reply::text(200, TEXT_PLAIN, locator.into_bytes()) else {
         unreachable!("Reply::text is a full reply")
     };
     response.extra.push(format!("X-Keep-Replicas-Stored: {replicas}"));
-    response.extra.push(format!("X-Keep-Storage-Classes-Confirmed: {}", confirmed.join(", ")));
+    response
+        .extra
+        .push(format!("X-Keep-Storage-Classes-Confirmed: {}", confirmed.join(", ")));
     Reply::Full(response)
 }
 

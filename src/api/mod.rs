@@ -16,15 +16,27 @@ use crate::server::worker::Worker;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route<'a> {
     /// GET or HEAD of `/<locator>` or `//<locator>`.
-    BlockRead { locator: &'a str, send_body: bool },
+    BlockRead {
+        locator: &'a str,
+        send_body: bool,
+    },
     /// PUT `/<hash>[...]`: the text after `/`, which must start with the hash.
-    BlockWrite { locator: &'a str },
-    BlockTouch { locator: &'a str },
+    BlockWrite {
+        locator: &'a str,
+    },
+    BlockTouch {
+        locator: &'a str,
+    },
     BlockDelete,
     Untrash,
-    Index { prefix: &'a str },
+    Index {
+        prefix: &'a str,
+    },
     Mounts,
-    MountBlocks { uuid: &'a str, prefix: &'a str },
+    MountBlocks {
+        uuid: &'a str,
+        prefix: &'a str,
+    },
     PullList,
     TrashList,
     Options,
@@ -43,7 +55,10 @@ pub fn route<'a>(method: &str, path: &'a str) -> Route<'a> {
         "GET" | "HEAD" => {
             let send_body = method == "GET";
             if starts_with_hash(after_slash) {
-                return Route::BlockRead { locator: after_slash, send_body };
+                return Route::BlockRead {
+                    locator: after_slash,
+                    send_body,
+                };
             }
             if let Some(locator) = compat.filter(|rest| starts_with_hash(rest)) {
                 return Route::BlockRead { locator, send_body };
@@ -75,7 +90,11 @@ fn get_route(path: &str) -> Route<'_> {
         _ => {}
     }
     if let Some(prefix) = path.strip_prefix("/index/") {
-        return if is_prefix(prefix) { Route::Index { prefix } } else { Route::Miss };
+        return if is_prefix(prefix) {
+            Route::Index { prefix }
+        } else {
+            Route::Miss
+        };
     }
     if let Some(rest) = path.strip_prefix("/mounts/") {
         if let Some((uuid, tail)) = rest.split_once("/blocks") {
@@ -105,7 +124,9 @@ pub async fn handle(worker: &Worker, connection: &mut Connection, head: &Head) -
         Route::BlockTouch { locator } => blocks::touch(worker, head, locator),
         Route::BlockDelete | Route::Untrash | Route::PullList | Route::TrashList => {
             auth::require_root(&worker.node, head)?;
-            Err(RequestError::NotImplemented("trash, untrash and pull lists are the Operations issue"))
+            Err(RequestError::NotImplemented(
+                "trash, untrash and pull lists are the Operations issue",
+            ))
         }
         Route::Index { prefix } => admin::index(worker, connection, head, None, prefix).await,
         Route::MountBlocks { uuid, prefix } => admin::index(worker, connection, head, Some(uuid), prefix).await,
@@ -126,11 +147,28 @@ mod tests {
     #[test]
     fn block_routes() {
         let signed = format!("/{HASH}+11+Aabc@1");
-        assert_eq!(route("GET", &signed), Route::BlockRead { locator: &signed[1..], send_body: true });
+        assert_eq!(
+            route("GET", &signed),
+            Route::BlockRead {
+                locator: &signed[1..],
+                send_body: true
+            }
+        );
         let compat = format!("//{HASH}+11");
-        assert_eq!(route("HEAD", &compat), Route::BlockRead { locator: &compat[2..], send_body: false });
+        assert_eq!(
+            route("HEAD", &compat),
+            Route::BlockRead {
+                locator: &compat[2..],
+                send_body: false
+            }
+        );
         assert_eq!(route("PUT", &compat), Route::Miss);
-        assert_eq!(route("PUT", &format!("/{HASH}+12")), Route::BlockWrite { locator: &format!("{HASH}+12") });
+        assert_eq!(
+            route("PUT", &format!("/{HASH}+12")),
+            Route::BlockWrite {
+                locator: &format!("{HASH}+12")
+            }
+        );
         assert_eq!(route("GET", &format!("/{}", HASH.to_uppercase())), Route::Miss);
         assert_eq!(route("POST", &format!("/{HASH}")), Route::Miss);
         assert_eq!(route("PUT", &format!("/untrash/{HASH}+1")), Route::Untrash);
@@ -144,8 +182,14 @@ mod tests {
         assert_eq!(route("GET", "//index"), Route::Miss);
         assert_eq!(route("GET", "/"), Route::Miss);
         let uuid = "zzzzz-nyw5e-000000000000000";
-        assert_eq!(route("GET", &format!("/mounts/{uuid}/blocks")), Route::MountBlocks { uuid, prefix: "" });
-        assert_eq!(route("GET", &format!("/mounts/{uuid}/blocks/ab")), Route::MountBlocks { uuid, prefix: "ab" });
+        assert_eq!(
+            route("GET", &format!("/mounts/{uuid}/blocks")),
+            Route::MountBlocks { uuid, prefix: "" }
+        );
+        assert_eq!(
+            route("GET", &format!("/mounts/{uuid}/blocks/ab")),
+            Route::MountBlocks { uuid, prefix: "ab" }
+        );
         assert_eq!(route("GET", "/status.json"), Route::Miss);
         assert_eq!(route("OPTIONS", "/anything"), Route::Options);
     }

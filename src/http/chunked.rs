@@ -29,7 +29,9 @@ const CHUNK_SIZE_DIGITS_MAX: u8 = 15;
 
 impl Default for ChunkedDecoder {
     fn default() -> Self {
-        ChunkedDecoder { state: State::Size { size: 0, digits: 0 } }
+        ChunkedDecoder {
+            state: State::Size { size: 0, digits: 0 },
+        }
     }
 }
 
@@ -50,7 +52,10 @@ impl ChunkedDecoder {
                 State::Size { size, digits } => match byte {
                     b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' if digits < CHUNK_SIZE_DIGITS_MAX => {
                         let value = (byte as char).to_digit(16).unwrap_or(0) as u64;
-                        State::Size { size: size * 16 + value, digits: digits + 1 }
+                        State::Size {
+                            size: size * 16 + value,
+                            digits: digits + 1,
+                        }
                     }
                     b';' | b' ' | b'\t' if digits > 0 => State::Extension { size },
                     b'\r' if digits > 0 => State::SizeLf { size },
@@ -76,7 +81,11 @@ impl ChunkedDecoder {
                     out.extend_from_slice(&input[index..index + take]);
                     index += take;
                     let remaining = remaining - take as u64;
-                    self.state = if remaining == 0 { State::DataCr } else { State::Data { remaining } };
+                    self.state = if remaining == 0 {
+                        State::DataCr
+                    } else {
+                        State::Data { remaining }
+                    };
                     continue;
                 }
                 State::DataCr if byte == b'\r' => State::DataLf,

@@ -34,9 +34,7 @@ pub fn parse_head(bytes: &[u8]) -> Result<Option<(Head, usize)>, RequestError> {
     let mut request = httparse::Request::new(&mut slots);
     let head_len = match request.parse(bytes) {
         Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) if bytes.len() >= HEADER_BYTES_MAX => {
-            return Err(RequestError::HeadTooLarge)
-        }
+        Ok(httparse::Status::Partial) if bytes.len() >= HEADER_BYTES_MAX => return Err(RequestError::HeadTooLarge),
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(RequestError::HeadTooLarge),
         Err(_) => return Err(RequestError::Malformed("malformed request head")),
@@ -102,7 +100,9 @@ fn parse_content_length(value: &str) -> Result<u64, RequestError> {
     if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
         return Err(RequestError::Malformed("invalid Content-Length"));
     }
-    value.parse().map_err(|_| RequestError::Malformed("invalid Content-Length"))
+    value
+        .parse()
+        .map_err(|_| RequestError::Malformed("invalid Content-Length"))
 }
 
 fn transfer_encoding_is_chunked(value: &str) -> Result<bool, RequestError> {

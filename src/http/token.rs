@@ -70,7 +70,10 @@ mod tests {
     #[test]
     fn basic_password_is_the_token() {
         let credentials = base64::engine::general_purpose::STANDARD.encode("user:pw123");
-        let head = Head { authorization: Some(format!("Basic {credentials}")), ..Head::default() };
+        let head = Head {
+            authorization: Some(format!("Basic {credentials}")),
+            ..Head::default()
+        };
         assert_eq!(tokens(&head), ["pw123"]);
     }
 }

@@ -31,7 +31,10 @@ pub fn run(config: Config) -> Result<(), StartError> {
         tracing::info!(volume = %volume.uuid, path = %volume.root.display(), "volume added");
         volumes.push(volume);
     }
-    let signing_key = config.signing_key.as_deref().map(|key| SigningKey::new(key, config.blob_signing_ttl_secs));
+    let signing_key = config
+        .signing_key
+        .as_deref()
+        .map(|key| SigningKey::new(key, config.blob_signing_ttl_secs));
     let node = Arc::new(Node::new(
         VolumeSet::new(volumes),
         signing_key,

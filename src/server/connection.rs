@@ -34,16 +34,31 @@ pub struct Response {
 pub enum Reply {
     Full(Response),
     /// The handler wrote head and body itself (a streamed block or index).
-    Sent { status: u16, bytes_out: u64 },
+    Sent {
+        status: u16,
+        bytes_out: u64,
+    },
 }
 
 impl Reply {
     pub fn empty(status: u16) -> Reply {
-        Reply::Full(Response { status, content_type: None, extra: Vec::new(), body: Vec::new(), cors: true })
+        Reply::Full(Response {
+            status,
+            content_type: None,
+            extra: Vec::new(),
+            body: Vec::new(),
+            cors: true,
+        })
     }
 
     pub fn text(status: u16, content_type: &'static str, body: Vec<u8>) -> Reply {
-        Reply::Full(Response { status, content_type: Some(content_type), extra: Vec::new(), body, cors: true })
+        Reply::Full(Response {
+            status,
+            content_type: Some(content_type),
+            extra: Vec::new(),
+            body,
+            cors: true,
+        })
     }
 }
 
@@ -68,6 +83,8 @@ pub struct Connection {
     pub request_id: String,
     pub date: String,
     pub is_head: bool,
+    /// Every answer on the block read route carries `Vary: X-Keep-Signature`, errors too.
+    pub vary_signature: bool,
 }
 
 impl Connection {
@@ -83,6 +100,7 @@ impl Connection {
             request_id: String::new(),
             date: String::new(),
             is_head: false,
+            vary_signature: false,
         }
     }
 
@@ -114,7 +132,9 @@ impl Connection {
             self.read_buffer = buffer;
             return Err(RequestError::HeadTooLarge);
         }
-        let (result, slice) = self.deadline(deadline, self.stream.read(buffer.slice(offset..end))).await?;
+        let (result, slice) = self
+            .deadline(deadline, self.stream.read(buffer.slice(offset..end)))
+            .await?;
         self.read_buffer = slice.into_inner();
         result.map_err(|_| RequestError::ClientGone)
     }
@@ -156,6 +176,7 @@ impl Connection {
         self.request_id = request_id;
         self.date = date;
         self.is_head = head.method == "HEAD";
+        self.vary_signature = false;
     }
 
     /// The body has been read to its end (so the next request can be parsed).
@@ -200,7 +221,9 @@ impl Connection {
                 }
                 out.reserve(want);
                 let length = out.len();
-                let read = self.deadline(stall, self.stream.read(out.slice(length..length + want))).await;
+                let read = self
+                    .deadline(stall, self.stream.read(out.slice(length..length + want)))
+                    .await;
                 let (result, slice) = match read {
                     Ok(done) => done,
                     Err(error) => return (Err(error), Vec::new()),
@@ -319,7 +342,14 @@ pub async fn serve(stream: TcpStream, worker: &Worker) {
             Err(error) => {
                 connection.begin_request(&Head::default(), worker.new_request_id(), worker.http_date(), true);
                 let _ = answer_error(&mut connection, &error).await;
-                worker.log_request("-", "-", error.reply().status, 0, Instant::now(), &connection.request_id);
+                worker.log_request(
+                    "-",
+                    "-",
+                    error.reply().status,
+                    0,
+                    Instant::now(),
+                    &connection.request_id,
+                );
                 break;
             }
         };
@@ -343,7 +373,14 @@ pub async fn serve(stream: TcpStream, worker: &Worker) {
                 answer_error(&mut connection, &error).await.unwrap_or((499, 0))
             }
         };
-        worker.log_request(&head.method, &head.path, status, bytes_out, started, &connection.request_id);
+        worker.log_request(
+            &head.method,
+            &head.path,
+            status,
+            bytes_out,
+            started,
+            &connection.request_id,
+        );
         if connection.close_after {
             break;
         }
@@ -371,6 +408,9 @@ async fn answer_error(connection: &mut Connection, error: &RequestError) -> Resu
         body: reply.body.into_bytes(),
         cors: true,
     };
+    if connection.vary_signature {
+        response.extra.push("Vary: X-Keep-Signature".into());
+    }
     if reply.nosniff {
         response.extra.push("X-Content-Type-Options: nosniff".into());
     }

@@ -72,7 +72,10 @@ impl Worker {
     /// The `Date` header value, formatted once per second per worker.
     pub fn http_date(&self) -> String {
         let now = SystemTime::now();
-        let second = now.duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_secs()).unwrap_or(0);
+        let second = now
+            .duration_since(UNIX_EPOCH)
+            .map(|elapsed| elapsed.as_secs())
+            .unwrap_or(0);
         let mut cache = self.date_cache.borrow_mut();
         if cache.0 != second || cache.1.is_empty() {
             *cache = (second, httpdate::fmt_http_date(now));
@@ -83,12 +86,12 @@ impl Worker {
     pub fn log_request(&self, method: &str, path: &str, status: u16, bytes: u64, started: Instant, request_id: &str) {
         tracing::info!(
             worker = self.id,
-            method,
+            method = %method,
             path = %redact_signatures(path),
             status,
             bytes,
             micros = started.elapsed().as_micros() as u64,
-            request_id,
+            request_id = %request_id,
             "request"
         );
     }
@@ -114,14 +117,20 @@ pub fn redact_signatures(path: &str) -> String {
 pub fn run(id: usize, node: Arc<Node>, listener: std::net::TcpListener, ready: crossbeam_channel::Sender<usize>) {
     let mut ring = tokio_uring::uring_builder();
     ring.setup_coop_taskrun().setup_single_issuer();
-    let seed = SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_nanos() as u64).unwrap_or(7)
+    let seed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_nanos() as u64)
+        .unwrap_or(7)
         ^ ((id as u64 + 1) << 48);
-    tokio_uring::builder().entries(RING_ENTRIES).uring_builder(&ring).start(async move {
-        let listener = TcpListener::from_std(listener);
-        let worker = Rc::new(Worker::new(id, node, seed));
-        let _ = ready.send(id);
-        accept_loop(&listener, worker).await;
-    });
+    tokio_uring::builder()
+        .entries(RING_ENTRIES)
+        .uring_builder(&ring)
+        .start(async move {
+            let listener = TcpListener::from_std(listener);
+            let worker = Rc::new(Worker::new(id, node, seed));
+            let _ = ready.send(id);
+            accept_loop(&listener, worker).await;
+        });
 }
 
 async fn accept_loop(listener: &TcpListener, worker: Rc<Worker>) {

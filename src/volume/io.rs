@@ -74,7 +74,12 @@ pub async fn read_exact_into(
 }
 
 /// Whether the stored copy holds exactly `data`, read through `scratch` in chunks.
-pub async fn stored_copy_equals(file: &File, size: u64, data: &[u8], mut scratch: Vec<u8>) -> (io::Result<bool>, Vec<u8>) {
+pub async fn stored_copy_equals(
+    file: &File,
+    size: u64,
+    data: &[u8],
+    mut scratch: Vec<u8>,
+) -> (io::Result<bool>, Vec<u8>) {
     if size != data.len() as u64 {
         return (Ok(false), scratch);
     }
@@ -108,7 +113,13 @@ pub async fn write_block(root: &Path, hash: &str, data: Vec<u8>, random: u64) ->
         }
     }
     let temp = layout::temp_path(root, hash, random);
-    let file = match OpenOptions::new().write(true).create_new(true).mode(0o600).open(&temp).await {
+    let file = match OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&temp)
+        .await
+    {
         Ok(file) => file,
         Err(error) => return (Err(error.into()), data),
     };

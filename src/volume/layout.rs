@@ -29,7 +29,10 @@ mod tests {
     #[test]
     fn keepstore_layout() {
         let hash = "6f09f2b353b6d63069f770b90e2b112c";
-        assert_eq!(block_path(Path::new("/v"), hash), Path::new("/v/6f0/6f09f2b353b6d63069f770b90e2b112c"));
+        assert_eq!(
+            block_path(Path::new("/v"), hash),
+            Path::new("/v/6f0/6f09f2b353b6d63069f770b90e2b112c")
+        );
         assert_eq!(
             temp_path(Path::new("/v"), hash, 42),
             Path::new("/v/6f0/tmp6f09f2b353b6d63069f770b90e2b112c42")

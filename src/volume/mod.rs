@@ -80,7 +80,10 @@ pub fn is_volume_uuid(text: &str) -> bool {
     bytes.len() == 27
         && bytes[5] == b'-'
         && &text[6..12] == "nyw5e-"
-        && text[..5].bytes().chain(text[12..].bytes()).all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
+        && text[..5]
+            .bytes()
+            .chain(text[12..].bytes())
+            .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
 }
 
 pub fn random_base36(len: usize) -> std::io::Result<String> {

@@ -15,7 +15,9 @@ pub struct VolumeSet {
 impl VolumeSet {
     pub fn new(mut volumes: Vec<Volume>) -> Self {
         volumes.sort_by(|left, right| left.uuid.cmp(&right.uuid));
-        VolumeSet { volumes: volumes.into_iter().map(Arc::new).collect() }
+        VolumeSet {
+            volumes: volumes.into_iter().map(Arc::new).collect(),
+        }
     }
 
     /// Volumes in UUID order.
@@ -29,6 +31,9 @@ impl VolumeSet {
 
     /// Volumes in the order a block is looked for and written (keep-protocol.md §5).
     pub fn ordered_for(&self, hash: &str) -> Vec<Arc<Volume>> {
-        placement::order(hash, &self.volumes).into_iter().map(|index| self.volumes[index].clone()).collect()
+        placement::order(hash, &self.volumes)
+            .into_iter()
+            .map(|index| self.volumes[index].clone())
+            .collect()
     }
 }

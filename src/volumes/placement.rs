@@ -53,10 +53,14 @@ mod tests {
     #[test]
     fn orders_by_md5_of_hash_and_uuid_suffix() {
         let hash = "6f09f2b353b6d63069f770b90e2b112c";
-        let volumes: Vec<_> = (0..8).map(|i| volume(&format!("zzzzz-nyw5e-00000000000000{i}"), 0)).collect();
+        let volumes: Vec<_> = (0..8)
+            .map(|i| volume(&format!("zzzzz-nyw5e-00000000000000{i}"), 0))
+            .collect();
         let order = order(hash, &volumes);
-        let weights: Vec<String> =
-            order.iter().map(|&i| md5_hex(&format!("{hash}{}", &volumes[i].uuid[12..]))).collect();
+        let weights: Vec<String> = order
+            .iter()
+            .map(|&i| md5_hex(&format!("{hash}{}", &volumes[i].uuid[12..])))
+            .collect();
         let mut sorted = weights.clone();
         sorted.sort();
         assert_eq!(weights, sorted);
@@ -69,7 +73,10 @@ mod tests {
         let volumes = vec![volume("a", 0), volume("b", 5), volume("c", 0)];
         let order = order(hash, &volumes);
         assert_eq!(order[0], 1);
-        let rest: Vec<String> = order[1..].iter().map(|&i| md5_hex(&format!("{hash}{}", volumes[i].uuid))).collect();
+        let rest: Vec<String> = order[1..]
+            .iter()
+            .map(|&i| md5_hex(&format!("{hash}{}", volumes[i].uuid)))
+            .collect();
         assert!(rest[0] < rest[1]);
     }
 }

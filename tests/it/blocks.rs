@@ -1,0 +1,638 @@
+//! PUT/GET/HEAD of blocks (keep-protocol.md §3.1, §3.2, §6) plus keepring's deliberate
+//! differences: 413 before reading an oversized body, `100 Continue`, atomic writes, corrupt
+//! copies never served as good and repaired by PUT.
+
+use std::io::Write;
+use std::time::Duration;
+
+use md5::{Digest, Md5};
+
+use crate::support::*;
+
+const MIB: usize = 1024 * 1024;
+
+fn assert_only_block_file(volume: &std::path::Path, hash: &str) {
+    assert_eq!(
+        block_dir_entries(volume, hash),
+        vec![hash.to_string()],
+        "the block directory should hold exactly the block file (no temp files)"
+    );
+}
+
+#[test]
+fn put_get_head_round_trip_stores_bytes_on_disk() {
+    let server = TestServer::start();
+    let data = b"hello keep\n";
+    let hash = md5_hex(data);
+    assert_eq!(hash, "6f09f2b353b6d63069f770b90e2b112c");
+
+    let put = server.put(data);
+    assert_eq!(put.status, 200, "{}", put.summary());
+    let locator = put.text();
+    assert!(
+        locator.starts_with(&format!("{hash}+11+A")) && locator.ends_with('\n'),
+        "PUT body {locator:?}"
+    );
+    assert_eq!(locator.matches('\n').count(), 1, "exactly one trailing newline");
+    assert_eq!(put.header("X-Keep-Replicas-Stored"), Some("1"));
+    assert_eq!(put.header("X-Keep-Storage-Classes-Confirmed"), Some("default=1"));
+    assert_eq!(put.header("Content-Length"), Some(locator.len().to_string().as_str()));
+
+    let path = block_path(server.volume(0), &hash);
+    assert_eq!(std::fs::read(&path).expect("block file on disk"), data);
+    assert_only_block_file(server.volume(0), &hash);
+
+    let locator = locator.trim_end();
+    let get = server.get(locator);
+    assert_eq!(get.status, 200, "{}", get.summary());
+    assert_eq!(get.body, data);
+    assert_eq!(get.header("Content-Length"), Some("11"));
+    assert_eq!(get.header("Vary"), Some("X-Keep-Signature"));
+
+    let head = server.request(Request::head(&format!("/{locator}")).token(USER_TOKEN));
+    assert_eq!(head.status, 200, "{}", head.summary());
+    assert_eq!(head.header("Content-Length"), Some("11"));
+    assert_eq!(head.header("Vary"), Some("X-Keep-Signature"));
+}
+
+#[test]
+fn put_signature_is_hmac_of_hash_token_expiry_and_ttl() {
+    let server = TestServer::start();
+    let data = b"signature check";
+    let hash = md5_hex(data);
+    let before = now_secs();
+    let locator = server.put_block(data);
+    let after = now_secs();
+
+    let (unsigned, hint) = locator.split_once("+A").expect("signed locator");
+    assert_eq!(unsigned, format!("{hash}+{}", data.len()));
+    let (signature, expiry_hex) = hint.split_once('@').expect("sig@expiry");
+    assert_eq!(expiry_hex.len(), 8, "expiry is 8 hex digits: {locator}");
+    let expiry = u64::from_str_radix(expiry_hex, 16).expect("hex expiry");
+    assert!(
+        (before + SIGNING_TTL_SECS_DEFAULT..=after + SIGNING_TTL_SECS_DEFAULT).contains(&expiry),
+        "expiry {expiry} should be now + 1209600"
+    );
+    assert_eq!(
+        signature,
+        sign(&hash, USER_TOKEN, SIGNING_KEY, SIGNING_TTL_SECS_DEFAULT, expiry)
+    );
+}
+
+#[test]
+fn signing_ttl_flag_sets_expiry_and_signed_ttl() {
+    let server = ServerBuilder::new().arg("--blob-signing-ttl-secs").arg("3600").start();
+    let data = b"short ttl";
+    let hash = md5_hex(data);
+    let before = now_secs();
+    let locator = server.put_block(data);
+    let expiry_hex = locator.rsplit('@').next().expect("expiry");
+    let expiry = u64::from_str_radix(expiry_hex, 16).expect("hex expiry");
+    assert!(
+        (before + 3600..=now_secs() + 3600).contains(&expiry),
+        "expiry {expiry} should be now + 3600"
+    );
+    assert_eq!(
+        locator,
+        signed_locator_with(&hash, data.len(), USER_TOKEN, SIGNING_KEY, 3600, expiry)
+    );
+    let get = server.get(&locator);
+    assert_eq!(get.status, 200, "{}", get.summary());
+}
+
+#[test]
+fn put_without_token_returns_unsigned_locator() {
+    let server = TestServer::start();
+    let data = b"hello keep\n";
+    let response = server.request(Request::put(&format!("/{}", md5_hex(data)), data));
+    assert_eq!(response.status, 200, "{}", response.summary());
+    assert_eq!(response.text(), "6f09f2b353b6d63069f770b90e2b112c+11\n");
+}
+
+#[test]
+fn put_without_signing_key_returns_unsigned_locator_and_reads_need_no_token() {
+    let server = ServerBuilder::new().without_signing_key().start();
+    let data = b"no key configured";
+    let hash = md5_hex(data);
+    let response = server.put(data);
+    assert_eq!(response.status, 200, "{}", response.summary());
+    assert_eq!(response.text(), format!("{hash}+{}\n", data.len()));
+    let get = server.request(Request::get(&format!("/{hash}+{}", data.len())));
+    assert_eq!(get.status, 200, "{}", get.summary());
+    assert_eq!(get.body, data);
+}
+
+#[test]
+fn put_same_block_twice_succeeds_and_keeps_one_file() {
+    let server = TestServer::start();
+    let data = test_bytes(1, 1000);
+    let first = server.put(&data);
+    let second = server.put(&data);
+    assert_eq!(first.status, 200, "{}", first.summary());
+    assert_eq!(second.status, 200, "{}", second.summary());
+    assert_only_block_file(server.volume(0), &md5_hex(&data));
+}
+
+#[test]
+fn put_tolerates_hints_after_the_hash() {
+    let server = TestServer::start();
+    let data = b"hello keep\n";
+    let hash = md5_hex(data);
+    let response = server.request(Request::put(&format!("/{hash}+12"), data));
+    assert_eq!(response.status, 200, "{}", response.summary());
+    assert_eq!(response.text(), format!("{hash}+11\n"));
+}
+
+#[test]
+fn empty_block_round_trip() {
+    let server = TestServer::start();
+    let put = server.put(b"");
+    assert_eq!(put.status, 200, "{}", put.summary());
+    assert!(
+        put.text().starts_with(&format!("{EMPTY_HASH}+0+A")),
+        "{}",
+        put.summary()
+    );
+    assert_eq!(
+        std::fs::read(block_path(server.volume(0), EMPTY_HASH)).expect("empty block file"),
+        b""
+    );
+    let get = server.get(put.text().trim_end());
+    assert_eq!(get.status, 200, "{}", get.summary());
+    assert!(get.body.is_empty());
+    assert_eq!(get.header("Content-Length"), Some("0"));
+}
+
+#[test]
+fn empty_block_must_be_stored_before_it_can_be_read() {
+    let server = TestServer::start();
+    let get = server.get(&signed_locator(EMPTY_HASH, 0, USER_TOKEN));
+    assert_eq!(get.status, 404, "{}", get.summary());
+    assert_eq!(get.text(), "file does not exist\n");
+}
+
+/// Piece `index` of the 64 MiB test block: 1 MiB, distinct per piece.
+fn big_piece(index: usize) -> Vec<u8> {
+    test_bytes(1000 + index as u64, MIB)
+}
+
+#[test]
+fn put_and_get_exactly_64_mib() {
+    let server = TestServer::start();
+    let pieces = BLOCK_BYTES_MAX / MIB;
+    let mut hasher = Md5::new();
+    for index in 0..pieces {
+        hasher.update(big_piece(index));
+    }
+    let hash = hex(&hasher.finalize());
+
+    let mut conn = server.conn();
+    let head = format!(
+        "PUT /{hash} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {USER_TOKEN}\r\nContent-Length: {BLOCK_BYTES_MAX}\r\n\r\n"
+    );
+    conn.write_raw(head.as_bytes()).expect("write head");
+    for index in 0..pieces {
+        conn.write_raw(&big_piece(index)).expect("write body piece");
+    }
+    let put = conn.read_response("PUT").expect("PUT response");
+    assert_eq!(put.status, 200, "{}", put.summary());
+    let locator = put.text().trim_end().to_string();
+    assert!(locator.starts_with(&format!("{hash}+{BLOCK_BYTES_MAX}+A")), "{locator}");
+    assert_eq!(
+        std::fs::metadata(block_path(server.volume(0), &hash))
+            .expect("block file")
+            .len(),
+        BLOCK_BYTES_MAX as u64
+    );
+
+    let get = conn.request(&Request::get(&format!("/{locator}")).token(USER_TOKEN));
+    assert_eq!(get.status, 200, "status {} {}", get.status, get.reason);
+    assert!(get.complete, "GET body cut short at {} bytes", get.body.len());
+    assert_eq!(get.body.len(), BLOCK_BYTES_MAX);
+    assert_eq!(md5_hex(&get.body), hash, "GET returned different bytes");
+}
+
+#[test]
+fn put_over_64_mib_is_rejected_with_413_before_the_body_is_sent() {
+    let server = TestServer::start();
+    let hash = md5_hex(b"never sent");
+    let mut conn = server.conn();
+    let head = format!(
+        "PUT /{hash} HTTP/1.1\r\nHost: 127.0.0.1\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+        BLOCK_BYTES_MAX + 1
+    );
+    conn.write_raw(head.as_bytes()).expect("write head");
+    // No body is sent: the server must answer from the header alone, without `100 Continue`.
+    let response = conn.read_response("PUT").expect("a response without any body sent");
+    assert_eq!(response.status, 413, "{}", response.summary());
+    assert_eq!(response.text(), "request entity too large\n");
+    assert!(
+        conn.closed_by_server_within(Duration::from_secs(5)),
+        "the server should close the connection after a 413"
+    );
+    assert!(block_dir_entries(server.volume(0), &hash).is_empty());
+}
+
+#[test]
+fn put_over_64_mib_without_expect_is_rejected_before_the_body_is_sent() {
+    let server = TestServer::start();
+    let hash = md5_hex(b"never sent either");
+    let mut conn = server.conn();
+    let head = format!(
+        "PUT /{hash} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n",
+        BLOCK_BYTES_MAX + 1
+    );
+    conn.write_raw(head.as_bytes()).expect("write head");
+    let response = conn.read_response("PUT").expect("a response without any body sent");
+    assert_eq!(response.status, 413, "{}", response.summary());
+    assert_eq!(response.text(), "request entity too large\n");
+    assert!(conn.closed_by_server_within(Duration::from_secs(5)));
+}
+
+#[test]
+fn chunked_put_over_64_mib_is_rejected_with_413() {
+    let server = TestServer::start();
+    let hash = md5_hex(b"too big, chunked");
+    let mut conn = server.conn();
+    let head = format!("PUT /{hash} HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n");
+    conn.write_raw(head.as_bytes()).expect("write head");
+    // A writer thread, so a server that answers early cannot deadlock the test.
+    let mut writer = conn.stream().try_clone().expect("clone stream");
+    let sender = std::thread::spawn(move || {
+        let piece = vec![b'x'; MIB];
+        let mut chunk = format!("{:x}\r\n", MIB).into_bytes();
+        chunk.extend_from_slice(&piece);
+        chunk.extend_from_slice(b"\r\n");
+        for _ in 0..BLOCK_BYTES_MAX / MIB {
+            if writer.write_all(&chunk).is_err() {
+                return;
+            }
+        }
+        let _ = writer.write_all(b"1\r\nx\r\n0\r\n\r\n");
+    });
+    let response = conn.read_response("PUT").expect("413 response");
+    assert_eq!(response.status, 413, "{}", response.summary());
+    assert_eq!(response.text(), "request entity too large\n");
+    sender.join().expect("writer thread");
+    assert!(block_dir_entries(server.volume(0), &hash).is_empty());
+}
+
+#[test]
+fn expect_100_continue_gets_interim_response_before_body() {
+    let server = TestServer::start();
+    let data = test_bytes(2, 2 * MIB);
+    let hash = md5_hex(&data);
+    let mut conn = server.conn();
+    let head = format!(
+        "PUT /{hash} HTTP/1.1\r\nHost: 127.0.0.1\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+        data.len()
+    );
+    conn.write_raw(head.as_bytes()).expect("write head");
+    let interim = conn.read_response("PUT").expect("100 Continue before any body");
+    assert_eq!(interim.status, 100, "{}", interim.summary());
+    assert_eq!(interim.version, "HTTP/1.1");
+    conn.write_raw(&data).expect("write body");
+    let response = conn.read_response("PUT").expect("final response");
+    assert_eq!(response.status, 200, "{}", response.summary());
+    assert_eq!(response.text(), format!("{hash}+{}\n", data.len()));
+    assert_eq!(
+        std::fs::read(block_path(server.volume(0), &hash)).expect("stored"),
+        data
+    );
+}
+
+#[test]
+fn chunked_put_is_stored() {
+    let server = TestServer::start();
+    let data = test_bytes(3, 300_000);
+    let hash = md5_hex(&data);
+    let mut body = Vec::new();
+    for piece in data.chunks(70_000) {
+        body.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        body.extend_from_slice(piece);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(b"0\r\n\r\n");
+    let response = server.request(
+        Request::put(&format!("/{hash}"), &body)
+            .header("Transfer-Encoding", "chunked")
+            .token(USER_TOKEN),
+    );
+    assert_eq!(response.status, 200, "{}", response.summary());
+    assert!(response.text().starts_with(&format!("{hash}+300000+A")));
+    assert_eq!(
+        std::fs::read(block_path(server.volume(0), &hash)).expect("stored"),
+        data
+    );
+    assert_only_block_file(server.volume(0), &hash);
+}
+
+#[test]
+fn put_with_wrong_hash_is_rejected_and_stores_nothing() {
+    let server = TestServer::start();
+    let data = b"hello keep\n";
+    let wrong = "00000000000000000000000000000000";
+    let response = server.request(Request::put(&format!("/{wrong}"), data).token(USER_TOKEN));
+    assert_eq!(response.status, 400, "{}", response.summary());
+    assert_eq!(
+        response.text(),
+        format!(
+            "content hash {} did not match specified locator {wrong}\n",
+            md5_hex(data)
+        )
+    );
+    assert!(block_dir_entries(server.volume(0), wrong).is_empty());
+    assert!(block_dir_entries(server.volume(0), &md5_hex(data)).is_empty());
+}
+
+#[test]
+fn put_with_short_content_length_hashes_only_the_declared_bytes() {
+    let server = TestServer::start();
+    let hash = md5_hex(b"hello keep\n");
+    let response = server.request(Request::put(&format!("/{hash}"), b"hello keep\n").header("Content-Length", "5"));
+    assert_eq!(response.status, 400, "{}", response.summary());
+    assert_eq!(
+        response.text(),
+        format!("content hash 5d41402abc4b2a76b9719d911017c592 did not match specified locator {hash}\n")
+    );
+    assert!(block_dir_entries(server.volume(0), &hash).is_empty());
+}
+
+#[test]
+fn client_hang_up_mid_body_stores_nothing_and_server_keeps_serving() {
+    let server = TestServer::start();
+    // The URL names the hash of exactly the bytes sent, so a server that took EOF for the end
+    // of the body would store them: it must not, since Content-Length promised more.
+    let data = test_bytes(4, 100_000);
+    let hash = md5_hex(&data);
+    {
+        let mut conn = server.conn();
+        let head = format!(
+            "PUT /{hash} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n",
+            data.len() + 1000
+        );
+        conn.write_raw(head.as_bytes()).expect("write head");
+        conn.write_raw(&data).expect("write partial body");
+        conn.shutdown_write();
+        // Give the server the chance to answer (keepstore: 499) or not; then hang up.
+        let _ = conn.closed_by_server_within(Duration::from_secs(2));
+    }
+    // The server is still serving.
+    let other = test_bytes(5, 10);
+    let locator = server.put_block(&other);
+    assert_eq!(server.get(&locator).body, other);
+    // Let any late write of the aborted request surface before looking.
+    let _ = server.log.wait_for(Duration::from_secs(2), |line| line.contains(&hash));
+    assert!(
+        block_dir_entries(server.volume(0), &hash).is_empty(),
+        "nothing may be stored for an incomplete body: {:?}",
+        block_dir_entries(server.volume(0), &hash)
+    );
+    let get = server.get(&signed_locator(&hash, data.len(), USER_TOKEN));
+    assert_eq!(get.status, 404, "{}", get.summary());
+}
+
+#[test]
+fn put_with_requested_default_storage_class_is_confirmed() {
+    let server = TestServer::start();
+    let data = b"classy";
+    let response =
+        server.request(Request::put(&format!("/{}", md5_hex(data)), data).header("X-Keep-Storage-Classes", "default"));
+    assert_eq!(response.status, 200, "{}", response.summary());
+    assert_eq!(response.header("X-Keep-Storage-Classes-Confirmed"), Some("default=1"));
+}
+
+#[test]
+fn put_with_unknown_storage_class_is_507_and_stores_nothing() {
+    let server = TestServer::start();
+    let data = b"no such class";
+    let hash = md5_hex(data);
+    let response =
+        server.request(Request::put(&format!("/{hash}"), data).header("X-Keep-Storage-Classes", "nosuchclass"));
+    assert_eq!(response.status, 507, "{}", response.summary());
+    assert_eq!(response.text(), "insufficient storage\n");
+    assert!(block_dir_entries(server.volume(0), &hash).is_empty());
+}
+
+#[test]
+fn put_lands_on_exactly_one_of_two_volumes() {
+    let server = ServerBuilder::new().volumes(2).start();
+    let mut used = [0usize; 2];
+    for seed in 0..16 {
+        let data = test_bytes(100 + seed, 64);
+        let hash = md5_hex(&data);
+        server.put_block(&data);
+        let holders = server.volumes_holding(&hash);
+        assert_eq!(holders.len(), 1, "block {hash} on volumes {holders:?}");
+        used[holders[0]] += 1;
+        assert_only_block_file(server.volume(holders[0]), &hash);
+    }
+    assert!(used.iter().all(|&count| count > 0), "placement {used:?}");
+}
+
+#[test]
+fn put_places_block_on_first_volume_in_rendezvous_order() {
+    // keep-protocol.md §5: mounts sorted by md5(hash + last 15 chars of uuid) ascending.
+    let server = ServerBuilder::new().volumes(3).start();
+    let uuids: Vec<String> = server
+        .volumes()
+        .iter()
+        .map(|volume| {
+            std::fs::read_to_string(volume.join(VOLUME_UUID_FILE))
+                .expect("volume uuid file")
+                .trim()
+                .to_string()
+        })
+        .collect();
+    for seed in 0..12 {
+        let data = test_bytes(200 + seed, 32);
+        let hash = md5_hex(&data);
+        server.put_block(&data);
+        let expected = (0..uuids.len())
+            .min_by_key(|&index| md5_hex(format!("{hash}{}", &uuids[index][12..]).as_bytes()))
+            .expect("volumes");
+        assert_eq!(
+            server.volumes_holding(&hash),
+            vec![expected],
+            "block {hash}, volume uuids {uuids:?}"
+        );
+    }
+}
+
+#[test]
+fn corrupt_small_block_is_not_served_as_good() {
+    let server = TestServer::start();
+    let data = test_bytes(6, 5000);
+    let locator = server.put_block(&data);
+    let hash = md5_hex(&data);
+    std::fs::write(block_path(server.volume(0), &hash), corrupted(&data)).expect("corrupt");
+
+    let get = server.get(&locator);
+    assert_eq!(get.status, 502, "{}", get.summary());
+    assert_eq!(get.text(), "checksum mismatch in stored data\n");
+    let head = server.request(Request::head(&format!("/{locator}")).token(USER_TOKEN));
+    assert_eq!(head.status, 502, "{}", head.summary());
+}
+
+#[test]
+fn corrupt_large_block_is_502_or_cut_short_never_a_full_200() {
+    let server = TestServer::start();
+    let data = test_bytes(7, 3 * MIB);
+    let locator = server.put_block(&data);
+    let hash = md5_hex(&data);
+    let mut bad = data.clone();
+    bad[3 * MIB - 1] ^= 0xff; // only the last byte differs
+    std::fs::write(block_path(server.volume(0), &hash), &bad).expect("corrupt");
+
+    let get = server.get(&locator);
+    match get.status {
+        502 => assert_eq!(get.text(), "checksum mismatch in stored data\n"),
+        200 => assert!(
+            !get.complete && get.body.len() < data.len(),
+            "a corrupt block was delivered as a complete 200 ({} bytes, md5 {})",
+            get.body.len(),
+            md5_hex(&get.body)
+        ),
+        _ => panic!("unexpected {}", get.summary()),
+    }
+    // The server survives and still serves good blocks.
+    let other = test_bytes(8, 100);
+    let other_locator = server.put_block(&other);
+    assert_eq!(server.get(&other_locator).body, other);
+}
+
+#[test]
+fn corrupt_copy_on_one_volume_is_skipped_for_a_good_copy_on_another() {
+    let builder = ServerBuilder::new().volumes(2);
+    // Two blocks, each corrupt on a different volume, so whichever volume the server tries
+    // first holds the corrupt copy of one of them.
+    let blocks = [test_bytes(9, 2000), test_bytes(10, 2000)];
+    for (index, data) in blocks.iter().enumerate() {
+        let hash = md5_hex(data);
+        write_block_file(builder.volume(index), &hash, &corrupted(data));
+        write_block_file(builder.volume(1 - index), &hash, data);
+    }
+    let server = builder.start();
+    for data in &blocks {
+        let get = server.get(&signed_locator_for(data));
+        assert_eq!(get.status, 200, "{}", get.summary());
+        assert!(get.complete);
+        assert_eq!(get.body, *data, "wrong bytes served");
+        let head = server.request(Request::head(&format!("/{}", signed_locator_for(data))).token(USER_TOKEN));
+        assert_eq!(head.status, 200, "{}", head.summary());
+    }
+}
+
+#[test]
+fn put_over_corrupt_stored_copy_rewrites_it() {
+    let server = TestServer::start();
+    let data = test_bytes(11, 4000);
+    let hash = md5_hex(&data);
+    let locator = server.put_block(&data);
+    let path = block_path(server.volume(0), &hash);
+    std::fs::write(&path, corrupted(&data)).expect("corrupt");
+
+    let put = server.put(&data);
+    assert_eq!(put.status, 200, "{}", put.summary());
+    assert_eq!(std::fs::read(&path).expect("block file"), data, "not repaired");
+    assert_only_block_file(server.volume(0), &hash);
+    let get = server.get(&locator);
+    assert_eq!(get.status, 200, "{}", get.summary());
+    assert_eq!(get.body, data);
+}
+
+#[test]
+fn blocks_written_by_another_keepstore_are_served() {
+    let builder = ServerBuilder::new();
+    let data = test_bytes(12, 777);
+    write_block_file(builder.volume(0), &md5_hex(&data), &data);
+    let server = builder.start();
+    let get = server.get(&signed_locator_for(&data));
+    assert_eq!(get.status, 200, "{}", get.summary());
+    assert_eq!(get.body, data);
+}
+
+#[test]
+fn missing_volume_directories_are_created_with_a_uuid_file() {
+    let server = ServerBuilder::new().volumes(2).start();
+    for volume in server.volumes() {
+        assert!(volume.is_dir(), "{} not created", volume.display());
+        let uuid = std::fs::read_to_string(volume.join(VOLUME_UUID_FILE)).expect("uuid file");
+        assert!(is_volume_uuid(uuid.trim()), "bad uuid {uuid:?}");
+    }
+}
+
+#[test]
+fn volume_uuid_survives_a_restart() {
+    let volumes = tempfile::tempdir().expect("temp dir");
+    let paths = vec![volumes.path().join("a"), volumes.path().join("b")];
+    let read_uuids = || -> Vec<String> {
+        paths
+            .iter()
+            .map(|path| {
+                std::fs::read_to_string(path.join(VOLUME_UUID_FILE))
+                    .expect("uuid file")
+                    .trim()
+                    .to_string()
+            })
+            .collect()
+    };
+    let first = ServerBuilder::new().volume_paths(paths.clone()).start();
+    let uuids = read_uuids();
+    assert_ne!(uuids[0], uuids[1], "volumes need distinct uuids");
+    drop(first);
+    let _second = ServerBuilder::new().volume_paths(paths.clone()).start();
+    assert_eq!(read_uuids(), uuids);
+}
+
+#[test]
+fn concurrent_puts_of_the_same_block_leave_one_good_file() {
+    let server = TestServer::start();
+    let data = test_bytes(13, 512 * 1024);
+    let hash = md5_hex(&data);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..8).map(|_| scope.spawn(|| server.put(&data))).collect();
+        for worker in workers {
+            let response = worker.join().expect("PUT thread");
+            assert_eq!(response.status, 200, "{}", response.summary());
+        }
+    });
+    assert_eq!(
+        std::fs::read(block_path(server.volume(0), &hash)).expect("block file"),
+        data
+    );
+    assert_only_block_file(server.volume(0), &hash);
+}
+
+#[test]
+fn buffers_are_returned_after_successes_and_failures() {
+    // With a single buffer, a request that leaked its buffer would make every later block
+    // request fail (503 or hang).
+    let server = ServerBuilder::new().arg("--max-buffers").arg("1").start();
+    let data = test_bytes(14, 200_000);
+    let hash = md5_hex(&data);
+    let locator = server.put_block(&data);
+    for round in 0..3 {
+        let get = server.get(&locator);
+        assert_eq!(get.status, 200, "round {round}: {}", get.summary());
+        assert_eq!(get.body, data);
+        let missing = server.get(&signed_locator_for(b"absent"));
+        assert_eq!(missing.status, 404, "round {round}: {}", missing.summary());
+        let wrong = server.request(Request::put("/00000000000000000000000000000000", &data));
+        assert_eq!(wrong.status, 400, "round {round}: {}", wrong.summary());
+        {
+            let mut conn = server.conn();
+            let head = format!(
+                "PUT /{hash} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n",
+                data.len()
+            );
+            conn.write_raw(head.as_bytes()).expect("write head");
+            conn.write_raw(&data[..1000]).expect("write some body");
+        } // hang up mid-body
+        let put = server.put(&data);
+        assert_eq!(put.status, 200, "round {round}: {}", put.summary());
+    }
+    let get = server.get(&locator);
+    assert_eq!(get.status, 200, "{}", get.summary());
+    assert_eq!(get.body, data);
+}

@@ -1,0 +1,298 @@
+//! HTTP-level behaviour: CORS on every response and OPTIONS (keep-protocol.md §3.6),
+//! `X-Request-Id` (§8), keep-alive, pipelining, `Connection: close`, several workers, and
+//! the per-request log line.
+
+use std::time::Duration;
+
+use crate::support::*;
+
+const DATA: &[u8] = b"hello keep\n";
+
+fn assert_cors(response: &Response, what: &str) {
+    for (name, value) in CORS_HEADERS {
+        assert_eq!(
+            response.header(name),
+            Some(value),
+            "{what}: header {name}: {}",
+            response.summary()
+        );
+    }
+}
+
+fn is_generated_request_id(id: &str) -> bool {
+    id.strip_prefix("req-").is_some_and(|rest| {
+        rest.len() == 20
+            && rest
+                .bytes()
+                .all(|byte| byte.is_ascii_digit() || byte.is_ascii_lowercase())
+    })
+}
+
+#[test]
+fn options_on_any_path_is_200_with_cors_headers() {
+    let server = TestServer::start();
+    for target in [
+        "/".to_string(),
+        "/index".to_string(),
+        format!("/{}+11", md5_hex(DATA)),
+        "/no/such/thing".to_string(),
+    ] {
+        let response = server.request(Request::new("OPTIONS", &target));
+        assert_eq!(response.status, 200, "OPTIONS {target}: {}", response.summary());
+        assert!(response.body.is_empty(), "OPTIONS {target}: {}", response.summary());
+        assert_cors(&response, &format!("OPTIONS {target}"));
+    }
+}
+
+#[test]
+fn cors_headers_are_on_success_and_error_responses() {
+    let server = TestServer::start();
+    let locator = server.put_block(DATA);
+    let responses = [
+        ("PUT", server.put(DATA)),
+        ("GET 200", server.get(&locator)),
+        ("GET 404", server.get(&signed_locator_for(b"missing"))),
+        ("GET 400 route", server.request(Request::get("/xyz"))),
+        ("GET 400 locator", server.get(&format!("{}++11", md5_hex(DATA)))),
+        ("GET 401", server.request(Request::get(&format!("/{locator}")))),
+        ("GET 405", server.get(&md5_hex(DATA))),
+        ("index 401", server.request(Request::get("/index"))),
+        ("index 200", server.request(Request::get("/index").token(ROOT_TOKEN))),
+        (
+            "PUT 400 hash",
+            server.request(Request::put("/00000000000000000000000000000000", DATA)),
+        ),
+    ];
+    for (what, response) in responses {
+        assert_cors(&response, what);
+    }
+}
+
+#[test]
+fn route_miss_400_carries_nosniff_header() {
+    let server = TestServer::start();
+    let response = server.request(Request::get("/xyz"));
+    assert_eq!(response.status, 400, "{}", response.summary());
+    assert_eq!(response.text(), "Bad Request\n");
+    assert_eq!(response.header("X-Content-Type-Options"), Some("nosniff"));
+    assert!(response
+        .header("Content-Type")
+        .is_some_and(|value| value.starts_with("text/plain")));
+}
+
+#[test]
+fn request_id_is_echoed() {
+    let server = TestServer::start();
+    let locator = server.put_block(DATA);
+    for request in [
+        Request::get(&format!("/{locator}")).token(USER_TOKEN),
+        Request::get("/xyz"),
+        Request::put(&format!("/{}", md5_hex(DATA)), DATA),
+        Request::new("OPTIONS", "/"),
+    ] {
+        let what = format!("{} {}", request.method, request.target);
+        let response = server.request(request.header("X-Request-Id", "req-mytestid0000000001"));
+        assert_eq!(
+            response.header("X-Request-Id"),
+            Some("req-mytestid0000000001"),
+            "{what}: {}",
+            response.summary()
+        );
+    }
+}
+
+#[test]
+fn request_id_is_generated_when_absent() {
+    let server = TestServer::start();
+    let mut seen = std::collections::BTreeSet::new();
+    for target in ["/xyz", "/xyz", "/index"] {
+        let response = server.request(Request::get(target));
+        let id = response
+            .header("X-Request-Id")
+            .unwrap_or_else(|| panic!("no X-Request-Id: {}", response.summary()))
+            .to_string();
+        assert!(is_generated_request_id(&id), "bad generated id {id:?}");
+        assert_eq!(response.header_count("X-Request-Id"), 1);
+        seen.insert(id);
+    }
+    assert_eq!(seen.len(), 3, "generated ids should differ: {seen:?}");
+}
+
+#[test]
+fn keep_alive_serves_many_requests_on_one_connection() {
+    let server = TestServer::start();
+    let mut conn = server.conn();
+    let put = conn.request(&Request::put(&format!("/{}", md5_hex(DATA)), DATA).token(USER_TOKEN));
+    assert_eq!(put.status, 200, "{}", put.summary());
+    let locator = put.text().trim_end().to_string();
+    for round in 0..5 {
+        let get = conn.request(&Request::get(&format!("/{locator}")).token(USER_TOKEN));
+        assert_eq!(get.status, 200, "round {round}: {}", get.summary());
+        assert_eq!(get.body, DATA);
+        let missing = conn.request(&Request::get(&format!("/{}", signed_locator_for(b"nope"))).token(USER_TOKEN));
+        assert_eq!(missing.status, 404, "round {round}: {}", missing.summary());
+        let head = conn.request(&Request::head(&format!("/{locator}")).token(USER_TOKEN));
+        assert_eq!(head.status, 200, "round {round}: {}", head.summary());
+    }
+    assert!(
+        !conn.closed_by_server_within(Duration::from_millis(300)),
+        "keep-alive connection closed by the server"
+    );
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let server = TestServer::start();
+    let first = test_bytes(40, 3000);
+    let second = test_bytes(41, 70_000);
+    let first_locator = server.put_block(&first);
+    let second_locator = server.put_block(&second);
+    let missing = signed_locator_for(b"not stored");
+
+    let requests = [
+        Request::get(&format!("/{first_locator}"))
+            .token(USER_TOKEN)
+            .header("X-Request-Id", "pipe-1"),
+        Request::head(&format!("/{second_locator}"))
+            .token(USER_TOKEN)
+            .header("X-Request-Id", "pipe-2"),
+        Request::get(&format!("/{missing}"))
+            .token(USER_TOKEN)
+            .header("X-Request-Id", "pipe-3"),
+        Request::get(&format!("/{second_locator}"))
+            .token(USER_TOKEN)
+            .header("X-Request-Id", "pipe-4"),
+    ];
+    let mut bytes = Vec::new();
+    for request in &requests {
+        bytes.extend(request.to_bytes());
+    }
+    let mut conn = server.conn();
+    conn.write_raw(&bytes).expect("write pipelined requests in one write");
+
+    let responses: Vec<Response> = requests
+        .iter()
+        .map(|request| conn.read_response(&request.method).expect("pipelined response"))
+        .collect();
+    let ids: Vec<Option<&str>> = responses.iter().map(|r| r.header("X-Request-Id")).collect();
+    assert_eq!(
+        ids,
+        vec![Some("pipe-1"), Some("pipe-2"), Some("pipe-3"), Some("pipe-4")],
+        "responses out of order"
+    );
+    assert_eq!(responses[0].status, 200, "{}", responses[0].summary());
+    assert_eq!(responses[0].body, first);
+    assert_eq!(responses[1].status, 200, "{}", responses[1].summary());
+    assert_eq!(responses[1].header("Content-Length"), Some("70000"));
+    assert_eq!(responses[2].status, 404, "{}", responses[2].summary());
+    assert_eq!(responses[3].status, 200, "{}", responses[3].summary());
+    assert_eq!(responses[3].body, second);
+}
+
+#[test]
+fn pipelined_puts_are_answered_in_order() {
+    let server = TestServer::start();
+    let blocks: Vec<Vec<u8>> = (0..3).map(|seed| test_bytes(50 + seed, 10_000)).collect();
+    let mut bytes = Vec::new();
+    for data in &blocks {
+        bytes.extend(Request::put(&format!("/{}", md5_hex(data)), data).to_bytes());
+    }
+    let mut conn = server.conn();
+    conn.write_raw(&bytes).expect("write pipelined PUTs");
+    for data in &blocks {
+        let response = conn.read_response("PUT").expect("PUT response");
+        assert_eq!(response.status, 200, "{}", response.summary());
+        assert_eq!(response.text(), format!("{}+{}\n", md5_hex(data), data.len()));
+    }
+}
+
+#[test]
+fn connection_close_request_is_answered_then_closed() {
+    let server = TestServer::start();
+    let locator = server.put_block(DATA);
+    let mut conn = server.conn();
+    let response = conn.request(
+        &Request::get(&format!("/{locator}"))
+            .token(USER_TOKEN)
+            .header("Connection", "close"),
+    );
+    assert_eq!(response.status, 200, "{}", response.summary());
+    assert_eq!(response.body, DATA);
+    assert!(
+        conn.closed_by_server_within(Duration::from_secs(5)),
+        "the server kept a `Connection: close` connection open"
+    );
+}
+
+#[test]
+fn malformed_request_line_gets_400_and_server_keeps_serving() {
+    let server = TestServer::start();
+    let mut conn = server.conn();
+    conn.write_raw(b"this is not http\r\n\r\n").expect("write garbage");
+    match conn.read_response("GET") {
+        Ok(response) => assert_eq!(response.status, 400, "{}", response.summary()),
+        Err(error) => assert_eq!(
+            error.kind(),
+            std::io::ErrorKind::UnexpectedEof,
+            "expected a 400 or a close, got {error}"
+        ),
+    }
+    let response = server.request(Request::new("OPTIONS", "/"));
+    assert_eq!(response.status, 200);
+}
+
+#[test]
+fn two_workers_both_serve_requests() {
+    let server = ServerBuilder::new().arg("--workers").arg("2").start();
+    for _ in 0..64 {
+        let response = server.request(Request::get("/_no_such_route"));
+        assert_eq!(response.status, 400, "{}", response.summary());
+    }
+    let has_worker = |worker: &str| {
+        server
+            .log
+            .wait_for(Duration::from_secs(5), |line| {
+                line.contains("_no_such_route") && line.contains(worker)
+            })
+            .is_some()
+            || server
+                .log
+                .wait_for(Duration::from_secs(1), |line| {
+                    line.contains("status=400") && line.contains(worker)
+                })
+                .is_some()
+    };
+    assert!(has_worker("worker=0"), "no request log line with worker=0");
+    assert!(has_worker("worker=1"), "no request log line with worker=1");
+}
+
+#[test]
+fn each_request_is_logged_with_method_status_and_worker() {
+    let server = TestServer::start();
+    server.put_block(DATA);
+    let _ = server.request(Request::get("/xyz"));
+    let put_line = server.log.wait_for(Duration::from_secs(5), |line| {
+        line.contains("method=PUT") && line.contains("status=200") && line.contains("worker=")
+    });
+    assert!(put_line.is_some(), "no request log line for the PUT");
+    let get_line = server.log.wait_for(Duration::from_secs(5), |line| {
+        line.contains("method=GET") && line.contains("status=400") && line.contains("worker=")
+    });
+    assert!(get_line.is_some(), "no request log line for the 400 GET");
+}
+
+#[test]
+fn json_log_format_writes_json_lines() {
+    let server = ServerBuilder::new().arg("--log-format").arg("json").start();
+    server.put_block(DATA);
+    let _ = server.request(Request::get("/xyz"));
+    // Wait for the two request lines (plus the start-up line), then check every line.
+    let _ = server.log.wait_for(Duration::from_secs(5), |line| line.contains("400"));
+    let lines = server.log.lines();
+    assert!(lines.len() >= 2, "{lines:?}");
+    for line in lines.iter().filter(|line| !line.trim().is_empty()) {
+        let value: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|error| panic!("not a JSON log line ({error}): {line}"));
+        assert!(value.is_object(), "{line}");
+    }
+}

@@ -1,0 +1,382 @@
+//! A minimal blocking HTTP/1.1 client over `std::net::TcpStream`, just enough to test a
+//! server byte for byte: one connection reused for keep-alive and pipelining, raw writes for
+//! malformed requests, Content-Length / chunked / read-to-EOF bodies, and responses that
+//! end early (returned with `complete == false` instead of an error).
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+/// How long one read may block before a test gives up on the server.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(15);
+/// Largest response head accepted, so a broken server cannot make a test allocate forever.
+const RESPONSE_HEAD_BYTES_MAX: usize = 64 * 1024;
+
+/// A request to send. Unless `omit_content_length` is set, a `Content-Length` header is
+/// added when there is a body or the method is PUT/POST and no `Transfer-Encoding` was given.
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub method: String,
+    pub target: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub omit_content_length: bool,
+}
+
+impl Request {
+    pub fn new(method: &str, target: &str) -> Request {
+        Request {
+            method: method.to_string(),
+            target: target.to_string(),
+            headers: Vec::new(),
+            body: Vec::new(),
+            omit_content_length: false,
+        }
+    }
+
+    pub fn get(target: &str) -> Request {
+        Request::new("GET", target)
+    }
+
+    pub fn head(target: &str) -> Request {
+        Request::new("HEAD", target)
+    }
+
+    pub fn put(target: &str, body: &[u8]) -> Request {
+        Request::new("PUT", target).body(body)
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Request {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    /// `Authorization: Bearer <token>`.
+    pub fn token(self, token: &str) -> Request {
+        self.header("Authorization", &format!("Bearer {token}"))
+    }
+
+    pub fn body(mut self, body: &[u8]) -> Request {
+        self.body = body.to_vec();
+        self
+    }
+
+    pub fn omit_content_length(mut self) -> Request {
+        self.omit_content_length = true;
+        self
+    }
+
+    /// The request as it goes on the wire.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut head = format!("{} {} HTTP/1.1\r\nHost: 127.0.0.1\r\n", self.method, self.target);
+        for (name, value) in &self.headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        let has_framing = self.headers.iter().any(|(name, _)| {
+            name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("transfer-encoding")
+        });
+        let wants_length = !self.body.is_empty() || self.method == "PUT" || self.method == "POST";
+        if !has_framing && !self.omit_content_length && wants_length {
+            head.push_str(&format!("Content-Length: {}\r\n", self.body.len()));
+        }
+        head.push_str("\r\n");
+        let mut bytes = head.into_bytes();
+        bytes.extend_from_slice(&self.body);
+        bytes
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Response {
+    pub version: String,
+    pub status: u16,
+    pub reason: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// False if the connection ended (EOF, reset or read timeout) before the body announced
+    /// by the head was fully read.
+    pub complete: bool,
+}
+
+impl Response {
+    /// First value of a header, by case-insensitive name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
+    }
+
+    pub fn header_count(&self, name: &str) -> usize {
+        self.headers
+            .iter()
+            .filter(|(key, _)| key.eq_ignore_ascii_case(name))
+            .count()
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// Short description for assertion messages: text bodies quoted (truncated), binary
+    /// bodies by length and MD5.
+    pub fn summary(&self) -> String {
+        let body = match std::str::from_utf8(&self.body) {
+            Ok(text) if text.len() <= 300 => format!("{text:?}"),
+            _ => format!("<{} bytes, md5 {}>", self.body.len(), super::keep::md5_hex(&self.body)),
+        };
+        format!(
+            "{} {} complete={} headers={:?} body={body}",
+            self.status, self.reason, self.complete, self.headers
+        )
+    }
+}
+
+/// One client connection.
+pub struct Conn {
+    stream: TcpStream,
+    /// Bytes read from the socket but not yet consumed (pipelined responses).
+    pending: Vec<u8>,
+}
+
+impl Conn {
+    pub fn connect(addr: SocketAddr) -> Conn {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+            .unwrap_or_else(|error| panic!("cannot connect to {addr}: {error}"));
+        stream.set_read_timeout(Some(READ_TIMEOUT)).expect("set read timeout");
+        stream
+            .set_write_timeout(Some(Duration::from_secs(30)))
+            .expect("set write timeout");
+        stream.set_nodelay(true).expect("set nodelay");
+        Conn {
+            stream,
+            pending: Vec::new(),
+        }
+    }
+
+    pub fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+
+    pub fn write_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(bytes)?;
+        self.stream.flush()
+    }
+
+    pub fn send(&mut self, request: &Request) -> io::Result<()> {
+        self.write_raw(&request.to_bytes())
+    }
+
+    /// Sends a request and returns its final response (interim 1xx responses skipped).
+    /// Panics on I/O errors before a status line: use `send` + `read_response` to test those.
+    pub fn request(&mut self, request: &Request) -> Response {
+        self.send(request)
+            .unwrap_or_else(|error| panic!("sending {} {}: {error}", request.method, request.target));
+        loop {
+            let response = self
+                .read_response(&request.method)
+                .unwrap_or_else(|error| panic!("reading response to {} {}: {error}", request.method, request.target));
+            if !(100..200).contains(&response.status) {
+                return response;
+            }
+        }
+    }
+
+    pub fn shutdown_write(&mut self) {
+        let _ = self.stream.shutdown(Shutdown::Write);
+    }
+
+    /// Reads one response (1xx included) to a request with method `method` (HEAD → no body).
+    /// Errors only if no complete response head arrives.
+    pub fn read_response(&mut self, method: &str) -> io::Result<Response> {
+        let head_end = self.read_head()?;
+        let head_bytes: Vec<u8> = self.pending.drain(..head_end + 4).collect();
+        let head = String::from_utf8_lossy(&head_bytes[..head_end]).into_owned();
+        let mut lines = head.split("\r\n");
+        let status_line = lines.next().unwrap_or_default();
+        let mut parts = status_line.splitn(3, ' ');
+        let version = parts.next().unwrap_or_default().to_string();
+        let status = parts
+            .next()
+            .and_then(|code| code.parse::<u16>().ok())
+            .ok_or_else(|| invalid(format!("bad status line {status_line:?}")))?;
+        let reason = parts.next().unwrap_or_default().to_string();
+        let mut headers = Vec::new();
+        for line in lines {
+            let (name, value) = line
+                .split_once(':')
+                .ok_or_else(|| invalid(format!("bad header line {line:?}")))?;
+            headers.push((name.trim().to_string(), value.trim().to_string()));
+        }
+        let mut response = Response {
+            version,
+            status,
+            reason,
+            headers,
+            body: Vec::new(),
+            complete: true,
+        };
+        let bodiless =
+            method.eq_ignore_ascii_case("HEAD") || (100..200).contains(&status) || status == 204 || status == 304;
+        if bodiless {
+            return Ok(response);
+        }
+        let chunked = response
+            .header("Transfer-Encoding")
+            .is_some_and(|value| value.to_ascii_lowercase().contains("chunked"));
+        if chunked {
+            self.read_chunked_body(&mut response);
+        } else if let Some(length) = response.header("Content-Length") {
+            let length: usize = length
+                .parse()
+                .map_err(|_| invalid(format!("bad Content-Length {length:?}")))?;
+            response.complete = self.fill_to(length);
+            let taken = length.min(self.pending.len());
+            response.body = self.pending.drain(..taken).collect();
+        } else {
+            while self.read_more() {}
+            response.body = std::mem::take(&mut self.pending);
+        }
+        Ok(response)
+    }
+
+    /// True if the server closes the connection (EOF or reset) within `within`, without
+    /// sending any more bytes. False if it stays open (or sends data).
+    pub fn closed_by_server_within(&mut self, within: Duration) -> bool {
+        if !self.pending.is_empty() {
+            return false;
+        }
+        self.stream.set_read_timeout(Some(within)).expect("set read timeout");
+        let mut byte = [0u8; 1];
+        let closed = match self.stream.read(&mut byte) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(error) => !matches!(error.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut),
+        };
+        self.stream
+            .set_read_timeout(Some(READ_TIMEOUT))
+            .expect("set read timeout");
+        closed
+    }
+
+    /// Reads until `\r\n\r\n` is buffered; returns its offset.
+    fn read_head(&mut self) -> io::Result<usize> {
+        loop {
+            if let Some(end) = find(&self.pending, b"\r\n\r\n") {
+                return Ok(end);
+            }
+            if self.pending.len() > RESPONSE_HEAD_BYTES_MAX {
+                return Err(invalid("response head too large".to_string()));
+            }
+            let mut buffer = [0u8; 16 * 1024];
+            match self.stream.read(&mut buffer) {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!(
+                            "connection closed before a response head (got {:?})",
+                            String::from_utf8_lossy(&self.pending)
+                        ),
+                    ))
+                }
+                Ok(count) => self.pending.extend_from_slice(&buffer[..count]),
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// Reads more bytes into `pending`; false on EOF, error or timeout.
+    fn read_more(&mut self) -> bool {
+        let mut buffer = vec![0u8; 1024 * 1024];
+        loop {
+            match self.stream.read(&mut buffer) {
+                Ok(0) => return false,
+                Ok(count) => {
+                    self.pending.extend_from_slice(&buffer[..count]);
+                    return true;
+                }
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        }
+    }
+
+    /// Reads until `pending` holds `length` bytes; false if the connection ended first.
+    fn fill_to(&mut self, length: usize) -> bool {
+        self.pending.reserve(length.saturating_sub(self.pending.len()));
+        while self.pending.len() < length {
+            if !self.read_more() {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn read_chunked_body(&mut self, response: &mut Response) {
+        loop {
+            let line_end = loop {
+                if let Some(end) = find(&self.pending, b"\r\n") {
+                    break end;
+                }
+                if !self.read_more() {
+                    response.complete = false;
+                    return;
+                }
+            };
+            let line: Vec<u8> = self.pending.drain(..line_end + 2).collect();
+            let size_text = String::from_utf8_lossy(&line[..line_end]).into_owned();
+            let size_text = size_text.split(';').next().unwrap_or_default().trim();
+            let Ok(size) = usize::from_str_radix(size_text, 16) else {
+                response.complete = false;
+                return;
+            };
+            if size == 0 {
+                // Trailers (ignored) end with an empty line.
+                loop {
+                    let Some(end) = find(&self.pending, b"\r\n") else {
+                        if !self.read_more() {
+                            response.complete = false;
+                            return;
+                        }
+                        continue;
+                    };
+                    self.pending.drain(..end + 2);
+                    if end == 0 {
+                        return;
+                    }
+                }
+            }
+            if !self.fill_to(size + 2) {
+                response.complete = false;
+                response.body.extend_from_slice(&self.pending);
+                self.pending.clear();
+                return;
+            }
+            response.body.extend(self.pending.drain(..size));
+            self.pending.drain(..2);
+        }
+    }
+}
+
+/// Waits up to `within` for `condition` to hold, polling; true if it did.
+pub fn eventually(within: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|window| window == needle)
+}
+
+fn invalid(message: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, message)
+}

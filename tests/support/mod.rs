@@ -1,0 +1,17 @@
+//! Test harness shared by every integration test module.
+//!
+//! - `server`: `ServerBuilder` / `TestServer` start the real binary on an ephemeral port with
+//!   temporary volumes, capture its stderr, and kill it on drop.
+//! - `client`: a minimal blocking HTTP/1.1 client over `TcpStream` (keep-alive, raw bytes,
+//!   pipelining, chunked bodies, responses cut short).
+//! - `keep`: Keep-specific helpers: MD5, permission signatures, block paths, test data.
+
+#![allow(dead_code)]
+
+pub mod client;
+pub mod keep;
+pub mod server;
+
+pub use client::{Request, Response};
+pub use keep::*;
+pub use server::{ServerBuilder, TestServer};
