@@ -120,8 +120,8 @@ ensure_server_binary() {
         server_bin=$KEEPRING_BIN
         log "using KEEPRING_BIN=$server_bin"
     else
-        if ! command -v cargo >/dev/null && [[ -x $HOME/.cargo/bin/cargo ]]; then
-            export PATH="$HOME/.cargo/bin:$PATH"
+        if ! command -v cargo >/dev/null && [[ -x ${HOME:-/root}/.cargo/bin/cargo ]]; then
+            export PATH="${HOME:-/root}/.cargo/bin:$PATH"
         fi
         run cargo build --bin keepring
         server_bin=$repo_root/target/debug/keepring

@@ -5,7 +5,8 @@
 //! `BUFFER_WAIT_MS_MAX` and then gets 503. The budget is one atomic: no lock is shared.
 
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,43 +16,223 @@ use crate::limits::{BUFFER_WAIT_MS_MAX, CHUNK_BYTES, FREE_CHUNKS_PER_WORKER_MAX,
 /// Capacity of one chunk buffer: a response head plus one chunk of block data.
 pub const CHUNK_BUFFER_BYTES: usize = RESPONSE_HEAD_BYTES_MAX + CHUNK_BYTES;
 
-#[derive(Debug)]
+/// Processes that can share one budget at once (an old one draining, a new one serving,
+/// and room for a restart that fails half-way).
+const BUDGET_SLOTS: usize = 16;
+const BUDGET_MAGIC: u64 = 0x6b65_6570_7269_6e67; // "keepring"
+
+/// The shared page: the budget's size and what each live process holds of it.
+#[repr(C)]
+struct BudgetPage {
+    magic: AtomicU64,
+    total_bytes: AtomicU64,
+    slots: [BudgetSlot; BUDGET_SLOTS],
+}
+
+#[repr(C)]
+struct BudgetSlot {
+    pid: AtomicU32,
+    held_bytes: AtomicU64,
+}
+
+/// The byte budget of block buffers, shared by every worker of this process and, during
+/// a restart, with the other keepring process: it lives in a memfd page that the
+/// hand-over passes along, each process accounting what it holds in its own slot. A take
+/// adds to the own slot first and then checks the sum of all slots, so two processes can
+/// never both overshoot (SeqCst: the second adder always sees the first). A process that
+/// died leaves its slot behind; it is reclaimed (its pid no longer exists) whenever the
+/// budget looks exhausted and when a process attaches.
 pub struct BufferBudget {
-    total_bytes: u64,
-    available_bytes: AtomicU64,
+    page: *const BudgetPage,
+    slot: usize,
+    memory: OwnedFd,
+}
+
+// SAFETY: the page is only touched through atomics, and the mapping lives as long as self.
+unsafe impl Send for BufferBudget {}
+unsafe impl Sync for BufferBudget {}
+
+impl std::fmt::Debug for BufferBudget {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            formatter,
+            "BufferBudget({} of {} bytes)",
+            self.in_use_bytes(),
+            self.total_bytes()
+        )
+    }
 }
 
 impl BufferBudget {
-    pub fn new(total_bytes: u64) -> Arc<Self> {
-        Arc::new(BufferBudget {
-            total_bytes,
-            available_bytes: AtomicU64::new(total_bytes),
-        })
+    /// A new budget of `total_bytes`, for this process alone until it is handed over.
+    pub fn new(total_bytes: u64) -> std::io::Result<Arc<Self>> {
+        // SAFETY: memfd_create with a NUL-terminated name; the fd is owned at once.
+        let fd = unsafe { libc::memfd_create(c"keepring-buffer-budget".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: fd was just created and is not owned elsewhere.
+        let memory = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: resizing our own memfd.
+        if unsafe { libc::ftruncate(memory.as_raw_fd(), std::mem::size_of::<BudgetPage>() as libc::off_t) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let page = map(&memory)?;
+        // SAFETY: a fresh zeroed mapping of the right size.
+        unsafe {
+            (*page).total_bytes.store(total_bytes, Ordering::SeqCst);
+            (*page).magic.store(BUDGET_MAGIC, Ordering::SeqCst);
+        }
+        Self::claim(page, memory)
+    }
+
+    /// Join the budget another keepring handed over; `total_bytes` (this process's
+    /// `--max-buffers`) becomes the budget of both.
+    pub fn attach(memory: OwnedFd, total_bytes: u64) -> std::io::Result<Arc<Self>> {
+        let size = std::fs::File::from(memory.try_clone()?).metadata()?.len();
+        if size < std::mem::size_of::<BudgetPage>() as u64 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "budget memory too small",
+            ));
+        }
+        let page = map(&memory)?;
+        // SAFETY: mapped with the page's size.
+        if unsafe { (*page).magic.load(Ordering::SeqCst) } != BUDGET_MAGIC {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "not a keepring budget",
+            ));
+        }
+        unsafe { (*page).total_bytes.store(total_bytes, Ordering::SeqCst) };
+        Self::claim(page, memory)
+    }
+
+    fn claim(page: *const BudgetPage, memory: OwnedFd) -> std::io::Result<Arc<Self>> {
+        let pid = std::process::id();
+        // SAFETY: `page` is a live mapping of a BudgetPage.
+        let slots = unsafe { &(*page).slots };
+        let unclaimed = BufferBudget {
+            page,
+            slot: usize::MAX,
+            memory,
+        };
+        unclaimed.reclaim_dead();
+        for (index, slot) in slots.iter().enumerate() {
+            if slot
+                .pid
+                .compare_exchange(0, pid, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+            {
+                slot.held_bytes.store(0, Ordering::SeqCst);
+                let mut budget = unclaimed;
+                budget.slot = index;
+                return Ok(Arc::new(budget));
+            }
+        }
+        Err(std::io::Error::other(
+            "every buffer budget slot is taken by a live process",
+        ))
+    }
+
+    fn page(&self) -> &BudgetPage {
+        // SAFETY: the mapping is valid for the life of self.
+        unsafe { &*self.page }
+    }
+
+    /// The memfd, for the hand-over.
+    pub fn memory(&self) -> std::io::Result<OwnedFd> {
+        self.memory.try_clone()
     }
 
     pub fn total_bytes(&self) -> u64 {
-        self.total_bytes
+        self.page().total_bytes.load(Ordering::Relaxed)
     }
 
+    /// Bytes held by every process sharing the budget.
     pub fn in_use_bytes(&self) -> u64 {
-        self.total_bytes - self.available_bytes.load(Ordering::Relaxed)
+        self.page()
+            .slots
+            .iter()
+            .map(|slot| slot.held_bytes.load(Ordering::SeqCst))
+            .sum()
+    }
+
+    /// Bytes held by this process.
+    pub fn own_bytes(&self) -> u64 {
+        self.page().slots[self.slot].held_bytes.load(Ordering::SeqCst)
     }
 
     fn try_take(&self, bytes: u64) -> bool {
-        self.available_bytes
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |available| {
-                available.checked_sub(bytes)
-            })
-            .is_ok()
+        let own = &self.page().slots[self.slot].held_bytes;
+        own.fetch_add(bytes, Ordering::SeqCst);
+        if self.in_use_bytes() <= self.total_bytes() {
+            return true;
+        }
+        own.fetch_sub(bytes, Ordering::SeqCst);
+        false
     }
 
     fn give(&self, bytes: u64) {
-        let before = self.available_bytes.fetch_add(bytes, Ordering::AcqRel);
-        assert!(
-            before + bytes <= self.total_bytes,
-            "buffer budget returned more than was taken"
-        );
+        let before = self.page().slots[self.slot]
+            .held_bytes
+            .fetch_sub(bytes, Ordering::SeqCst);
+        assert!(before >= bytes, "buffer budget returned more than was taken");
     }
+
+    /// Free the slots of processes that no longer exist.
+    pub fn reclaim_dead(&self) {
+        let own = std::process::id();
+        for slot in &self.page().slots {
+            let pid = slot.pid.load(Ordering::SeqCst);
+            // SAFETY: kill with signal 0 only checks that the process exists.
+            let gone = pid != 0
+                && pid != own
+                && unsafe { libc::kill(pid as libc::pid_t, 0) } != 0
+                && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+            if gone {
+                let held = slot.held_bytes.swap(0, Ordering::SeqCst);
+                if slot
+                    .pid
+                    .compare_exchange(pid, 0, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+                    && held > 0
+                {
+                    tracing::warn!(pid, held_bytes = held, "reclaimed buffer budget of a process that died");
+                }
+            }
+        }
+    }
+}
+
+impl Drop for BufferBudget {
+    fn drop(&mut self) {
+        if self.slot < BUDGET_SLOTS {
+            let slot = &self.page().slots[self.slot];
+            slot.held_bytes.store(0, Ordering::SeqCst);
+            slot.pid.store(0, Ordering::SeqCst);
+        }
+        // SAFETY: unmapping the page mapped in `map`, which nothing references any more.
+        unsafe { libc::munmap(self.page as *mut libc::c_void, std::mem::size_of::<BudgetPage>()) };
+    }
+}
+
+fn map(memory: &OwnedFd) -> std::io::Result<*const BudgetPage> {
+    // SAFETY: a shared read-write mapping of a memfd at least one page long.
+    let address = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            std::mem::size_of::<BudgetPage>(),
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            memory.as_raw_fd(),
+            0,
+        )
+    };
+    if address == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(address as *const BudgetPage)
 }
 
 /// Bytes of the budget held by one request; returned when dropped.
@@ -104,13 +285,14 @@ impl BufferPool {
     }
 
     async fn wait_for(&self, bytes: u64) -> Result<(), RequestError> {
-        if bytes > self.budget.total_bytes {
+        if bytes > self.budget.total_bytes() {
             return Err(RequestError::Busy);
         }
         let deadline = Instant::now() + Duration::from_millis(BUFFER_WAIT_MS_MAX);
         // Releases happen on any core; polling every millisecond keeps this lock-free and
         // costs nothing while the budget is not exhausted.
         while !self.budget.try_take(bytes) {
+            self.budget.reclaim_dead();
             if Instant::now() >= deadline {
                 return Err(RequestError::Busy);
             }
@@ -143,7 +325,7 @@ mod tests {
 
     #[test]
     fn budget_is_shared_and_returned() {
-        let budget = BufferBudget::new(100);
+        let budget = BufferBudget::new(100).unwrap();
         assert!(budget.try_take(60));
         assert!(!budget.try_take(60));
         assert_eq!(budget.in_use_bytes(), 60);
@@ -152,9 +334,23 @@ mod tests {
     }
 
     #[test]
+    fn two_attached_budgets_never_exceed_the_total() {
+        let first = BufferBudget::new(100).unwrap();
+        let second = BufferBudget::attach(first.memory().unwrap(), 100).unwrap();
+        assert!(first.try_take(70));
+        assert!(!second.try_take(40), "old + new would exceed the budget");
+        assert!(second.try_take(30));
+        assert_eq!(second.in_use_bytes(), 100);
+        first.give(70);
+        assert!(second.try_take(70));
+        drop(first);
+        assert_eq!(second.in_use_bytes(), 100, "a process that leaves frees its slot");
+    }
+
+    #[test]
     fn lease_waits_then_answers_busy() {
         tokio_uring::start(async {
-            let pool = BufferPool::new(BufferBudget::new(10));
+            let pool = BufferPool::new(BufferBudget::new(10).unwrap());
             let held = pool.lease(10).await.unwrap();
             assert!(
                 matches!(pool.lease(11).await, Err(RequestError::Busy)),

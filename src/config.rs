@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Parser, ValueEnum};
 
-use crate::limits::{BLOB_SIGNING_TTL_SECS_DEFAULT, MAX_BUFFERS_DEFAULT};
+use crate::limits::{BLOB_SIGNING_TTL_SECS_DEFAULT, DRAIN_TIMEOUT_SECS_DEFAULT, MAX_BUFFERS_DEFAULT};
 
 /// Directory used when no `--volume` is given.
 pub const DEFAULT_VOLUME_DIR: &str = "keepring-data";
@@ -54,6 +54,19 @@ pub struct Cli {
     /// Lowest level logged: error, warn, info (one line per request), debug, trace.
     #[arg(long, default_value = "info")]
     pub log_level: tracing::Level,
+    /// Longest wait, after SIGTERM, for in-flight requests before they are cut.
+    #[arg(long, default_value_t = DRAIN_TIMEOUT_SECS_DEFAULT)]
+    pub drain_timeout_secs: u64,
+    /// Once every worker accepts, send SIGTERM to this pid (the process being replaced).
+    #[arg(long, value_name = "PID", value_parser = clap::value_parser!(u32).range(2..))]
+    pub term_pid: Option<u32>,
+    /// Unix socket where a running keepring hands its listening sockets to its successor.
+    /// Default: keepring-<ip>-<port>.sock in $XDG_RUNTIME_DIR, /run/keepring (root) or /tmp.
+    #[arg(long, value_name = "PATH")]
+    pub control_socket: Option<PathBuf>,
+    /// Bind fresh sockets instead of taking over a running keepring's (for comparison runs).
+    #[arg(long)]
+    pub no_handover: bool,
 }
 
 /// Everything the supervisor needs, read and checked.
@@ -69,6 +82,10 @@ pub struct Config {
     pub max_buffers: u64,
     pub log_format: LogFormat,
     pub log_level: tracing::Level,
+    pub drain_timeout_secs: u64,
+    pub term_pid: Option<u32>,
+    pub control_socket: Option<PathBuf>,
+    pub handover: bool,
 }
 
 impl Config {
@@ -100,6 +117,10 @@ impl Config {
             max_buffers: cli.max_buffers,
             log_format: cli.log_format,
             log_level: cli.log_level,
+            drain_timeout_secs: cli.drain_timeout_secs,
+            term_pid: cli.term_pid,
+            control_socket: cli.control_socket,
+            handover: !cli.no_handover,
         })
     }
 }

@@ -48,8 +48,9 @@ pub const RESPONSE_HEAD_BYTES_MAX: usize = 2 * 1024;
 /// `--max-buffers` default, in units of 64 MiB (keepstore's `MaxKeepBlobBuffers`).
 pub const MAX_BUFFERS_DEFAULT: u64 = 128;
 
-/// One unit of `--max-buffers`.
-pub const BUFFER_UNIT_BYTES: u64 = BLOCK_BYTES_MAX;
+/// One unit of `--max-buffers`: a whole block plus the chunk buffer a PUT uses to compare
+/// it with an existing copy, so `--max-buffers 1` still takes a 64 MiB PUT.
+pub const BUFFER_UNIT_BYTES: u64 = BLOCK_BYTES_MAX + (RESPONSE_HEAD_BYTES_MAX + CHUNK_BYTES) as u64;
 
 /// How long a request waits for buffer budget before it is answered 503 (clients retry
 /// 503 after a back-off).
@@ -77,3 +78,15 @@ const _: () = assert!(RESPONSE_HEAD_BYTES_MAX < CHUNK_BYTES);
 /// Chunk buffers a worker keeps for reuse after their request ends (64 × 514 KiB ≈
 /// 33 MiB per worker at most); more are freed.
 pub const FREE_CHUNKS_PER_WORKER_MAX: usize = 64;
+
+/// After a drain starts, a connection idle between requests gets this long for its next
+/// request to arrive (it may be on the wire already) before it is closed.
+pub const DRAIN_IDLE_GRACE_MS: u64 = 300;
+
+/// `--drain-timeout-secs` default: how long a draining process waits for its requests.
+pub const DRAIN_TIMEOUT_SECS_DEFAULT: u64 = 300;
+
+/// After the last response on a connection the write side is shut and the peer's leftover
+/// bytes (pipelined requests) are read and dropped for up to this long, so the close is a
+/// FIN and not an RST that could destroy the response still in the client's buffer.
+pub const LINGER_MS_MAX: u64 = 2_000;

@@ -47,7 +47,7 @@ fn main() -> ExitCode {
     // Flush the log writer before leaving (process::exit would drop queued lines).
     drop(guard);
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(supervisor::StartError(message)) => {
             eprintln!("keepring: {message}");
             ExitCode::from(2)

@@ -1,18 +1,29 @@
-//! The main thread: open volumes, bind, start one worker per core, say `listening on`
-//! once every worker accepts, then wait for a signal. (Draining on SIGTERM and the
-//! listener hand-over are the zero-downtime issue; today SIGTERM/SIGINT exit at once.)
+//! The main thread: open volumes, obtain listening sockets (systemd, a running keepring's
+//! hand-over, or fresh binds), start one worker per core, announce readiness (log line,
+//! systemd `READY=1`, SIGTERM to `--term-pid`), then turn signals into a drain:
+//!
+//! - SIGTERM / SIGINT: stop accepting, let every request finish (keep-alive connections
+//!   get `Connection: close`), exit 0; after `--drain-timeout-secs` cut what is left, log
+//!   it and exit 3. A second SIGTERM does not shorten the drain.
+//! - SIGQUIT: exit at once (code 131).
+//! - SIGHUP / SIGUSR1 are reserved for the live-volumes work and ignored for now.
 
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1};
+use tokio::sync::watch;
 
 use crate::bufpool::BufferBudget;
 use crate::config::Config;
-use crate::lifecycle::listeners;
+use crate::lifecycle::handover::{self, ControlSocket};
+use crate::lifecycle::listeners::{self, Source};
+use crate::lifecycle::Phase;
 use crate::limits::BUFFER_UNIT_BYTES;
 use crate::node::Node;
-use crate::server::worker;
+use crate::server::worker::{self, WorkerExit, WorkerStart};
 use crate::signature::SigningKey;
 use crate::volume::Volume;
 use crate::volumes::VolumeSet;
@@ -20,10 +31,59 @@ use crate::volumes::VolumeSet;
 /// How long workers get to build their rings and start accepting.
 const WORKERS_READY_TIMEOUT_MS: u64 = 10_000;
 
+/// Exit code when the drain timed out and cut requests.
+pub const EXIT_DRAIN_CUT: u8 = 3;
+/// Exit code after SIGQUIT (128 + 3, as a shell reports a signal death).
+pub const EXIT_QUIT: u8 = 131;
+
 /// Start-up failures that are the operator's to fix (exit code 2).
 pub struct StartError(pub String);
 
-pub fn run(config: Config) -> Result<(), StartError> {
+fn log_phase(phase: Phase) {
+    tracing::info!(phase = phase.name(), "lifecycle");
+}
+
+/// Everything obtained before the workers start.
+struct Sockets {
+    address: std::net::SocketAddr,
+    per_worker: Vec<Vec<std::net::TcpListener>>,
+    source: Source,
+    budget_memory: Option<OwnedFd>,
+}
+
+fn obtain_sockets(config: &Config, control_path: &Option<PathBuf>) -> Result<Sockets, StartError> {
+    let fail = |what: &str, error: std::io::Error| StartError(format!("{what}: {error}"));
+    let mut inherited = listeners::from_systemd(config.listen).map_err(|error| fail("LISTEN_FDS", error))?;
+    let mut source = Source::Systemd;
+    let mut budget_memory = None;
+    if inherited.is_empty() {
+        source = Source::Bound;
+        if let Some(path) = control_path {
+            match handover::request(path) {
+                Ok(Some(mut handover)) => {
+                    inherited = listeners::from_handover(&mut handover, config.listen)
+                        .map_err(|error| fail("taking over listeners", error))?;
+                    budget_memory = handover.budget.take();
+                    source = Source::Handover;
+                    tracing::info!(path = %path.display(), listeners = inherited.len(), "took over listening sockets");
+                }
+                Ok(None) => {}
+                // A broken predecessor must not stop a replacement: bind beside it instead.
+                Err(error) => tracing::warn!(path = %path.display(), error = %error, "hand-over failed; binding fresh"),
+            }
+        }
+    }
+    let (address, per_worker) = listeners::assign(config.listen, inherited, config.workers)
+        .map_err(|error| fail(&format!("cannot listen on {}", config.listen), error))?;
+    Ok(Sockets {
+        address,
+        per_worker,
+        source,
+        budget_memory,
+    })
+}
+
+fn open_volumes(config: &Config) -> Result<VolumeSet, StartError> {
     let mut volumes = Vec::new();
     for dir in &config.volume_dirs {
         let volume = Volume::open_directory(dir)
@@ -31,41 +91,203 @@ pub fn run(config: Config) -> Result<(), StartError> {
         tracing::info!(volume = %volume.uuid, path = %volume.root.display(), "volume added");
         volumes.push(volume);
     }
+    Ok(VolumeSet::new(volumes))
+}
+
+/// Run until drained; returns the process exit code.
+pub fn run(config: Config) -> Result<u8, StartError> {
+    let volumes = open_volumes(&config)?;
+    log_phase(Phase::Starting);
+    // Port 0 is a fresh ephemeral port: nobody to take over from, and the control socket
+    // is named after the port actually bound.
+    let wants_handover = config.handover && config.listen.port() != 0;
+    let requested_path = config
+        .control_socket
+        .clone()
+        .or_else(|| Some(handover::default_path(config.listen)));
+    let mut sockets = obtain_sockets(&config, &if wants_handover { requested_path.clone() } else { None })?;
+    let total_bytes = config.max_buffers * BUFFER_UNIT_BYTES;
+    let budget = match sockets.budget_memory.take() {
+        Some(memory) => BufferBudget::attach(memory, total_bytes),
+        None => BufferBudget::new(total_bytes),
+    }
+    .map_err(|error| StartError(format!("cannot set up the buffer budget: {error}")))?;
     let signing_key = config
         .signing_key
         .as_deref()
         .map(|key| SigningKey::new(key, config.blob_signing_ttl_secs));
     let node = Arc::new(Node::new(
-        VolumeSet::new(volumes),
+        volumes,
         signing_key,
         config.system_root_token.clone(),
         config.management_token.clone(),
-        BufferBudget::new(config.max_buffers * BUFFER_UNIT_BYTES),
+        budget.clone(),
     ));
-    let (address, sockets) = listeners::bind_all(config.listen, config.workers)
-        .map_err(|error| StartError(format!("cannot listen on {}: {error}", config.listen)))?;
-    let signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
-        .map_err(|error| StartError(format!("cannot install signal handlers: {error}")))?;
+    // Signals are handled from here on (a TERM during start-up then drains instead of killing).
+    let signals = signal_events().map_err(|error| StartError(format!("cannot install signal handlers: {error}")))?;
 
+    let offer = offer_of(&sockets).map_err(|error| StartError(format!("cannot duplicate listeners: {error}")))?;
+    let (drain_sender, drain_receiver) = watch::channel(false);
     let (ready_sender, ready_receiver) = crossbeam_channel::bounded(config.workers);
-    for (id, socket) in sockets.into_iter().enumerate() {
-        let node = node.clone();
-        let ready = ready_sender.clone();
-        std::thread::Builder::new()
+    let mut workers = Vec::new();
+    for (id, listeners) in sockets.per_worker.into_iter().enumerate() {
+        let start = WorkerStart {
+            id,
+            node: node.clone(),
+            listeners,
+            ready: ready_sender.clone(),
+            drain: drain_receiver.clone(),
+            drain_timeout: Duration::from_secs(config.drain_timeout_secs),
+        };
+        let handle = std::thread::Builder::new()
             .name(format!("keepring-worker-{id}"))
-            .spawn(move || worker::run(id, node, socket, ready))
+            .spawn(move || worker::run(start))
             .map_err(|error| StartError(format!("cannot start worker {id}: {error}")))?;
+        workers.push(handle);
     }
     for _ in 0..config.workers {
         ready_receiver
             .recv_timeout(Duration::from_millis(WORKERS_READY_TIMEOUT_MS))
             .map_err(|_| StartError("a worker did not start (io_uring unavailable?)".into()))?;
     }
-    tracing::info!(workers = config.workers, "listening on {address}");
+    let control_path = config
+        .control_socket
+        .clone()
+        .unwrap_or_else(|| handover::default_path(sockets.address));
+    let memory = budget
+        .memory()
+        .map_err(|error| StartError(format!("cannot share the budget: {error}")))?;
+    let control = match ControlSocket::start(&control_path, offer, memory) {
+        Ok(control) => Some(control),
+        Err(error) => {
+            tracing::warn!(path = %control_path.display(), error = %error, "no control socket: restarts will not hand over");
+            None
+        }
+    };
 
-    let mut signals = signals;
-    if let Some(signal) = signals.forever().next() {
-        tracing::info!(signal, "stopping");
+    tracing::info!(
+        workers = config.workers,
+        source = ?sockets.source,
+        control_socket = %control_path.display(),
+        "listening on {}",
+        sockets.address
+    );
+    log_phase(Phase::Ready);
+    sd_notify("READY=1");
+    if let Some(pid) = config.term_pid {
+        // SAFETY: kill has no memory-safety preconditions.
+        if unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) } == 0 {
+            tracing::info!(pid, "sent SIGTERM to the process being replaced");
+        } else {
+            tracing::warn!(pid, error = %std::io::Error::last_os_error(), "could not signal --term-pid");
+        }
     }
-    Ok(())
+    Ok(serve_until_drained(signals, drain_sender, workers, control, &node))
+}
+
+/// Duplicates of every listening socket, labelled with its address, for the hand-over.
+fn offer_of(sockets: &Sockets) -> std::io::Result<Vec<(String, OwnedFd)>> {
+    let mut offer = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for listener in sockets.per_worker.iter().flatten() {
+        // Identify a socket by its inode: when every worker shares one, offer it once.
+        let inode = std::fs::File::from(listener.as_fd().try_clone_to_owned()?).metadata()?;
+        if seen.insert(std::os::unix::fs::MetadataExt::ino(&inode)) {
+            offer.push((sockets.address.to_string(), listener.as_fd().try_clone_to_owned()?));
+        }
+    }
+    Ok(offer)
+}
+
+enum Event {
+    Signal(i32),
+    WorkersDone(Vec<WorkerExit>),
+}
+
+/// Signals become events on one channel (signal-hook's iterator on its own thread).
+fn signal_events() -> std::io::Result<crossbeam_channel::Receiver<i32>> {
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1])?;
+    let (sender, receiver) = crossbeam_channel::bounded(16);
+    std::thread::Builder::new()
+        .name("keepring-signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                if sender.send(signal).is_err() {
+                    break;
+                }
+            }
+        })?;
+    Ok(receiver)
+}
+
+fn serve_until_drained(
+    signals: crossbeam_channel::Receiver<i32>,
+    drain: watch::Sender<bool>,
+    workers: Vec<std::thread::JoinHandle<WorkerExit>>,
+    mut control: Option<ControlSocket>,
+    node: &Node,
+) -> u8 {
+    let (done_sender, done_receiver) = crossbeam_channel::bounded(1);
+    std::thread::Builder::new()
+        .name("keepring-join".into())
+        .spawn(move || {
+            let exits = workers
+                .into_iter()
+                .map(|handle| handle.join().unwrap_or_default())
+                .collect();
+            let _ = done_sender.send(exits);
+        })
+        .ok();
+    loop {
+        let event = crossbeam_channel::select! {
+            recv(signals) -> signal => Event::Signal(signal.unwrap_or(SIGTERM)),
+            recv(done_receiver) -> exits => Event::WorkersDone(exits.unwrap_or_default()),
+        };
+        match event {
+            Event::Signal(SIGQUIT) => {
+                tracing::warn!("SIGQUIT: exiting at once");
+                return EXIT_QUIT;
+            }
+            Event::Signal(signal @ (SIGTERM | SIGINT)) if !node.is_draining() => {
+                tracing::info!(signal, "draining");
+                log_phase(Phase::Draining);
+                sd_notify("STOPPING=1");
+                node.start_draining();
+                // Our copies of the listeners close now: a successor holds its own, and a
+                // plain stop must not leave connections queued where nobody accepts.
+                if let Some(control) = control.take() {
+                    control.stop();
+                }
+                let _ = drain.send(true);
+            }
+            Event::Signal(signal) => tracing::info!(signal, "signal ignored"),
+            Event::WorkersDone(exits) => {
+                let cut: usize = exits.iter().map(|exit| exit.cut_connections).sum();
+                log_phase(Phase::Drained);
+                if cut > 0 {
+                    tracing::error!(cut_connections = cut, "drain timed out; connections were cut");
+                    return EXIT_DRAIN_CUT;
+                }
+                return 0;
+            }
+        }
+    }
+}
+
+/// Tell systemd (Type=notify) about a state change; a datagram to `$NOTIFY_SOCKET`.
+fn sd_notify(state: &str) {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let path = path.to_string_lossy().into_owned();
+    let address = match path.strip_prefix('@') {
+        Some(name) => SocketAddr::from_abstract_name(name.as_bytes()),
+        None => SocketAddr::from_pathname(&path),
+    };
+    let sent = address.and_then(|address| UnixDatagram::unbound()?.send_to_addr(state.as_bytes(), &address));
+    if let Err(error) = sent {
+        tracing::warn!(error = %error, state, "sd_notify failed");
+    }
 }

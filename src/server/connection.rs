@@ -15,8 +15,10 @@ use crate::error::RequestError;
 use crate::http::chunked::ChunkedDecoder;
 use crate::http::request::{parse_head, Framing, Head};
 use crate::http::response::{BodyFraming, ResponseHead};
-use crate::limits::{HEADER_TIMEOUT_MS, IDLE_TIMEOUT_MS, IO_STALL_TIMEOUT_MS, READ_BUFFER_BYTES};
-use crate::server::worker::Worker;
+use crate::limits::{
+    DRAIN_IDLE_GRACE_MS, HEADER_TIMEOUT_MS, IDLE_TIMEOUT_MS, IO_STALL_TIMEOUT_MS, LINGER_MS_MAX, READ_BUFFER_BYTES,
+};
+use crate::server::worker::{LiveConnection, Worker};
 
 /// A whole response, written by the connection loop.
 #[derive(Debug)]
@@ -139,9 +141,40 @@ impl Connection {
         result.map_err(|_| RequestError::ClientGone)
     }
 
+    /// Wait between requests for more bytes: until `idle_deadline`, or, once the worker
+    /// drains, `DRAIN_IDLE_GRACE_MS` after the drain began, whichever is first.
+    async fn fill_between_requests(&mut self, worker: &Worker, idle_deadline: Instant) -> Result<usize, RequestError> {
+        self.read_buffer.clear();
+        self.start = 0;
+        let buffer = std::mem::take(&mut self.read_buffer);
+        let end = buffer.capacity();
+        let read = self.stream.read(buffer.slice(0..end));
+        tokio::pin!(read);
+        loop {
+            let grace = Duration::from_millis(DRAIN_IDLE_GRACE_MS);
+            let deadline = match worker.drain_began() {
+                Some(began) => idle_deadline.min(began + grace),
+                None => idle_deadline,
+            };
+            tokio::select! {
+                biased;
+                (result, slice) = &mut read => {
+                    self.read_buffer = slice.into_inner();
+                    return result.map_err(|_| RequestError::ClientGone);
+                }
+                _ = tokio::time::sleep_until(deadline.into()) => {
+                    // The read stays queued in the ring: shutting the socket completes it.
+                    let _ = self.stream.shutdown(Shutdown::Both);
+                    return Err(RequestError::ClientGone);
+                }
+                _ = worker.drain_started.notified(), if worker.drain_began().is_none() => {}
+            }
+        }
+    }
+
     /// Read the next request head. `Ok(None)`: the client closed between requests (or
-    /// stayed idle past `IDLE_TIMEOUT_MS`).
-    pub async fn read_head(&mut self) -> Result<Option<Head>, RequestError> {
+    /// stayed idle past `IDLE_TIMEOUT_MS`, or the worker is draining).
+    pub async fn read_head(&mut self, worker: &Worker) -> Result<Option<Head>, RequestError> {
         let idle_deadline = Instant::now() + Duration::from_millis(IDLE_TIMEOUT_MS);
         let mut head_deadline = None;
         loop {
@@ -152,8 +185,11 @@ impl Connection {
                     return Ok(Some(head));
                 }
             }
-            let deadline = head_deadline.unwrap_or(idle_deadline);
-            match self.fill(deadline).await {
+            let filled = match head_deadline {
+                Some(deadline) => self.fill(deadline).await,
+                None => self.fill_between_requests(worker, idle_deadline).await,
+            };
+            match filled {
                 Ok(0) if self.buffered().is_empty() => return Ok(None),
                 Ok(0) => return Err(RequestError::ClientGone),
                 Ok(_) => {}
@@ -330,33 +366,50 @@ impl Connection {
     pub fn shutdown(&self) {
         let _ = self.stream.shutdown(Shutdown::Both);
     }
+
+    /// Close after a last response without an RST: send FIN, then read and drop whatever
+    /// the client still sends (pipelined requests it will retry) until it closes too.
+    pub async fn linger_close(&mut self) {
+        let _ = self.stream.shutdown(Shutdown::Write);
+        let deadline = Instant::now() + Duration::from_millis(LINGER_MS_MAX);
+        loop {
+            self.read_buffer.clear();
+            self.start = 0;
+            match self.fill(deadline).await {
+                Ok(read) if read > 0 => continue,
+                _ => break,
+            }
+        }
+        self.shutdown();
+    }
 }
 
 /// Serve requests on one connection until it closes.
-pub async fn serve(stream: TcpStream, worker: &Worker) {
+pub async fn serve(stream: TcpStream, worker: &Worker, live: &LiveConnection) {
     let mut connection = Connection::new(stream);
+    let mut linger = false;
     loop {
-        let head = match connection.read_head().await {
+        let head = match connection.read_head(worker).await {
             Ok(Some(head)) => head,
             Ok(None) | Err(RequestError::ClientGone) => break,
             Err(error) => {
                 connection.begin_request(&Head::default(), worker.new_request_id(), worker.http_date(), true);
-                let _ = answer_error(&mut connection, &error).await;
-                worker.log_request(
-                    "-",
-                    "-",
-                    error.reply().status,
-                    0,
-                    Instant::now(),
-                    &connection.request_id,
-                );
+                linger = answer_error(&mut connection, &error).await.is_ok();
+                let status = error.reply().status;
+                worker.log_request("-", "-", status, 0, Instant::now(), &connection.request_id);
                 break;
             }
         };
         let started = Instant::now();
         let request_id = head.request_id.clone().unwrap_or_else(|| worker.new_request_id());
-        connection.begin_request(&head, request_id, worker.http_date(), worker.node.is_draining());
+        connection.begin_request(&head, request_id, worker.http_date(), worker.drain_began().is_some());
+        {
+            use std::fmt::Write;
+            let mut text = live.request.borrow_mut();
+            let _ = write!(text, "{} {} {}", head.method, head.path, connection.request_id);
+        }
         let outcome = dispatch(worker, &mut connection, &head).await;
+        let aborted = outcome.is_err() && connection.response_started;
         let (status, bytes_out) = match outcome {
             Ok(Reply::Full(response)) => {
                 // An unread body makes the connection unusable for the next request.
@@ -381,11 +434,18 @@ pub async fn serve(stream: TcpStream, worker: &Worker) {
             started,
             &connection.request_id,
         );
+        live.request.borrow_mut().clear();
         if connection.close_after {
+            // A cut stream must look cut (no FIN after a complete-looking body): no linger.
+            linger = status != 499 && !aborted;
             break;
         }
     }
-    connection.shutdown();
+    if linger {
+        connection.linger_close().await;
+    } else {
+        connection.shutdown();
+    }
 }
 
 async fn dispatch(worker: &Worker, connection: &mut Connection, head: &Head) -> Result<Reply, RequestError> {

@@ -1,15 +1,21 @@
 //! One worker per core: an OS thread running its own tokio-uring runtime (ring built with
 //! COOP_TASKRUN + SINGLE_ISSUER; DEFER_TASKRUN hangs tokio-uring) and accepting on its own
-//! SO_REUSEPORT listener. Its state (`Worker`) is `!Send` and never shared; only the
-//! `Node` (immutable but for atomics) crosses cores.
+//! SO_REUSEPORT listener(s). Its state (`Worker`) is `!Send` and never shared; only the
+//! `Node` (immutable but for atomics) and the drain signal cross cores.
+//!
+//! Accepting uses readiness (tokio's epoll-driven listener), not an io_uring accept: an
+//! io_uring accept cannot be cancelled by dropping it, so at drain time it would still take
+//! one more connection off the shared queue and strand it. Accepted sockets are then
+//! served through io_uring.
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::Notify;
-use tokio_uring::net::TcpListener;
+use tokio::sync::{watch, Notify};
 
 use crate::bufpool::BufferPool;
 use crate::limits::CONNECTIONS_PER_WORKER_MAX;
@@ -20,14 +26,31 @@ use crate::server::connection;
 /// an operation queued between two submissions.
 const RING_ENTRIES: u32 = 1024;
 
+/// A connection as its worker sees it, so a drain that times out can say what it cut.
+pub struct LiveConnection {
+    pub fd: RawFd,
+    /// `METHOD path request-id` of the request being served; empty between requests.
+    pub request: RefCell<String>,
+}
+
 pub struct Worker {
     pub id: usize,
     pub node: Arc<Node>,
     pub pool: BufferPool,
     rng_state: Cell<u64>,
     date_cache: RefCell<(u64, String)>,
-    connections: Cell<usize>,
+    live: RefCell<HashMap<u64, Rc<LiveConnection>>>,
+    next_connection_id: Cell<u64>,
     connection_closed: Notify,
+    /// When this worker saw the drain start; connections read it between requests.
+    drain_began: Cell<Option<Instant>>,
+    pub drain_started: Notify,
+}
+
+/// How a worker ended: connections its drain had to cut at the deadline.
+#[derive(Debug, Default)]
+pub struct WorkerExit {
+    pub cut_connections: usize,
 }
 
 impl Worker {
@@ -38,8 +61,11 @@ impl Worker {
             node,
             rng_state: Cell::new(seed | 1),
             date_cache: RefCell::new((0, String::new())),
-            connections: Cell::new(0),
+            live: RefCell::new(HashMap::new()),
+            next_connection_id: Cell::new(0),
             connection_closed: Notify::new(),
+            drain_began: Cell::new(None),
+            drain_started: Notify::new(),
         }
     }
 
@@ -83,6 +109,11 @@ impl Worker {
         cache.1.clone()
     }
 
+    /// When the drain began, if it has.
+    pub fn drain_began(&self) -> Option<Instant> {
+        self.drain_began.get()
+    }
+
     pub fn log_request(&self, method: &str, path: &str, status: u16, bytes: u64, started: Instant, request_id: &str) {
         tracing::info!(
             worker = self.id,
@@ -113,47 +144,106 @@ pub fn redact_signatures(path: &str) -> String {
     out
 }
 
-/// Build this thread's ring and serve `listener` until the process exits.
-pub fn run(id: usize, node: Arc<Node>, listener: std::net::TcpListener, ready: crossbeam_channel::Sender<usize>) {
+/// Everything a worker thread is started with.
+pub struct WorkerStart {
+    pub id: usize,
+    pub node: Arc<Node>,
+    pub listeners: Vec<std::net::TcpListener>,
+    pub ready: crossbeam_channel::Sender<usize>,
+    pub drain: watch::Receiver<bool>,
+    pub drain_timeout: Duration,
+}
+
+/// Build this thread's ring, serve until a drain completes (or times out).
+pub fn run(start: WorkerStart) -> WorkerExit {
     let mut ring = tokio_uring::uring_builder();
     ring.setup_coop_taskrun().setup_single_issuer();
     let seed = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|elapsed| elapsed.as_nanos() as u64)
         .unwrap_or(7)
-        ^ ((id as u64 + 1) << 48);
+        ^ ((start.id as u64 + 1) << 48);
     tokio_uring::builder()
         .entries(RING_ENTRIES)
         .uring_builder(&ring)
         .start(async move {
-            let listener = TcpListener::from_std(listener);
-            let worker = Rc::new(Worker::new(id, node, seed));
-            let _ = ready.send(id);
-            accept_loop(&listener, worker).await;
-        });
+            let worker = Rc::new(Worker::new(start.id, start.node, seed));
+            let mut accept_tasks = Vec::new();
+            for listener in start.listeners {
+                match tokio::net::TcpListener::from_std(listener) {
+                    Ok(listener) => accept_tasks.push(tokio_uring::spawn(accept_loop(listener, worker.clone()))),
+                    Err(error) => tracing::error!(worker = worker.id, error = %error, "cannot watch listener"),
+                }
+            }
+            let _ = start.ready.send(start.id);
+            let mut drain = start.drain;
+            while !*drain.borrow_and_update() {
+                if drain.changed().await.is_err() {
+                    break;
+                }
+            }
+            worker.drain_began.set(Some(Instant::now()));
+            worker.drain_started.notify_waiters();
+            // The accept loops end at once and drop this worker's copies of the listeners.
+            for task in accept_tasks {
+                task.abort();
+            }
+            finish_drain(&worker, start.drain_timeout).await
+        })
 }
 
-async fn accept_loop(listener: &TcpListener, worker: Rc<Worker>) {
+/// Wait for every connection to end; at the deadline cut the rest and say which.
+async fn finish_drain(worker: &Worker, timeout: Duration) -> WorkerExit {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !worker.live.borrow().is_empty() {
+        if tokio::time::timeout_at(deadline, worker.connection_closed.notified())
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let live: Vec<Rc<LiveConnection>> = worker.live.borrow().values().cloned().collect();
+    for connection in &live {
+        let request = connection.request.borrow();
+        let state = if request.is_empty() { "idle" } else { request.as_str() };
+        tracing::warn!(worker = worker.id, request = %redact_signatures(state), "drain timeout: cutting connection");
+        // SAFETY: the fd stays open until its task drops the stream; shutdown only ends I/O.
+        unsafe { libc::shutdown(connection.fd, libc::SHUT_RDWR) };
+    }
+    WorkerExit {
+        cut_connections: live.len(),
+    }
+}
+
+async fn accept_loop(listener: tokio::net::TcpListener, worker: Rc<Worker>) {
     loop {
-        while worker.connections.get() >= CONNECTIONS_PER_WORKER_MAX {
+        while worker.live.borrow().len() >= CONNECTIONS_PER_WORKER_MAX {
             worker.connection_closed.notified().await;
         }
-        let stream = match listener.accept().await {
-            Ok((stream, _peer)) => stream,
+        let stream = match listener.accept().await.and_then(|(stream, _)| stream.into_std()) {
+            Ok(stream) => stream,
             Err(error) => {
                 // EMFILE and friends: back off briefly instead of spinning.
                 tracing::warn!(worker = worker.id, error = %error, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             }
         };
         let _ = stream.set_nodelay(true);
-        worker.connections.set(worker.connections.get() + 1);
+        let id = worker.next_connection_id.get();
+        worker.next_connection_id.set(id + 1);
+        let live = Rc::new(LiveConnection {
+            fd: stream.as_raw_fd(),
+            request: RefCell::new(String::new()),
+        });
+        worker.live.borrow_mut().insert(id, live.clone());
         let worker = worker.clone();
         tokio_uring::spawn(async move {
-            connection::serve(stream, &worker).await;
-            worker.connections.set(worker.connections.get() - 1);
-            worker.connection_closed.notify_one();
+            let stream = tokio_uring::net::TcpStream::from_std(stream);
+            connection::serve(stream, &worker, &live).await;
+            worker.live.borrow_mut().remove(&id);
+            worker.connection_closed.notify_waiters();
         });
     }
 }
