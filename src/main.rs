@@ -3,6 +3,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use keepring::config::{Cli, Config, LogFormat};
 use keepring::lifecycle::supervisor;
@@ -35,13 +37,15 @@ fn main() -> ExitCode {
         }
     };
     let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_writer(writer)
-        .with_max_level(config.log_level)
-        .with_ansi(false);
+    // Lifecycle events (listening, draining, volumes, hand-over) are always logged;
+    // --log-level governs the rest, such as the one line per request at info.
+    let filter = tracing_subscriber::filter::Targets::new()
+        .with_default(config.log_level)
+        .with_target("keepring::lifecycle", tracing::Level::INFO.max(config.log_level));
+    let builder = tracing_subscriber::fmt().with_writer(writer).with_ansi(false);
     match config.log_format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).finish().with(filter).init(),
+        LogFormat::Text => builder.finish().with(filter).init(),
     }
     let result = supervisor::run(config);
     // Flush the log writer before leaving (process::exit would drop queued lines).
