@@ -173,7 +173,8 @@ pub fn run(config: Config) -> Result<u8, StartError> {
         sockets.address
     );
     log_phase(Phase::Ready);
-    sd_notify("READY=1");
+    // MAINPID lets systemd follow the replacement when it was started by ExecReload.
+    sd_notify(&format!("READY=1\nMAINPID={}", std::process::id()));
     if let Some(pid) = config.term_pid {
         // SAFETY: kill has no memory-safety preconditions.
         if unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) } == 0 {
