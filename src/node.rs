@@ -1,41 +1,59 @@
-//! What every worker shares: the volume set, keys and tokens, the buffer budget and the
-//! drain flag. Built once by the supervisor and handed to each worker in an `Arc`;
-//! immutable but for atomics.
+//! What every worker shares: the published `NodeState` (volume set, keys and tokens), the
+//! buffer budget and the drain flag. The state is immutable once published; a change
+//! (a drive added, a config reloaded) publishes a whole new one with an atomic pointer
+//! swap and bumps `generation`. Workers keep their own copy and only look at the shared
+//! one when the generation moved, so the request path reads one atomic and takes no lock.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 use crate::bufpool::BufferBudget;
 use crate::signature::SigningKey;
 use crate::volumes::VolumeSet;
 
-pub struct Node {
+/// Everything a request is judged and served by.
+#[derive(Clone)]
+pub struct NodeState {
     pub volumes: VolumeSet,
-    /// Present when `--blob-signing-key-file` was given: PUT answers are signed (when the
-    /// request carried a token) and block reads need a valid signature.
+    /// Present when a signing key is configured: PUT answers are signed (when the request
+    /// carried a token) and block reads need a valid signature.
     pub signing_key: Option<SigningKey>,
     pub system_root_token: Option<String>,
     pub management_token: Option<String>,
+}
+
+pub struct Node {
+    state: ArcSwap<NodeState>,
+    generation: AtomicU64,
     pub budget: Arc<BufferBudget>,
     draining: AtomicBool,
 }
 
 impl Node {
-    pub fn new(
-        volumes: VolumeSet,
-        signing_key: Option<SigningKey>,
-        system_root_token: Option<String>,
-        management_token: Option<String>,
-        budget: Arc<BufferBudget>,
-    ) -> Self {
+    pub fn new(state: NodeState, budget: Arc<BufferBudget>) -> Self {
         Node {
-            volumes,
-            signing_key,
-            system_root_token,
-            management_token,
+            state: ArcSwap::from_pointee(state),
+            generation: AtomicU64::new(0),
             budget,
             draining: AtomicBool::new(false),
         }
+    }
+
+    /// The current state (for the supervisor, the watcher and background chores).
+    pub fn state(&self) -> Arc<NodeState> {
+        self.state.load_full()
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Replace the state; workers pick it up on their next request.
+    pub fn publish(&self, state: NodeState) {
+        self.state.store(Arc::new(state));
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     pub fn is_draining(&self) -> bool {

@@ -32,9 +32,9 @@ struct MountJson<'a> {
 }
 
 pub fn mounts(worker: &Worker, head: &Head) -> Result<Reply, RequestError> {
-    auth::require_root(&worker.node, head)?;
-    let mounts: Vec<MountJson> = worker
-        .node
+    let state = worker.state();
+    auth::require_root(&state, head)?;
+    let mounts: Vec<MountJson> = state
         .volumes
         .all()
         .iter()
@@ -58,7 +58,7 @@ pub fn mounts(worker: &Worker, head: &Head) -> Result<Reply, RequestError> {
 }
 
 pub fn health(worker: &Worker, head: &Head) -> Result<Reply, RequestError> {
-    auth::require_management(&worker.node, head)?;
+    auth::require_management(&worker.state(), head)?;
     Ok(Reply::Full(Response {
         status: 200,
         content_type: Some("application/json"),
@@ -78,15 +78,16 @@ pub async fn index(
     uuid: Option<&str>,
     path_prefix: &str,
 ) -> Result<Reply, RequestError> {
-    auth::require_root(&worker.node, head)?;
+    let state = worker.state();
+    auth::require_root(&state, head)?;
     // `?prefix=` wins when it is not empty (keep-protocol.md §3.4).
     let prefix = head
         .query_values("prefix")
         .find(|prefix| !prefix.is_empty())
         .unwrap_or_else(|| path_prefix.to_string());
     let volumes: Vec<Arc<Volume>> = match uuid {
-        Some(uuid) => vec![worker.node.volumes.by_uuid(uuid).ok_or(RequestError::NotFound)?.clone()],
-        None => worker.node.volumes.all().to_vec(),
+        Some(uuid) => vec![state.volumes.by_uuid(uuid).ok_or(RequestError::NotFound)?.clone()],
+        None => state.volumes.all().to_vec(),
     };
     let (sender, mut receiver) = mpsc::channel::<IndexPiece>(INDEX_CHANNEL_CHUNKS_MAX);
     let roots: Vec<PathBuf> = volumes.iter().map(|volume| volume.root.clone()).collect();

@@ -5,12 +5,12 @@ use crate::error::RequestError;
 use crate::http::request::Head;
 use crate::http::token::tokens;
 use crate::locator::Locator;
-use crate::node::Node;
+use crate::node::NodeState;
 use crate::signature::SignatureError;
 
 /// 3.x: no token → 401, a token that is not the root token → 403; with no root token
 /// configured the admin endpoints are open, as keepstore 3.x.
-pub fn require_root(node: &Node, head: &Head) -> Result<(), RequestError> {
+pub fn require_root(node: &NodeState, head: &Head) -> Result<(), RequestError> {
     let Some(root) = node.system_root_token.as_deref() else {
         return Ok(());
     };
@@ -26,7 +26,12 @@ pub fn require_root(node: &Node, head: &Head) -> Result<(), RequestError> {
 }
 
 /// A block read needs a valid signature for the first token when signing is on.
-pub fn check_read_permission(node: &Node, head: &Head, locator: &Locator, now_secs: u64) -> Result<(), RequestError> {
+pub fn check_read_permission(
+    node: &NodeState,
+    head: &Head,
+    locator: &Locator,
+    now_secs: u64,
+) -> Result<(), RequestError> {
     let Some(key) = node.signing_key.as_ref() else {
         return Ok(());
     };
@@ -39,7 +44,7 @@ pub fn check_read_permission(node: &Node, head: &Head, locator: &Locator, now_se
 }
 
 /// The management token guards `/_health/ping`: 404 when none is configured.
-pub fn require_management(node: &Node, head: &Head) -> Result<(), RequestError> {
+pub fn require_management(node: &NodeState, head: &Head) -> Result<(), RequestError> {
     let Some(management) = node.management_token.as_deref() else {
         return Err(RequestError::HealthDisabled);
     };

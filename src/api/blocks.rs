@@ -50,11 +50,12 @@ pub async fn read(
     if send_body && locator.size.unwrap_or(0) == 0 && locator.hash != EMPTY_BLOCK_HASH {
         return Err(RequestError::MethodNotAllowed);
     }
-    auth::check_read_permission(&worker.node, head, &locator, now_secs())?;
+    let state = worker.state();
+    auth::check_read_permission(&state, head, &locator, now_secs())?;
     let _lease = worker.pool.lease(CHUNK_BUFFER_BYTES as u64).await?;
     let mut buffer = worker.pool.chunk();
     let mut failure = RequestError::NotFound;
-    for volume in worker.node.volumes.ordered_for(locator.hash) {
+    for volume in state.volumes.ordered_for(locator.hash) {
         let (file, size) = match io::open_block(&volume.root, locator.hash).await {
             Ok(Some(opened)) => opened,
             Ok(None) => continue,
@@ -166,7 +167,7 @@ pub async fn write(
     }
     let wanted_classes = head.requested_storage_classes();
     let candidates: Vec<Arc<Volume>> = worker
-        .node
+        .state()
         .volumes
         .ordered_for(hash)
         .into_iter()
@@ -312,7 +313,7 @@ fn is_satisfied(stored: &[Arc<Volume>], wanted_classes: &[String]) -> bool {
 
 fn write_reply(worker: &Worker, head: &Head, hash: &str, size: u64, stored: &[Arc<Volume>]) -> Reply {
     let mut locator = format!("{hash}+{size}");
-    if let (Some(key), Some(token)) = (worker.node.signing_key.as_ref(), tokens(head).first()) {
+    if let (Some(key), Some(token)) = (worker.state().signing_key.as_ref(), tokens(head).first()) {
         locator.push_str(&key.sign_hint(hash, token, now_secs()));
     }
     locator.push('\n');
@@ -339,9 +340,10 @@ fn write_reply(worker: &Worker, head: &Head, hash: &str, size: u64, stored: &[Ar
 
 /// TOUCH: set the mtime of the block on the first writable volume (UUID order) holding it.
 pub fn touch(worker: &Worker, head: &Head, locator_text: &str) -> Result<Reply, RequestError> {
-    auth::require_root(&worker.node, head)?;
+    let state = worker.state();
+    auth::require_root(&state, head)?;
     let locator = Locator::parse(locator_text).map_err(|_| RequestError::InvalidLocator)?;
-    for volume in worker.node.volumes.all().iter().filter(|volume| volume.allow_write) {
+    for volume in state.volumes.all().iter().filter(|volume| volume.allow_write) {
         match io::touch(&layout::block_path(&volume.root, locator.hash)) {
             Ok(()) => return Ok(Reply::empty(200)),
             Err(error) if io::is_missing(&error) => continue,

@@ -123,7 +123,7 @@ pub async fn handle(worker: &Worker, connection: &mut Connection, head: &Head) -
         Route::BlockWrite { locator } => blocks::write(worker, connection, head, locator).await,
         Route::BlockTouch { locator } => blocks::touch(worker, head, locator),
         Route::BlockDelete | Route::Untrash | Route::PullList | Route::TrashList => {
-            auth::require_root(&worker.node, head)?;
+            auth::require_root(&worker.state(), head)?;
             Err(RequestError::NotImplemented(
                 "trash, untrash and pull lists are the Operations issue",
             ))

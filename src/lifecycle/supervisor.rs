@@ -22,7 +22,7 @@ use crate::lifecycle::handover::{self, ControlSocket};
 use crate::lifecycle::listeners::{self, Source};
 use crate::lifecycle::Phase;
 use crate::limits::BUFFER_UNIT_BYTES;
-use crate::node::Node;
+use crate::node::{Node, NodeState};
 use crate::server::worker::{self, WorkerExit, WorkerStart};
 use crate::signature::SigningKey;
 use crate::volume::Volume;
@@ -116,13 +116,13 @@ pub fn run(config: Config) -> Result<u8, StartError> {
         .signing_key
         .as_deref()
         .map(|key| SigningKey::new(key, config.blob_signing_ttl_secs));
-    let node = Arc::new(Node::new(
+    let state = NodeState {
         volumes,
         signing_key,
-        config.system_root_token.clone(),
-        config.management_token.clone(),
-        budget.clone(),
-    ));
+        system_root_token: config.system_root_token.clone(),
+        management_token: config.management_token.clone(),
+    };
+    let node = Arc::new(Node::new(state, budget.clone()));
     // Signals are handled from here on (a TERM during start-up then drains instead of killing).
     let signals = signal_events().map_err(|error| StartError(format!("cannot install signal handlers: {error}")))?;
 

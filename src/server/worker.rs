@@ -19,7 +19,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::bufpool::BufferPool;
 use crate::limits::CONNECTIONS_PER_WORKER_MAX;
-use crate::node::Node;
+use crate::node::{Node, NodeState};
 use crate::server::connection;
 
 /// Submission queue entries per ring: enough for every connection of a busy worker to have
@@ -38,6 +38,8 @@ pub struct Worker {
     pub node: Arc<Node>,
     pub pool: BufferPool,
     rng_state: Cell<u64>,
+    /// This worker's copy of the published state and the generation it was taken at.
+    state_cache: RefCell<(u64, Rc<Arc<NodeState>>)>,
     date_cache: RefCell<(u64, String)>,
     live: RefCell<HashMap<u64, Rc<LiveConnection>>>,
     next_connection_id: Cell<u64>,
@@ -58,15 +60,27 @@ impl Worker {
         Worker {
             id,
             pool: BufferPool::new(node.budget.clone()),
-            node,
             rng_state: Cell::new(seed | 1),
+            state_cache: RefCell::new((node.generation(), Rc::new(node.state()))),
             date_cache: RefCell::new((0, String::new())),
             live: RefCell::new(HashMap::new()),
             next_connection_id: Cell::new(0),
             connection_closed: Notify::new(),
             drain_began: Cell::new(None),
             drain_started: Notify::new(),
+            node,
         }
+    }
+
+    /// The node state this request is served by: the worker's own copy, refreshed only
+    /// when the published generation moved (one atomic load; no lock, no shared refcount).
+    pub fn state(&self) -> Rc<Arc<NodeState>> {
+        let generation = self.node.generation();
+        let mut cache = self.state_cache.borrow_mut();
+        if cache.0 != generation {
+            *cache = (generation, Rc::new(self.node.state()));
+        }
+        cache.1.clone()
     }
 
     /// xorshift64*: request ids and temp-file names need uniqueness, not secrecy.
