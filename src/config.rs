@@ -6,9 +6,18 @@ use std::path::{Path, PathBuf};
 
 use clap::{Parser, ValueEnum};
 
-use crate::limits::{BLOB_SIGNING_TTL_SECS_DEFAULT, DRAIN_TIMEOUT_SECS_DEFAULT, MAX_BUFFERS_DEFAULT};
+use crate::cluster_config::{self, ClusterSettings};
+use crate::limits::{
+    BLOB_SIGNING_TTL_SECS_DEFAULT, DRAIN_TIMEOUT_SECS_DEFAULT, MAX_BUFFERS_DEFAULT, TRASH_CHECK_INTERVAL_SECS_DEFAULT,
+    TRASH_LIFETIME_SECS_DEFAULT,
+};
+use crate::volume::VolumeOptions;
+use crate::volumes::discovery::VolumeSources;
 
-/// Directory used when no `--volume` is given.
+/// Address used when neither `--listen` nor a config file gives one.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:25107";
+
+/// Directory used when no volume comes from any source.
 pub const DEFAULT_VOLUME_DIR: &str = "keepring-data";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -17,19 +26,31 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Parser)]
+#[derive(Debug, Clone, Parser)]
 #[command(
     name = "keepring",
     version,
     about = "Arvados keepstore-compatible block server on io_uring"
 )]
 pub struct Cli {
-    /// Address to serve on (every worker binds it with SO_REUSEPORT).
-    #[arg(long, default_value = "127.0.0.1:25107")]
-    pub listen: SocketAddr,
-    /// A directory volume (repeatable). Default: ./keepring-data, created if missing.
+    /// Address to serve on (every worker binds it with SO_REUSEPORT). Default:
+    /// the config file's Services.Keepstore.InternalURLs, else 127.0.0.1:25107.
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// A directory volume (repeatable), created if missing. With no volume from any
+    /// source, ./keepring-data.
     #[arg(long = "volume", value_name = "DIR")]
     pub volumes: Vec<PathBuf>,
+    /// Every DIR/<name>/keep is a volume, found and dropped live (repeatable).
+    #[arg(long = "volume-root", value_name = "DIR")]
+    pub volume_roots: Vec<PathBuf>,
+    /// Every mount point with a `keep` directory at its top is a volume (live).
+    #[arg(long)]
+    pub discover_mounts: bool,
+    /// An Arvados cluster config.yml (keepstore's); flags given here override it.
+    /// SIGHUP re-reads it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Worker threads, one io_uring runtime each. Default: the number of cores.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub workers: Option<u16>,
@@ -43,11 +64,11 @@ pub struct Cli {
     #[arg(long, value_name = "FILE")]
     pub management_token_file: Option<PathBuf>,
     /// Lifetime of permission signatures, in seconds.
-    #[arg(long, default_value_t = BLOB_SIGNING_TTL_SECS_DEFAULT, value_parser = clap::value_parser!(u64).range(1..))]
-    pub blob_signing_ttl_secs: u64,
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub blob_signing_ttl_secs: Option<u64>,
     /// Block buffer budget in units of 64 MiB (keepstore's MaxKeepBlobBuffers).
-    #[arg(long, default_value_t = MAX_BUFFERS_DEFAULT, value_parser = clap::value_parser!(u64).range(1..=65536))]
-    pub max_buffers: u64,
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    pub max_buffers: Option<u64>,
     /// Log line format.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -67,15 +88,27 @@ pub struct Cli {
     /// Bind fresh sockets instead of taking over a running keepring's (for comparison runs).
     #[arg(long)]
     pub no_handover: bool,
+    /// Seconds a trashed block stays recoverable (keepstore's BlobTrashLifetime); 0 deletes
+    /// at once.
+    #[arg(long, default_value_t = TRASH_LIFETIME_SECS_DEFAULT)]
+    pub trash_lifetime_secs: u64,
+    /// Seconds between sweeps that delete expired trash (BlobTrashCheckInterval).
+    #[arg(long, default_value_t = TRASH_CHECK_INTERVAL_SECS_DEFAULT, value_parser = clap::value_parser!(u64).range(1..))]
+    pub trash_check_interval_secs: u64,
+    /// Refuse DELETE (405) and ignore trash lists (keepstore's `BlobTrash: false`).
+    #[arg(long)]
+    pub no_blob_trash: bool,
 }
 
 /// Everything the supervisor needs, read and checked.
 #[derive(Debug)]
 pub struct Config {
     pub listen: SocketAddr,
-    pub volume_dirs: Vec<PathBuf>,
+    pub volume_sources: VolumeSources,
     pub workers: usize,
     pub signing_key: Option<Vec<u8>>,
+    /// Check signatures on block reads (a config file's `Collections.BlobSigning`).
+    pub enforce_signatures: bool,
     pub blob_signing_ttl_secs: u64,
     pub system_root_token: Option<String>,
     pub management_token: Option<String>,
@@ -86,41 +119,85 @@ pub struct Config {
     pub term_pid: Option<u32>,
     pub control_socket: Option<PathBuf>,
     pub handover: bool,
+    pub config_file: Option<PathBuf>,
+    pub trash_lifetime_secs: u64,
+    pub trash_check_interval_secs: u64,
+    pub blob_trash: bool,
 }
 
 impl Config {
+    /// Flags over the config file over built-in defaults. Also used by SIGHUP to re-read.
     pub fn from_cli(cli: Cli) -> Result<Config, String> {
+        let cluster = match &cli.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+                cluster_config::parse(&text).map_err(|error| format!("{}: {error}", path.display()))?
+            }
+            None => ClusterSettings {
+                enforce_signatures: true,
+                ..ClusterSettings::default()
+            },
+        };
         let workers = match cli.workers {
             Some(workers) => workers as usize,
             None => std::thread::available_parallelism()
                 .map(|count| count.get())
                 .unwrap_or(1),
         };
-        let volume_dirs = if cli.volumes.is_empty() {
-            vec![PathBuf::from(DEFAULT_VOLUME_DIR)]
-        } else {
-            cli.volumes
+        let mut fixed: Vec<(PathBuf, VolumeOptions)> = cli
+            .volumes
+            .into_iter()
+            .map(|dir| (dir, VolumeOptions::default()))
+            .collect();
+        fixed.extend(cluster.volumes);
+        if fixed.is_empty() && cli.volume_roots.is_empty() && !cli.discover_mounts {
+            fixed.push((PathBuf::from(DEFAULT_VOLUME_DIR), VolumeOptions::default()));
+        }
+        let signing_key = match cli.blob_signing_key_file.as_deref() {
+            Some(path) => Some(read_secret(path)?),
+            None => cluster.signing_key,
         };
         Ok(Config {
-            listen: cli.listen,
-            volume_dirs,
+            listen: cli
+                .listen
+                .or(cluster.listen)
+                .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default")),
+            volume_sources: VolumeSources {
+                fixed,
+                roots: cli.volume_roots,
+                discover_mounts: cli.discover_mounts,
+            },
             workers,
-            signing_key: cli
-                .blob_signing_key_file
-                .as_deref()
-                .map(read_secret)
-                .transpose()?
-                .map(String::into_bytes),
-            blob_signing_ttl_secs: cli.blob_signing_ttl_secs,
-            system_root_token: cli.system_root_token_file.as_deref().map(read_secret).transpose()?,
-            management_token: cli.management_token_file.as_deref().map(read_secret).transpose()?,
-            max_buffers: cli.max_buffers,
+            signing_key: signing_key.map(String::into_bytes),
+            enforce_signatures: cluster.enforce_signatures,
+            blob_signing_ttl_secs: cli
+                .blob_signing_ttl_secs
+                .or(cluster.blob_signing_ttl_secs)
+                .unwrap_or(BLOB_SIGNING_TTL_SECS_DEFAULT),
+            system_root_token: match cli.system_root_token_file.as_deref() {
+                Some(path) => Some(read_secret(path)?),
+                None => cluster.system_root_token,
+            },
+            management_token: match cli.management_token_file.as_deref() {
+                Some(path) => Some(read_secret(path)?),
+                None => cluster.management_token,
+            },
+            max_buffers: cli
+                .max_buffers
+                .or(cluster.max_buffers)
+                .unwrap_or(MAX_BUFFERS_DEFAULT)
+                .max(1),
             log_format: cli.log_format,
             log_level: cli.log_level,
             drain_timeout_secs: cli.drain_timeout_secs,
             term_pid: cli.term_pid,
             control_socket: cli.control_socket,
             handover: !cli.no_handover,
+            config_file: cli.config,
+            trash_lifetime_secs: cli.trash_lifetime_secs,
+            trash_check_interval_secs: cli.trash_check_interval_secs,
+            blob_trash: !cli.no_blob_trash,
         })
     }
 }
@@ -143,7 +220,7 @@ mod tests {
     fn defaults_give_the_local_data_dir() {
         let config = Config::from_cli(Cli::parse_from(["keepring"])).unwrap();
         assert_eq!(config.listen, "127.0.0.1:25107".parse().unwrap());
-        assert_eq!(config.volume_dirs, [PathBuf::from(DEFAULT_VOLUME_DIR)]);
+        assert_eq!(config.volume_sources.fixed[0].0, PathBuf::from(DEFAULT_VOLUME_DIR));
         assert_eq!(config.max_buffers, 128);
         assert!(config.workers >= 1);
     }

@@ -37,6 +37,15 @@ pub enum RequestError {
     NotImplemented(&'static str),
     HealthDisabled,
     HealthUnauthorized,
+    /// `/metrics` without the management token / with another token: as `Unauthorized`
+    /// and `Forbidden`, but without CORS headers or X-Request-Id (keepstore-observed.md).
+    MetricsUnauthorized,
+    MetricsForbidden,
+    /// `PUT /pull` whose first locator has no size (keep-protocol.md §3.5).
+    UnsizedPullList,
+    /// A pull or trash list that is not JSON: keepstore 3.2.1 answers 500 with the
+    /// decoder's message (keepstore-observed.md).
+    UnreadableList(String),
     /// A volume error that fits no class above (keepstore: 500).
     Internal(String),
     /// The client went away or stalled; nothing can be answered (logged as 499).
@@ -50,6 +59,8 @@ pub struct ErrorReply {
     /// Go's `http.Error` adds `X-Content-Type-Options: nosniff`; keepstore's handler
     /// errors do not.
     pub nosniff: bool,
+    /// false only for `/metrics` refusals, which keepstore answers without CORS headers.
+    pub cors: bool,
 }
 
 impl RequestError {
@@ -80,11 +91,27 @@ impl RequestError {
             NotImplemented(what) => (501, format!("not implemented in keepring yet: {what}"), false),
             HealthDisabled => (404, "disabled".into(), false),
             HealthUnauthorized => (401, "authorization required".into(), false),
+            MetricsUnauthorized => (401, "Unauthorized".into(), true),
+            MetricsForbidden => (403, "Forbidden".into(), true),
+            UnsizedPullList => (
+                400,
+                "rejecting pull list containing a locator without a size hint -- this probably means \
+                 keep-balance needs to be upgraded"
+                    .into(),
+                false,
+            ),
+            UnreadableList(reason) => (500, reason.clone(), false),
             Internal(reason) => (500, reason.clone(), false),
             ClientGone => (499, String::new(), false),
         };
         let body = if text.is_empty() { text } else { format!("{text}\n") };
-        ErrorReply { status, body, nosniff }
+        let cors = !matches!(self, MetricsUnauthorized | MetricsForbidden);
+        ErrorReply {
+            status,
+            body,
+            nosniff,
+            cors,
+        }
     }
 }
 

@@ -4,6 +4,8 @@
 
 pub mod api;
 pub mod bufpool;
+pub mod chores;
+pub mod cluster_config;
 pub mod config;
 pub mod digest;
 pub mod error;
@@ -11,6 +13,7 @@ pub mod http;
 pub mod lifecycle;
 pub mod limits;
 pub mod locator;
+pub mod metrics;
 pub mod node;
 pub mod server;
 pub mod signature;

@@ -90,3 +90,32 @@ pub const DRAIN_TIMEOUT_SECS_DEFAULT: u64 = 300;
 /// bytes (pipelined requests) are read and dropped for up to this long, so the close is a
 /// FIN and not an RST that could destroy the response still in the client's buffer.
 pub const LINGER_MS_MAX: u64 = 2_000;
+
+/// A volume whose write failed with an I/O error sits out of the write rotation this long,
+/// then is tried again (it may have come back).
+pub const VOLUME_RETRY_MS: u64 = 10_000;
+
+/// Largest `PUT /trash` or `PUT /pull` body. keep-balance sends one list per server; a
+/// trash item is ~110 bytes of JSON, so 64 MiB holds ~600,000 items, more than a day of
+/// garbage on a large node. The body is leased from the buffer budget like a block.
+pub const LIST_BODY_BYTES_MAX: u64 = BLOCK_BYTES_MAX;
+
+/// Items one trash or pull list may hold (a queue limit; each item is at least ~40 bytes
+/// of JSON, so a full-size body cannot exceed it by much more than 1.6×).
+pub const LIST_ITEMS_MAX: usize = 1_000_000;
+
+/// `--trash-lifetime-secs` default: keepstore's `BlobTrashLifetime` 336h.
+pub const TRASH_LIFETIME_SECS_DEFAULT: u64 = 14 * 24 * 3600;
+
+/// `--trash-check-interval-secs` default: keepstore's `BlobTrashCheckInterval` 24h.
+pub const TRASH_CHECK_INTERVAL_SECS_DEFAULT: u64 = 24 * 3600;
+
+/// The pull worker: time to connect to a peer, and time any single read or write of the
+/// transfer may stall (a 64 MiB block at 1 MiB/s still makes progress every second).
+pub const PULL_CONNECT_TIMEOUT_MS: u64 = 10_000;
+pub const PULL_IO_STALL_TIMEOUT_MS: u64 = 60_000;
+
+/// Largest response head the pull worker reads from a peer.
+pub const PULL_RESPONSE_HEAD_BYTES_MAX: usize = 16 * 1024;
+
+const _: () = assert!(LIST_BODY_BYTES_MAX <= BLOCK_BYTES_MAX);

@@ -29,7 +29,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let config = match Config::from_cli(cli) {
+    let config = match Config::from_cli(cli.clone()) {
         Ok(config) => config,
         Err(message) => {
             eprintln!("keepring: {message}");
@@ -47,7 +47,7 @@ fn main() -> ExitCode {
         LogFormat::Json => builder.json().flatten_event(true).finish().with(filter).init(),
         LogFormat::Text => builder.finish().with(filter).init(),
     }
-    let result = supervisor::run(config);
+    let result = supervisor::run(cli, config);
     // Flush the log writer before leaving (process::exit would drop queued lines).
     drop(guard);
     match result {

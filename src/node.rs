@@ -10,7 +10,10 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::bufpool::BufferBudget;
+use crate::chores::{ChoreSettings, Chores};
+use crate::metrics::Registry;
 use crate::signature::SigningKey;
+use crate::volumes::watcher::{WatchEvent, WatcherHandle};
 use crate::volumes::VolumeSet;
 
 /// Everything a request is judged and served by.
@@ -20,6 +23,9 @@ pub struct NodeState {
     /// Present when a signing key is configured: PUT answers are signed (when the request
     /// carried a token) and block reads need a valid signature.
     pub signing_key: Option<SigningKey>,
+    /// Reads need a valid signature (when a key is set); a config's `BlobSigning: false`
+    /// turns the check off while PUT answers are still signed, as keepstore does.
+    pub enforce_signatures: bool,
     pub system_root_token: Option<String>,
     pub management_token: Option<String>,
 }
@@ -29,15 +35,36 @@ pub struct Node {
     generation: AtomicU64,
     pub budget: Arc<BufferBudget>,
     draining: AtomicBool,
+    watcher: Option<WatcherHandle>,
+    /// Trash and pull queues and their settings (the chore threads take from them).
+    pub chores: Chores,
+    /// Every worker's and chore's metric counters, summed at scrape.
+    pub metrics: Registry,
 }
 
 impl Node {
-    pub fn new(state: NodeState, budget: Arc<BufferBudget>) -> Self {
+    pub fn new(state: NodeState, budget: Arc<BufferBudget>, watcher: Option<WatcherHandle>) -> Self {
         Node {
             state: ArcSwap::from_pointee(state),
             generation: AtomicU64::new(0),
             budget,
             draining: AtomicBool::new(false),
+            watcher,
+            chores: Chores::default(),
+            metrics: Registry::default(),
+        }
+    }
+
+    /// Use these trash settings instead of keepstore's defaults (before the node is shared).
+    pub fn with_chore_settings(mut self, settings: ChoreSettings) -> Self {
+        self.chores.settings = settings;
+        self
+    }
+
+    /// Ask the volume watcher to look again (a volume just failed); never blocks.
+    pub fn nudge_watcher(&self, reason: &'static str) {
+        if let Some(watcher) = &self.watcher {
+            watcher.nudge(WatchEvent::Rescan(reason));
         }
     }
 

@@ -30,3 +30,16 @@ mod http;
 // Command line: flag and start-up errors exit with status 2.
 #[path = "it/cli.rs"]
 mod cli;
+
+// Zero-downtime restart: listener hand-over, drain on SIGTERM, --term-pid, the drain
+// timeout, SIGQUIT, and the buffer budget shared across a restart, under load.
+#[path = "it/restart.rs"]
+mod restart;
+// Live volumes: volume roots, mount discovery, SIGHUP config reload, stable UUIDs.
+#[path = "it/volumes.rs"]
+mod volumes;
+
+// Operations: DELETE/untrash, trash and pull lists and their workers, the empty-trash
+// sweep, read-only volumes, /metrics, GET latency during a large trash list.
+#[path = "it/ops.rs"]
+mod ops;

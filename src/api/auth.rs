@@ -32,7 +32,7 @@ pub fn check_read_permission(
     locator: &Locator,
     now_secs: u64,
 ) -> Result<(), RequestError> {
-    let Some(key) = node.signing_key.as_ref() else {
+    let Some(key) = node.signing_key.as_ref().filter(|_| node.enforce_signatures) else {
         return Ok(());
     };
     let presented = tokens(head);
@@ -56,5 +56,22 @@ pub fn require_management(node: &NodeState, head: &Head) -> Result<(), RequestEr
         None => Err(RequestError::HealthUnauthorized),
         Some(token) if token.trim() == management => Ok(()),
         Some(_) => Err(RequestError::Forbidden),
+    }
+}
+
+/// `/metrics`: open when no management token is configured; else `Bearer <token>` is
+/// needed (401 without, 403 with another), answered without CORS headers.
+pub fn require_metrics(node: &NodeState, head: &Head) -> Result<(), RequestError> {
+    let Some(management) = node.management_token.as_deref() else {
+        return Ok(());
+    };
+    match head
+        .authorization
+        .as_deref()
+        .and_then(|value| value.strip_prefix("Bearer "))
+    {
+        None => Err(RequestError::MetricsUnauthorized),
+        Some(token) if token.trim() == management => Ok(()),
+        Some(_) => Err(RequestError::MetricsForbidden),
     }
 }

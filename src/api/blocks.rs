@@ -16,6 +16,7 @@ use crate::http::response::BodyFraming;
 use crate::http::token::tokens;
 use crate::limits::{BLOCK_BYTES_MAX, CHUNK_BYTES, HASH_HEX_LEN};
 use crate::locator::Locator;
+use crate::metrics::{VolumeErrorKind, VolumeOp};
 use crate::server::connection::{Connection, Reply, TEXT_PLAIN};
 use crate::server::worker::Worker;
 use crate::volume::io::{self, WriteError};
@@ -73,16 +74,21 @@ pub async fn read(
         buffer = returned;
         match outcome {
             Ok(bytes_out) => {
+                let counters = worker.metrics.volume(&volume);
+                counters.operation(VolumeOp::Read);
+                counters.read(size);
                 worker.pool.recycle(buffer);
                 return Ok(Reply::Sent { status: 200, bytes_out });
             }
             Err(StreamError::Client(error)) => return Err(error),
             Err(StreamError::Corrupt) => {
                 tracing::error!(volume = %volume.uuid, hash = locator.hash, "stored copy fails its MD5 check");
+                worker.metrics.volume(&volume).error(VolumeErrorKind::Checksum);
                 failure = RequestError::ChecksumMismatch;
             }
             Err(StreamError::Volume(error)) => {
                 tracing::warn!(volume = %volume.uuid, hash = locator.hash, error = %error, "block read failed");
+                worker.metrics.volume(&volume).error(VolumeErrorKind::Io);
                 failure = RequestError::Internal(format!("volume error: {error}"));
             }
         }
@@ -177,6 +183,11 @@ pub async fn write(
     if candidates.is_empty() {
         return Err(RequestError::InsufficientStorage);
     }
+    // Volumes that failed recently sit out (they are retried after VOLUME_RETRY_MS).
+    let candidates: Vec<Arc<Volume>> = candidates.into_iter().filter(|volume| volume.accepts_writes()).collect();
+    if candidates.is_empty() {
+        return Err(RequestError::VolumeUnavailable);
+    }
     let first_lease = length.unwrap_or(CHUNK_BYTES as u64) + CHUNK_BUFFER_BYTES as u64;
     let mut lease = worker.pool.lease(first_lease).await?;
     let (body, digest) = read_body(worker, connection, &mut lease, length).await?;
@@ -234,6 +245,9 @@ async fn store(
     let mut any_failed = false;
     let mut scratch = worker.pool.chunk();
     for volume in candidates {
+        if !is_wanted(&stored, wanted_classes, volume) {
+            continue;
+        }
         let existing = match io::open_block(&volume.root, hash).await {
             Ok(existing) => existing,
             Err(error) => {
@@ -246,17 +260,25 @@ async fn store(
         scratch = returned;
         drop(file);
         if matches!(same, Ok(true)) {
-            if let Err(error) = io::touch(&layout::block_path(&volume.root, hash)) {
-                tracing::warn!(volume = %volume.uuid, hash, error = %error, "touch failed");
+            match io::touch(&layout::block_path(&volume.root, hash)) {
+                Ok(()) => {
+                    worker.metrics.volume(volume).operation(VolumeOp::Touch);
+                    stored.push(volume.clone());
+                }
+                // Trashed since it was compared: not stored, so pass 2 writes it again.
+                Err(error) => tracing::warn!(volume = %volume.uuid, hash, error = %error, "touch failed"),
             }
-            stored.push(volume.clone());
         } else {
             tracing::warn!(volume = %volume.uuid, hash, "stored copy differs from a verified PUT: rewriting it");
             let (result, returned) = io::write_block(&volume.root, hash, body, worker.next_random()).await;
             body = returned;
             match result {
-                Ok(()) => stored.push(volume.clone()),
-                Err(error) => any_failed |= note_write_failure(volume, hash, error),
+                Ok(()) => {
+                    volume.mark_healthy();
+                    count_write(worker, volume, body.len());
+                    stored.push(volume.clone());
+                }
+                Err(error) => any_failed |= note_write_failure(worker, volume, hash, error),
             }
         }
         if is_satisfied(&stored, wanted_classes) {
@@ -268,14 +290,18 @@ async fn store(
         if is_satisfied(&stored, wanted_classes) {
             break;
         }
-        if stored.iter().any(|done| done.uuid == volume.uuid) {
+        if !is_wanted(&stored, wanted_classes, volume) {
             continue;
         }
         let (result, returned) = io::write_block(&volume.root, hash, body, worker.next_random()).await;
         body = returned;
         match result {
-            Ok(()) => stored.push(volume.clone()),
-            Err(error) => any_failed |= note_write_failure(volume, hash, error),
+            Ok(()) => {
+                volume.mark_healthy();
+                count_write(worker, volume, body.len());
+                stored.push(volume.clone());
+            }
+            Err(error) => any_failed |= note_write_failure(worker, volume, hash, error),
         }
     }
     if stored.is_empty() {
@@ -289,17 +315,39 @@ async fn store(
 }
 
 /// Log a failed write; true when it failed for another reason than lack of space.
-fn note_write_failure(volume: &Volume, hash: &str, error: WriteError) -> bool {
+fn note_write_failure(worker: &Worker, volume: &Volume, hash: &str, error: WriteError) -> bool {
     match error {
         WriteError::Full => {
+            worker.metrics.volume(volume).error(VolumeErrorKind::Full);
             tracing::warn!(volume = %volume.uuid, hash, "volume full, trying the next one");
             false
         }
         WriteError::Failed(error) => {
-            tracing::error!(volume = %volume.uuid, hash, error = %error, "block write failed");
+            worker.metrics.volume(volume).error(VolumeErrorKind::Io);
+            tracing::error!(volume = %volume.uuid, hash, error = %error, "block write failed; volume leaves the write rotation");
+            volume.mark_failed();
+            worker.node.nudge_watcher("write error");
             true
         }
     }
+}
+
+fn count_write(worker: &Worker, volume: &Volume, bytes: usize) {
+    let counters = worker.metrics.volume(volume);
+    counters.operation(VolumeOp::Write);
+    counters.wrote(bytes as u64);
+}
+
+/// keepstore's `putProgress.Want`: a volume is wanted while the request is not satisfied,
+/// it holds no copy yet, and (when classes were asked for) it has a class still missing.
+fn is_wanted(stored: &[Arc<Volume>], wanted_classes: &[String], volume: &Volume) -> bool {
+    if is_satisfied(stored, wanted_classes) || stored.iter().any(|done| done.uuid == volume.uuid) {
+        return false;
+    }
+    wanted_classes.is_empty()
+        || wanted_classes
+            .iter()
+            .any(|class| volume.has_class(class) && !stored.iter().any(|done| done.has_class(class)))
 }
 
 fn is_satisfied(stored: &[Arc<Volume>], wanted_classes: &[String]) -> bool {
@@ -345,7 +393,10 @@ pub fn touch(worker: &Worker, head: &Head, locator_text: &str) -> Result<Reply, 
     let locator = Locator::parse(locator_text).map_err(|_| RequestError::InvalidLocator)?;
     for volume in state.volumes.all().iter().filter(|volume| volume.allow_write) {
         match io::touch(&layout::block_path(&volume.root, locator.hash)) {
-            Ok(()) => return Ok(Reply::empty(200)),
+            Ok(()) => {
+                worker.metrics.volume(volume).operation(VolumeOp::Touch);
+                return Ok(Reply::empty(200));
+            }
             Err(error) if io::is_missing(&error) => continue,
             Err(error) => return Err(RequestError::Internal(format!("volume error: {error}"))),
         }

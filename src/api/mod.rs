@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod auth;
 pub mod blocks;
+pub mod ops;
 
 use crate::error::RequestError;
 use crate::http::request::Head;
@@ -27,8 +28,12 @@ pub enum Route<'a> {
     BlockTouch {
         locator: &'a str,
     },
-    BlockDelete,
-    Untrash,
+    BlockDelete {
+        locator: &'a str,
+    },
+    Untrash {
+        locator: &'a str,
+    },
     Index {
         prefix: &'a str,
     },
@@ -72,11 +77,13 @@ pub fn route<'a>(method: &str, path: &'a str) -> Route<'a> {
         "PUT" => match path {
             "/pull" => Route::PullList,
             "/trash" => Route::TrashList,
-            _ if path.strip_prefix("/untrash/").is_some_and(starts_with_hash) => Route::Untrash,
-            _ => Route::Miss,
+            _ => match path.strip_prefix("/untrash/") {
+                Some(locator) if starts_with_hash(locator) => Route::Untrash { locator },
+                _ => Route::Miss,
+            },
         },
         "TOUCH" if starts_with_hash(after_slash) => Route::BlockTouch { locator: after_slash },
-        "DELETE" if starts_with_hash(after_slash) => Route::BlockDelete,
+        "DELETE" if starts_with_hash(after_slash) => Route::BlockDelete { locator: after_slash },
         _ => Route::Miss,
     }
 }
@@ -122,17 +129,15 @@ pub async fn handle(worker: &Worker, connection: &mut Connection, head: &Head) -
         Route::BlockRead { locator, send_body } => blocks::read(worker, connection, head, locator, send_body).await,
         Route::BlockWrite { locator } => blocks::write(worker, connection, head, locator).await,
         Route::BlockTouch { locator } => blocks::touch(worker, head, locator),
-        Route::BlockDelete | Route::Untrash | Route::PullList | Route::TrashList => {
-            auth::require_root(&worker.state(), head)?;
-            Err(RequestError::NotImplemented(
-                "trash, untrash and pull lists are the Operations issue",
-            ))
-        }
+        Route::BlockDelete { locator } => ops::delete(worker, head, locator),
+        Route::Untrash { locator } => ops::untrash(worker, head, locator),
+        Route::PullList => ops::pull_list(worker, connection, head).await,
+        Route::TrashList => ops::trash_list(worker, connection, head).await,
         Route::Index { prefix } => admin::index(worker, connection, head, None, prefix).await,
         Route::MountBlocks { uuid, prefix } => admin::index(worker, connection, head, Some(uuid), prefix).await,
         Route::Mounts => admin::mounts(worker, head),
         Route::Options => Ok(Reply::empty(200)),
-        Route::Metrics => Err(RequestError::NotImplemented("metrics are the Operations issue")),
+        Route::Metrics => ops::metrics(worker, head),
         Route::HealthPing => admin::health(worker, head),
         Route::Miss => Err(RequestError::RouteMiss),
     }
@@ -171,7 +176,10 @@ mod tests {
         );
         assert_eq!(route("GET", &format!("/{}", HASH.to_uppercase())), Route::Miss);
         assert_eq!(route("POST", &format!("/{HASH}")), Route::Miss);
-        assert_eq!(route("PUT", &format!("/untrash/{HASH}+1")), Route::Untrash);
+        let untrash = format!("/untrash/{HASH}+1");
+        assert_eq!(route("PUT", &untrash), Route::Untrash { locator: &untrash[9..] });
+        let delete = format!("/{HASH}+1");
+        assert_eq!(route("DELETE", &delete), Route::BlockDelete { locator: &delete[1..] });
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //!   get `Connection: close`), exit 0; after `--drain-timeout-secs` cut what is left, log
 //!   it and exit 3. A second SIGTERM does not shorten the drain.
 //! - SIGQUIT: exit at once (code 131).
-//! - SIGHUP / SIGUSR1 are reserved for the live-volumes work and ignored for now.
+//! - SIGUSR1: rescan volumes now. SIGHUP: re-read the config file and key/token files,
+//!   apply keys, tokens and volume changes (a broken config is logged and ignored).
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
@@ -17,7 +18,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1};
 use tokio::sync::watch;
 
 use crate::bufpool::BufferBudget;
-use crate::config::Config;
+use crate::config::{Cli, Config};
 use crate::lifecycle::handover::{self, ControlSocket};
 use crate::lifecycle::listeners::{self, Source};
 use crate::lifecycle::Phase;
@@ -25,7 +26,7 @@ use crate::limits::BUFFER_UNIT_BYTES;
 use crate::node::{Node, NodeState};
 use crate::server::worker::{self, WorkerExit, WorkerStart};
 use crate::signature::SigningKey;
-use crate::volume::Volume;
+use crate::volumes::watcher::{self, WatchEvent, WatcherHandle};
 use crate::volumes::VolumeSet;
 
 /// How long workers get to build their rings and start accepting.
@@ -84,18 +85,30 @@ fn obtain_sockets(config: &Config, control_path: &Option<PathBuf>) -> Result<Soc
 }
 
 fn open_volumes(config: &Config) -> Result<VolumeSet, StartError> {
-    let mut volumes = Vec::new();
-    for dir in &config.volume_dirs {
-        let volume = Volume::open_directory(dir)
-            .map_err(|error| StartError(format!("cannot use volume {}: {error}", dir.display())))?;
-        tracing::info!(volume = %volume.uuid, path = %volume.root.display(), "volume added");
-        volumes.push(volume);
+    // `--volume` directories are created if missing; configured ones (with a UUID) must
+    // exist, or an unmounted drive would be replaced by a directory on the root disk.
+    for (dir, options) in &config.volume_sources.fixed {
+        if options.uuid.is_none() {
+            std::fs::create_dir_all(dir)
+                .map_err(|error| StartError(format!("cannot use volume {}: {error}", dir.display())))?;
+        }
     }
-    Ok(VolumeSet::new(volumes))
+    watcher::initial_scan(&config.volume_sources).map_err(StartError)
+}
+
+/// Keys and tokens of a config, with the volume set they go with.
+fn node_state(config: &Config, volumes: VolumeSet) -> NodeState {
+    NodeState {
+        volumes,
+        signing_key: config.signing_key.as_deref().map(|key| SigningKey::new(key, config.blob_signing_ttl_secs)),
+        enforce_signatures: config.enforce_signatures,
+        system_root_token: config.system_root_token.clone(),
+        management_token: config.management_token.clone(),
+    }
 }
 
 /// Run until drained; returns the process exit code.
-pub fn run(config: Config) -> Result<u8, StartError> {
+pub fn run(cli: Cli, config: Config) -> Result<u8, StartError> {
     let volumes = open_volumes(&config)?;
     log_phase(Phase::Starting);
     // Port 0 is a fresh ephemeral port: nobody to take over from, and the control socket
@@ -112,17 +125,15 @@ pub fn run(config: Config) -> Result<u8, StartError> {
         None => BufferBudget::new(total_bytes),
     }
     .map_err(|error| StartError(format!("cannot set up the buffer budget: {error}")))?;
-    let signing_key = config
-        .signing_key
-        .as_deref()
-        .map(|key| SigningKey::new(key, config.blob_signing_ttl_secs));
-    let state = NodeState {
-        volumes,
-        signing_key,
-        system_root_token: config.system_root_token.clone(),
-        management_token: config.management_token.clone(),
-    };
-    let node = Arc::new(Node::new(state, budget.clone()));
+    let (watcher_handle, watcher_inbox) =
+        watcher::channel().map_err(|error| StartError(format!("cannot set up the volume watcher: {error}")))?;
+    let node = Arc::new(
+        Node::new(node_state(&config, volumes), budget.clone(), Some(watcher_handle.clone()))
+            .with_chore_settings(crate::chores::ChoreSettings::from_config(&config)),
+    );
+    crate::chores::start(&node).map_err(|error| StartError(format!("cannot start the chore threads: {error}")))?;
+    watcher::spawn(node.clone(), config.volume_sources.clone(), watcher_inbox)
+        .map_err(|error| StartError(format!("cannot start the volume watcher: {error}")))?;
     // Signals are handled from here on (a TERM during start-up then drains instead of killing).
     let signals = signal_events().map_err(|error| StartError(format!("cannot install signal handlers: {error}")))?;
 
@@ -183,7 +194,8 @@ pub fn run(config: Config) -> Result<u8, StartError> {
             tracing::warn!(pid, error = %std::io::Error::last_os_error(), "could not signal --term-pid");
         }
     }
-    Ok(serve_until_drained(signals, drain_sender, workers, control, &node))
+    let reload = Reload { cli, running: config, watcher: watcher_handle };
+    Ok(serve_until_drained(signals, drain_sender, workers, control, &node, reload))
 }
 
 /// Duplicates of every listening socket, labelled with its address, for the hand-over.
@@ -227,6 +239,7 @@ fn serve_until_drained(
     workers: Vec<std::thread::JoinHandle<WorkerExit>>,
     mut control: Option<ControlSocket>,
     node: &Node,
+    mut reload: Reload,
 ) -> u8 {
     let (done_sender, done_receiver) = crossbeam_channel::bounded(1);
     std::thread::Builder::new()
@@ -261,6 +274,8 @@ fn serve_until_drained(
                 }
                 let _ = drain.send(true);
             }
+            Event::Signal(SIGUSR1) => reload.watcher.nudge(WatchEvent::Rescan("SIGUSR1")),
+            Event::Signal(SIGHUP) => reload.apply(node),
             Event::Signal(signal) => tracing::info!(signal, "signal ignored"),
             Event::WorkersDone(exits) => {
                 let cut: usize = exits.iter().map(|exit| exit.cut_connections).sum();
@@ -272,6 +287,38 @@ fn serve_until_drained(
                 return 0;
             }
         }
+    }
+}
+
+/// What SIGHUP needs: the command line to re-read and the configuration running now.
+struct Reload {
+    cli: Cli,
+    running: Config,
+    watcher: WatcherHandle,
+}
+
+impl Reload {
+    /// Re-read flags' files and the config file; apply keys, tokens and volume sources.
+    /// A config that does not parse is logged and the running one kept.
+    fn apply(&mut self, node: &Node) {
+        let config = match Config::from_cli(self.cli.clone()) {
+            Ok(config) => config,
+            Err(error) => {
+                tracing::error!(error = %error, "SIGHUP: configuration not reloaded; keeping the running one");
+                return;
+            }
+        };
+        if config.listen != self.running.listen || config.max_buffers != self.running.max_buffers {
+            tracing::warn!("SIGHUP: listen address and buffer budget changes need a restart (--term-pid)");
+        }
+        node.publish(node_state(&config, node.state().volumes.clone()));
+        self.watcher.nudge(WatchEvent::Sources(config.volume_sources.clone()));
+        tracing::info!(
+            signing = config.signing_key.is_some(),
+            fixed_volumes = config.volume_sources.fixed.len(),
+            "SIGHUP: configuration reloaded"
+        );
+        self.running = config;
     }
 }
 

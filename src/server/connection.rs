@@ -87,6 +87,8 @@ pub struct Connection {
     pub is_head: bool,
     /// Every answer on the block read route carries `Vary: X-Keep-Signature`, errors too.
     pub vary_signature: bool,
+    /// Body bytes of the current request read so far (for the metrics).
+    pub body_bytes_in: u64,
 }
 
 impl Connection {
@@ -103,6 +105,7 @@ impl Connection {
             date: String::new(),
             is_head: false,
             vary_signature: false,
+            body_bytes_in: 0,
         }
     }
 
@@ -213,6 +216,7 @@ impl Connection {
         self.date = date;
         self.is_head = head.method == "HEAD";
         self.vary_signature = false;
+        self.body_bytes_in = 0;
     }
 
     /// The body has been read to its end (so the next request can be parsed).
@@ -253,6 +257,7 @@ impl Connection {
                     out.extend_from_slice(&self.read_buffer[self.start..self.start + take]);
                     self.start += take;
                     *remaining -= take as u64;
+                    self.body_bytes_in += take as u64;
                     return (Ok(take), out);
                 }
                 out.reserve(want);
@@ -271,6 +276,7 @@ impl Connection {
                         if let Some(Body::Length { remaining }) = self.body.as_mut() {
                             *remaining -= read as u64;
                         }
+                        self.body_bytes_in += read as u64;
                         (Ok(read), out)
                     }
                 }
@@ -296,6 +302,7 @@ impl Connection {
                     Err(error) => return (Err(error), out),
                 }
                 if out.len() > before || decoder.is_done() {
+                    self.body_bytes_in += (out.len() - before) as u64;
                     return (Ok(out.len() - before), out);
                 }
             }
@@ -396,7 +403,7 @@ pub async fn serve(stream: TcpStream, worker: &Worker, live: &LiveConnection) {
                 connection.begin_request(&Head::default(), worker.new_request_id(), worker.http_date(), true);
                 linger = answer_error(&mut connection, &error).await.is_ok();
                 let status = error.reply().status;
-                worker.log_request("-", "-", status, 0, Instant::now(), &connection.request_id);
+                worker.log_request("-", "-", status, 0, 0, Instant::now(), &connection.request_id);
                 break;
             }
         };
@@ -430,6 +437,7 @@ pub async fn serve(stream: TcpStream, worker: &Worker, live: &LiveConnection) {
             &head.method,
             &head.path,
             status,
+            connection.body_bytes_in,
             bytes_out,
             started,
             &connection.request_id,
@@ -466,7 +474,7 @@ async fn answer_error(connection: &mut Connection, error: &RequestError) -> Resu
         content_type: Some(TEXT_PLAIN),
         extra: Vec::new(),
         body: reply.body.into_bytes(),
-        cors: true,
+        cors: reply.cors,
     };
     if connection.vary_signature {
         response.extra.push("Vary: X-Keep-Signature".into());

@@ -38,7 +38,10 @@ pub struct Worker {
     pub node: Arc<Node>,
     pub pool: BufferPool,
     rng_state: Cell<u64>,
-    /// This worker's copy of the published state and the generation it was taken at.
+    /// This worker's copy of the published state and the generation it was taken at. The
+    /// Rc around the Arc is deliberate: requests clone the Rc (a plain increment) instead
+    /// of the Arc, whose shared refcount would bounce between cores.
+    #[allow(clippy::redundant_allocation)]
     state_cache: RefCell<(u64, Rc<Arc<NodeState>>)>,
     date_cache: RefCell<(u64, String)>,
     live: RefCell<HashMap<u64, Rc<LiveConnection>>>,
@@ -47,6 +50,8 @@ pub struct Worker {
     /// When this worker saw the drain start; connections read it between requests.
     drain_began: Cell<Option<Instant>>,
     pub drain_started: Notify,
+    /// This worker's metric counters (written only here, summed at scrape).
+    pub metrics: crate::metrics::Recorder,
 }
 
 /// How a worker ended: connections its drain had to cut at the deadline.
@@ -68,12 +73,14 @@ impl Worker {
             connection_closed: Notify::new(),
             drain_began: Cell::new(None),
             drain_started: Notify::new(),
+            metrics: node.metrics.register(),
             node,
         }
     }
 
     /// The node state this request is served by: the worker's own copy, refreshed only
     /// when the published generation moved (one atomic load; no lock, no shared refcount).
+    #[allow(clippy::redundant_allocation)]
     pub fn state(&self) -> Rc<Arc<NodeState>> {
         let generation = self.node.generation();
         let mut cache = self.state_cache.borrow_mut();
@@ -128,14 +135,28 @@ impl Worker {
         self.drain_began.get()
     }
 
-    pub fn log_request(&self, method: &str, path: &str, status: u16, bytes: u64, started: Instant, request_id: &str) {
+    /// The one place a request is logged and counted; `bytes` is response body bytes out.
+    #[allow(clippy::too_many_arguments)]
+    pub fn log_request(
+        &self,
+        method: &str,
+        path: &str,
+        status: u16,
+        bytes_in: u64,
+        bytes: u64,
+        started: Instant,
+        request_id: &str,
+    ) {
+        let micros = started.elapsed().as_micros() as u64;
+        self.metrics.request(method, status, bytes_in, bytes, micros);
         tracing::info!(
             worker = self.id,
             method = %method,
             path = %redact_signatures(path),
             status,
             bytes,
-            micros = started.elapsed().as_micros() as u64,
+            bytes_in,
+            micros,
             request_id = %request_id,
             "request"
         );

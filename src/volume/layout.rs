@@ -17,6 +17,24 @@ pub fn temp_path(root: &Path, hash: &str, random: u64) -> PathBuf {
     block_dir(root, hash).join(format!("tmp{hash}{random}"))
 }
 
+/// Infix of a trashed block's name: `<hash>.trash.<deadline unix secs>` (keep-protocol.md §6).
+pub const TRASH_INFIX: &str = ".trash.";
+
+/// Where block `hash` goes when trashed until `deadline_secs`: beside the block, so the
+/// trash is one rename and needs no other directory.
+pub fn trash_path(root: &Path, hash: &str, deadline_secs: u64) -> PathBuf {
+    block_dir(root, hash).join(format!("{hash}{TRASH_INFIX}{deadline_secs}"))
+}
+
+/// `^[0-9a-f]{32}\.trash\.\d+$` → (hash, deadline secs); anything else → None.
+pub fn parse_trash_name(name: &str) -> Option<(&str, u64)> {
+    let (hash, deadline) = name.split_once(TRASH_INFIX)?;
+    if !crate::locator::is_hash(hash) || deadline.is_empty() || !deadline.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((hash, deadline.parse().ok()?))
+}
+
 /// Index rules: only `^[0-9a-f]+$` directories, and in them only `^[0-9a-f]{32}$` files.
 pub fn is_index_dir_name(name: &str) -> bool {
     !name.is_empty() && name.bytes().all(crate::locator::is_lower_hex)
@@ -39,5 +57,21 @@ mod tests {
         );
         assert!(is_index_dir_name("6f0"));
         assert!(!is_index_dir_name("full"));
+    }
+
+    #[test]
+    fn trash_names() {
+        let hash = "6f09f2b353b6d63069f770b90e2b112c";
+        let path = trash_path(Path::new("/v"), hash, 1700000000);
+        assert_eq!(
+            path,
+            Path::new("/v/6f0/6f09f2b353b6d63069f770b90e2b112c.trash.1700000000")
+        );
+        let name = path.file_name().unwrap().to_str().unwrap();
+        assert_eq!(parse_trash_name(name), Some((hash, 1700000000)));
+        assert_eq!(parse_trash_name(hash), None);
+        assert_eq!(parse_trash_name(&format!("{hash}.trash.")), None);
+        assert_eq!(parse_trash_name(&format!("{hash}.trash.12x")), None);
+        assert_eq!(parse_trash_name(&format!("tmp{hash}.trash.1")), None);
     }
 }

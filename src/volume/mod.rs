@@ -6,6 +6,10 @@ pub mod io;
 pub mod layout;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::limits::VOLUME_RETRY_MS;
 
 /// Name of the small file at a volume's root that holds its UUID, so `/mounts` and
 /// placement stay the same across restarts and re-mounts.
@@ -14,7 +18,7 @@ pub const UUID_FILE_NAME: &str = "keepring-volume-uuid";
 /// Cluster prefix of UUIDs keepring makes up for volumes it was not told a UUID for.
 pub const UUID_CLUSTER_PREFIX: &str = "zzzzz";
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Volume {
     pub uuid: String,
     pub root: PathBuf,
@@ -25,6 +29,41 @@ pub struct Volume {
     pub storage_classes: Vec<String>,
     /// Highest priority among the volume's configured storage classes (keep-protocol §5).
     pub priority: i64,
+    /// Filesystem device of the root when the volume was opened: the same path on another
+    /// device (a re-mount) is another volume.
+    pub device: u64,
+    /// What it was opened with (a reload that changes them reopens the volume).
+    pub options: VolumeOptions,
+    /// When a write last failed with an I/O error (ms since the epoch; 0: never). A failed
+    /// volume leaves the write rotation for `VOLUME_RETRY_MS`, then is tried again.
+    failed_at_ms: AtomicU64,
+}
+
+/// How a volume is to be served, from the command line or the cluster config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeOptions {
+    /// A configured UUID; otherwise the one stored at the root (created on first use).
+    pub uuid: Option<String>,
+    pub read_only: bool,
+    pub replication: u32,
+    pub storage_classes: Vec<String>,
+    pub priority: i64,
+}
+
+impl Default for VolumeOptions {
+    fn default() -> Self {
+        VolumeOptions {
+            uuid: None,
+            read_only: false,
+            replication: 1,
+            storage_classes: vec!["default".to_string()],
+            priority: 0,
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_millis() as u64).unwrap_or(0)
 }
 
 impl Volume {
@@ -32,18 +71,77 @@ impl Volume {
     /// its UUID from `UUID_FILE_NAME` or storing a new one there.
     pub fn open_directory(root: &Path) -> std::io::Result<Volume> {
         std::fs::create_dir_all(root)?;
+        Volume::open(root, &VolumeOptions::default())
+    }
+
+    /// Open an existing directory as a volume. A filesystem mounted read-only is served
+    /// read-only whatever the options say; its UUID, if it has no stored one, is derived
+    /// from its path so it stays stable.
+    pub fn open(root: &Path, options: &VolumeOptions) -> std::io::Result<Volume> {
+        use std::os::unix::fs::MetadataExt;
         let root = root.canonicalize()?;
-        let uuid = load_or_create_uuid(&root)?;
+        let metadata = std::fs::metadata(&root)?;
+        if !metadata.is_dir() {
+            return Err(std::io::Error::new(std::io::ErrorKind::NotADirectory, "volume root is not a directory"));
+        }
+        let read_only = options.read_only || filesystem_is_read_only(&root);
+        let device_id = format!("{}:{}", hostname(), root.display());
+        let uuid = match &options.uuid {
+            Some(uuid) => uuid.clone(),
+            None if read_only => stored_uuid(&root)?.unwrap_or_else(|| derived_uuid(&device_id)),
+            None => load_or_create_uuid(&root)?,
+        };
         Ok(Volume {
             uuid,
-            device_id: format!("{}:{}", hostname(), root.display()),
+            device_id,
+            allow_write: !read_only,
+            allow_trash: !read_only,
+            replication: options.replication.max(1),
+            storage_classes: options.storage_classes.clone(),
+            priority: options.priority,
+            device: metadata.dev(),
+            options: options.clone(),
+            failed_at_ms: AtomicU64::new(0),
             root,
-            allow_write: true,
-            allow_trash: true,
-            replication: 1,
-            storage_classes: vec!["default".to_string()],
-            priority: 0,
         })
+    }
+
+    /// A volume value for tests and benchmarks: no disk is touched.
+    pub fn unchecked(uuid: &str, root: &Path, options: &VolumeOptions) -> Volume {
+        Volume {
+            uuid: uuid.to_string(),
+            device_id: root.display().to_string(),
+            root: root.to_path_buf(),
+            allow_write: !options.read_only,
+            allow_trash: !options.read_only,
+            replication: options.replication.max(1),
+            storage_classes: options.storage_classes.clone(),
+            priority: options.priority,
+            device: 0,
+            options: options.clone(),
+            failed_at_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Writable and not recently failed.
+    pub fn accepts_writes(&self) -> bool {
+        if !self.allow_write {
+            return false;
+        }
+        let failed_at = self.failed_at_ms.load(Ordering::Relaxed);
+        failed_at == 0 || now_ms().saturating_sub(failed_at) >= VOLUME_RETRY_MS
+    }
+
+    /// Take the volume out of the write rotation for a while (an I/O error).
+    pub fn mark_failed(&self) {
+        self.failed_at_ms.store(now_ms().max(1), Ordering::Relaxed);
+    }
+
+    /// A write succeeded: the volume is healthy again.
+    pub fn mark_healthy(&self) {
+        if self.failed_at_ms.load(Ordering::Relaxed) != 0 {
+            self.failed_at_ms.store(0, Ordering::Relaxed);
+        }
     }
 
     pub fn has_class(&self, class: &str) -> bool {
@@ -51,25 +149,48 @@ impl Volume {
     }
 }
 
-fn load_or_create_uuid(root: &Path) -> std::io::Result<String> {
+/// The UUID stored at `root`, if any.
+fn stored_uuid(root: &Path) -> std::io::Result<Option<String>> {
     let path = root.join(UUID_FILE_NAME);
     match std::fs::read_to_string(&path) {
-        Ok(text) if is_volume_uuid(text.trim()) => return Ok(text.trim().to_string()),
-        Ok(_) => {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("{} does not hold a volume UUID", path.display()),
-            ))
-        }
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-        Err(error) => return Err(error),
+        Ok(text) if is_volume_uuid(text.trim()) => Ok(Some(text.trim().to_string())),
+        Ok(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{} does not hold a volume UUID", path.display()),
+        )),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
+/// A stable UUID for a volume that cannot store one (read-only filesystem).
+fn derived_uuid(device_id: &str) -> String {
+    use md5::{Digest, Md5};
+    const ALPHABET: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let digest = Md5::digest(device_id.as_bytes());
+    let suffix: String = digest.iter().take(15).map(|byte| ALPHABET[*byte as usize % 36] as char).collect();
+    format!("{UUID_CLUSTER_PREFIX}-nyw5e-{suffix}")
+}
+
+fn filesystem_is_read_only(root: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(path) = std::ffi::CString::new(root.as_os_str().as_bytes()) else { return false };
+    // SAFETY: zeroed statvfs is a valid out-parameter; `path` is NUL-terminated.
+    let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
+    let result = unsafe { libc::statvfs(path.as_ptr(), &mut stats) };
+    result == 0 && stats.f_flag & libc::ST_RDONLY != 0
+}
+
+fn load_or_create_uuid(root: &Path) -> std::io::Result<String> {
+    if let Some(uuid) = stored_uuid(root)? {
+        return Ok(uuid);
     }
     let uuid = format!("{UUID_CLUSTER_PREFIX}-nyw5e-{}", random_base36(15)?);
     // Write then rename, so a crash never leaves a half-written identity.
     let temp = root.join(format!(".{UUID_FILE_NAME}.tmp"));
     std::fs::write(&temp, format!("{uuid}\n"))?;
     std::fs::File::open(&temp)?.sync_all()?;
-    std::fs::rename(&temp, &path)?;
+    std::fs::rename(&temp, root.join(UUID_FILE_NAME))?;
     std::fs::File::open(root)?.sync_all()?;
     Ok(uuid)
 }

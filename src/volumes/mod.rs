@@ -1,7 +1,9 @@
 //! The set of volumes a node serves: immutable once built, shared by every worker, sorted
 //! by UUID (the order `/mounts` and the index use). `placement` orders it per block.
 
+pub mod discovery;
 pub mod placement;
+pub mod watcher;
 
 use std::sync::Arc;
 
@@ -18,6 +20,12 @@ impl VolumeSet {
         VolumeSet {
             volumes: volumes.into_iter().map(Arc::new).collect(),
         }
+    }
+
+    /// A set of already-open volumes (the watcher keeps the ones that did not change).
+    pub fn from_shared(mut volumes: Vec<Arc<Volume>>) -> Self {
+        volumes.sort_by(|left, right| left.uuid.cmp(&right.uuid));
+        VolumeSet { volumes }
     }
 
     /// Volumes in UUID order.

@@ -31,19 +31,12 @@ fn weight(hash: &str, uuid: &str) -> [u8; 16] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::volume::VolumeOptions;
     use std::path::PathBuf;
 
     fn volume(uuid: &str, priority: i64) -> Box<Volume> {
-        Box::new(Volume {
-            uuid: uuid.to_string(),
-            root: PathBuf::from("/"),
-            device_id: String::new(),
-            allow_write: true,
-            allow_trash: true,
-            replication: 1,
-            storage_classes: vec!["default".into()],
-            priority,
-        })
+        let options = VolumeOptions { priority, ..VolumeOptions::default() };
+        Box::new(Volume::unchecked(uuid, &PathBuf::from("/"), &options))
     }
 
     fn md5_hex(text: &str) -> String {

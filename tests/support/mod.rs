@@ -5,11 +5,14 @@
 //! - `client`: a minimal blocking HTTP/1.1 client over `TcpStream` (keep-alive, raw bytes,
 //!   pipelining, chunked bodies, responses cut short).
 //! - `keep`: Keep-specific helpers: MD5, permission signatures, block paths, test data.
+//! - `load`: a load generator (keep-alive pipelining or connection churn) that counts every
+//!   failed request itself, for the restart tests.
 
 #![allow(dead_code)]
 
 pub mod client;
 pub mod keep;
+pub mod load;
 pub mod server;
 
 pub use client::{Request, Response};

@@ -84,6 +84,8 @@ pub struct ServerBuilder {
     root_token: Option<String>,
     management_token: Option<String>,
     args: Vec<String>,
+    /// `--listen` value; `127.0.0.1:0` unless `listen` was called.
+    listen: Option<String>,
 }
 
 impl Default for ServerBuilder {
@@ -107,6 +109,7 @@ impl ServerBuilder {
             root_token: Some(ROOT_TOKEN.to_string()),
             management_token: None,
             args: Vec::new(),
+            listen: None,
         }
     }
 
@@ -153,9 +156,16 @@ impl ServerBuilder {
         self
     }
 
+    /// Listen on `addr` instead of an ephemeral port (e.g. to replace a running server).
+    pub fn listen(mut self, addr: SocketAddr) -> ServerBuilder {
+        self.listen = Some(addr.to_string());
+        self
+    }
+
     /// The full argument list, writing key/token files into the temp dir.
     pub fn command_args(&self) -> Vec<String> {
-        let mut args = vec!["--listen".to_string(), "127.0.0.1:0".to_string()];
+        let listen = self.listen.clone().unwrap_or_else(|| "127.0.0.1:0".to_string());
+        let mut args = vec!["--listen".to_string(), listen];
         for volume in &self.volumes {
             args.push("--volume".to_string());
             args.push(volume.display().to_string());
@@ -312,6 +322,43 @@ impl TestServer {
 
     pub fn exit_status(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().ok().flatten()
+    }
+
+    /// The process id (for `--term-pid` and signals).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGTERM`) to the process; panics if it cannot.
+    pub fn signal(&mut self, signal: libc::c_int) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!("cannot send signal {signal}: keepring already exited ({status})");
+        }
+        // SAFETY: kill has no memory-safety preconditions; the child was just seen running
+        // and is not reaped, so the pid is still ours.
+        let result = unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
+        assert_eq!(
+            result,
+            0,
+            "kill({}, {signal}): {}",
+            self.child.id(),
+            std::io::Error::last_os_error()
+        );
+    }
+
+    /// Waits (polling, bounded) for the process to exit and reaps it; None if it is still
+    /// running after `within`.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.exit_status() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 }
 

@@ -1,0 +1,222 @@
+#!/usr/bin/env python3
+"""Summarise a scripts/bench.sh CSV: medians per (case, workers, server), keepring/nginx
+ratios, the issue-7 targets, a markdown summary and the data + gnuplot script for the
+ratio chart. Standard library only.
+
+    report.py CSV SUMMARY_MD CHART_DIR --md5-mbs X --md5-source TEXT --command TEXT [--note TEXT]...
+
+Prints the summary (markdown) on stdout too.
+"""
+
+import argparse
+import csv
+import os
+import statistics
+from collections import defaultdict
+
+# Order and labels of the cases as bench.sh names them.
+CASES = [
+    ("get_4k", "GET 4 KiB"),
+    ("get_1m", "GET 1 MiB"),
+    ("get_64m", "GET 64 MiB"),
+    ("head_4k", "HEAD 4 KiB"),
+    ("get_4k_beside_64m", "GET 4 KiB beside 64 MiB GETs"),
+    ("put_1m", "PUT 1 MiB"),
+    ("put_64m", "PUT 64 MiB"),
+]
+LABEL = dict(CASES)
+# Cases whose keepring rate is compared with the single-core MD5 rate (per worker).
+MD5_CASES = {"get_1m", "get_64m", "put_1m", "put_64m"}
+
+
+def number(text):
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def fmt(value, digits=0, suffix=""):
+    if value is None:
+        return "–"
+    if digits == 0:
+        return f"{value:,.0f}{suffix}"
+    return f"{value:,.{digits}f}{suffix}"
+
+
+def ratio(a, b):
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def load(path):
+    groups = defaultdict(list)
+    with open(path, newline="") as handle:
+        for row in csv.DictReader(handle):
+            groups[(row["case"], int(row["workers"]), row["server"])].append(row)
+    return groups
+
+
+def medians(rows):
+    keys = ["req_s", "mb_s", "p50_ms", "p99_ms", "cpu_us_per_req", "server_cpu_pct", "beside_mb_s"]
+    result = {key: median([number(row[key]) for row in rows]) for key in keys}
+    result["rounds"] = len(rows)
+    result["errors"] = sum(int(row["errors"] or 0) for row in rows)
+    return result
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("csv")
+    parser.add_argument("summary")
+    parser.add_argument("chart_dir")
+    parser.add_argument("--md5-mbs", type=float, required=True)
+    parser.add_argument("--md5-source", required=True)
+    parser.add_argument("--command", required=True)
+    parser.add_argument("--note", action="append", default=[])
+    args = parser.parse_args()
+
+    groups = load(args.csv)
+    workers_seen = sorted({w for (_, w, _) in groups})
+    med = {key: medians(rows) for key, rows in groups.items()}
+
+    def get(case, workers, server, key):
+        entry = med.get((case, workers, server))
+        return entry[key] if entry else None
+
+    lines = []
+    out = lines.append
+    out("# keepring benchmark: medians and keepring/nginx ratios")
+    out("")
+    out(f"Command: `{args.command}`  ")
+    out(f"Raw rounds: `{os.path.relpath(args.csv, os.path.dirname(os.path.abspath(args.summary)))}`  ")
+    for note in args.note:
+        out(f"{note}  ")
+    out(f"Single-core MD5 reference: {args.md5_mbs:,.0f} MB/s ({args.md5_source}).")
+    out("")
+    out("MB/s is 10^6 bytes of block body per second. CPU µs/req is the server's utime+stime")
+    out("(all its threads or processes) over a round divided by the requests wrk completed in it.")
+    out("Ratios are keepring ÷ nginx of the medians; for CPU, lower is better for keepring.")
+    out("p50/p99 are wrk's (hey's for HEAD) per-request latencies in ms.")
+    out("")
+    out(
+        "| case | workers | keepring req/s | nginx req/s | req/s ratio | keepring MB/s | "
+        "MB/s per worker ÷ MD5 | keepring CPU µs/req | nginx CPU µs/req | CPU ratio | "
+        "keepring p50 / p99 ms | nginx p50 / p99 ms | errors k/n |"
+    )
+    out("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    chart_rows = []
+    for case, label in CASES:
+        for workers in workers_seen:
+            k = med.get((case, workers, "keepring"))
+            n = med.get((case, workers, "nginx"))
+            if not k and not n:
+                continue
+            k_req, n_req = get(case, workers, "keepring", "req_s"), get(case, workers, "nginx", "req_s")
+            k_cpu, n_cpu = (
+                get(case, workers, "keepring", "cpu_us_per_req"),
+                get(case, workers, "nginx", "cpu_us_per_req"),
+            )
+            k_mbs = get(case, workers, "keepring", "mb_s")
+            vs_md5 = ratio(k_mbs, workers * args.md5_mbs) if case in MD5_CASES else None
+            latency = "{} / {}"
+            out(
+                f"| {label} | {workers} | {fmt(k_req)} | {fmt(n_req) if n else 'no nginx peer'} | "
+                f"{fmt(ratio(k_req, n_req), 2, '×')} | {fmt(k_mbs)} | {fmt(vs_md5, 2, '×')} | "
+                f"{fmt(k_cpu, 1)} | {fmt(n_cpu, 1)} | {fmt(ratio(k_cpu, n_cpu), 2, '×')} | "
+                + latency.format(
+                    fmt(get(case, workers, "keepring", "p50_ms"), 2), fmt(get(case, workers, "keepring", "p99_ms"), 2)
+                )
+                + " | "
+                + (
+                    latency.format(
+                        fmt(get(case, workers, "nginx", "p50_ms"), 2), fmt(get(case, workers, "nginx", "p99_ms"), 2)
+                    )
+                    if n
+                    else "–"
+                )
+                + f" | {k['errors'] if k else '–'}/{n['errors'] if n else '–'} |"
+            )
+            chart_rows.append((case, workers, ratio(k_req, n_req) if n else vs_md5, ratio(k_cpu, n_cpu)))
+    out("")
+
+    # Issue 7 targets, from the same medians.
+    out("## Issue 7 targets")
+    out("")
+    out("| target | measured | met |")
+    out("| --- | --- | --- |")
+
+    def target(text, value, good, shown):
+        met = "–" if value is None else ("yes" if good(value) else "**no**")
+        out(f"| {text} | {shown if value is not None else 'not measured'} | {met} |")
+
+    for workers in workers_seen:
+        value = ratio(get("get_4k", workers, "keepring", "cpu_us_per_req"), get("get_4k", workers, "nginx", "cpu_us_per_req"))
+        target(
+            f"GET 4 KiB server CPU/req ≤ 0.5× nginx (workers {workers})",
+            value,
+            lambda v: v <= 0.5,
+            f"{fmt(value, 2, '×')} ({fmt(get('get_4k', workers, 'keepring', 'cpu_us_per_req'), 1)} vs "
+            f"{fmt(get('get_4k', workers, 'nginx', 'cpu_us_per_req'), 1)} µs)",
+        )
+        value = ratio(get("get_4k", workers, "keepring", "req_s"), get("get_4k", workers, "nginx", "req_s"))
+        target(f"GET 4 KiB req/s ≥ 1.3× nginx (workers {workers})", value, lambda v: v >= 1.3, fmt(value, 2, "×"))
+    for case, limit in (("get_64m", 0.9), ("put_64m", 0.85)):
+        for workers in workers_seen:
+            k_mbs = get(case, workers, "keepring", "mb_s")
+            value = ratio(k_mbs, workers * args.md5_mbs)
+            target(
+                f"{LABEL[case]} ≥ {limit}× MD5 rate per worker (workers {workers})",
+                value,
+                lambda v, limit=limit: v >= limit,
+                f"{fmt(value, 2, '×')} ({fmt(k_mbs)} MB/s)",
+            )
+    for workers in workers_seen:
+        value = get("get_4k_beside_64m", workers, "keepring", "p99_ms")
+        target(
+            f"p99 of 4 KiB GETs beside 64 MiB GETs < 5 ms (workers {workers})",
+            value,
+            lambda v: v < 5,
+            f"{fmt(value, 2)} ms (nginx {fmt(get('get_4k_beside_64m', workers, 'nginx', 'p99_ms'), 2)} ms)",
+        )
+    if 1 in workers_seen and 2 in workers_seen:
+        value = ratio(get("get_1m", 2, "keepring", "req_s"), get("get_1m", 1, "keepring", "req_s"))
+        target("GET 1 MiB: workers 2 ≥ 1.8× workers 1", value, lambda v: v >= 1.8, fmt(value, 2, "×"))
+    out("")
+    out("![keepring/nginx ratios](ratios.png)")
+
+    text = "\n".join(lines) + "\n"
+    with open(args.summary, "w") as handle:
+        handle.write(text)
+    print(text)
+
+    # Chart data: one row per case, one column per worker count; "-" is missing.
+    os.makedirs(args.chart_dir, exist_ok=True)
+    by_case = defaultdict(dict)
+    for case, workers, throughput, cpu in chart_rows:
+        by_case[case][workers] = (throughput, cpu)
+    with open(os.path.join(args.chart_dir, "ratios.dat"), "w") as handle:
+        handle.write("# label " + " ".join(f"w{w}_throughput w{w}_cpu" for w in workers_seen) + "\n")
+        for case, label in CASES:
+            if case not in by_case:
+                continue
+            shown = label.replace("GET 4 KiB beside 64 MiB GETs", "GET 4 KiB beside 64 MiB")
+            if case.startswith("put"):
+                shown += " (÷ MD5)"
+            cells = []
+            for workers in workers_seen:
+                throughput, cpu = by_case[case].get(workers, (None, None))
+                cells += ["-" if throughput is None else f"{throughput:.3f}", "-" if cpu is None else f"{cpu:.3f}"]
+            handle.write(f'"{shown}" ' + " ".join(cells) + "\n")
+    with open(os.path.join(args.chart_dir, "workers.txt"), "w") as handle:
+        handle.write(" ".join(str(w) for w in workers_seen) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,196 @@
+//! Operations endpoints (keep-protocol.md §3.3, §3.5, §3.7): `DELETE /<locator>` and
+//! `PUT /untrash/<locator>` (short metadata operations done here, with blocking calls:
+//! admin requests, rare), `PUT /trash` and `PUT /pull` (the list is read here, parsed on a
+//! helper thread and handed to the chore threads, which do the work off the cores), and
+//! `GET /metrics` (the sum of every thread's counters, in Prometheus text).
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use serde::de::DeserializeOwned;
+
+use crate::api::auth;
+use crate::chores::pull::{self, PullItem};
+use crate::chores::trash::{self, TrashItem, TrashOutcome};
+use crate::error::RequestError;
+use crate::http::request::{Framing, Head};
+use crate::limits::{BUFFER_UNIT_BYTES, CHUNK_BYTES, LIST_BODY_BYTES_MAX, LIST_ITEMS_MAX};
+use crate::locator::Locator;
+use crate::metrics::{self, Gauges, VolumeErrorKind, VolumeOp};
+use crate::server::connection::{Connection, Reply, Response};
+use crate::server::worker::Worker;
+use crate::volume::io::free_bytes;
+
+/// DELETE: trash the block on every trash-allowed volume where it is older than the blob
+/// signing TTL. 200 when some such volume has it (trashed or too young), else 404.
+pub fn delete(worker: &Worker, head: &Head, locator_text: &str) -> Result<Reply, RequestError> {
+    let state = worker.state();
+    auth::require_root(&state, head)?;
+    let settings = worker.node.chores.settings;
+    if !settings.blob_trash {
+        return Err(RequestError::MethodNotAllowed);
+    }
+    let locator = Locator::parse(locator_text).map_err(|_| RequestError::InvalidLocator)?;
+    let now = SystemTime::now();
+    let mut found = false;
+    let mut failure = None;
+    for volume in state.volumes.all().iter().filter(|volume| volume.allow_trash) {
+        let result = trash::trash_block(&volume.root, locator.hash, now, &settings, None);
+        trash::record(&worker.metrics, volume, &result);
+        match result {
+            Ok(TrashOutcome::Missing) => {}
+            Ok(outcome) => {
+                found = true;
+                if outcome != TrashOutcome::Kept {
+                    tracing::info!(volume = %volume.uuid, hash = locator.hash, ?outcome, "block trashed");
+                }
+            }
+            Err(error) => {
+                tracing::warn!(volume = %volume.uuid, hash = locator.hash, error = %error, "trash failed");
+                failure = Some(RequestError::Internal(format!("volume error: {error}")));
+            }
+        }
+    }
+    // As keepstore: a real failure is reported even when another volume succeeded.
+    match (failure, found) {
+        (Some(error), _) => Err(error),
+        (None, true) => Ok(Reply::empty(200)),
+        (None, false) => Err(RequestError::NotFound),
+    }
+}
+
+/// PUT /untrash: bring the first trashed copy back on every writable volume.
+pub fn untrash(worker: &Worker, head: &Head, locator_text: &str) -> Result<Reply, RequestError> {
+    let state = worker.state();
+    auth::require_root(&state, head)?;
+    let locator = Locator::parse(locator_text).map_err(|_| RequestError::InvalidLocator)?;
+    let mut restored = false;
+    let mut failure = None;
+    for volume in state.volumes.all().iter().filter(|volume| volume.allow_write) {
+        let counters = worker.metrics.volume(volume);
+        match trash::untrash_block(&volume.root, locator.hash) {
+            Ok(true) => {
+                counters.operation(VolumeOp::Untrash);
+                restored = true;
+            }
+            Ok(false) => {}
+            Err(error) => {
+                counters.error(VolumeErrorKind::Io);
+                tracing::warn!(volume = %volume.uuid, hash = locator.hash, error = %error, "untrash failed");
+                failure = Some(RequestError::Internal(format!("volume error: {error}")));
+            }
+        }
+    }
+    match (restored, failure) {
+        (true, _) => Ok(Reply::empty(200)),
+        (false, Some(error)) => Err(error),
+        (false, None) => Err(RequestError::NotFound),
+    }
+}
+
+/// PUT /trash: replace the trash queue.
+pub async fn trash_list(worker: &Worker, connection: &mut Connection, head: &Head) -> Result<Reply, RequestError> {
+    auth::require_root(&worker.state(), head)?;
+    let items: Vec<TrashItem> = read_list(worker, connection, head).await?;
+    tracing::info!(items = items.len(), "trash list received");
+    worker.node.chores.trash.replace(items);
+    Ok(Reply::empty(200))
+}
+
+/// PUT /pull: replace the pull queue.
+pub async fn pull_list(worker: &Worker, connection: &mut Connection, head: &Head) -> Result<Reply, RequestError> {
+    auth::require_root(&worker.state(), head)?;
+    let items: Vec<PullItem> = read_list(worker, connection, head).await?;
+    if pull::first_item_lacks_size(&items) {
+        return Err(RequestError::UnsizedPullList);
+    }
+    tracing::info!(items = items.len(), "pull list received");
+    worker.node.chores.pull.replace(items);
+    Ok(Reply::empty(200))
+}
+
+/// Read a JSON list body (bounded, leased from the buffer budget) and parse it on a helper
+/// thread: a 64 MiB list takes a few hundred ms to parse, which must not stall the core.
+async fn read_list<T: DeserializeOwned + Send + 'static>(
+    worker: &Worker,
+    connection: &mut Connection,
+    head: &Head,
+) -> Result<Vec<T>, RequestError> {
+    let length = match head.framing {
+        Some(Framing::Length(length)) => Some(length),
+        Some(Framing::Chunked) => None,
+        None => Some(0),
+    };
+    if length.is_some_and(|length| length > LIST_BODY_BYTES_MAX) {
+        return Err(RequestError::BodyTooLarge);
+    }
+    let mut lease = worker.pool.lease(length.unwrap_or(CHUNK_BYTES as u64)).await?;
+    let mut body = Vec::with_capacity(length.unwrap_or(CHUNK_BYTES as u64) as usize);
+    let length_max = LIST_BODY_BYTES_MAX as usize + 1;
+    loop {
+        if length.is_none() && body.capacity() - body.len() < CHUNK_BYTES {
+            worker.pool.grow(&mut lease, CHUNK_BYTES as u64).await?;
+            body.reserve_exact(CHUNK_BYTES);
+        }
+        let (result, returned) = connection.read_body_some(body, CHUNK_BYTES, length_max).await;
+        body = returned;
+        if result? == 0 {
+            break;
+        }
+        if body.len() as u64 > LIST_BODY_BYTES_MAX {
+            return Err(RequestError::BodyTooLarge);
+        }
+    }
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("keepring-list".into())
+        .spawn(move || {
+            let _ = sender.send(serde_json::from_slice::<Vec<T>>(&body).map_err(|error| error.to_string()));
+        })
+        .map_err(|error| RequestError::Internal(format!("cannot start the list parser: {error}")))?;
+    let parsed = receiver
+        .await
+        .map_err(|_| RequestError::Internal("the list parser stopped".into()))?;
+    drop(lease);
+    let items = parsed.map_err(RequestError::UnreadableList)?;
+    if items.len() > LIST_ITEMS_MAX {
+        return Err(RequestError::BodyTooLarge);
+    }
+    Ok(items)
+}
+
+/// GET /metrics: open when no management token is configured (keepstore-observed.md).
+pub fn metrics(worker: &Worker, head: &Head) -> Result<Reply, RequestError> {
+    let state = worker.state();
+    auth::require_metrics(&state, head)?;
+    let node = &worker.node;
+    let gauges = Gauges {
+        buffer_unit_bytes: BUFFER_UNIT_BYTES,
+        buffer_total_bytes: node.budget.total_bytes(),
+        buffer_in_use_bytes: node.budget.in_use_bytes(),
+        buffer_own_bytes: node.budget.own_bytes(),
+        trash_pending: node.chores.trash.pending(),
+        trash_in_progress: node.chores.trash.in_progress(),
+        pull_pending: node.chores.pull.pending(),
+        pull_in_progress: node.chores.pull.in_progress(),
+        draining: node.is_draining(),
+        volumes_free: volumes_free(state.volumes.all()),
+    };
+    Ok(Reply::Full(Response {
+        status: 200,
+        content_type: Some(metrics::CONTENT_TYPE),
+        extra: Vec::new(),
+        body: metrics::render(&node.metrics, &gauges).into_bytes(),
+        cors: false,
+    }))
+}
+
+fn volumes_free(volumes: &[Arc<crate::volume::Volume>]) -> Vec<(String, String, Option<u64>)> {
+    volumes
+        .iter()
+        .map(|volume| {
+            let free = free_bytes(&volume.root).ok();
+            (volume.uuid.clone(), volume.device_id.clone(), free)
+        })
+        .collect()
+}

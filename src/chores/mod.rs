@@ -1,0 +1,180 @@
+//! Background chores, off the cores' hot path: the trash list worker, the empty-trash
+//! sweep and the pull list worker (keep-protocol.md §3.5, §6). Each runs on its own std
+//! thread with plain blocking file and socket I/O; a core worker only hands it a list
+//! (`WorkQueue::replace`) and returns. The threads are daemons: they hold no state that
+//! must be flushed (every file operation is a single rename, unlink or a temp file
+//! renamed into place), so they simply end with the process and never delay a drain.
+//!
+//! This module owns the settings the chores and the DELETE/untrash handlers share and the
+//! queues; `trash` owns trashing on disk, `pull` owns fetching from peers.
+
+pub mod pull;
+pub mod trash;
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use crate::limits::{BLOB_SIGNING_TTL_SECS_DEFAULT, TRASH_CHECK_INTERVAL_SECS_DEFAULT, TRASH_LIFETIME_SECS_DEFAULT};
+use crate::node::Node;
+
+/// keepstore's `Collections.{BlobSigningTTL, BlobTrash, BlobTrashLifetime,
+/// BlobTrashCheckInterval}` as keepring's flags give them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChoreSettings {
+    /// A block younger than this is never trashed: a client may hold a signature for it.
+    pub blob_signing_ttl_secs: u64,
+    /// Time from trash to deletion; 0 deletes at once.
+    pub trash_lifetime_secs: u64,
+    pub trash_check_interval_secs: u64,
+    /// false: DELETE answers 405 and the trash list is accepted but not acted on.
+    pub blob_trash: bool,
+}
+
+impl Default for ChoreSettings {
+    fn default() -> Self {
+        ChoreSettings {
+            blob_signing_ttl_secs: BLOB_SIGNING_TTL_SECS_DEFAULT,
+            trash_lifetime_secs: TRASH_LIFETIME_SECS_DEFAULT,
+            trash_check_interval_secs: TRASH_CHECK_INTERVAL_SECS_DEFAULT,
+            blob_trash: true,
+        }
+    }
+}
+
+impl ChoreSettings {
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        ChoreSettings {
+            blob_signing_ttl_secs: config.blob_signing_ttl_secs,
+            trash_lifetime_secs: config.trash_lifetime_secs,
+            trash_check_interval_secs: config.trash_check_interval_secs,
+            blob_trash: config.blob_trash,
+        }
+    }
+}
+
+/// A list of work a new list replaces whole (keep-balance sends the complete current list
+/// each time; an empty list cancels what is queued). Items being worked on finish.
+pub struct WorkQueue<T> {
+    items: Mutex<VecDeque<T>>,
+    ready: Condvar,
+    in_progress: AtomicU64,
+}
+
+impl<T> Default for WorkQueue<T> {
+    fn default() -> Self {
+        WorkQueue {
+            items: Mutex::new(VecDeque::new()),
+            ready: Condvar::new(),
+            in_progress: AtomicU64::new(0),
+        }
+    }
+}
+
+impl<T> WorkQueue<T> {
+    fn lock(&self) -> MutexGuard<'_, VecDeque<T>> {
+        // A panic while holding this lock leaves a VecDeque that is still whole.
+        self.items.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn replace(&self, items: Vec<T>) {
+        *self.lock() = items.into();
+        self.ready.notify_all();
+    }
+
+    /// Wait for the next item; it counts as in progress until the guard is dropped.
+    pub fn next(&self) -> InProgress<'_, T> {
+        let mut items = self.lock();
+        loop {
+            if let Some(item) = items.pop_front() {
+                // Counted under the lock, so pending + in progress never loses an item.
+                self.in_progress.fetch_add(1, Ordering::Relaxed);
+                return InProgress { queue: self, item };
+            }
+            items = self.ready.wait(items).unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+    }
+
+    pub fn pending(&self) -> u64 {
+        self.lock().len() as u64
+    }
+
+    pub fn in_progress(&self) -> u64 {
+        self.in_progress.load(Ordering::Relaxed)
+    }
+}
+
+/// An item taken from a `WorkQueue`.
+pub struct InProgress<'a, T> {
+    queue: &'a WorkQueue<T>,
+    pub item: T,
+}
+
+impl<T> Drop for InProgress<'_, T> {
+    fn drop(&mut self) {
+        self.queue.in_progress.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What the node holds for the chores: settings and the two queues.
+#[derive(Default)]
+pub struct Chores {
+    pub settings: ChoreSettings,
+    pub trash: WorkQueue<trash::TrashItem>,
+    pub pull: WorkQueue<pull::PullItem>,
+}
+
+impl Chores {
+    pub fn new(settings: ChoreSettings) -> Self {
+        Chores {
+            settings,
+            ..Chores::default()
+        }
+    }
+}
+
+/// Start the chore threads. They run until the process exits.
+pub fn start(node: &Arc<Node>) -> std::io::Result<()> {
+    let spawn = |name: &str, body: fn(Arc<Node>)| {
+        let node = node.clone();
+        std::thread::Builder::new()
+            .name(name.to_string())
+            .spawn(move || body(node))
+            .map(drop)
+    };
+    spawn("keepring-trash", trash::run_trash_list)?;
+    spawn("keepring-empty-trash", trash::run_empty_trash)?;
+    spawn("keepring-pull", pull::run_pull_list)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_list_replaces_the_queue_and_in_progress_is_counted() {
+        let queue: WorkQueue<u32> = WorkQueue::default();
+        queue.replace(vec![1, 2, 3]);
+        queue.replace(vec![7, 8]);
+        assert_eq!(queue.pending(), 2);
+        let taken = queue.next();
+        assert_eq!(taken.item, 7);
+        assert_eq!((queue.pending(), queue.in_progress()), (1, 1));
+        drop(taken);
+        assert_eq!(queue.in_progress(), 0);
+        queue.replace(Vec::new());
+        assert_eq!(queue.pending(), 0);
+    }
+
+    #[test]
+    fn a_waiting_worker_wakes_for_a_new_list() {
+        let queue: Arc<WorkQueue<u32>> = Arc::new(WorkQueue::default());
+        let waiter = {
+            let queue = queue.clone();
+            std::thread::spawn(move || queue.next().item)
+        };
+        queue.replace(vec![42]);
+        assert_eq!(waiter.join().unwrap(), 42);
+    }
+}

@@ -1,0 +1,367 @@
+//! The pull list worker (keep-protocol.md §3.5): for each item, fetch the block from one
+//! of the listed servers — `GET <server>/<hash>+<size>+A<sig>` signed with this node's
+//! key for keepstore's fixed pull token — check its length and MD5, and store it on the
+//! item's volume (which must be writable) or the first writable volume in placement
+//! order. Runs on its own thread with a minimal blocking HTTP/1.1 client (one request per
+//! connection, bounded by timeouts), so a slow peer never holds a core.
+//!
+//! One pull at a time, so this thread holds at most one 64 MiB block outside the buffer
+//! budget (keepstore's `BlobReplicateConcurrency` is 4 by default).
+
+use std::io::{self, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Deserialize;
+
+use crate::digest::BlockDigest;
+use crate::limits::{
+    BLOCK_BYTES_MAX, PULL_CONNECT_TIMEOUT_MS, PULL_IO_STALL_TIMEOUT_MS, PULL_RESPONSE_HEAD_BYTES_MAX,
+    VOLUME_FREE_BYTES_MIN,
+};
+use crate::locator::Locator;
+use crate::metrics::{Recorder, VolumeErrorKind, VolumeOp};
+use crate::node::Node;
+use crate::volume::{io::free_bytes, layout, Volume};
+
+/// The token keepstore signs pull requests for (pull_worker.go); peers of the same
+/// cluster share the signing key, so they accept the signature whatever the token.
+pub const PULL_TOKEN: &str = "keepstore-token-used-for-pulling-data-from-same-cluster";
+
+/// One `PUT /pull` item: `{"locator":"<hash>+<size>","servers":[...],"mount_uuid":""}`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct PullItem {
+    pub locator: String,
+    #[serde(default)]
+    pub servers: Vec<String>,
+    #[serde(default)]
+    pub mount_uuid: String,
+}
+
+/// keepstore rejects a list whose first locator is a bare hash (an old keep-balance).
+pub fn first_item_lacks_size(items: &[PullItem]) -> bool {
+    items.first().is_some_and(|item| item.locator.len() == 32)
+}
+
+/// The pull worker loop: one item at a time, as long as the process lives.
+pub fn run_pull_list(node: Arc<Node>) {
+    let recorder = node.metrics.register();
+    let mut random = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|since| since.as_nanos() as u64)
+        .unwrap_or(1)
+        | 1;
+    loop {
+        let taken = node.chores.pull.next();
+        random = random
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        match pull_one(&node, &recorder, &taken.item, random) {
+            Ok(volume) => tracing::info!(locator = %taken.item.locator, volume = %volume, "block pulled"),
+            Err(reason) => tracing::warn!(locator = %taken.item.locator, reason = %reason, "pull failed"),
+        }
+    }
+}
+
+fn pull_one(node: &Node, recorder: &Recorder, item: &PullItem, random: u64) -> Result<String, String> {
+    let locator = Locator::parse(&item.locator).map_err(|_| "invalid locator".to_string())?;
+    let size = locator.size.ok_or("locator without a size")?;
+    if size > BLOCK_BYTES_MAX {
+        return Err("size above the block limit".into());
+    }
+    let state = node.state();
+    let target: Arc<Volume> = if item.mount_uuid.is_empty() {
+        let writable = state
+            .volumes
+            .ordered_for(locator.hash)
+            .into_iter()
+            .find(|volume| volume.allow_write);
+        writable.ok_or("no writable volume")?
+    } else {
+        match state.volumes.by_uuid(&item.mount_uuid) {
+            Some(volume) if volume.allow_write => volume.clone(),
+            Some(_) => return Err(format!("volume {} is read-only", item.mount_uuid)),
+            None => return Err(format!("no volume {}", item.mount_uuid)),
+        }
+    };
+    let mut signed = format!("{}+{size}", locator.hash);
+    if let Some(key) = state.signing_key.as_ref() {
+        let now_secs = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|since| since.as_secs())
+            .unwrap_or(0);
+        signed.push_str(&key.sign_hint(locator.hash, PULL_TOKEN, now_secs));
+    }
+    let mut failures = Vec::new();
+    for server in &item.servers {
+        match fetch_block(server, &signed, locator.hash, size) {
+            Ok(data) => {
+                let counters = recorder.volume(&target);
+                return match write_block(&target.root, locator.hash, &data, random) {
+                    Ok(()) => {
+                        counters.operation(VolumeOp::Write);
+                        counters.wrote(data.len() as u64);
+                        Ok(target.uuid.clone())
+                    }
+                    Err(error) => {
+                        let full = error.raw_os_error() == Some(libc::ENOSPC);
+                        counters.error(if full {
+                            VolumeErrorKind::Full
+                        } else {
+                            VolumeErrorKind::Io
+                        });
+                        Err(format!("writing to {}: {error}", target.uuid))
+                    }
+                };
+            }
+            Err(error) => failures.push(format!("{server}: {error}")),
+        }
+    }
+    Err(format!("no server had it ({})", failures.join("; ")))
+}
+
+/// `GET <server>/<locator>` and return the body if it is the block.
+fn fetch_block(server: &str, locator: &str, hash: &str, size: u64) -> io::Result<Vec<u8>> {
+    let (status, body) = http_get(server, &format!("/{locator}"), PULL_TOKEN, size)?;
+    if status != 200 {
+        return Err(io::Error::other(format!("status {status}")));
+    }
+    if body.len() as u64 != size {
+        return Err(io::Error::other(format!("{} bytes, expected {size}", body.len())));
+    }
+    let mut digest = BlockDigest::default();
+    digest.update(&body);
+    if !digest.matches(hash) {
+        return Err(io::Error::other("MD5 mismatch"));
+    }
+    Ok(body)
+}
+
+/// `http://host[:port][/base]` → (host, port, base path without a trailing `/`).
+fn parse_base_url(url: &str) -> io::Result<(String, u16, String)> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "only http:// servers are supported"))?;
+    let (authority, base) = match rest.find('/') {
+        Some(slash) => (&rest[..slash], rest[slash..].trim_end_matches('/')),
+        None => (rest, ""),
+    };
+    let invalid = || io::Error::new(io::ErrorKind::InvalidInput, format!("bad server address {url:?}"));
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((host, port)) if !host.ends_with(']') || host.starts_with('[') => {
+            (host, port.parse::<u16>().map_err(|_| invalid())?)
+        }
+        _ => (authority, 80),
+    };
+    if host.is_empty() {
+        return Err(invalid());
+    }
+    Ok((
+        host.trim_start_matches('[').trim_end_matches(']').to_string(),
+        port,
+        base.to_string(),
+    ))
+}
+
+/// A minimal HTTP/1.1 GET: one request, `Connection: close`, the body read by
+/// `Content-Length` (or to EOF), at most `body_bytes_max` bytes.
+pub fn http_get(server: &str, path: &str, token: &str, body_bytes_max: u64) -> io::Result<(u16, Vec<u8>)> {
+    let (host, port, base) = parse_base_url(server)?;
+    let mut last_error = io::Error::new(io::ErrorKind::NotFound, format!("{host}: no address"));
+    let mut stream = None;
+    for address in (host.as_str(), port).to_socket_addrs()? {
+        match TcpStream::connect_timeout(&address, Duration::from_millis(PULL_CONNECT_TIMEOUT_MS)) {
+            Ok(connected) => {
+                stream = Some(connected);
+                break;
+            }
+            Err(error) => last_error = error,
+        }
+    }
+    let mut stream = stream.ok_or(last_error)?;
+    let stall = Some(Duration::from_millis(PULL_IO_STALL_TIMEOUT_MS));
+    stream.set_read_timeout(stall)?;
+    stream.set_write_timeout(stall)?;
+    let request = format!(
+        "GET {base}{path} HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {token}\r\n\
+         Accept: application/octet-stream\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes())?;
+    let (status, length, mut body) = read_response_head(&mut stream)?;
+    let limit = body_bytes_max;
+    if length.is_some_and(|length| length > limit) || body.len() as u64 > limit {
+        return Err(io::Error::other("response body too large"));
+    }
+    let want = length.unwrap_or(limit + 1);
+    let mut chunk = vec![0u8; 256 * 1024];
+    while (body.len() as u64) < want {
+        let read = stream.read(&mut chunk)?;
+        if read == 0 {
+            if length.is_some() {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            break;
+        }
+        body.extend_from_slice(&chunk[..read]);
+        if body.len() as u64 > limit {
+            return Err(io::Error::other("response body too large"));
+        }
+    }
+    body.truncate(want.min(body.len() as u64) as usize);
+    Ok((status, body))
+}
+
+/// Read up to the end of the head; returns (status, Content-Length, body bytes read past it).
+fn read_response_head(stream: &mut TcpStream) -> io::Result<(u16, Option<u64>, Vec<u8>)> {
+    let mut buffer = Vec::with_capacity(4096);
+    let mut chunk = [0u8; 4096];
+    loop {
+        let read = stream.read(&mut chunk)?;
+        if read == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        buffer.extend_from_slice(&chunk[..read]);
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut response = httparse::Response::new(&mut headers);
+        let parsed = response
+            .parse(&buffer)
+            .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error.to_string()))?;
+        if let httparse::Status::Complete(head_length) = parsed {
+            let status = response.code.unwrap_or(0);
+            let mut length = None;
+            for header in response.headers.iter() {
+                if header.name.eq_ignore_ascii_case("transfer-encoding") {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "chunked responses are not supported",
+                    ));
+                }
+                if header.name.eq_ignore_ascii_case("content-length") {
+                    let text = std::str::from_utf8(header.value).unwrap_or("");
+                    length = Some(
+                        text.trim()
+                            .parse::<u64>()
+                            .map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?,
+                    );
+                }
+            }
+            return Ok((status, length, buffer.split_off(head_length)));
+        }
+        if buffer.len() > PULL_RESPONSE_HEAD_BYTES_MAX {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "response head too large"));
+        }
+    }
+}
+
+/// Store a verified block as the request path does, with blocking calls: temp file in the
+/// block's directory, written, fdatasync'd, renamed onto the block name, directory fsync'd.
+pub fn write_block(root: &Path, hash: &str, data: &[u8], random: u64) -> io::Result<()> {
+    if free_bytes(root)? < VOLUME_FREE_BYTES_MIN {
+        return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+    }
+    let dir = layout::block_dir(root, hash);
+    match std::fs::create_dir(&dir) {
+        Ok(()) => {}
+        Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(error) => return Err(error),
+    }
+    let temp = layout::temp_path(root, hash, random);
+    let result = write_then_rename(&temp, &layout::block_path(root, hash), &dir, data);
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    result
+}
+
+fn write_then_rename(temp: &Path, target: &Path, dir: &Path, data: &[u8]) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(temp)?;
+    file.write_all(data)?;
+    file.sync_data()?;
+    drop(file);
+    std::fs::rename(temp, target)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    #[test]
+    fn base_urls() {
+        assert_eq!(
+            parse_base_url("http://127.0.0.1:25107").unwrap(),
+            ("127.0.0.1".into(), 25107, "".into())
+        );
+        assert_eq!(
+            parse_base_url("http://keep0.example/prefix/").unwrap(),
+            ("keep0.example".into(), 80, "/prefix".into())
+        );
+        assert_eq!(parse_base_url("http://[::1]:8").unwrap(), ("::1".into(), 8, "".into()));
+        assert!(parse_base_url("https://a:1").is_err());
+        assert!(parse_base_url("http://:1").is_err());
+    }
+
+    #[test]
+    fn pull_list_json_and_unsized_first_item() {
+        let items: Vec<PullItem> =
+            serde_json::from_str(r#"[{"locator":"6f09f2b353b6d63069f770b90e2b112c","servers":["http://h:1"]}]"#)
+                .unwrap();
+        assert!(first_item_lacks_size(&items));
+        assert_eq!(items[0].mount_uuid, "");
+    }
+
+    /// One canned answer on a loopback port; returns the base URL and the request seen.
+    fn serve_once(answer: &'static [u8]) -> (String, std::thread::JoinHandle<String>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let handle = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut request = vec![0u8; 4096];
+            let read = stream.read(&mut request).unwrap();
+            stream.write_all(answer).unwrap();
+            String::from_utf8_lossy(&request[..read]).into_owned()
+        });
+        (url, handle)
+    }
+
+    #[test]
+    fn get_reads_a_length_delimited_body_and_sends_the_token() {
+        let (url, server) = serve_once(b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nhello keep\n");
+        let (status, body) = http_get(&url, "/abc", "tok", 100).unwrap();
+        assert_eq!((status, body.as_slice()), (200, &b"hello keep\n"[..]));
+        let request = server.join().unwrap();
+        assert!(request.starts_with("GET /abc HTTP/1.1\r\n"), "{request}");
+        assert!(request.contains("Authorization: Bearer tok\r\n"), "{request}");
+    }
+
+    #[test]
+    fn get_refuses_short_and_oversized_bodies() {
+        let (url, server) = serve_once(b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\nshort");
+        assert!(http_get(&url, "/x", "t", 100).is_err());
+        server.join().unwrap();
+        let (url, server) = serve_once(b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n");
+        assert!(http_get(&url, "/x", "t", 10).is_err());
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn write_block_is_atomic_and_leaves_no_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        let hash = "6f09f2b353b6d63069f770b90e2b112c";
+        write_block(dir.path(), hash, b"hello keep\n", 7).unwrap();
+        assert_eq!(
+            std::fs::read(layout::block_path(dir.path(), hash)).unwrap(),
+            b"hello keep\n"
+        );
+        let entries = std::fs::read_dir(layout::block_dir(dir.path(), hash)).unwrap().count();
+        assert_eq!(entries, 1);
+    }
+}

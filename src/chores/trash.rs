@@ -1,0 +1,387 @@
+//! Trash on a directory volume, with plain blocking file calls (keep-protocol.md §3.3, §3.5,
+//! §6): trash one block (rename to `<hash>.trash.<deadline>`, or unlink when the trash
+//! lifetime is 0), untrash it (rename the first trashed copy back), and sweep expired
+//! trash. Used by the trash list worker and the empty-trash sweep (their own threads,
+//! below) and by the DELETE and untrash handlers (short metadata operations).
+//!
+//! The safety rule throughout: a block whose mtime is newer than now − blob signing TTL
+//! is never trashed, because a client may still hold a valid signature for it.
+
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Deserialize;
+
+use crate::chores::ChoreSettings;
+use crate::locator::Locator;
+use crate::metrics::{Recorder, VolumeErrorKind, VolumeOp};
+use crate::node::Node;
+use crate::volume::{io::is_missing, layout, Volume};
+
+/// One `PUT /trash` item: `{"locator":"<hash>+<size>","block_mtime":<ns>,"mount_uuid":""}`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct TrashItem {
+    pub locator: String,
+    pub block_mtime: i64,
+    /// Empty: every trash-allowed volume.
+    #[serde(default)]
+    pub mount_uuid: String,
+}
+
+/// What trashing one copy did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrashOutcome {
+    /// Renamed to `<hash>.trash.<deadline>`.
+    Trashed,
+    /// Unlinked (trash lifetime 0).
+    Deleted,
+    /// Present, but younger than the signing TTL (or not at the mtime asked for): kept.
+    Kept,
+    Missing,
+}
+
+pub fn unix_nanos(time: SystemTime) -> i128 {
+    match time.duration_since(UNIX_EPOCH) {
+        Ok(after) => after.as_nanos() as i128,
+        Err(before) => -(before.duration().as_nanos() as i128),
+    }
+}
+
+fn mtime_nanos(metadata: &std::fs::Metadata) -> i128 {
+    metadata.mtime() as i128 * 1_000_000_000 + metadata.mtime_nsec() as i128
+}
+
+/// Trash block `hash` on the volume at `root` if it is older than the signing TTL and,
+/// when `expected_mtime_ns` is given (a trash list item), its mtime is exactly that.
+pub fn trash_block(
+    root: &Path,
+    hash: &str,
+    now: SystemTime,
+    settings: &ChoreSettings,
+    expected_mtime_ns: Option<i128>,
+) -> io::Result<TrashOutcome> {
+    let path = layout::block_path(root, hash);
+    let metadata = match std::fs::metadata(&path) {
+        Ok(metadata) => metadata,
+        Err(error) if is_missing(&error) => return Ok(TrashOutcome::Missing),
+        Err(error) => return Err(error),
+    };
+    let ttl_ns = settings.blob_signing_ttl_secs as i128 * 1_000_000_000;
+    let mtime = mtime_nanos(&metadata);
+    let too_young = unix_nanos(now) - mtime < ttl_ns;
+    if too_young || expected_mtime_ns.is_some_and(|expected| expected != mtime) {
+        return Ok(TrashOutcome::Kept);
+    }
+    if settings.trash_lifetime_secs == 0 {
+        return match std::fs::remove_file(&path) {
+            Ok(()) => Ok(TrashOutcome::Deleted),
+            Err(error) if is_missing(&error) => Ok(TrashOutcome::Missing),
+            Err(error) => Err(error),
+        };
+    }
+    let now_secs = now.duration_since(UNIX_EPOCH).map(|since| since.as_secs()).unwrap_or(0);
+    let trashed = layout::trash_path(root, hash, now_secs + settings.trash_lifetime_secs);
+    match std::fs::rename(&path, &trashed) {
+        Ok(()) => {}
+        Err(error) if is_missing(&error) => return Ok(TrashOutcome::Missing),
+        Err(error) => return Err(error),
+    }
+    // A PUT of the same block may have touched it between the check and the rename: it
+    // was then promised to a client, so it goes back.
+    let touched_meanwhile = std::fs::metadata(&trashed).is_ok_and(|after| mtime_nanos(&after) != mtime);
+    if touched_meanwhile {
+        std::fs::rename(&trashed, &path)?;
+        return Ok(TrashOutcome::Kept);
+    }
+    Ok(TrashOutcome::Trashed)
+}
+
+/// Rename the first trashed copy of `hash` (in name order) back; false if there is none.
+pub fn untrash_block(root: &Path, hash: &str) -> io::Result<bool> {
+    let dir = layout::block_dir(root, hash);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(error) if is_missing(&error) => return Ok(false),
+        Err(error) => return Err(error),
+    };
+    let mut trashed: Vec<String> = Vec::new();
+    for entry in entries {
+        let name = entry?.file_name();
+        if let Some(name) = name.to_str() {
+            if layout::parse_trash_name(name).is_some_and(|(trashed_hash, _)| trashed_hash == hash) {
+                trashed.push(name.to_string());
+            }
+        }
+    }
+    trashed.sort();
+    let Some(first) = trashed.first() else {
+        return Ok(false);
+    };
+    match std::fs::rename(dir.join(first), layout::block_path(root, hash)) {
+        Ok(()) => Ok(true),
+        // Swept or untrashed by someone else meanwhile.
+        Err(error) if is_missing(&error) => Ok(false),
+        Err(error) => Err(error),
+    }
+}
+
+/// Delete every trashed file on the volume whose deadline is ≤ `now_secs`, descending only
+/// into all-hex directories (as keepstore). Returns how many were deleted.
+pub fn empty_trash(root: &Path, now_secs: u64, recorder: Option<(&Recorder, &Volume)>) -> io::Result<u64> {
+    let mut deleted = 0;
+    for dir in std::fs::read_dir(root)? {
+        let dir = dir?;
+        let dir_name = dir.file_name();
+        let is_block_dir = dir_name.to_str().is_some_and(layout::is_index_dir_name);
+        if !is_block_dir || !dir.file_type()?.is_dir() {
+            continue;
+        }
+        for entry in std::fs::read_dir(dir.path())? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let expired = name
+                .to_str()
+                .and_then(layout::parse_trash_name)
+                .is_some_and(|(_, deadline)| deadline <= now_secs);
+            if !expired {
+                continue;
+            }
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => {
+                    deleted += 1;
+                    if let Some((recorder, volume)) = recorder {
+                        recorder.volume(volume).operation(VolumeOp::Unlink);
+                    }
+                }
+                Err(error) if is_missing(&error) => {}
+                Err(error) => return Err(error),
+            }
+        }
+    }
+    Ok(deleted)
+}
+
+/// Count a trash attempt in the volume's metrics.
+pub fn record(recorder: &Recorder, volume: &Volume, result: &io::Result<TrashOutcome>) {
+    let counters = recorder.volume(volume);
+    match result {
+        Ok(TrashOutcome::Trashed) => counters.operation(VolumeOp::Trash),
+        Ok(TrashOutcome::Deleted) => counters.operation(VolumeOp::Unlink),
+        Ok(_) => {}
+        Err(_) => counters.error(VolumeErrorKind::Io),
+    }
+}
+
+/// The trash list worker: one item at a time, as long as the process lives.
+pub fn run_trash_list(node: Arc<Node>) {
+    let recorder = node.metrics.register();
+    let settings = node.chores.settings;
+    loop {
+        let taken = node.chores.trash.next();
+        if !settings.blob_trash {
+            // keepstore runs no trash worker then; the list is accepted and dropped.
+            continue;
+        }
+        process_item(&node, &recorder, &settings, &taken.item);
+    }
+}
+
+fn process_item(node: &Node, recorder: &Recorder, settings: &ChoreSettings, item: &TrashItem) {
+    let Ok(locator) = Locator::parse(&item.locator) else {
+        tracing::warn!(locator = %item.locator, "trash list: invalid locator ignored");
+        return;
+    };
+    let now = SystemTime::now();
+    let ttl_ns = settings.blob_signing_ttl_secs as i128 * 1_000_000_000;
+    if unix_nanos(now) - (item.block_mtime as i128) < ttl_ns {
+        tracing::warn!(
+            hash = locator.hash,
+            block_mtime = item.block_mtime,
+            "trash list: block younger than the signing TTL skipped"
+        );
+        return;
+    }
+    let state = node.state();
+    let volumes: Vec<Arc<Volume>> = if item.mount_uuid.is_empty() {
+        state
+            .volumes
+            .all()
+            .iter()
+            .filter(|volume| volume.allow_trash)
+            .cloned()
+            .collect()
+    } else {
+        match state.volumes.by_uuid(&item.mount_uuid) {
+            Some(volume) if volume.allow_trash => vec![volume.clone()],
+            Some(_) => {
+                tracing::warn!(mount = %item.mount_uuid, "trash list: volume does not allow trash");
+                return;
+            }
+            None => {
+                tracing::warn!(mount = %item.mount_uuid, "trash list: no such volume");
+                return;
+            }
+        }
+    };
+    for volume in volumes {
+        let result = trash_block(
+            &volume.root,
+            locator.hash,
+            now,
+            settings,
+            Some(item.block_mtime as i128),
+        );
+        record(recorder, &volume, &result);
+        match result {
+            Ok(TrashOutcome::Trashed | TrashOutcome::Deleted) => {
+                tracing::info!(volume = %volume.uuid, hash = locator.hash, "block trashed")
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(volume = %volume.uuid, hash = locator.hash, error = %error, "trash failed"),
+        }
+    }
+}
+
+/// The empty-trash sweep: every `--trash-check-interval-secs`, on every trash-allowed
+/// volume of the current state.
+pub fn run_empty_trash(node: Arc<Node>) {
+    let recorder = node.metrics.register();
+    let interval = Duration::from_secs(node.chores.settings.trash_check_interval_secs.max(1));
+    loop {
+        std::thread::sleep(interval);
+        let now_secs = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|since| since.as_secs())
+            .unwrap_or(0);
+        let state = node.state();
+        for volume in state.volumes.all().iter().filter(|volume| volume.allow_trash) {
+            match empty_trash(&volume.root, now_secs, Some((&recorder, volume))) {
+                Ok(0) => {}
+                Ok(deleted) => tracing::info!(volume = %volume.uuid, deleted, "expired trash deleted"),
+                Err(error) => {
+                    recorder.volume(volume).error(VolumeErrorKind::Io);
+                    tracing::warn!(volume = %volume.uuid, error = %error, "emptying trash failed");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs::File;
+
+    const HASH: &str = "6f09f2b353b6d63069f770b90e2b112c";
+    const DAY_SECS: u64 = 24 * 3600;
+
+    fn settings(lifetime: u64) -> ChoreSettings {
+        ChoreSettings {
+            blob_signing_ttl_secs: DAY_SECS,
+            trash_lifetime_secs: lifetime,
+            trash_check_interval_secs: 1,
+            blob_trash: true,
+        }
+    }
+
+    /// A block file whose mtime is `age_secs` ago; returns its mtime in ns.
+    fn block(root: &Path, age_secs: u64) -> i128 {
+        let path = layout::block_path(root, HASH);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, b"hello keep\n").unwrap();
+        let mtime = SystemTime::now() - Duration::from_secs(age_secs);
+        File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        mtime_nanos(&std::fs::metadata(&path).unwrap())
+    }
+
+    fn names(root: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(layout::block_dir(root, HASH))
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn old_block_is_renamed_with_its_deadline_and_untrashed_back() {
+        let dir = tempfile::tempdir().unwrap();
+        block(dir.path(), 2 * DAY_SECS);
+        let now = SystemTime::now();
+        let outcome = trash_block(dir.path(), HASH, now, &settings(100), None).unwrap();
+        assert_eq!(outcome, TrashOutcome::Trashed);
+        let deadline = now.duration_since(UNIX_EPOCH).unwrap().as_secs() + 100;
+        assert_eq!(names(dir.path()), [format!("{HASH}.trash.{deadline}")]);
+        assert!(untrash_block(dir.path(), HASH).unwrap());
+        assert_eq!(names(dir.path()), [HASH]);
+        assert!(!untrash_block(dir.path(), HASH).unwrap());
+    }
+
+    #[test]
+    fn young_block_and_wrong_mtime_are_kept_and_lifetime_zero_unlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        block(dir.path(), 60);
+        let now = SystemTime::now();
+        assert_eq!(
+            trash_block(dir.path(), HASH, now, &settings(100), None).unwrap(),
+            TrashOutcome::Kept
+        );
+        let mtime = block(dir.path(), 2 * DAY_SECS);
+        let wrong = Some(mtime + 1);
+        assert_eq!(
+            trash_block(dir.path(), HASH, now, &settings(100), wrong).unwrap(),
+            TrashOutcome::Kept
+        );
+        assert_eq!(names(dir.path()), [HASH]);
+        let exact = Some(mtime);
+        assert_eq!(
+            trash_block(dir.path(), HASH, now, &settings(0), exact).unwrap(),
+            TrashOutcome::Deleted
+        );
+        assert!(names(dir.path()).is_empty());
+        assert_eq!(
+            trash_block(dir.path(), HASH, now, &settings(0), None).unwrap(),
+            TrashOutcome::Missing
+        );
+    }
+
+    #[test]
+    fn sweep_deletes_only_expired_trash() {
+        let dir = tempfile::tempdir().unwrap();
+        block(dir.path(), 0);
+        let block_dir = layout::block_dir(dir.path(), HASH);
+        for name in [
+            format!("{HASH}.trash.100"),
+            format!("{HASH}.trash.300"),
+            format!("tmp{HASH}.trash.1"),
+        ] {
+            std::fs::write(block_dir.join(name), b"x").unwrap();
+        }
+        std::fs::create_dir(dir.path().join("full.trash.1")).unwrap();
+        assert_eq!(empty_trash(dir.path(), 200, None).unwrap(), 1);
+        assert_eq!(
+            names(dir.path()),
+            [
+                HASH.to_string(),
+                format!("{HASH}.trash.300"),
+                format!("tmp{HASH}.trash.1")
+            ]
+        );
+    }
+
+    #[test]
+    fn trash_item_json() {
+        let items: Vec<TrashItem> =
+            serde_json::from_str(&format!(r#"[{{"locator":"{HASH}+11","block_mtime":123}}]"#)).unwrap();
+        assert_eq!(items[0].mount_uuid, "");
+        assert_eq!(items[0].block_mtime, 123);
+    }
+}

@@ -1,0 +1,593 @@
+//! Counters for `GET /metrics` (keep-protocol.md §3.7) and their Prometheus text.
+//!
+//! Every thread that serves or moves blocks (a core worker, a chore) owns a `Recorder`:
+//! its own `Counters` of `AtomicU64`s that only it writes (Relaxed: nothing is ordered by
+//! them), registered once in the node's `Registry`. A scrape sums every registered set,
+//! so recording never touches a cache line another core writes. Per-volume counters are
+//! found through a thread-local map, so the hot path takes no lock either; the registry
+//! lock is taken when a thread first meets a volume and when scraping.
+//!
+//! Names follow keepstore's where it has one (`arvados_keepstore_*`,
+//! `request_duration_seconds`); keepring's own series are `keepring_*`. This module
+//! formats and sums; the gauges that live elsewhere (buffer budget, queues, drain flag,
+//! free space) are read by the caller and passed in as `Gauges`.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::volume::Volume;
+
+/// `Content-Type` of the text exposition format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Request methods counted by name; anything else is `other`.
+const METHODS: [&str; 7] = ["GET", "HEAD", "PUT", "DELETE", "TOUCH", "OPTIONS", "other"];
+
+/// Statuses keepring answers (error.rs); anything else is counted under `other`.
+const STATUSES: [u16; 17] = [
+    200, 400, 401, 403, 404, 405, 411, 413, 422, 431, 499, 500, 501, 502, 503, 507, 0,
+];
+
+/// Upper bounds of the request duration histogram, in microseconds: 0.1 ms (a cached
+/// small GET) to 10 s (a 64 MiB transfer to a slow client), about 2.5× apart.
+const DURATION_BUCKETS_MICROS: [u64; 13] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000, 10_000_000,
+];
+
+/// What was done to a volume (`arvados_keepstore_volume_operations{operation}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VolumeOp {
+    Read,
+    Write,
+    Touch,
+    Trash,
+    Untrash,
+    Unlink,
+}
+
+const VOLUME_OPS: [(VolumeOp, &str); 6] = [
+    (VolumeOp::Read, "read"),
+    (VolumeOp::Write, "write"),
+    (VolumeOp::Touch, "touch"),
+    (VolumeOp::Trash, "trash"),
+    (VolumeOp::Untrash, "untrash"),
+    (VolumeOp::Unlink, "unlink"),
+];
+
+/// How a volume operation failed (`arvados_keepstore_volume_errors{error_type}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VolumeErrorKind {
+    Io,
+    Full,
+    Checksum,
+}
+
+const VOLUME_ERRORS: [(VolumeErrorKind, &str); 3] = [
+    (VolumeErrorKind::Io, "io"),
+    (VolumeErrorKind::Full, "full"),
+    (VolumeErrorKind::Checksum, "checksum"),
+];
+
+fn zeroes<const N: usize>() -> [AtomicU64; N] {
+    std::array::from_fn(|_| AtomicU64::new(0))
+}
+
+fn add(counter: &AtomicU64, amount: u64) {
+    // Only the owning thread writes: a load and a store would do, fetch_add is as cheap
+    // uncontended and stays right if that ever changes.
+    counter.fetch_add(amount, Ordering::Relaxed);
+}
+
+fn get(counter: &AtomicU64) -> u64 {
+    counter.load(Ordering::Relaxed)
+}
+
+/// One volume's counters, as seen by one thread.
+pub struct VolumeCounters {
+    uuid: String,
+    device_id: String,
+    operations: [AtomicU64; VOLUME_OPS.len()],
+    errors: [AtomicU64; VOLUME_ERRORS.len()],
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+}
+
+impl VolumeCounters {
+    fn new(volume: &Volume) -> Self {
+        VolumeCounters {
+            uuid: volume.uuid.clone(),
+            device_id: volume.device_id.clone(),
+            operations: zeroes(),
+            errors: zeroes(),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+        }
+    }
+
+    pub fn operation(&self, op: VolumeOp) {
+        let index = VOLUME_OPS.iter().position(|(known, _)| *known == op).unwrap_or(0);
+        add(&self.operations[index], 1);
+    }
+
+    pub fn error(&self, kind: VolumeErrorKind) {
+        let index = VOLUME_ERRORS.iter().position(|(known, _)| *known == kind).unwrap_or(0);
+        add(&self.errors[index], 1);
+    }
+
+    /// Bytes written to the volume.
+    pub fn wrote(&self, bytes: u64) {
+        add(&self.bytes_in, bytes);
+    }
+
+    /// Bytes read from the volume.
+    pub fn read(&self, bytes: u64) {
+        add(&self.bytes_out, bytes);
+    }
+}
+
+/// One thread's request counters.
+pub struct Counters {
+    requests: [[AtomicU64; STATUSES.len()]; METHODS.len()],
+    duration_micros: [[AtomicU64; STATUSES.len()]; METHODS.len()],
+    /// Cumulative at render time; stored per bucket (the last is +Inf).
+    duration_buckets: [AtomicU64; DURATION_BUCKETS_MICROS.len() + 1],
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    volumes: Mutex<Vec<Arc<VolumeCounters>>>,
+}
+
+impl Counters {
+    fn new() -> Self {
+        Counters {
+            requests: std::array::from_fn(|_| zeroes()),
+            duration_micros: std::array::from_fn(|_| zeroes()),
+            duration_buckets: zeroes(),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            volumes: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+/// Every thread's counters, for the scrape.
+#[derive(Default)]
+pub struct Registry {
+    threads: Mutex<Vec<Arc<Counters>>>,
+}
+
+impl Registry {
+    /// A recorder for the calling thread (a worker at start, a chore at start).
+    pub fn register(&self) -> Recorder {
+        let counters = Arc::new(Counters::new());
+        lock(&self.threads).push(counters.clone());
+        Recorder {
+            counters,
+            volumes: RefCell::new(HashMap::new()),
+        }
+    }
+
+    fn snapshot(&self) -> Vec<Arc<Counters>> {
+        lock(&self.threads).clone()
+    }
+}
+
+/// A poisoned lock only means another thread panicked while pushing to a Vec: the Vec is
+/// still whole, so keep counting.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The writing side, owned by one thread (`!Sync`: its volume map is a `RefCell`).
+pub struct Recorder {
+    counters: Arc<Counters>,
+    volumes: RefCell<HashMap<String, Arc<VolumeCounters>>>,
+}
+
+impl Recorder {
+    /// One answered request (called where the request is logged).
+    pub fn request(&self, method: &str, status: u16, bytes_in: u64, bytes_out: u64, micros: u64) {
+        let method_index = METHODS
+            .iter()
+            .position(|known| *known == method)
+            .unwrap_or(METHODS.len() - 1);
+        let status_index = STATUSES
+            .iter()
+            .position(|known| *known == status)
+            .unwrap_or(STATUSES.len() - 1);
+        let counters = &self.counters;
+        add(&counters.requests[method_index][status_index], 1);
+        add(&counters.duration_micros[method_index][status_index], micros);
+        let bucket = DURATION_BUCKETS_MICROS
+            .iter()
+            .position(|bound| micros <= *bound)
+            .unwrap_or(DURATION_BUCKETS_MICROS.len());
+        add(&counters.duration_buckets[bucket], 1);
+        add(&counters.bytes_in, bytes_in);
+        add(&counters.bytes_out, bytes_out);
+    }
+
+    /// This thread's counters for `volume`, registered on first use.
+    pub fn volume(&self, volume: &Volume) -> Arc<VolumeCounters> {
+        if let Some(found) = self.volumes.borrow().get(&volume.uuid) {
+            return found.clone();
+        }
+        let created = Arc::new(VolumeCounters::new(volume));
+        lock(&self.counters.volumes).push(created.clone());
+        self.volumes.borrow_mut().insert(volume.uuid.clone(), created.clone());
+        created
+    }
+}
+
+/// Gauges read by the caller at scrape time.
+#[derive(Debug, Default, Clone)]
+pub struct Gauges {
+    pub buffer_unit_bytes: u64,
+    pub buffer_total_bytes: u64,
+    pub buffer_in_use_bytes: u64,
+    pub buffer_own_bytes: u64,
+    pub trash_pending: u64,
+    pub trash_in_progress: u64,
+    pub pull_pending: u64,
+    pub pull_in_progress: u64,
+    pub draining: bool,
+    /// (uuid, device_id, free bytes or None when statvfs failed) per current volume.
+    pub volumes_free: Vec<(String, String, Option<u64>)>,
+}
+
+/// The whole exposition: every family with `# HELP` and `# TYPE`, sums over threads.
+pub fn render(registry: &Registry, gauges: &Gauges) -> String {
+    let threads = registry.snapshot();
+    let mut out = String::with_capacity(16 * 1024);
+    render_requests(&mut out, &threads);
+    render_volumes(&mut out, &threads, gauges);
+    render_gauges(&mut out, gauges);
+    out
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// A label value with `\`, `"` and newlines escaped (exposition format rules).
+fn label(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+fn status_label(status: u16) -> String {
+    if status == 0 {
+        "other".to_string()
+    } else {
+        status.to_string()
+    }
+}
+
+fn seconds(micros: u64) -> String {
+    format!("{}", micros as f64 / 1e6)
+}
+
+fn render_requests(out: &mut String, threads: &[Arc<Counters>]) {
+    let sum = |pick: &dyn Fn(&Counters) -> &AtomicU64| threads.iter().map(|counters| get(pick(counters))).sum::<u64>();
+    family(
+        out,
+        "keepring_requests_total",
+        "counter",
+        "Requests answered, by method and status.",
+    );
+    let mut seen = Vec::new();
+    for (method_index, method) in METHODS.iter().enumerate() {
+        for (status_index, status) in STATUSES.iter().enumerate() {
+            let count = sum(&|counters| &counters.requests[method_index][status_index]);
+            if count > 0 {
+                let micros = sum(&|counters| &counters.duration_micros[method_index][status_index]);
+                seen.push((method, status_label(*status), count, micros));
+                let _ = writeln!(
+                    out,
+                    "keepring_requests_total{{method=\"{method}\",code=\"{}\"}} {count}",
+                    status_label(*status)
+                );
+            }
+        }
+    }
+    family(
+        out,
+        "request_duration_seconds",
+        "summary",
+        "Time from the request head to the last byte of the response, by code and method.",
+    );
+    for (method, code, count, micros) in &seen {
+        let labels = format!("code=\"{code}\",method=\"{}\"", method.to_ascii_lowercase());
+        let _ = writeln!(out, "request_duration_seconds_sum{{{labels}}} {}", seconds(*micros));
+        let _ = writeln!(out, "request_duration_seconds_count{{{labels}}} {count}");
+    }
+    family(
+        out,
+        "keepring_request_duration_seconds",
+        "histogram",
+        "Time from the request head to the last byte of the response.",
+    );
+    let mut cumulative = 0u64;
+    let mut total_micros = 0u64;
+    for bucket in 0..=DURATION_BUCKETS_MICROS.len() {
+        cumulative += sum(&|counters| &counters.duration_buckets[bucket]);
+        let bound = match DURATION_BUCKETS_MICROS.get(bucket) {
+            Some(micros) => seconds(*micros),
+            None => "+Inf".to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "keepring_request_duration_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
+        );
+    }
+    for (_, _, _, micros) in &seen {
+        total_micros += micros;
+    }
+    let _ = writeln!(out, "keepring_request_duration_seconds_sum {}", seconds(total_micros));
+    let _ = writeln!(out, "keepring_request_duration_seconds_count {cumulative}");
+    family(
+        out,
+        "keepring_http_bytes_total",
+        "counter",
+        "Request body bytes read (in) and response body bytes written (out).",
+    );
+    let _ = writeln!(
+        out,
+        "keepring_http_bytes_total{{direction=\"in\"}} {}",
+        sum(&|counters| &counters.bytes_in)
+    );
+    let _ = writeln!(
+        out,
+        "keepring_http_bytes_total{{direction=\"out\"}} {}",
+        sum(&|counters| &counters.bytes_out)
+    );
+}
+
+/// Per-volume sums, keyed by device id (keepstore's label) and UUID.
+#[derive(Default)]
+struct VolumeTotals {
+    operations: [u64; VOLUME_OPS.len()],
+    errors: [u64; VOLUME_ERRORS.len()],
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
+fn render_volumes(out: &mut String, threads: &[Arc<Counters>], gauges: &Gauges) {
+    let mut totals: BTreeMap<(String, String), VolumeTotals> = BTreeMap::new();
+    for (uuid, device_id, _) in &gauges.volumes_free {
+        totals.entry((device_id.clone(), uuid.clone())).or_default();
+    }
+    for counters in threads {
+        for volume in lock(&counters.volumes).iter() {
+            let entry = totals
+                .entry((volume.device_id.clone(), volume.uuid.clone()))
+                .or_default();
+            for (index, counter) in volume.operations.iter().enumerate() {
+                entry.operations[index] += get(counter);
+            }
+            for (index, counter) in volume.errors.iter().enumerate() {
+                entry.errors[index] += get(counter);
+            }
+            entry.bytes_in += get(&volume.bytes_in);
+            entry.bytes_out += get(&volume.bytes_out);
+        }
+    }
+    let labels = |device_id: &str, uuid: &str| format!("device_id=\"{}\",uuid=\"{}\"", label(device_id), label(uuid));
+    family(
+        out,
+        "arvados_keepstore_volume_operations",
+        "counter",
+        "Operations on each volume.",
+    );
+    for ((device_id, uuid), total) in &totals {
+        for (index, (_, name)) in VOLUME_OPS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "arvados_keepstore_volume_operations{{{},operation=\"{name}\"}} {}",
+                labels(device_id, uuid),
+                total.operations[index]
+            );
+        }
+    }
+    family(
+        out,
+        "arvados_keepstore_volume_errors",
+        "counter",
+        "Failed operations on each volume.",
+    );
+    for ((device_id, uuid), total) in &totals {
+        for (index, (_, name)) in VOLUME_ERRORS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "arvados_keepstore_volume_errors{{{},error_type=\"{name}\"}} {}",
+                labels(device_id, uuid),
+                total.errors[index]
+            );
+        }
+    }
+    family(
+        out,
+        "arvados_keepstore_volume_io_bytes",
+        "counter",
+        "Block bytes written to (in) and read from (out) each volume.",
+    );
+    for ((device_id, uuid), total) in &totals {
+        let labels = labels(device_id, uuid);
+        let _ = writeln!(
+            out,
+            "arvados_keepstore_volume_io_bytes{{{labels},direction=\"in\"}} {}",
+            total.bytes_in
+        );
+        let _ = writeln!(
+            out,
+            "arvados_keepstore_volume_io_bytes{{{labels},direction=\"out\"}} {}",
+            total.bytes_out
+        );
+    }
+    family(
+        out,
+        "keepring_volume_free_bytes",
+        "gauge",
+        "Bytes available to keepring on each volume's filesystem.",
+    );
+    for (uuid, device_id, free) in &gauges.volumes_free {
+        if let Some(free) = free {
+            let _ = writeln!(out, "keepring_volume_free_bytes{{{}}} {free}", labels(device_id, uuid));
+        }
+    }
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, value: u64) {
+    family(out, name, "gauge", help);
+    let _ = writeln!(out, "{name} {value}");
+}
+
+fn render_gauges(out: &mut String, gauges: &Gauges) {
+    let unit = gauges.buffer_unit_bytes.max(1);
+    gauge(
+        out,
+        "arvados_keepstore_bufferpool_allocated_bytes",
+        "Bytes of block buffers held by this process.",
+        gauges.buffer_own_bytes,
+    );
+    gauge(
+        out,
+        "arvados_keepstore_bufferpool_max_buffers",
+        "Block buffer budget, in 64 MiB units (--max-buffers).",
+        gauges.buffer_total_bytes / unit,
+    );
+    gauge(
+        out,
+        "arvados_keepstore_bufferpool_inuse_buffers",
+        "Block buffers in use by this process, in 64 MiB units, rounded up.",
+        gauges.buffer_own_bytes.div_ceil(unit),
+    );
+    gauge(
+        out,
+        "keepring_bufferpool_inuse_bytes",
+        "Bytes of the budget in use by every process sharing it (a restarting peer too).",
+        gauges.buffer_in_use_bytes,
+    );
+    gauge(
+        out,
+        "keepring_bufferpool_total_bytes",
+        "Bytes of the buffer budget.",
+        gauges.buffer_total_bytes,
+    );
+    gauge(
+        out,
+        "arvados_keepstore_trash_queue_pending_entries",
+        "Trash list items waiting.",
+        gauges.trash_pending,
+    );
+    gauge(
+        out,
+        "arvados_keepstore_trash_queue_inprogress_entries",
+        "Trash list items being processed.",
+        gauges.trash_in_progress,
+    );
+    gauge(
+        out,
+        "arvados_keepstore_pull_queue_pending_entries",
+        "Pull list items waiting.",
+        gauges.pull_pending,
+    );
+    gauge(
+        out,
+        "arvados_keepstore_pull_queue_inprogress_entries",
+        "Pull list items being processed.",
+        gauges.pull_in_progress,
+    );
+    gauge(
+        out,
+        "keepring_draining",
+        "1 once the process is draining (SIGTERM), else 0.",
+        u64::from(gauges.draining),
+    );
+    family(
+        out,
+        "arvados_version_running",
+        "gauge",
+        "Version of the running server.",
+    );
+    let _ = writeln!(
+        out,
+        "arvados_version_running{{version=\"keepring {}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::volume::VolumeOptions;
+    use std::path::Path;
+
+    fn volume(uuid: &str) -> Volume {
+        Volume::unchecked(uuid, Path::new("/v"), &VolumeOptions::default())
+    }
+
+    fn value_of(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn sums_every_thread_and_formats_each_line() {
+        let registry = Registry::default();
+        let first = registry.register();
+        let second = registry.register();
+        first.request("GET", 200, 0, 11, 300);
+        second.request("GET", 200, 0, 5, 20_000_000);
+        second.request("BREW", 418, 7, 0, 50);
+        let vol = volume("zzzzz-nyw5e-000000000000000");
+        first.volume(&vol).operation(VolumeOp::Read);
+        second.volume(&vol).operation(VolumeOp::Read);
+        second.volume(&vol).error(VolumeErrorKind::Full);
+        let gauges = Gauges {
+            buffer_unit_bytes: 10,
+            buffer_total_bytes: 100,
+            buffer_own_bytes: 11,
+            draining: true,
+            ..Gauges::default()
+        };
+        let text = render(&registry, &gauges);
+        for line in text.lines().filter(|line| !line.starts_with('#')) {
+            let (series, value) = line.rsplit_once(' ').unwrap();
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+            assert!(!series.contains(' ') || series.contains('"'), "{line}");
+        }
+        assert_eq!(
+            value_of(&text, "keepring_requests_total{method=\"GET\",code=\"200\"}"),
+            Some(2.0)
+        );
+        assert_eq!(
+            value_of(&text, "keepring_requests_total{method=\"other\",code=\"other\"}"),
+            Some(1.0)
+        );
+        assert_eq!(
+            value_of(&text, "keepring_http_bytes_total{direction=\"out\"}"),
+            Some(16.0)
+        );
+        assert_eq!(
+            value_of(&text, "keepring_request_duration_seconds_bucket{le=\"0.0005\"}"),
+            Some(2.0)
+        );
+        assert_eq!(
+            value_of(&text, "keepring_request_duration_seconds_bucket{le=\"+Inf\"}"),
+            Some(3.0)
+        );
+        let ops = "arvados_keepstore_volume_operations{device_id=\"/v\",\
+                   uuid=\"zzzzz-nyw5e-000000000000000\",operation=\"read\"}";
+        assert_eq!(value_of(&text, ops), Some(2.0));
+        assert_eq!(value_of(&text, "arvados_keepstore_bufferpool_inuse_buffers"), Some(2.0));
+        assert_eq!(value_of(&text, "keepring_draining"), Some(1.0));
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}

@@ -1,0 +1,244 @@
+//! The volume watcher: its own thread, blocked in poll(2) on three things, never a timer
+//! loop: inotify on every volume root and candidate directory (a `mkdir ROOT/disk3/keep`,
+//! a rename or removal), `/proc/self/mountinfo` for POLLPRI (a mount or umount, which
+//! inotify never reports), and a wake pipe (SIGUSR1 rescans, SIGHUP brings new sources,
+//! a worker that hit an I/O error asks for a look). Each wake-up rescans, and when the set
+//! of volumes changed it publishes a new immutable `NodeState`; workers pick it up on
+//! their next request without taking a lock.
+
+use std::io::{self, Read, Seek, Write};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use inotify::{Inotify, WatchMask};
+
+use crate::node::Node;
+use crate::volume::Volume;
+use crate::volumes::discovery::{self, Candidate, VolumeSources};
+use crate::volumes::VolumeSet;
+
+/// Why the watcher should look again.
+#[derive(Debug)]
+pub enum WatchEvent {
+    Rescan(&'static str),
+    Sources(VolumeSources),
+    Stop,
+}
+
+/// How other threads reach the watcher: a bounded channel and a pipe to wake its poll.
+#[derive(Clone)]
+pub struct WatcherHandle {
+    sender: crossbeam_channel::Sender<WatchEvent>,
+    wake: Arc<std::io::PipeWriter>,
+}
+
+pub struct WatcherInbox {
+    receiver: crossbeam_channel::Receiver<WatchEvent>,
+    wake: std::io::PipeReader,
+}
+
+/// Events waiting for the watcher; more are dropped (a rescan covers them all).
+const INBOX_EVENTS_MAX: usize = 64;
+
+pub fn channel() -> io::Result<(WatcherHandle, WatcherInbox)> {
+    let (reader, writer) = std::io::pipe()?;
+    set_nonblocking(reader.as_raw_fd())?;
+    set_nonblocking(writer.as_raw_fd())?;
+    let (sender, receiver) = crossbeam_channel::bounded(INBOX_EVENTS_MAX);
+    Ok((WatcherHandle { sender, wake: Arc::new(writer) }, WatcherInbox { receiver, wake: reader }))
+}
+
+fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on an fd we own.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+impl WatcherHandle {
+    /// Never blocks: safe from a worker's request path or a signal thread.
+    pub fn nudge(&self, event: WatchEvent) {
+        let _ = self.sender.try_send(event);
+        let _ = (&*self.wake).write(&[1]);
+    }
+}
+
+/// Open every candidate volume now (start-up). Errors on configured volumes are fatal.
+pub fn initial_scan(sources: &VolumeSources) -> Result<VolumeSet, String> {
+    let mounts = read_mountinfo().unwrap_or_default();
+    let mut volumes: Vec<Arc<Volume>> = Vec::new();
+    for candidate in discovery::candidates(sources, &mounts) {
+        match open_candidate(&candidate, &volumes) {
+            Ok(volume) => volumes.push(volume),
+            Err(error) if candidate.origin == "configured" => {
+                return Err(format!("cannot use volume {}: {error}", candidate.root.display()))
+            }
+            Err(error) => tracing::warn!(path = %candidate.root.display(), error = %error, "cannot use volume"),
+        }
+    }
+    for (root, _) in &sources.fixed {
+        if !volumes.iter().any(|volume| root.canonicalize().ok().as_deref() == Some(volume.root.as_path())) {
+            return Err(format!("cannot use volume {}: not a directory", root.display()));
+        }
+    }
+    Ok(VolumeSet::from_shared(volumes))
+}
+
+fn open_candidate(candidate: &Candidate, taken: &[Arc<Volume>]) -> io::Result<Arc<Volume>> {
+    let volume = Volume::open(&candidate.root, &candidate.options)?;
+    if taken.iter().any(|other| other.uuid == volume.uuid) {
+        return Err(io::Error::other(format!("volume UUID {} already served from another path", volume.uuid)));
+    }
+    tracing::info!(
+        target: "keepring::lifecycle",
+        volume = %volume.uuid,
+        path = %volume.root.display(),
+        reason = candidate.origin,
+        writable = volume.allow_write,
+        "volume added"
+    );
+    Ok(Arc::new(volume))
+}
+
+fn read_mountinfo() -> io::Result<Vec<discovery::Mount>> {
+    Ok(discovery::parse_mountinfo(&std::fs::read_to_string("/proc/self/mountinfo")?))
+}
+
+pub fn spawn(node: Arc<Node>, sources: VolumeSources, inbox: WatcherInbox) -> io::Result<std::thread::JoinHandle<()>> {
+    let inotify = Inotify::init()?;
+    let mountinfo = std::fs::File::open("/proc/self/mountinfo")?;
+    std::thread::Builder::new().name("keepring-volumes".into()).spawn(move || {
+        let mut watcher = Watcher { node, sources, inotify, mountinfo, inbox };
+        watcher.run();
+    })
+}
+
+struct Watcher {
+    node: Arc<Node>,
+    sources: VolumeSources,
+    inotify: Inotify,
+    mountinfo: std::fs::File,
+    inbox: WatcherInbox,
+}
+
+const DIR_EVENTS: WatchMask = WatchMask::CREATE
+    .union(WatchMask::DELETE)
+    .union(WatchMask::MOVED_FROM)
+    .union(WatchMask::MOVED_TO)
+    .union(WatchMask::DELETE_SELF)
+    .union(WatchMask::MOVE_SELF)
+    .union(WatchMask::ONLYDIR);
+
+impl Watcher {
+    fn run(&mut self) {
+        // Watches first, then the scan: a directory created in between is still seen.
+        self.rescan("start");
+        let mut events = vec![0u8; 64 * 1024];
+        loop {
+            let mut fds = [
+                libc::pollfd { fd: self.inotify.as_fd().as_raw_fd(), events: libc::POLLIN, revents: 0 },
+                libc::pollfd { fd: self.mountinfo.as_raw_fd(), events: libc::POLLPRI, revents: 0 },
+                libc::pollfd { fd: self.inbox.wake.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            ];
+            // SAFETY: three valid pollfds; -1 waits for an event, no timer.
+            let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+            if ready < 0 {
+                if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                tracing::error!(error = %io::Error::last_os_error(), "volume watcher stopped");
+                return;
+            }
+            let mut reason = "inotify";
+            if fds[0].revents != 0 {
+                while self.inotify.read_events(&mut events).is_ok_and(|batch| batch.count() > 0) {}
+            }
+            if fds[1].revents != 0 {
+                // Re-reading resets the POLLPRI condition (proc(5)).
+                let mut text = String::new();
+                let _ = self.mountinfo.rewind().and_then(|_| self.mountinfo.read_to_string(&mut text));
+                reason = "mount table";
+            }
+            if fds[2].revents != 0 {
+                let mut drain = [0u8; 64];
+                while matches!((&self.inbox.wake).read(&mut drain), Ok(read) if read > 0) {}
+                while let Ok(event) = self.inbox.receiver.try_recv() {
+                    match event {
+                        WatchEvent::Stop => return,
+                        WatchEvent::Sources(sources) => {
+                            self.sources = sources;
+                            reason = "configuration";
+                        }
+                        WatchEvent::Rescan(why) => reason = why,
+                    }
+                }
+            }
+            self.rescan(reason);
+        }
+    }
+
+    fn watch(&mut self, path: &Path) {
+        // Re-adding is cheap and follows the path to whatever is mounted there now.
+        let _ = self.inotify.watches().add(path, DIR_EVENTS);
+    }
+
+    fn rescan(&mut self, reason: &str) {
+        for root in self.sources.roots.clone() {
+            self.watch(&root);
+            for dir in discovery::root_subdirectories(&root) {
+                self.watch(&dir);
+            }
+        }
+        for (root, _) in self.sources.fixed.clone() {
+            if let Some(parent) = root.parent() {
+                self.watch(parent);
+            }
+            self.watch(&root);
+        }
+        let mounts = read_mountinfo().unwrap_or_default();
+        if self.sources.discover_mounts {
+            // A drive usually arrives with its keep dir (mount table event); a fresh one
+            // gets it by mkdir, seen through a watch on its mount point.
+            for mount in mounts.iter().filter(|mount| mount.mount_point != Path::new("/")) {
+                self.watch(&mount.mount_point);
+            }
+        }
+        let candidates = discovery::candidates(&self.sources, &mounts);
+        let state = self.node.state();
+        let current = state.volumes.all();
+        let mut next: Vec<Arc<Volume>> = Vec::new();
+        for candidate in &candidates {
+            let device = std::fs::metadata(&candidate.root).map(|metadata| metadata.dev()).ok();
+            let same = current.iter().find(|volume| {
+                volume.root == candidate.root && Some(volume.device) == device && volume.options == candidate.options
+            });
+            match same {
+                Some(volume) => next.push(volume.clone()),
+                None => match open_candidate(candidate, &next) {
+                    Ok(volume) => next.push(volume),
+                    Err(error) => tracing::warn!(path = %candidate.root.display(), error = %error, "cannot use volume"),
+                },
+            }
+        }
+        let unchanged = next.len() == current.len() && next.iter().all(|volume| current.iter().any(|old| Arc::ptr_eq(old, volume)));
+        if unchanged {
+            return;
+        }
+        for old in current.iter().filter(|old| !next.iter().any(|volume| Arc::ptr_eq(old, volume))) {
+            tracing::info!(
+                target: "keepring::lifecycle",
+                volume = %old.uuid,
+                path = %old.root.display(),
+                reason,
+                "volume removed"
+            );
+        }
+        let mut updated = (*state).clone();
+        updated.volumes = VolumeSet::from_shared(next);
+        self.node.publish(updated);
+    }
+}

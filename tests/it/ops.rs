@@ -1,0 +1,647 @@
+//! Operations endpoints and their background workers (keep-protocol.md §3.3, §3.5, §3.7,
+//! §6; keepstore-observed.md "Admin / misc" and "/metrics families"): DELETE and untrash,
+//! trash lists (exact mtime, signing TTL, lifetime 0), the empty-trash sweep, pull lists
+//! between two keepring processes, read-only volumes, `/metrics`, and GET latency while a
+//! large trash list is worked off the cores. Every check looks at the files on disk.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::support::client::eventually;
+use crate::support::*;
+
+/// Older than the default blob signing TTL (14 days).
+const OLD_AGE: Duration = Duration::from_secs(15 * 24 * 3600);
+/// How long a background worker gets to act on a list in these tests.
+const WORKER_WITHIN: Duration = Duration::from_secs(20);
+
+fn root_request(request: Request) -> Request {
+    request.token(ROOT_TOKEN)
+}
+
+fn set_mtime(path: &Path, time: SystemTime) {
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap_or_else(|error| panic!("open {}: {error}", path.display()))
+        .set_modified(time)
+        .expect("set mtime");
+}
+
+fn mtime_ns(path: &Path) -> i64 {
+    let modified = std::fs::metadata(path).expect("stat").modified().expect("mtime");
+    modified.duration_since(UNIX_EPOCH).expect("after 1970").as_nanos() as i64
+}
+
+/// Stores `data` through the server on volume 0 and makes it look `OLD_AGE` old.
+fn old_block(server: &TestServer, data: &[u8]) -> (String, String) {
+    server.put_block(data);
+    let hash = md5_hex(data);
+    set_mtime(&block_path(server.volume(0), &hash), SystemTime::now() - OLD_AGE);
+    (hash.clone(), format!("{hash}+{}", data.len()))
+}
+
+/// `(name, deadline)` of each `<hash>.trash.<deadline>` file beside the block.
+fn trash_files(volume: &Path, hash: &str) -> Vec<(String, u64)> {
+    block_dir_entries(volume, hash)
+        .into_iter()
+        .filter_map(|name| {
+            let deadline = name.strip_prefix(&format!("{hash}.trash."))?.parse().ok()?;
+            Some((name, deadline))
+        })
+        .collect()
+}
+
+fn index_text(server: &TestServer) -> String {
+    let response = server.request(root_request(Request::get("/index")));
+    assert_eq!(response.status, 200, "{}", response.summary());
+    response.text()
+}
+
+fn put_list(server: &TestServer, target: &str, json: &str) -> Response {
+    server.request(root_request(Request::put(target, json.as_bytes())))
+}
+
+/// Metrics as `series → value`, where series is `name{labels}` exactly as printed.
+/// Asserts that every line is a comment or `name{labels} value`.
+fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
+    let mut series = BTreeMap::new();
+    for line in text.lines() {
+        if line.starts_with('#') {
+            assert!(
+                line.starts_with("# HELP ") || line.starts_with("# TYPE "),
+                "bad comment {line:?}"
+            );
+            continue;
+        }
+        let (name, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad line {line:?}"));
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        let bare = name.split('{').next().unwrap_or_default();
+        assert!(
+            !bare.is_empty()
+                && bare
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':'),
+            "bad metric name in {line:?}"
+        );
+        if let Some(labels) = name.strip_prefix(bare) {
+            assert!(
+                labels.is_empty() || (labels.starts_with('{') && labels.ends_with('}')),
+                "bad labels in {line:?}"
+            );
+        }
+        series.insert(name.to_string(), value);
+    }
+    series
+}
+
+fn metrics(server: &TestServer) -> BTreeMap<String, f64> {
+    let response = server.request(Request::get("/metrics"));
+    assert_eq!(response.status, 200, "{}", response.summary());
+    parse_metrics(&response.text())
+}
+
+/// Sum of every series of `family` whose labels contain all of `labels`.
+fn metric_sum(series: &BTreeMap<String, f64>, family: &str, labels: &[&str]) -> f64 {
+    series
+        .iter()
+        .filter(|(name, _)| name.split('{').next() == Some(family))
+        .filter(|(name, _)| labels.iter().all(|label| name.contains(label)))
+        .map(|(_, value)| value)
+        .sum()
+}
+
+/// Waits until both queues of `which` (`trash` or `pull`) are empty and idle.
+fn wait_queue_idle(server: &TestServer, which: &str) {
+    let pending = format!("arvados_keepstore_{which}_queue_pending_entries");
+    let busy = format!("arvados_keepstore_{which}_queue_inprogress_entries");
+    let idle = eventually(WORKER_WITHIN, || {
+        let series = metrics(server);
+        series.get(&pending) == Some(&0.0) && series.get(&busy) == Some(&0.0)
+    });
+    assert!(idle, "{which} queue did not drain within {WORKER_WITHIN:?}");
+}
+
+#[test]
+fn delete_of_an_old_block_trashes_it_with_its_deadline_and_untrash_brings_it_back() {
+    let server = ServerBuilder::new().arg("--trash-lifetime-secs").arg("3600").start();
+    let data = b"old enough to trash";
+    let (hash, locator) = old_block(&server, data);
+
+    let before = now_secs();
+    let response = server.request(root_request(Request::new("DELETE", &format!("/{locator}"))));
+    assert_eq!(response.status, 200, "{}", response.summary());
+    assert!(response.body.is_empty(), "{}", response.summary());
+    let trashed = trash_files(server.volume(0), &hash);
+    assert_eq!(trashed.len(), 1, "{:?}", block_dir_entries(server.volume(0), &hash));
+    assert!(
+        (before + 3600..=now_secs() + 3600).contains(&trashed[0].1),
+        "deadline {} should be now + 3600",
+        trashed[0].1
+    );
+    assert!(!block_path(server.volume(0), &hash).exists());
+    assert_eq!(server.get(&signed_locator_for(data)).status, 404);
+    assert!(!index_text(&server).contains(&hash), "a trashed block is not indexed");
+
+    let untrash = format!("/untrash/{locator}");
+    let response = server.request(root_request(Request::put(&untrash, b"")));
+    assert_eq!(response.status, 200, "{}", response.summary());
+    assert!(response.body.is_empty());
+    assert_eq!(block_dir_entries(server.volume(0), &hash), [hash.clone()]);
+    let read = server.get(&signed_locator_for(data));
+    assert_eq!((read.status, read.body.as_slice()), (200, &data[..]));
+    assert!(index_text(&server).contains(&locator));
+
+    let again = server.request(root_request(Request::put(&untrash, b"")));
+    assert_eq!(again.status, 404, "nothing left to untrash: {}", again.summary());
+    assert_eq!(again.text(), "file does not exist\n");
+}
+
+#[test]
+fn delete_of_a_young_block_is_200_and_trashes_nothing_and_missing_blocks_are_404() {
+    let server = TestServer::start();
+    let data = b"young block";
+    let locator = server.put_block(data);
+    let hash = md5_hex(data);
+    let unsigned = format!("{hash}+{}", data.len());
+    let response = server.request(root_request(Request::new("DELETE", &format!("/{unsigned}"))));
+    assert_eq!(response.status, 200, "{}", response.summary());
+    assert_eq!(block_dir_entries(server.volume(0), &hash), [hash.clone()]);
+    assert_eq!(server.get(&locator).status, 200);
+
+    let missing = format!("/{}+3", md5_hex(b"abc"));
+    let response = server.request(root_request(Request::new("DELETE", &missing)));
+    assert_eq!(response.status, 404, "{}", response.summary());
+    let response = server.request(root_request(Request::put(&format!("/untrash{missing}"), b"")));
+    assert_eq!(response.status, 404, "{}", response.summary());
+}
+
+#[test]
+fn delete_with_trash_lifetime_zero_unlinks_at_once() {
+    let server = ServerBuilder::new().arg("--trash-lifetime-secs").arg("0").start();
+    let (hash, locator) = old_block(&server, b"delete me now");
+    let response = server.request(root_request(Request::new("DELETE", &format!("/{locator}"))));
+    assert_eq!(response.status, 200, "{}", response.summary());
+    assert!(
+        block_dir_entries(server.volume(0), &hash).is_empty(),
+        "no trash file either"
+    );
+    let response = server.request(root_request(Request::put(&format!("/untrash/{locator}"), b"")));
+    assert_eq!(response.status, 404, "{}", response.summary());
+}
+
+#[test]
+fn delete_is_405_when_blob_trash_is_off() {
+    let server = ServerBuilder::new().arg("--no-blob-trash").start();
+    let (hash, locator) = old_block(&server, b"keep me");
+    let response = server.request(root_request(Request::new("DELETE", &format!("/{locator}"))));
+    assert_eq!(response.status, 405, "{}", response.summary());
+    assert_eq!(block_dir_entries(server.volume(0), &hash), [hash.clone()]);
+}
+
+#[test]
+fn trash_list_trashes_only_old_blocks_whose_mtime_matches_exactly() {
+    let server = TestServer::start();
+    let (exact_hash, exact) = old_block(&server, b"exact mtime");
+    let (wrong_hash, wrong) = old_block(&server, b"wrong mtime");
+    server.put_block(b"young");
+    let young_hash = md5_hex(b"young");
+    let volume = server.volume(0);
+    let list = format!(
+        r#"[{{"locator":"{exact}","block_mtime":{},"mount_uuid":""}},
+            {{"locator":"{wrong}","block_mtime":{}}},
+            {{"locator":"{young_hash}+5","block_mtime":{}}}]"#,
+        mtime_ns(&block_path(volume, &exact_hash)),
+        mtime_ns(&block_path(volume, &wrong_hash)) + 1,
+        mtime_ns(&block_path(volume, &young_hash)),
+    );
+    let response = put_list(&server, "/trash", &list);
+    assert_eq!(response.status, 200, "{}", response.summary());
+    assert!(response.body.is_empty());
+    assert!(
+        eventually(WORKER_WITHIN, || trash_files(volume, &exact_hash).len() == 1),
+        "the exact-mtime block was not trashed: {:?}",
+        block_dir_entries(volume, &exact_hash)
+    );
+    assert!(!block_path(volume, &exact_hash).exists());
+    wait_queue_idle(&server, "trash");
+    assert_eq!(
+        block_dir_entries(volume, &wrong_hash),
+        [wrong_hash.clone()],
+        "wrong mtime"
+    );
+    assert_eq!(
+        block_dir_entries(volume, &young_hash),
+        [young_hash.clone()],
+        "too young"
+    );
+}
+
+#[test]
+fn trash_list_with_lifetime_zero_unlinks_and_bad_lists_are_refused() {
+    let server = ServerBuilder::new().arg("--trash-lifetime-secs").arg("0").start();
+    let (hash, locator) = old_block(&server, b"unlink via list");
+    let list = format!(
+        r#"[{{"locator":"{locator}","block_mtime":{}}}]"#,
+        mtime_ns(&block_path(server.volume(0), &hash))
+    );
+    assert_eq!(put_list(&server, "/trash", &list).status, 200);
+    assert!(
+        eventually(WORKER_WITHIN, || block_dir_entries(server.volume(0), &hash).is_empty()),
+        "{:?}",
+        block_dir_entries(server.volume(0), &hash)
+    );
+    // keepstore 3.2.1 answers a list that is not JSON with 500 and the decoder's message.
+    for target in ["/trash", "/pull"] {
+        let response = put_list(&server, target, "[{nope");
+        assert_eq!(response.status, 500, "{target}: {}", response.summary());
+        assert!(response.text().ends_with('\n') && response.text().len() > 1);
+        assert_eq!(put_list(&server, target, "[]").status, 200, "{target} []");
+    }
+}
+
+#[test]
+fn empty_trash_sweep_deletes_expired_trash_and_keeps_the_rest() {
+    let server = ServerBuilder::new()
+        .arg("--trash-check-interval-secs")
+        .arg("1")
+        .arg("--trash-lifetime-secs")
+        .arg("2")
+        .start();
+    let volume = server.volume(0).to_path_buf();
+    let (hash, locator) = old_block(&server, b"trash that expires");
+    let response = server.request(root_request(Request::new("DELETE", &format!("/{locator}"))));
+    assert_eq!(response.status, 200, "{}", response.summary());
+    let trashed = trash_files(&volume, &hash);
+    assert_eq!(trashed.len(), 1, "{:?}", block_dir_entries(&volume, &hash));
+    let deadline = trashed[0].1;
+
+    // Hand-made trash: one long expired, one far in the future.
+    let expired = md5_hex(b"expired");
+    let future = md5_hex(b"future");
+    write_block_file(&volume, &expired, b"x");
+    std::fs::rename(
+        block_path(&volume, &expired),
+        volume.join(&expired[..3]).join(format!("{expired}.trash.1000")),
+    )
+    .unwrap();
+    write_block_file(&volume, &future, b"x");
+    let future_name = format!("{future}.trash.{}", now_secs() + 3600);
+    std::fs::rename(
+        block_path(&volume, &future),
+        volume.join(&future[..3]).join(&future_name),
+    )
+    .unwrap();
+
+    assert!(
+        eventually(WORKER_WITHIN, || trash_files(&volume, &hash).is_empty()),
+        "trash past its deadline was not deleted"
+    );
+    assert!(now_secs() >= deadline, "trash deleted before its deadline {deadline}");
+    assert!(
+        trash_files(&volume, &expired).is_empty(),
+        "expired hand-made trash deleted"
+    );
+    assert_eq!(
+        block_dir_entries(&volume, &future),
+        [future_name],
+        "unexpired trash kept"
+    );
+    let response = server.request(root_request(Request::put(&format!("/untrash/{locator}"), b"")));
+    assert_eq!(response.status, 404, "{}", response.summary());
+}
+
+fn base_url(server: &TestServer) -> String {
+    format!("http://{}", server.addr)
+}
+
+fn volume_uuid(volume: &Path) -> String {
+    std::fs::read_to_string(volume.join(VOLUME_UUID_FILE))
+        .expect("uuid file")
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn pull_list_copies_blocks_from_another_keepring_onto_the_asked_volume() {
+    let source = TestServer::start();
+    let puller = ServerBuilder::new().volumes(2).start();
+    let first = test_bytes(61, 100_000);
+    let second = b"second pulled block".to_vec();
+    source.put_block(&first);
+    source.put_block(&second);
+    let (first_hash, second_hash) = (md5_hex(&first), md5_hex(&second));
+    assert!(puller.volumes_holding(&first_hash).is_empty());
+    let target_uuid = volume_uuid(puller.volume(1));
+    let list = format!(
+        r#"[{{"locator":"{first_hash}+{}","servers":["http://127.0.0.1:9","{}"],"mount_uuid":""}},
+            {{"locator":"{second_hash}+{}","servers":["{}"],"mount_uuid":"{target_uuid}"}}]"#,
+        first.len(),
+        base_url(&source),
+        second.len(),
+        base_url(&source),
+    );
+    let response = put_list(&puller, "/pull", &list);
+    assert_eq!(response.status, 200, "{}", response.summary());
+    assert!(response.body.is_empty());
+    assert!(
+        eventually(WORKER_WITHIN, || puller.volumes_holding(&second_hash) == [1]),
+        "second block not pulled onto volume 1: {:?}",
+        puller.volumes_holding(&second_hash)
+    );
+    assert!(eventually(WORKER_WITHIN, || puller.volumes_holding(&first_hash).len() == 1));
+    for (hash, data) in [(&first_hash, &first), (&second_hash, &second)] {
+        let volume = puller.volumes_holding(hash)[0];
+        assert_eq!(&std::fs::read(block_path(puller.volume(volume), hash)).unwrap(), data);
+        let read = puller.get(&signed_locator_for(data));
+        assert_eq!(read.status, 200, "{}", read.summary());
+        assert_eq!(&read.body, data);
+        let leftovers: Vec<String> = block_dir_entries(puller.volume(volume), hash)
+            .into_iter()
+            .filter(|name| name != hash)
+            .collect();
+        assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
+    }
+}
+
+#[test]
+fn pull_of_a_block_no_server_has_stores_nothing_and_unsized_lists_are_400() {
+    let source = TestServer::start();
+    let puller = TestServer::start();
+    let hash = md5_hex(b"nobody has this");
+    let list = format!(r#"[{{"locator":"{hash}+15","servers":["{}"]}}]"#, base_url(&source));
+    assert_eq!(put_list(&puller, "/pull", &list).status, 200);
+    wait_queue_idle(&puller, "pull");
+    assert!(puller.volumes_holding(&hash).is_empty());
+    assert!(
+        block_dir_entries(puller.volume(0), &hash).is_empty(),
+        "no temp file left"
+    );
+
+    let bare_hash = format!(r#"[{{"locator":"{hash}","servers":["{}"]}}]"#, base_url(&source));
+    let response = put_list(&puller, "/pull", &bare_hash);
+    assert_eq!(response.status, 400, "{}", response.summary());
+    assert_eq!(
+        response.text(),
+        "rejecting pull list containing a locator without a size hint -- this probably means \
+         keep-balance needs to be upgraded\n"
+    );
+}
+
+#[test]
+fn metrics_need_the_management_token_and_have_no_cors_or_request_id() {
+    let server = ServerBuilder::new().management_token().start();
+    let none = server.request(Request::get("/metrics"));
+    assert_eq!((none.status, none.text().as_str()), (401, "Unauthorized\n"));
+    let wrong = server.request(Request::get("/metrics").token(ROOT_TOKEN));
+    assert_eq!((wrong.status, wrong.text().as_str()), (403, "Forbidden\n"));
+    let ok = server.request(Request::get("/metrics").token(MANAGEMENT_TOKEN));
+    assert_eq!(ok.status, 200, "{}", ok.summary());
+    assert_eq!(
+        ok.header("Content-Type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    for response in [&none, &wrong, &ok] {
+        assert_eq!(response.header("X-Request-Id"), None, "{}", response.summary());
+        assert_eq!(
+            response.header("Access-Control-Allow-Origin"),
+            None,
+            "{}",
+            response.summary()
+        );
+    }
+    parse_metrics(&ok.text());
+}
+
+#[test]
+fn metrics_families_are_present_and_counters_grow_with_requests() {
+    let server = TestServer::start();
+    let families = [
+        "keepring_requests_total",
+        "request_duration_seconds",
+        "keepring_request_duration_seconds",
+        "keepring_http_bytes_total",
+        "arvados_keepstore_bufferpool_allocated_bytes",
+        "arvados_keepstore_bufferpool_max_buffers",
+        "arvados_keepstore_bufferpool_inuse_buffers",
+        "arvados_keepstore_volume_operations",
+        "arvados_keepstore_volume_errors",
+        "arvados_keepstore_volume_io_bytes",
+        "keepring_volume_free_bytes",
+        "arvados_keepstore_trash_queue_pending_entries",
+        "arvados_keepstore_trash_queue_inprogress_entries",
+        "arvados_keepstore_pull_queue_pending_entries",
+        "arvados_keepstore_pull_queue_inprogress_entries",
+        "keepring_draining",
+        "arvados_version_running",
+    ];
+    let text = server.request(Request::get("/metrics")).text();
+    for family in families {
+        assert!(
+            text.contains(&format!("# TYPE {family} ")),
+            "family {family} missing:\n{text}"
+        );
+    }
+    let before = parse_metrics(&text);
+    assert_eq!(before.get("keepring_draining"), Some(&0.0));
+    assert!(metric_sum(&before, "keepring_volume_free_bytes", &[]) > 0.0);
+
+    let data = test_bytes(62, 4096);
+    let locator = server.put_block(&data);
+    for _ in 0..3 {
+        assert_eq!(server.get(&locator).status, 200);
+    }
+    assert_eq!(server.get(&signed_locator_for(b"absent")).status, 404);
+    let after = metrics(&server);
+    let get_200 = "keepring_requests_total{method=\"GET\",code=\"200\"}";
+    // Three block GETs, plus the first scrape (counted once its response has left).
+    let delta = after.get(get_200).copied().unwrap_or(0.0) - before.get(get_200).copied().unwrap_or(0.0);
+    assert!((3.0..=4.0).contains(&delta), "GET 200 count grew by {delta}");
+    assert!(after.get("keepring_requests_total{method=\"GET\",code=\"404\"}") >= Some(&1.0));
+    assert!(after.get("keepring_requests_total{method=\"PUT\",code=\"200\"}") >= Some(&1.0));
+    let grew = |family: &str, labels: &[&str], by: f64| {
+        let delta = metric_sum(&after, family, labels) - metric_sum(&before, family, labels);
+        assert!(delta >= by, "{family} {labels:?} grew by {delta}, expected ≥ {by}");
+    };
+    grew("keepring_http_bytes_total", &["direction=\"out\""], 3.0 * 4096.0);
+    grew("keepring_http_bytes_total", &["direction=\"in\""], 4096.0);
+    grew("keepring_request_duration_seconds_count", &[], 5.0);
+    grew("request_duration_seconds_count", &["method=\"get\""], 4.0);
+    grew("arvados_keepstore_volume_operations", &["operation=\"read\""], 3.0);
+    grew("arvados_keepstore_volume_operations", &["operation=\"write\""], 1.0);
+    grew(
+        "arvados_keepstore_volume_io_bytes",
+        &["direction=\"out\""],
+        3.0 * 4096.0,
+    );
+    grew("arvados_keepstore_volume_io_bytes", &["direction=\"in\""], 4096.0);
+}
+
+/// A config file that adds a read-only volume (`ReadOnly: true`) at `root`.
+fn read_only_config(dir: &Path, uuid: &str, root: &Path) -> PathBuf {
+    let path = dir.join("config.yml");
+    let text = format!(
+        "Clusters:\n  zzzzz:\n    Volumes:\n      {uuid}:\n        Driver: Directory\n        \
+         DriverParameters: {{Root: {}}}\n        ReadOnly: true\n",
+        root.display()
+    );
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+#[test]
+fn read_only_volumes_serve_reads_and_refuse_writes_trash_and_untrash() {
+    let builder = ServerBuilder::new();
+    let read_only = builder.temp_path().join("ro");
+    let uuid = "zzzzz-nyw5e-readonly0000000";
+    let data = b"on a read-only volume";
+    let hash = md5_hex(data);
+    write_block_file(&read_only, &hash, data);
+    set_mtime(&block_path(&read_only, &hash), SystemTime::now() - OLD_AGE);
+    let stored_mtime = mtime_ns(&block_path(&read_only, &hash));
+    let trashed = md5_hex(b"trashed there");
+    write_block_file(&read_only, &trashed, b"trashed there");
+    std::fs::rename(
+        block_path(&read_only, &trashed),
+        read_only
+            .join(&trashed[..3])
+            .join(format!("{trashed}.trash.99999999999")),
+    )
+    .unwrap();
+    let config = read_only_config(builder.temp_path(), uuid, &read_only);
+    let server = builder.arg("--config").arg(config.to_str().unwrap()).start();
+
+    let read = server.get(&signed_locator_for(data));
+    assert_eq!(
+        (read.status, read.body.as_slice()),
+        (200, &data[..]),
+        "{}",
+        read.summary()
+    );
+    assert!(index_text(&server).contains(&hash));
+    let locator = format!("{hash}+{}", data.len());
+    let delete = server.request(root_request(Request::new("DELETE", &format!("/{locator}"))));
+    assert_eq!(
+        delete.status,
+        404,
+        "no trash-allowed volume has it: {}",
+        delete.summary()
+    );
+    let list = format!(r#"[{{"locator":"{locator}","block_mtime":{stored_mtime},"mount_uuid":"{uuid}"}}]"#);
+    assert_eq!(put_list(&server, "/trash", &list).status, 200);
+    wait_queue_idle(&server, "trash");
+    assert_eq!(
+        block_dir_entries(&read_only, &hash),
+        [hash.clone()],
+        "read-only block kept"
+    );
+    let untrash = server.request(root_request(Request::put(&format!("/untrash/{trashed}+13"), b"")));
+    assert_eq!(untrash.status, 404, "{}", untrash.summary());
+    assert!(!block_path(&read_only, &trashed).exists());
+
+    let touch = server.request(root_request(Request::new("TOUCH", &format!("/{locator}"))));
+    assert_eq!(
+        touch.status,
+        404,
+        "TOUCH only touches writable volumes: {}",
+        touch.summary()
+    );
+    let fresh = b"new block";
+    server.put_block(fresh);
+    assert!(
+        !block_path(&read_only, &md5_hex(fresh)).exists(),
+        "PUT wrote to a read-only volume"
+    );
+    let pull = format!(
+        r#"[{{"locator":"{}+9","servers":["{}"],"mount_uuid":"{uuid}"}}]"#,
+        md5_hex(fresh),
+        base_url(&server)
+    );
+    assert_eq!(put_list(&server, "/pull", &pull).status, 200);
+    wait_queue_idle(&server, "pull");
+    assert!(
+        !block_path(&read_only, &md5_hex(fresh)).exists(),
+        "pulled onto a read-only volume"
+    );
+}
+
+fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+fn timed_get(conn: &mut crate::support::client::Conn, locator: &str) -> Duration {
+    let started = Instant::now();
+    let response = conn.request(&Request::get(&format!("/{locator}")).token(USER_TOKEN));
+    let elapsed = started.elapsed();
+    assert_eq!(response.status, 200, "{}", response.summary());
+    elapsed
+}
+
+#[test]
+fn gets_keep_their_latency_while_a_large_trash_list_is_processed() {
+    const BLOCKS: usize = 20_000;
+    let builder = ServerBuilder::new().arg("--workers").arg("2");
+    let volume = builder.volume(0).to_path_buf();
+    let old = SystemTime::now() - OLD_AGE;
+    let mut items = Vec::with_capacity(BLOCKS);
+    for index in 0..BLOCKS {
+        let data = format!("garbage block {index}");
+        let hash = md5_hex(data.as_bytes());
+        write_block_file(&volume, &hash, data.as_bytes());
+        let path = block_path(&volume, &hash);
+        set_mtime(&path, old);
+        items.push(format!(
+            r#"{{"locator":"{hash}+{}","block_mtime":{}}}"#,
+            data.len(),
+            mtime_ns(&path)
+        ));
+    }
+    let server = builder.start();
+    let data = test_bytes(63, 64 * 1024);
+    let locator = server.put_block(&data);
+    let mut conn = server.conn();
+    for _ in 0..20 {
+        timed_get(&mut conn, &locator);
+    }
+    let baseline = median((0..200).map(|_| timed_get(&mut conn, &locator)).collect());
+
+    let list = format!("[{}]", items.join(","));
+    let response = put_list(&server, "/trash", &list);
+    assert_eq!(response.status, 200, "{}", response.summary());
+    let mut during = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        for _ in 0..25 {
+            during.push(timed_get(&mut conn, &locator));
+        }
+        let series = metrics(&server);
+        let busy = series["arvados_keepstore_trash_queue_pending_entries"]
+            + series["arvados_keepstore_trash_queue_inprogress_entries"];
+        if busy == 0.0 || Instant::now() > deadline {
+            break;
+        }
+    }
+    wait_queue_idle(&server, "trash");
+    let trashed = std::fs::read_dir(&volume)
+        .unwrap()
+        .filter_map(|dir| std::fs::read_dir(dir.ok()?.path()).ok())
+        .flatten()
+        .filter(|entry| {
+            entry
+                .as_ref()
+                .is_ok_and(|entry| entry.file_name().to_string_lossy().contains(".trash."))
+        })
+        .count();
+    assert_eq!(trashed, BLOCKS, "every listed block is trashed");
+    let during_median = median(during.clone());
+    eprintln!(
+        "GET median: {baseline:?} before, {during_median:?} while trashing {BLOCKS} blocks ({} samples)",
+        during.len()
+    );
+    assert!(
+        during_median <= baseline * 3 + Duration::from_millis(2),
+        "GET median {during_median:?} while trashing vs {baseline:?} before"
+    );
+}
