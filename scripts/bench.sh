@@ -368,7 +368,8 @@ measure() {
             rps = d > 0 ? n / d : 0
             cpu_us = ticks * 1e6 / hz
             per = (n > 0 && beside != "get_4k_beside_64m") ? sprintf("%.2f", cpu_us / n) : ""
-            printf "%.1f,%.1f,%s,%.1f", rps, rps * b / 1e6, per, d > 0 ? cpu_us / (d * 1e6) * 100 : 0
+            pct = d > 0 ? cpu_us / (d * 1e6) * 100 : 0
+            printf "%.1f,%.1f,%s,%.1f", rps, rps * b / 1e6, per, pct
         }')
     IFS=, read -r rps mbs per_req cpu_pct <<<"$row"
     echo "$case,$workers,$server,$round,$conns,${R[requests]},${R[errors]},${R[duration_s]},$rps,$mbs,${R[p50_ms]},${R[p99_ms]},$per_req,$cpu_pct,$beside_mbs" >>"$csv"

@@ -110,7 +110,12 @@ pub fn parse(text: &str) -> Result<ClusterSettings, String> {
     let internal_url = cluster.services.keepstore.internal_urls.keys().next().cloned();
     let listen = internal_url.as_deref().map(url_address).transpose()?;
     let non_empty = |text: String| (!text.is_empty()).then_some(text);
-    let blob_signing_ttl_secs = cluster.collections.blob_signing_ttl.as_deref().map(parse_duration_secs).transpose()?;
+    let blob_signing_ttl_secs = cluster
+        .collections
+        .blob_signing_ttl
+        .as_deref()
+        .map(parse_duration_secs)
+        .transpose()?;
     let mut volumes = Vec::new();
     for (uuid, entry) in cluster.volumes {
         if entry.driver != "Directory" {
@@ -124,10 +129,17 @@ pub fn parse(text: &str) -> Result<ClusterSettings, String> {
         if !entry.driver_parameters.root.starts_with('/') {
             return Err(format!("volume {uuid}: DriverParameters.Root must be an absolute path"));
         }
-        let mut classes: Vec<String> =
-            entry.storage_classes.iter().filter(|(_, enabled)| **enabled).map(|(class, _)| class.clone()).collect();
-        let priority =
-            classes.iter().filter_map(|class| cluster.storage_classes.get(class)).map(|class| class.priority).max();
+        let mut classes: Vec<String> = entry
+            .storage_classes
+            .iter()
+            .filter(|(_, enabled)| **enabled)
+            .map(|(class, _)| class.clone())
+            .collect();
+        let priority = classes
+            .iter()
+            .filter_map(|class| cluster.storage_classes.get(class))
+            .map(|class| class.priority)
+            .max();
         if classes.is_empty() {
             classes.push("default".into());
         }
@@ -176,7 +188,9 @@ pub fn parse_duration_secs(text: &str) -> Result<u64, String> {
         let number_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(bad)?;
         let value: f64 = rest[..number_len].parse().map_err(|_| bad())?;
         rest = &rest[number_len..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
         let scale = match &rest[..unit_len] {
             "h" => 3600.0,
             "m" => 60.0,
@@ -237,7 +251,10 @@ Clusters:
         let settings = parse(EXAMPLE).unwrap();
         assert_eq!(settings.cluster_id, "zzzzz");
         assert_eq!(settings.listen, Some("127.0.0.1:25107".parse().unwrap()));
-        assert_eq!(settings.signing_key.as_deref(), Some("signingKeyAlnum0123456789abcdefghijklmnop"));
+        assert_eq!(
+            settings.signing_key.as_deref(),
+            Some("signingKeyAlnum0123456789abcdefghijklmnop")
+        );
         assert!(settings.enforce_signatures);
         assert_eq!(settings.blob_signing_ttl_secs, Some(1_209_600));
         assert_eq!(settings.max_buffers, Some(16));
@@ -248,7 +265,10 @@ Clusters:
         assert_eq!(options.storage_classes, ["archive"]);
         assert_eq!(options.priority, 5);
         assert_eq!(settings.volumes[0].1.replication, 2);
-        assert_eq!(settings.volumes[0].1.uuid.as_deref(), Some("zzzzz-nyw5e-000000000000000"));
+        assert_eq!(
+            settings.volumes[0].1.uuid.as_deref(),
+            Some("zzzzz-nyw5e-000000000000000")
+        );
     }
 
     #[test]

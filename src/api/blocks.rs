@@ -184,7 +184,10 @@ pub async fn write(
         return Err(RequestError::InsufficientStorage);
     }
     // Volumes that failed recently sit out (they are retried after VOLUME_RETRY_MS).
-    let candidates: Vec<Arc<Volume>> = candidates.into_iter().filter(|volume| volume.accepts_writes()).collect();
+    let candidates: Vec<Arc<Volume>> = candidates
+        .into_iter()
+        .filter(|volume| volume.accepts_writes())
+        .collect();
     if candidates.is_empty() {
         return Err(RequestError::VolumeUnavailable);
     }

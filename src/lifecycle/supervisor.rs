@@ -100,7 +100,10 @@ fn open_volumes(config: &Config) -> Result<VolumeSet, StartError> {
 fn node_state(config: &Config, volumes: VolumeSet) -> NodeState {
     NodeState {
         volumes,
-        signing_key: config.signing_key.as_deref().map(|key| SigningKey::new(key, config.blob_signing_ttl_secs)),
+        signing_key: config
+            .signing_key
+            .as_deref()
+            .map(|key| SigningKey::new(key, config.blob_signing_ttl_secs)),
         enforce_signatures: config.enforce_signatures,
         system_root_token: config.system_root_token.clone(),
         management_token: config.management_token.clone(),
@@ -128,8 +131,12 @@ pub fn run(cli: Cli, config: Config) -> Result<u8, StartError> {
     let (watcher_handle, watcher_inbox) =
         watcher::channel().map_err(|error| StartError(format!("cannot set up the volume watcher: {error}")))?;
     let node = Arc::new(
-        Node::new(node_state(&config, volumes), budget.clone(), Some(watcher_handle.clone()))
-            .with_chore_settings(crate::chores::ChoreSettings::from_config(&config)),
+        Node::new(
+            node_state(&config, volumes),
+            budget.clone(),
+            Some(watcher_handle.clone()),
+        )
+        .with_chore_settings(crate::chores::ChoreSettings::from_config(&config)),
     );
     crate::chores::start(&node).map_err(|error| StartError(format!("cannot start the chore threads: {error}")))?;
     watcher::spawn(node.clone(), config.volume_sources.clone(), watcher_inbox)
@@ -194,8 +201,19 @@ pub fn run(cli: Cli, config: Config) -> Result<u8, StartError> {
             tracing::warn!(pid, error = %std::io::Error::last_os_error(), "could not signal --term-pid");
         }
     }
-    let reload = Reload { cli, running: config, watcher: watcher_handle };
-    Ok(serve_until_drained(signals, drain_sender, workers, control, &node, reload))
+    let reload = Reload {
+        cli,
+        running: config,
+        watcher: watcher_handle,
+    };
+    Ok(serve_until_drained(
+        signals,
+        drain_sender,
+        workers,
+        control,
+        &node,
+        reload,
+    ))
 }
 
 /// Duplicates of every listening socket, labelled with its address, for the hand-over.

@@ -63,7 +63,10 @@ impl Default for VolumeOptions {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl Volume {
@@ -82,7 +85,10 @@ impl Volume {
         let root = root.canonicalize()?;
         let metadata = std::fs::metadata(&root)?;
         if !metadata.is_dir() {
-            return Err(std::io::Error::new(std::io::ErrorKind::NotADirectory, "volume root is not a directory"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotADirectory,
+                "volume root is not a directory",
+            ));
         }
         let read_only = options.read_only || filesystem_is_read_only(&root);
         let device_id = format!("{}:{}", hostname(), root.display());
@@ -168,13 +174,19 @@ fn derived_uuid(device_id: &str) -> String {
     use md5::{Digest, Md5};
     const ALPHABET: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
     let digest = Md5::digest(device_id.as_bytes());
-    let suffix: String = digest.iter().take(15).map(|byte| ALPHABET[*byte as usize % 36] as char).collect();
+    let suffix: String = digest
+        .iter()
+        .take(15)
+        .map(|byte| ALPHABET[*byte as usize % 36] as char)
+        .collect();
     format!("{UUID_CLUSTER_PREFIX}-nyw5e-{suffix}")
 }
 
 fn filesystem_is_read_only(root: &Path) -> bool {
     use std::os::unix::ffi::OsStrExt;
-    let Ok(path) = std::ffi::CString::new(root.as_os_str().as_bytes()) else { return false };
+    let Ok(path) = std::ffi::CString::new(root.as_os_str().as_bytes()) else {
+        return false;
+    };
     // SAFETY: zeroed statvfs is a valid out-parameter; `path` is NUL-terminated.
     let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
     let result = unsafe { libc::statvfs(path.as_ptr(), &mut stats) };

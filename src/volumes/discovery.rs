@@ -77,12 +77,16 @@ pub struct Candidate {
 }
 
 fn is_dir(path: &Path) -> bool {
-    std::fs::metadata(path).map(|metadata| metadata.is_dir()).unwrap_or(false)
+    std::fs::metadata(path)
+        .map(|metadata| metadata.is_dir())
+        .unwrap_or(false)
 }
 
 /// Subdirectories of a volume root (the directories to watch for a `keep` appearing).
 pub fn root_subdirectories(root: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir(root) else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return Vec::new();
+    };
     let mut dirs: Vec<PathBuf> = entries
         .filter_map(Result::ok)
         .filter(|entry| !entry.file_name().to_string_lossy().starts_with('.'))
@@ -112,7 +116,10 @@ pub fn candidates(sources: &VolumeSources, mounts: &[Mount]) -> Vec<Candidate> {
     }
     if sources.discover_mounts {
         for mount in mounts.iter().filter(|mount| mount.mount_point != Path::new("/")) {
-            let options = VolumeOptions { read_only: mount.read_only, ..VolumeOptions::default() };
+            let options = VolumeOptions {
+                read_only: mount.read_only,
+                ..VolumeOptions::default()
+            };
             push(mount.mount_point.join(KEEP_DIR_NAME), options, "mount");
         }
     }
@@ -140,7 +147,10 @@ mod tests {
         std::fs::create_dir_all(dir.path().join("disk1/keep")).unwrap();
         std::fs::create_dir_all(dir.path().join("disk2")).unwrap();
         std::fs::create_dir_all(dir.path().join(".hidden/keep")).unwrap();
-        let sources = VolumeSources { roots: vec![dir.path().to_path_buf()], ..VolumeSources::default() };
+        let sources = VolumeSources {
+            roots: vec![dir.path().to_path_buf()],
+            ..VolumeSources::default()
+        };
         let found = candidates(&sources, &[]);
         assert_eq!(found.len(), 1);
         assert!(found[0].root.ends_with("disk1/keep"));
@@ -151,7 +161,10 @@ mod tests {
     fn mounts_with_keep_are_volumes_and_duplicates_collapse() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("m/keep")).unwrap();
-        let mounts = vec![Mount { mount_point: dir.path().join("m"), read_only: true }];
+        let mounts = vec![Mount {
+            mount_point: dir.path().join("m"),
+            read_only: true,
+        }];
         let sources = VolumeSources {
             fixed: vec![(dir.path().join("m/keep"), VolumeOptions::default())],
             discover_mounts: true,

@@ -35,7 +35,10 @@ mod tests {
     use std::path::PathBuf;
 
     fn volume(uuid: &str, priority: i64) -> Box<Volume> {
-        let options = VolumeOptions { priority, ..VolumeOptions::default() };
+        let options = VolumeOptions {
+            priority,
+            ..VolumeOptions::default()
+        };
         Box::new(Volume::unchecked(uuid, &PathBuf::from("/"), &options))
     }
 

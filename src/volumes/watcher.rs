@@ -47,7 +47,13 @@ pub fn channel() -> io::Result<(WatcherHandle, WatcherInbox)> {
     set_nonblocking(reader.as_raw_fd())?;
     set_nonblocking(writer.as_raw_fd())?;
     let (sender, receiver) = crossbeam_channel::bounded(INBOX_EVENTS_MAX);
-    Ok((WatcherHandle { sender, wake: Arc::new(writer) }, WatcherInbox { receiver, wake: reader }))
+    Ok((
+        WatcherHandle {
+            sender,
+            wake: Arc::new(writer),
+        },
+        WatcherInbox { receiver, wake: reader },
+    ))
 }
 
 fn set_nonblocking(fd: RawFd) -> io::Result<()> {
@@ -81,7 +87,10 @@ pub fn initial_scan(sources: &VolumeSources) -> Result<VolumeSet, String> {
         }
     }
     for (root, _) in &sources.fixed {
-        if !volumes.iter().any(|volume| root.canonicalize().ok().as_deref() == Some(volume.root.as_path())) {
+        if !volumes
+            .iter()
+            .any(|volume| root.canonicalize().ok().as_deref() == Some(volume.root.as_path()))
+        {
             return Err(format!("cannot use volume {}: not a directory", root.display()));
         }
     }
@@ -91,7 +100,10 @@ pub fn initial_scan(sources: &VolumeSources) -> Result<VolumeSet, String> {
 fn open_candidate(candidate: &Candidate, taken: &[Arc<Volume>]) -> io::Result<Arc<Volume>> {
     let volume = Volume::open(&candidate.root, &candidate.options)?;
     if taken.iter().any(|other| other.uuid == volume.uuid) {
-        return Err(io::Error::other(format!("volume UUID {} already served from another path", volume.uuid)));
+        return Err(io::Error::other(format!(
+            "volume UUID {} already served from another path",
+            volume.uuid
+        )));
     }
     tracing::info!(
         target: "keepring::lifecycle",
@@ -105,16 +117,26 @@ fn open_candidate(candidate: &Candidate, taken: &[Arc<Volume>]) -> io::Result<Ar
 }
 
 fn read_mountinfo() -> io::Result<Vec<discovery::Mount>> {
-    Ok(discovery::parse_mountinfo(&std::fs::read_to_string("/proc/self/mountinfo")?))
+    Ok(discovery::parse_mountinfo(&std::fs::read_to_string(
+        "/proc/self/mountinfo",
+    )?))
 }
 
 pub fn spawn(node: Arc<Node>, sources: VolumeSources, inbox: WatcherInbox) -> io::Result<std::thread::JoinHandle<()>> {
     let inotify = Inotify::init()?;
     let mountinfo = std::fs::File::open("/proc/self/mountinfo")?;
-    std::thread::Builder::new().name("keepring-volumes".into()).spawn(move || {
-        let mut watcher = Watcher { node, sources, inotify, mountinfo, inbox };
-        watcher.run();
-    })
+    std::thread::Builder::new()
+        .name("keepring-volumes".into())
+        .spawn(move || {
+            let mut watcher = Watcher {
+                node,
+                sources,
+                inotify,
+                mountinfo,
+                inbox,
+            };
+            watcher.run();
+        })
 }
 
 struct Watcher {
@@ -140,9 +162,21 @@ impl Watcher {
         let mut events = vec![0u8; 64 * 1024];
         loop {
             let mut fds = [
-                libc::pollfd { fd: self.inotify.as_fd().as_raw_fd(), events: libc::POLLIN, revents: 0 },
-                libc::pollfd { fd: self.mountinfo.as_raw_fd(), events: libc::POLLPRI, revents: 0 },
-                libc::pollfd { fd: self.inbox.wake.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+                libc::pollfd {
+                    fd: self.inotify.as_fd().as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: self.mountinfo.as_raw_fd(),
+                    events: libc::POLLPRI,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: self.inbox.wake.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
             ];
             // SAFETY: three valid pollfds; -1 waits for an event, no timer.
             let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
@@ -155,12 +189,19 @@ impl Watcher {
             }
             let mut reason = "inotify";
             if fds[0].revents != 0 {
-                while self.inotify.read_events(&mut events).is_ok_and(|batch| batch.count() > 0) {}
+                while self
+                    .inotify
+                    .read_events(&mut events)
+                    .is_ok_and(|batch| batch.count() > 0)
+                {}
             }
             if fds[1].revents != 0 {
                 // Re-reading resets the POLLPRI condition (proc(5)).
                 let mut text = String::new();
-                let _ = self.mountinfo.rewind().and_then(|_| self.mountinfo.read_to_string(&mut text));
+                let _ = self
+                    .mountinfo
+                    .rewind()
+                    .and_then(|_| self.mountinfo.read_to_string(&mut text));
                 reason = "mount table";
             }
             if fds[2].revents != 0 {
@@ -224,11 +265,17 @@ impl Watcher {
                 },
             }
         }
-        let unchanged = next.len() == current.len() && next.iter().all(|volume| current.iter().any(|old| Arc::ptr_eq(old, volume)));
+        let unchanged = next.len() == current.len()
+            && next
+                .iter()
+                .all(|volume| current.iter().any(|old| Arc::ptr_eq(old, volume)));
         if unchanged {
             return;
         }
-        for old in current.iter().filter(|old| !next.iter().any(|volume| Arc::ptr_eq(old, volume))) {
+        for old in current
+            .iter()
+            .filter(|old| !next.iter().any(|volume| Arc::ptr_eq(old, volume)))
+        {
             tracing::info!(
                 target: "keepring::lifecycle",
                 volume = %old.uuid,

@@ -349,7 +349,12 @@ fn background_admin_endpoints_check_root_token_then_answer_200() {
         assert!(root.body.is_empty(), "{what}: {}", root.summary());
     }
     let untrash = Request::put(&format!("/untrash/{locator}"), b"");
-    assert_unauthorized(&server.request(untrash.clone()), 401, "Unauthorized\n", "untrash no token");
+    assert_unauthorized(
+        &server.request(untrash.clone()),
+        401,
+        "Unauthorized\n",
+        "untrash no token",
+    );
     let root = server.request(untrash.token(ROOT_TOKEN));
     assert_eq!(root.status, 404, "nothing to untrash: {}", root.summary());
     assert_eq!(
@@ -364,7 +369,11 @@ fn metrics_answer_prometheus_text() {
     let server = ServerBuilder::new().management_token().start();
     let response = server.request(Request::get("/metrics").token(MANAGEMENT_TOKEN));
     assert_eq!(response.status, 200, "{}", response.summary());
-    assert!(response.text().contains("# TYPE arvados_keepstore_bufferpool_max_buffers gauge\n"));
+    let text = response.text();
+    assert!(
+        text.contains("# TYPE arvados_keepstore_bufferpool_max_buffers gauge\n"),
+        "{text}"
+    );
 }
 
 #[test]

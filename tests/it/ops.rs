@@ -148,7 +148,7 @@ fn delete_of_an_old_block_trashes_it_with_its_deadline_and_untrash_brings_it_bac
     let response = server.request(root_request(Request::put(&untrash, b"")));
     assert_eq!(response.status, 200, "{}", response.summary());
     assert!(response.body.is_empty());
-    assert_eq!(block_dir_entries(server.volume(0), &hash), [hash.clone()]);
+    assert_eq!(block_dir_entries(server.volume(0), &hash), [hash.as_str()]);
     let read = server.get(&signed_locator_for(data));
     assert_eq!((read.status, read.body.as_slice()), (200, &data[..]));
     assert!(index_text(&server).contains(&locator));
@@ -167,7 +167,7 @@ fn delete_of_a_young_block_is_200_and_trashes_nothing_and_missing_blocks_are_404
     let unsigned = format!("{hash}+{}", data.len());
     let response = server.request(root_request(Request::new("DELETE", &format!("/{unsigned}"))));
     assert_eq!(response.status, 200, "{}", response.summary());
-    assert_eq!(block_dir_entries(server.volume(0), &hash), [hash.clone()]);
+    assert_eq!(block_dir_entries(server.volume(0), &hash), [hash.as_str()]);
     assert_eq!(server.get(&locator).status, 200);
 
     let missing = format!("/{}+3", md5_hex(b"abc"));
@@ -197,7 +197,7 @@ fn delete_is_405_when_blob_trash_is_off() {
     let (hash, locator) = old_block(&server, b"keep me");
     let response = server.request(root_request(Request::new("DELETE", &format!("/{locator}"))));
     assert_eq!(response.status, 405, "{}", response.summary());
-    assert_eq!(block_dir_entries(server.volume(0), &hash), [hash.clone()]);
+    assert_eq!(block_dir_entries(server.volume(0), &hash), [hash.as_str()]);
 }
 
 #[test]
@@ -228,12 +228,12 @@ fn trash_list_trashes_only_old_blocks_whose_mtime_matches_exactly() {
     wait_queue_idle(&server, "trash");
     assert_eq!(
         block_dir_entries(volume, &wrong_hash),
-        [wrong_hash.clone()],
+        [wrong_hash.as_str()],
         "wrong mtime"
     );
     assert_eq!(
         block_dir_entries(volume, &young_hash),
-        [young_hash.clone()],
+        [young_hash.as_str()],
         "too young"
     );
 }
@@ -533,7 +533,7 @@ fn read_only_volumes_serve_reads_and_refuse_writes_trash_and_untrash() {
     wait_queue_idle(&server, "trash");
     assert_eq!(
         block_dir_entries(&read_only, &hash),
-        [hash.clone()],
+        [hash.as_str()],
         "read-only block kept"
     );
     let untrash = server.request(root_request(Request::put(&format!("/untrash/{trashed}+13"), b"")));

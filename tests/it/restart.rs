@@ -508,6 +508,8 @@ fn drain_timeout_cuts_a_stuck_connection_and_exit_code_says_so() {
         took >= Duration::from_millis(900),
         "exited after {took:?}, before the 1 s drain timeout"
     );
+    // The cut warnings come before the `drained` line; the log reader may lag the exit.
+    wait_for_log(&server, "phase=\"drained\"", Duration::from_secs(5));
     let lines = server.log.lines();
     let cut: Vec<&String> = lines
         .iter()
@@ -612,17 +614,24 @@ fn budget_scenario() -> BudgetScenario {
     let mut generations = Generations::start(&["--max-buffers", "1"]);
     let big = test_bytes(101, BLOCK_BYTES_MAX);
     let big_hash = md5_hex(&big);
-    let big_sent = 8 * 1024 * 1024;
     let mut big_conn = generations.current().conn();
     big_conn
         .write_raw(&put_head(&big_hash, big.len()))
         .expect("send big PUT head");
     // The server leases the budget before it reads any of the body, so once 8 MiB went
     // through (more than the socket buffers hold), the lease is held.
-    big_conn.write_raw(&big[..big_sent]).expect("send 8 MiB of the body");
+    let eight_mib = 8 * 1024 * 1024;
+    big_conn.write_raw(&big[..eight_mib]).expect("send 8 MiB of the body");
 
     let old = generations.replace();
     wait_for_log(&generations.servers[old], PHASE_DRAINING, Duration::from_secs(5));
+    // All but the last MiB now, so that what is left once the small PUT waits (reading
+    // and hashing 1 MiB, storing the block) fits well inside its 5 s wait even on a busy
+    // machine running debug builds.
+    let big_sent = big.len() - 1024 * 1024;
+    big_conn
+        .write_raw(&big[eight_mib..big_sent])
+        .expect("send all but the last MiB of the body");
 
     let small = test_bytes(102, 1024 * 1024);
     let (sender, small_result) = std::sync::mpsc::channel();
@@ -677,14 +686,13 @@ fn expect_small_put(scenario: &BudgetScenario, what: &str) -> Instant {
         "[{what}] the 1 MiB PUT took {:.2}s",
         done.duration_since(scenario.small_sent_at).as_secs_f64()
     );
-    // It was served by the successor.
+    // It was served by the successor (its request line is logged after the response).
     let successor = scenario.generations.current();
+    let logged = successor.log.wait_for(Duration::from_secs(5), |line| {
+        line.contains("PUT") && line.contains(&hash) && line.contains("status=200")
+    });
     assert!(
-        successor
-            .log
-            .lines()
-            .iter()
-            .any(|line| line.contains("PUT") && line.contains(&hash) && line.contains("status=200")),
+        logged.is_some(),
         "{what}: the successor's log has no 200 PUT of {hash}:\n{}",
         successor.log.lines().join("\n")
     );
