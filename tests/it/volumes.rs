@@ -26,12 +26,17 @@ fn mounts(server: &TestServer) -> Vec<Value> {
 }
 
 fn mount_paths(server: &TestServer) -> Vec<String> {
-    mounts(server).iter().map(|mount| mount["device_id"].as_str().unwrap_or("").to_string()).collect()
+    mounts(server)
+        .iter()
+        .map(|mount| mount["device_id"].as_str().unwrap_or("").to_string())
+        .collect()
 }
 
 fn serves(server: &TestServer, path: &Path) -> bool {
     let wanted = path.display().to_string();
-    mount_paths(server).iter().any(|device_id| device_id.ends_with(&format!(":{wanted}")))
+    mount_paths(server)
+        .iter()
+        .any(|device_id| device_id.ends_with(&format!(":{wanted}")))
 }
 
 fn uuid_of(server: &TestServer, path: &Path) -> Option<String> {
@@ -80,7 +85,11 @@ fn keep_dir_created_under_a_volume_root_takes_writes() {
     std::fs::create_dir_all(root.join("disk2")).unwrap();
     std::fs::create_dir(root.join("disk2/keep")).unwrap();
     let new_volume = root.join("disk2/keep").canonicalize().unwrap();
-    assert!(eventually(CHANGE_SEEN_WITHIN, || serves(&server, &new_volume)), "{:?}", mount_paths(&server));
+    assert!(
+        eventually(CHANGE_SEEN_WITHIN, || serves(&server, &new_volume)),
+        "{:?}",
+        mount_paths(&server)
+    );
     let hash = put_until_stored_on(&server, &new_volume, CHANGE_SEEN_WITHIN).expect("a PUT stored on the new volume");
     assert!(block_path(&new_volume, &hash).is_file());
     let added = |line: &str| line.contains("volume added") && line.contains("disk2");
@@ -142,12 +151,20 @@ fn renamed_volume_leaves_and_other_requests_never_notice() {
     assert!(eventually(CHANGE_SEEN_WITHIN, || done.load(Ordering::Relaxed) > 20));
     // Out of the root entirely: the volume must go, traffic must carry on.
     std::fs::rename(root.join("disk1"), dir.path().join("unplugged")).unwrap();
-    assert!(eventually(CHANGE_SEEN_WITHIN, || !serves(&server, &disk1)), "{:?}", mount_paths(&server));
+    assert!(
+        eventually(CHANGE_SEEN_WITHIN, || !serves(&server, &disk1)),
+        "{:?}",
+        mount_paths(&server)
+    );
     let after = done.load(Ordering::Relaxed);
     assert!(eventually(CHANGE_SEEN_WITHIN, || done.load(Ordering::Relaxed) > after + 20));
     stop.store(true, Ordering::Relaxed);
     traffic.join().unwrap();
-    assert_eq!(failures.load(Ordering::Relaxed), 0, "requests failed while a volume left");
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "requests failed while a volume left"
+    );
     assert_eq!(mounts(&server).len(), 1);
     let removed = |line: &str| line.contains("volume removed") && line.contains("disk1");
     assert!(server.log.wait_for(CHANGE_SEEN_WITHIN, removed).is_some());
@@ -164,7 +181,11 @@ fn uuid_is_stable_across_a_restart_and_a_move_to_another_path() {
         uuid_of(&server, &first_path).expect("volume listed")
     };
     let server = root_server(&root, &[]);
-    assert_eq!(uuid_of(&server, &first_path).as_deref(), Some(uuid.as_str()), "restart keeps the UUID");
+    assert_eq!(
+        uuid_of(&server, &first_path).as_deref(),
+        Some(uuid.as_str()),
+        "restart keeps the UUID"
+    );
     std::fs::rename(root.join("disk1"), root.join("disk7")).unwrap();
     let moved = root.join("disk7/keep").canonicalize().unwrap();
     assert!(eventually(CHANGE_SEEN_WITHIN, || uuid_of(&server, &moved).is_some()));
@@ -215,7 +236,10 @@ fn sighup_applies_an_added_volume_and_a_rotated_key_and_survives_a_broken_config
         .arg(config.to_str().unwrap())
         .start();
     let uuids = |server: &TestServer| -> Vec<String> {
-        mounts(server).iter().map(|mount| mount["uuid"].as_str().unwrap_or("").to_string()).collect()
+        mounts(server)
+            .iter()
+            .map(|mount| mount["uuid"].as_str().unwrap_or("").to_string())
+            .collect()
     };
     assert_eq!(uuids(&server), [uuid_a], "configured UUID is used");
     let data = test_bytes(99, 500);
@@ -225,15 +249,33 @@ fn sighup_applies_an_added_volume_and_a_rotated_key_and_survives_a_broken_config
     let rotated_key = "rotatedkey0123456789abcdefghijklmnopqrstuvwxyz0123";
     write_config(&config, &[(uuid_a, &volume_a), (uuid_b, &volume_b)], rotated_key);
     server.signal(libc::SIGHUP);
-    assert!(eventually(CHANGE_SEEN_WITHIN, || uuids(&server) == [uuid_a, uuid_b]), "{:?}", uuids(&server));
-    assert_eq!(server.get(&locator).status, 400, "old signature invalid after key rotation");
+    assert!(
+        eventually(CHANGE_SEEN_WITHIN, || uuids(&server) == [uuid_a, uuid_b]),
+        "{:?}",
+        uuids(&server)
+    );
+    assert_eq!(
+        server.get(&locator).status,
+        400,
+        "old signature invalid after key rotation"
+    );
     let hash = md5_hex(&data);
-    let resigned = signed_locator_with(&hash, data.len(), USER_TOKEN, rotated_key, SIGNING_TTL_SECS_DEFAULT, now_secs() + 600);
+    let resigned = signed_locator_with(
+        &hash,
+        data.len(),
+        USER_TOKEN,
+        rotated_key,
+        SIGNING_TTL_SECS_DEFAULT,
+        now_secs() + 600,
+    );
     assert_eq!(server.get(&resigned).status, 200, "new key accepted");
 
     std::fs::write(&config, "Clusters: [this is not\n").unwrap();
     server.signal(libc::SIGHUP);
-    assert!(server.log.wait_for(CHANGE_SEEN_WITHIN, |line| line.contains("not reloaded")).is_some());
+    assert!(server
+        .log
+        .wait_for(CHANGE_SEEN_WITHIN, |line| line.contains("not reloaded"))
+        .is_some());
     assert!(server.is_running());
     assert_eq!(uuids(&server), [uuid_a, uuid_b], "the running configuration is kept");
     assert_eq!(server.get(&resigned).status, 200);
@@ -249,7 +291,10 @@ fn mount_tmpfs(path: &Path, size_mib: u64) -> Option<TmpfsMount> {
     match output {
         Ok(output) if output.status.success() => Some(TmpfsMount(path.to_path_buf())),
         Ok(output) => {
-            eprintln!("skipping: mount -t tmpfs not permitted here: {}", String::from_utf8_lossy(&output.stderr));
+            eprintln!(
+                "skipping: mount -t tmpfs not permitted here: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
             None
         }
         Err(error) => {
@@ -264,13 +309,21 @@ struct TmpfsMount(PathBuf);
 
 impl TmpfsMount {
     fn unmount(&self) -> bool {
-        Command::new("umount").arg(&self.0).status().map(|status| status.success()).unwrap_or(false)
+        Command::new("umount")
+            .arg(&self.0)
+            .status()
+            .map(|status| status.success())
+            .unwrap_or(false)
     }
 }
 
 impl Drop for TmpfsMount {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).stderr(std::process::Stdio::null()).status();
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .stderr(std::process::Stdio::null())
+            .status();
     }
 }
 
@@ -281,13 +334,23 @@ fn tmpfs_mounted_under_a_root_is_found_and_umount_takes_it_out() {
     std::fs::create_dir_all(root.join("disk1/keep")).unwrap();
     std::fs::create_dir_all(root.join("disk3")).unwrap();
     let server = root_server(&root, &[]);
-    let Some(mount) = mount_tmpfs(&root.join("disk3"), 100) else { return };
+    let Some(mount) = mount_tmpfs(&root.join("disk3"), 100) else {
+        return;
+    };
     std::fs::create_dir(root.join("disk3/keep")).unwrap();
     let new_volume = root.join("disk3/keep").canonicalize().unwrap();
-    assert!(eventually(CHANGE_SEEN_WITHIN, || serves(&server, &new_volume)), "{:?}", mount_paths(&server));
+    assert!(
+        eventually(CHANGE_SEEN_WITHIN, || serves(&server, &new_volume)),
+        "{:?}",
+        mount_paths(&server)
+    );
     put_until_stored_on(&server, &new_volume, CHANGE_SEEN_WITHIN).expect("a PUT stored on the tmpfs");
     assert!(mount.unmount(), "umount");
-    assert!(eventually(CHANGE_SEEN_WITHIN, || !serves(&server, &new_volume)), "{:?}", mount_paths(&server));
+    assert!(
+        eventually(CHANGE_SEEN_WITHIN, || !serves(&server, &new_volume)),
+        "{:?}",
+        mount_paths(&server)
+    );
     let removed = |line: &str| line.contains("volume removed") && line.contains("disk3");
     assert!(server.log.wait_for(CHANGE_SEEN_WITHIN, removed).is_some());
     let data = test_bytes(4242, 3000);
@@ -298,14 +361,23 @@ fn tmpfs_mounted_under_a_root_is_found_and_umount_takes_it_out() {
 fn mount_discovery_finds_a_tmpfs_with_a_keep_dir() {
     let dir = tempfile::tempdir().unwrap();
     let mount_point = dir.path().join("mnt");
-    let server = ServerBuilder::new().without_signing_key().arg("--discover-mounts").start();
-    let Some(mount) = mount_tmpfs(&mount_point, 100) else { return };
+    let server = ServerBuilder::new()
+        .without_signing_key()
+        .arg("--discover-mounts")
+        .start();
+    let Some(mount) = mount_tmpfs(&mount_point, 100) else {
+        return;
+    };
     // The mount is seen (mount table), then the keep dir made on it (a watch on the mount
     // point): no signal, no polling.
     std::thread::sleep(Duration::from_millis(100));
     std::fs::create_dir(mount_point.join("keep")).unwrap();
     let keep = mount_point.join("keep").canonicalize().unwrap();
-    assert!(eventually(CHANGE_SEEN_WITHIN, || serves(&server, &keep)), "{:?}", mount_paths(&server));
+    assert!(
+        eventually(CHANGE_SEEN_WITHIN, || serves(&server, &keep)),
+        "{:?}",
+        mount_paths(&server)
+    );
     assert!(mount.unmount());
     assert!(eventually(CHANGE_SEEN_WITHIN, || !serves(&server, &keep)));
 }
@@ -315,8 +387,12 @@ fn full_tmpfs_sends_writes_on_then_507_with_nothing_partial() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("drives");
     // A volume is full below 64 MiB free: 66 MiB tmpfs volumes fill after ~2 MiB each.
-    let Some(_small) = mount_tmpfs(&root.join("small"), 66) else { return };
-    let Some(_other) = mount_tmpfs(&root.join("other"), 66) else { return };
+    let Some(_small) = mount_tmpfs(&root.join("small"), 66) else {
+        return;
+    };
+    let Some(_other) = mount_tmpfs(&root.join("other"), 66) else {
+        return;
+    };
     std::fs::create_dir(root.join("small/keep")).unwrap();
     std::fs::create_dir(root.join("other/keep")).unwrap();
     let server = root_server(&root, &[]);
