@@ -53,6 +53,9 @@ struct Collections {
     blob_signing_key: String,
     #[serde(rename = "BlobSigningTTL")]
     blob_signing_ttl: Option<String>,
+    blob_trash: Option<bool>,
+    blob_trash_lifetime: Option<String>,
+    blob_trash_check_interval: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -97,6 +100,10 @@ pub struct ClusterSettings {
     pub management_token: Option<String>,
     pub max_buffers: Option<u64>,
     pub volumes: Vec<(PathBuf, VolumeOptions)>,
+    /// `Collections.BlobTrash` (default true): DELETE and trash lists are honoured.
+    pub blob_trash: bool,
+    pub trash_lifetime_secs: Option<u64>,
+    pub trash_check_interval_secs: Option<u64>,
 }
 
 pub fn parse(text: &str) -> Result<ClusterSettings, String> {
@@ -110,12 +117,12 @@ pub fn parse(text: &str) -> Result<ClusterSettings, String> {
     let internal_url = cluster.services.keepstore.internal_urls.keys().next().cloned();
     let listen = internal_url.as_deref().map(url_address).transpose()?;
     let non_empty = |text: String| (!text.is_empty()).then_some(text);
-    let blob_signing_ttl_secs = cluster
-        .collections
-        .blob_signing_ttl
-        .as_deref()
-        .map(parse_duration_secs)
-        .transpose()?;
+    let collections = &cluster.collections;
+    let duration = |text: &Option<String>| text.as_deref().map(parse_duration_secs).transpose();
+    let blob_signing_ttl_secs = duration(&collections.blob_signing_ttl)?;
+    let trash_lifetime_secs = duration(&collections.blob_trash_lifetime)?;
+    let trash_check_interval_secs = duration(&collections.blob_trash_check_interval)?;
+    let blob_trash = collections.blob_trash.unwrap_or(true);
     let mut volumes = Vec::new();
     for (uuid, entry) in cluster.volumes {
         if entry.driver != "Directory" {
@@ -162,6 +169,9 @@ pub fn parse(text: &str) -> Result<ClusterSettings, String> {
         management_token: non_empty(cluster.management_token),
         max_buffers: cluster.api.max_keep_blob_buffers,
         volumes,
+        blob_trash,
+        trash_lifetime_secs,
+        trash_check_interval_secs,
     })
 }
 
@@ -258,6 +268,8 @@ Clusters:
         assert!(settings.enforce_signatures);
         assert_eq!(settings.blob_signing_ttl_secs, Some(1_209_600));
         assert_eq!(settings.max_buffers, Some(16));
+        assert_eq!(settings.trash_lifetime_secs, Some(1_209_600));
+        assert!(settings.blob_trash);
         assert_eq!(settings.volumes.len(), 2, "S3 and other hosts' volumes are skipped");
         let (root, options) = &settings.volumes[1];
         assert_eq!(root, &PathBuf::from("/srv/keep1"));

@@ -90,11 +90,11 @@ pub struct Cli {
     pub no_handover: bool,
     /// Seconds a trashed block stays recoverable (keepstore's BlobTrashLifetime); 0 deletes
     /// at once.
-    #[arg(long, default_value_t = TRASH_LIFETIME_SECS_DEFAULT)]
-    pub trash_lifetime_secs: u64,
+    #[arg(long)]
+    pub trash_lifetime_secs: Option<u64>,
     /// Seconds between sweeps that delete expired trash (BlobTrashCheckInterval).
-    #[arg(long, default_value_t = TRASH_CHECK_INTERVAL_SECS_DEFAULT, value_parser = clap::value_parser!(u64).range(1..))]
-    pub trash_check_interval_secs: u64,
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub trash_check_interval_secs: Option<u64>,
     /// Refuse DELETE (405) and ignore trash lists (keepstore's `BlobTrash: false`).
     #[arg(long)]
     pub no_blob_trash: bool,
@@ -136,6 +136,7 @@ impl Config {
             }
             None => ClusterSettings {
                 enforce_signatures: true,
+                blob_trash: true,
                 ..ClusterSettings::default()
             },
         };
@@ -195,9 +196,16 @@ impl Config {
             control_socket: cli.control_socket,
             handover: !cli.no_handover,
             config_file: cli.config,
-            trash_lifetime_secs: cli.trash_lifetime_secs,
-            trash_check_interval_secs: cli.trash_check_interval_secs,
-            blob_trash: !cli.no_blob_trash,
+            trash_lifetime_secs: cli
+                .trash_lifetime_secs
+                .or(cluster.trash_lifetime_secs)
+                .unwrap_or(TRASH_LIFETIME_SECS_DEFAULT),
+            trash_check_interval_secs: cli
+                .trash_check_interval_secs
+                .or(cluster.trash_check_interval_secs)
+                .unwrap_or(TRASH_CHECK_INTERVAL_SECS_DEFAULT)
+                .max(1),
+            blob_trash: !cli.no_blob_trash && cluster.blob_trash,
         })
     }
 }
