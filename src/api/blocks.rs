@@ -273,15 +273,12 @@ async fn store(
             }
         } else {
             tracing::warn!(volume = %volume.uuid, hash, "stored copy differs from a verified PUT: rewriting it");
-            let (result, returned) = io::write_block(&volume.root, hash, body, worker.next_random()).await;
+            let (outcome, returned) = write_copy(worker, volume, hash, body).await;
             body = returned;
-            match result {
-                Ok(()) => {
-                    volume.mark_healthy();
-                    count_write(worker, volume, body.len());
-                    stored.push(volume.clone());
-                }
-                Err(error) => any_failed |= note_write_failure(worker, volume, hash, error),
+            match outcome {
+                WriteOutcome::Stored => stored.push(volume.clone()),
+                WriteOutcome::Full => {}
+                WriteOutcome::Failed => any_failed = true,
             }
         }
         if is_satisfied(&stored, wanted_classes) {
@@ -296,15 +293,12 @@ async fn store(
         if !is_wanted(&stored, wanted_classes, volume) {
             continue;
         }
-        let (result, returned) = io::write_block(&volume.root, hash, body, worker.next_random()).await;
+        let (outcome, returned) = write_copy(worker, volume, hash, body).await;
         body = returned;
-        match result {
-            Ok(()) => {
-                volume.mark_healthy();
-                count_write(worker, volume, body.len());
-                stored.push(volume.clone());
-            }
-            Err(error) => any_failed |= note_write_failure(worker, volume, hash, error),
+        match outcome {
+            WriteOutcome::Stored => stored.push(volume.clone()),
+            WriteOutcome::Full => {}
+            WriteOutcome::Failed => any_failed = true,
         }
     }
     if stored.is_empty() {
@@ -315,6 +309,29 @@ async fn store(
         });
     }
     Ok(stored)
+}
+
+enum WriteOutcome {
+    Stored,
+    Full,
+    Failed,
+}
+
+/// Write one copy and account for it: health, metrics, and the log line of a failure.
+async fn write_copy(worker: &Worker, volume: &Volume, hash: &str, body: Vec<u8>) -> (WriteOutcome, Vec<u8>) {
+    let (result, body) = io::write_block(&volume.root, hash, body, worker.next_random()).await;
+    let outcome = match result {
+        Ok(()) => {
+            volume.mark_healthy();
+            count_write(worker, volume, body.len());
+            WriteOutcome::Stored
+        }
+        Err(error) => match note_write_failure(worker, volume, hash, error) {
+            true => WriteOutcome::Failed,
+            false => WriteOutcome::Full,
+        },
+    };
+    (outcome, body)
 }
 
 /// Log a failed write; true when it failed for another reason than lack of space.
