@@ -40,8 +40,20 @@ pub async fn open_block(root: &Path, hash: &str) -> io::Result<Option<(File, u64
         Err(error) if is_missing(&error) => return Ok(None),
         Err(error) => return Err(error),
     };
-    let size = file.statx().await?.stx_size;
+    // fstat, not io_uring's statx: IORING_OP_STATX always runs on an io-wq thread (a
+    // context switch per GET, measured), while fstat of an open fd is a cached inode read.
+    let size = fstat_size(&file)?;
     Ok(Some((file, size)))
+}
+
+fn fstat_size(file: &File) -> io::Result<u64> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a zeroed stat is a valid out-parameter and the fd is open for this call.
+    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(file.as_raw_fd(), &mut stat) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(stat.st_size as u64)
 }
 
 pub fn is_missing(error: &io::Error) -> bool {
