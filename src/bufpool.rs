@@ -185,11 +185,7 @@ impl BufferBudget {
         let own = std::process::id();
         for slot in &self.page().slots {
             let pid = slot.pid.load(Ordering::SeqCst);
-            // SAFETY: kill with signal 0 only checks that the process exists.
-            let gone = pid != 0
-                && pid != own
-                && unsafe { libc::kill(pid as libc::pid_t, 0) } != 0
-                && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+            let gone = pid != 0 && pid != own && process_is_gone(pid);
             if gone {
                 let held = slot.held_bytes.swap(0, Ordering::SeqCst);
                 if slot
@@ -203,6 +199,19 @@ impl BufferBudget {
             }
         }
     }
+}
+
+/// A process that no longer exists, or is a zombie (dead, not yet reaped: it holds nothing).
+fn process_is_gone(pid: u32) -> bool {
+    // SAFETY: kill with signal 0 only checks that the process exists.
+    if unsafe { libc::kill(pid as libc::pid_t, 0) } != 0 {
+        return std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+    }
+    // proc(5): the state letter follows the parenthesised command name.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| stat.rsplit_once(") ").map(|(_, rest)| rest.starts_with(['Z', 'X'])))
+        .unwrap_or(false)
 }
 
 impl Drop for BufferBudget {

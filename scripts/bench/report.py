@@ -78,6 +78,7 @@ def main():
     parser.add_argument("chart_dir")
     parser.add_argument("--md5-mbs", type=float, required=True)
     parser.add_argument("--md5-source", required=True)
+    parser.add_argument("--disk-mbs", type=float)
     parser.add_argument("--command", required=True)
     parser.add_argument("--note", action="append", default=[])
     args = parser.parse_args()
@@ -98,7 +99,12 @@ def main():
     out(f"Raw rounds: `{os.path.relpath(args.csv, os.path.dirname(os.path.abspath(args.summary)))}`  ")
     for note in args.note:
         out(f"{note}  ")
-    out(f"Single-core MD5 reference: {args.md5_mbs:,.0f} MB/s ({args.md5_source}).")
+    out(f"Single-core MD5 reference: {args.md5_mbs:,.0f} MB/s ({args.md5_source}).  ")
+    if args.disk_mbs:
+        out(
+            f"Volume disk reference: {args.disk_mbs:,.0f} MB/s (dd of 64 MiB with conv=fdatasync, median of 3); "
+            "every PUT is written and fdatasync'd before its rename, so PUT rates are bounded by it too."
+        )
     out("")
     out("MB/s is 10^6 bytes of block body per second. CPU µs/req is the server's utime+stime")
     out("(all its threads or processes) over a round divided by the requests wrk completed in it.")
@@ -175,7 +181,8 @@ def main():
                 f"{LABEL[case]} ≥ {limit}× MD5 rate per worker (workers {workers})",
                 value,
                 lambda v, limit=limit: v >= limit,
-                f"{fmt(value, 2, '×')} ({fmt(k_mbs)} MB/s)",
+                f"{fmt(value, 2, '×')} ({fmt(k_mbs)} MB/s"
+                + (f"; disk reference {fmt(args.disk_mbs)} MB/s)" if case.startswith("put") and args.disk_mbs else ")"),
             )
     for workers in workers_seen:
         value = get("get_4k_beside_64m", workers, "keepring", "p99_ms")
@@ -197,23 +204,23 @@ def main():
     print(text)
 
     # Chart data: one row per case, one column per worker count; "-" is missing.
+    # throughput.dat: every case; cpu.dat: the cases that have a CPU ratio.
     os.makedirs(args.chart_dir, exist_ok=True)
     by_case = defaultdict(dict)
     for case, workers, throughput, cpu in chart_rows:
         by_case[case][workers] = (throughput, cpu)
-    with open(os.path.join(args.chart_dir, "ratios.dat"), "w") as handle:
-        handle.write("# label " + " ".join(f"w{w}_throughput w{w}_cpu" for w in workers_seen) + "\n")
-        for case, label in CASES:
-            if case not in by_case:
-                continue
-            shown = label.replace("GET 4 KiB beside 64 MiB GETs", "GET 4 KiB beside 64 MiB")
-            if case.startswith("put"):
-                shown += " (÷ MD5)"
-            cells = []
-            for workers in workers_seen:
-                throughput, cpu = by_case[case].get(workers, (None, None))
-                cells += ["-" if throughput is None else f"{throughput:.3f}", "-" if cpu is None else f"{cpu:.3f}"]
-            handle.write(f'"{shown}" ' + " ".join(cells) + "\n")
+    for name, column in (("throughput.dat", 0), ("cpu.dat", 1)):
+        with open(os.path.join(args.chart_dir, name), "w") as handle:
+            handle.write("# label " + " ".join(f"workers_{w}" for w in workers_seen) + "\n")
+            for case, label in CASES:
+                values = [by_case.get(case, {}).get(w, (None, None))[column] for w in workers_seen]
+                if all(value is None for value in values):
+                    continue
+                shown = label.replace("GET 4 KiB beside 64 MiB GETs", "GET 4 KiB beside 64 MiB")
+                if case.startswith("put"):
+                    shown += " (÷ MD5)"
+                cells = ["-" if value is None else f"{value:.3f}" for value in values]
+                handle.write(f'"{shown}" ' + " ".join(cells) + "\n")
     with open(os.path.join(args.chart_dir, "workers.txt"), "w") as handle:
         handle.write(" ".join(str(w) for w in workers_seen) + "\n")
 
