@@ -98,6 +98,11 @@ pub struct Cli {
     /// Refuse DELETE (405) and ignore trash lists (keepstore's `BlobTrash: false`).
     #[arg(long)]
     pub no_blob_trash: bool,
+    /// Stored copies each worker remembers as verified (by device, inode, size, mtime,
+    /// ctime) so hot blocks are not rehashed on every GET. 0 (default): hash every read,
+    /// as keepstore does. See README "Verified-copy cache" for the trade-off.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=10_000_000))]
+    pub verified_cache_entries: u64,
 }
 
 /// Everything the supervisor needs, read and checked.
@@ -123,6 +128,7 @@ pub struct Config {
     pub trash_lifetime_secs: u64,
     pub trash_check_interval_secs: u64,
     pub blob_trash: bool,
+    pub verified_cache_entries: usize,
 }
 
 impl Config {
@@ -206,6 +212,7 @@ impl Config {
                 .unwrap_or(TRASH_CHECK_INTERVAL_SECS_DEFAULT)
                 .max(1),
             blob_trash: !cli.no_blob_trash && cluster.blob_trash,
+            verified_cache_entries: cli.verified_cache_entries as usize,
         })
     }
 }

@@ -35,7 +35,9 @@ impl Default for BlockDigest {
 impl BlockDigest {
     /// The portable implementation, whatever OpenSSL offers (tests compare the two).
     pub fn portable() -> Self {
-        BlockDigest { engine: Engine::Portable(Md5::new()) }
+        BlockDigest {
+            engine: Engine::Portable(Md5::new()),
+        }
     }
 
     pub fn update(&mut self, bytes: &[u8]) {
@@ -67,9 +69,94 @@ impl BlockDigest {
     }
 }
 
+/// What identifies the exact bytes of a stored file without reading them: any write,
+/// rename-over, truncation or `utimes` changes at least one field (ctime moves on every
+/// metadata change). Silent corruption underneath (bit rot) changes none of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FileIdentity {
+    pub device: u64,
+    pub inode: u64,
+    pub size: u64,
+    pub mtime_ns: i128,
+    pub ctime_ns: i128,
+}
+
+/// Per-worker memory of stored copies whose MD5 was checked and found right, so hot blocks
+/// are not rehashed on every GET (`--verified-cache-entries`, off by default). The
+/// trade-off against keepstore's always-verify: a copy that rots on disk without any
+/// metadata change is served from the cache until the entry is dropped; with the cache
+/// off (0) every read is hashed. Bounded: when full it is emptied and refills.
+#[derive(Debug, Default)]
+pub struct VerifiedCache {
+    entries: std::collections::HashMap<(u128, FileIdentity), ()>,
+    entries_max: usize,
+}
+
+impl VerifiedCache {
+    pub fn new(entries_max: usize) -> Self {
+        VerifiedCache {
+            entries: std::collections::HashMap::new(),
+            entries_max,
+        }
+    }
+
+    fn key(hash: &str, identity: FileIdentity) -> Option<(u128, FileIdentity)> {
+        u128::from_str_radix(hash, 16).ok().map(|hash| (hash, identity))
+    }
+
+    /// The copy with this identity was verified to be block `hash`.
+    pub fn contains(&self, hash: &str, identity: FileIdentity) -> bool {
+        self.entries_max > 0 && Self::key(hash, identity).is_some_and(|key| self.entries.contains_key(&key))
+    }
+
+    pub fn insert(&mut self, hash: &str, identity: FileIdentity) {
+        if self.entries_max == 0 {
+            return;
+        }
+        if self.entries.len() >= self.entries_max {
+            self.entries.clear();
+        }
+        if let Some(key) = Self::key(hash, identity) {
+            self.entries.insert(key, ());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn identity(inode: u64, mtime_ns: i128) -> FileIdentity {
+        FileIdentity {
+            device: 1,
+            inode,
+            size: 11,
+            mtime_ns,
+            ctime_ns: mtime_ns,
+        }
+    }
+
+    #[test]
+    fn verified_cache_matches_only_the_same_file_state() {
+        let hash = "6f09f2b353b6d63069f770b90e2b112c";
+        let mut cache = VerifiedCache::new(2);
+        cache.insert(hash, identity(5, 100));
+        assert!(cache.contains(hash, identity(5, 100)));
+        assert!(
+            !cache.contains(hash, identity(5, 101)),
+            "touched or rewritten: hash again"
+        );
+        assert!(!cache.contains(hash, identity(6, 100)), "another file");
+        assert!(
+            !cache.contains(EMPTY_BLOCK_HASH, identity(5, 100)),
+            "another block name"
+        );
+        cache.insert(hash, identity(7, 1));
+        cache.insert(hash, identity(8, 1));
+        assert_eq!(cache.entries.len(), 1, "bounded: emptied when full");
+        let off = VerifiedCache::new(0);
+        assert!(!off.contains(hash, identity(8, 1)));
+    }
 
     #[test]
     fn chunked_digest_equals_whole() {
@@ -90,6 +177,9 @@ mod tests {
             portable.update(piece);
         }
         assert_eq!(fast.hex(), portable.hex());
-        assert!(matches!(BlockDigest::default().engine, Engine::OpenSsl(_)), "OpenSSL MD5 is available here");
+        assert!(
+            matches!(BlockDigest::default().engine, Engine::OpenSsl(_)),
+            "OpenSSL MD5 is available here"
+        );
     }
 }

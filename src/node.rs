@@ -40,6 +40,8 @@ pub struct Node {
     pub chores: Chores,
     /// Every worker's and chore's metric counters, summed at scrape.
     pub metrics: Registry,
+    /// Size of each worker's verified-copy cache; 0 hashes every read (the default).
+    pub verified_cache_entries: usize,
 }
 
 impl Node {
@@ -52,7 +54,14 @@ impl Node {
             watcher,
             chores: Chores::default(),
             metrics: Registry::default(),
+            verified_cache_entries: 0,
         }
+    }
+
+    /// Let each worker remember this many verified copies (before the node is shared).
+    pub fn with_verified_cache(mut self, entries: usize) -> Self {
+        self.verified_cache_entries = entries;
+        self
     }
 
     /// Use these trash settings instead of keepstore's defaults (before the node is shared).

@@ -57,7 +57,7 @@ pub async fn read(
     let mut buffer = worker.pool.chunk();
     let mut failure = RequestError::NotFound;
     for volume in state.volumes.ordered_for(locator.hash) {
-        let (file, size) = match io::open_block(&volume.root, locator.hash).await {
+        let (file, identity) = match io::open_block_identified(&volume.root, locator.hash).await {
             Ok(Some(opened)) => opened,
             Ok(None) => continue,
             Err(error) => {
@@ -66,14 +66,26 @@ pub async fn read(
                 continue;
             }
         };
+        let size = identity.size;
         if size > BLOCK_BYTES_MAX {
             failure = RequestError::BodyTooLarge;
             continue;
         }
-        let (outcome, returned) = stream_copy(connection, &file, size, locator.hash, buffer, send_body).await;
+        let verify = !worker.verified.borrow().contains(locator.hash, identity);
+        let copy = CopyToSend {
+            file: &file,
+            size,
+            hash: locator.hash,
+            verify,
+            send_body,
+        };
+        let (outcome, returned) = stream_copy(connection, copy, buffer).await;
         buffer = returned;
         match outcome {
             Ok(bytes_out) => {
+                if verify {
+                    worker.verified.borrow_mut().insert(locator.hash, identity);
+                }
                 let counters = worker.metrics.volume(&volume);
                 counters.operation(VolumeOp::Read);
                 counters.read(size);
@@ -101,16 +113,31 @@ pub async fn read(
     Err(failure)
 }
 
+/// One stored copy about to be sent or checked.
+struct CopyToSend<'a> {
+    file: &'a tokio_uring::fs::File,
+    size: u64,
+    hash: &'a str,
+    /// Hash it (always, unless the verified cache vouches for this exact file state).
+    verify: bool,
+    /// GET sends the bytes; HEAD only checks them.
+    send_body: bool,
+}
+
 /// Send (GET) or just verify (HEAD) one stored copy. The head and the first chunk leave in
 /// one write; the last chunk leaves only once the whole copy hashed right.
 async fn stream_copy(
     connection: &mut Connection,
-    file: &tokio_uring::fs::File,
-    size: u64,
-    hash: &str,
+    copy: CopyToSend<'_>,
     mut buffer: Vec<u8>,
-    send_body: bool,
 ) -> (Result<u64, StreamError>, Vec<u8>) {
+    let CopyToSend {
+        file,
+        size,
+        hash,
+        verify,
+        send_body,
+    } = copy;
     let mut digest = BlockDigest::default();
     let mut offset = 0u64;
     buffer.clear();
@@ -128,10 +155,12 @@ async fn stream_copy(
         if let Err(error) = result {
             return (Err(StreamError::Volume(error)), buffer);
         }
-        digest.update(&buffer[start..start + want]);
+        if verify {
+            digest.update(&buffer[start..start + want]);
+        }
         offset += want as u64;
         let last = offset == size;
-        if last && !digest.matches(hash) {
+        if last && verify && !digest.matches(hash) {
             return (Err(StreamError::Corrupt), buffer);
         }
         if send_body {

@@ -136,7 +136,8 @@ pub fn run(cli: Cli, config: Config) -> Result<u8, StartError> {
             budget.clone(),
             Some(watcher_handle.clone()),
         )
-        .with_chore_settings(crate::chores::ChoreSettings::from_config(&config)),
+        .with_chore_settings(crate::chores::ChoreSettings::from_config(&config))
+        .with_verified_cache(config.verified_cache_entries),
     );
     crate::chores::start(&node).map_err(|error| StartError(format!("cannot start the chore threads: {error}")))?;
     watcher::spawn(node.clone(), config.volume_sources.clone(), watcher_inbox)

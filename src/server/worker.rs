@@ -50,6 +50,8 @@ pub struct Worker {
     /// When this worker saw the drain start; connections read it between requests.
     drain_began: Cell<Option<Instant>>,
     pub drain_started: Notify,
+    /// Stored copies this worker verified (`--verified-cache-entries`; empty when off).
+    pub verified: RefCell<crate::digest::VerifiedCache>,
     /// This worker's metric counters (written only here, summed at scrape).
     pub metrics: crate::metrics::Recorder,
 }
@@ -74,6 +76,7 @@ impl Worker {
             drain_began: Cell::new(None),
             drain_started: Notify::new(),
             metrics: node.metrics.register(),
+            verified: RefCell::new(crate::digest::VerifiedCache::new(node.verified_cache_entries)),
             node,
         }
     }

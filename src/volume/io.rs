@@ -12,6 +12,7 @@ use std::path::Path;
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::fs::{File, OpenOptions};
 
+use crate::digest::FileIdentity;
 use crate::limits::{BLOCK_BYTES_MAX, CHUNK_BYTES, VOLUME_FREE_BYTES_MIN};
 use crate::volume::layout;
 
@@ -34,26 +35,40 @@ impl From<io::Error> for WriteError {
 
 /// Open a stored block for reading: `Ok(None)` when this volume does not have it.
 pub async fn open_block(root: &Path, hash: &str) -> io::Result<Option<(File, u64)>> {
+    Ok(open_block_identified(root, hash)
+        .await?
+        .map(|(file, identity)| (file, identity.size)))
+}
+
+/// Open a stored block and say exactly which file state it is.
+pub async fn open_block_identified(root: &Path, hash: &str) -> io::Result<Option<(File, FileIdentity)>> {
     let path = layout::block_path(root, hash);
     let file = match File::open(&path).await {
         Ok(file) => file,
         Err(error) if is_missing(&error) => return Ok(None),
         Err(error) => return Err(error),
     };
-    // fstat, not io_uring's statx: IORING_OP_STATX always runs on an io-wq thread (a
-    // context switch per GET, measured), while fstat of an open fd is a cached inode read.
-    let size = fstat_size(&file)?;
-    Ok(Some((file, size)))
+    let identity = fstat_identity(&file)?;
+    Ok(Some((file, identity)))
 }
 
-fn fstat_size(file: &File) -> io::Result<u64> {
+/// fstat, not io_uring's statx: IORING_OP_STATX always runs on an io-wq thread (a context
+/// switch per GET, measured), while fstat of an open fd is a cached inode read.
+fn fstat_identity(file: &File) -> io::Result<FileIdentity> {
     use std::os::fd::AsRawFd;
     // SAFETY: a zeroed stat is a valid out-parameter and the fd is open for this call.
     let mut stat: libc::stat = unsafe { std::mem::zeroed() };
     if unsafe { libc::fstat(file.as_raw_fd(), &mut stat) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(stat.st_size as u64)
+    let nanos = |secs: i64, nsec: i64| secs as i128 * 1_000_000_000 + nsec as i128;
+    Ok(FileIdentity {
+        device: stat.st_dev,
+        inode: stat.st_ino,
+        size: stat.st_size as u64,
+        mtime_ns: nanos(stat.st_mtime, stat.st_mtime_nsec),
+        ctime_ns: nanos(stat.st_ctime, stat.st_ctime_nsec),
+    })
 }
 
 pub fn is_missing(error: &io::Error) -> bool {

@@ -475,6 +475,26 @@ fn corrupt_small_block_is_not_served_as_good() {
 }
 
 #[test]
+fn verified_cache_still_catches_a_copy_rewritten_after_it_was_verified() {
+    let server = ServerBuilder::new()
+        .arg("--workers")
+        .arg("1")
+        .arg("--verified-cache-entries")
+        .arg("100")
+        .start();
+    let data = test_bytes(61, 5000);
+    let locator = server.put_block(&data);
+    let hash = md5_hex(&data);
+    for _ in 0..3 {
+        assert_eq!(server.get(&locator).body, data, "served and remembered as verified");
+    }
+    // Any write changes mtime/ctime, so the remembered verification no longer applies.
+    std::fs::write(block_path(server.volume(0), &hash), corrupted(&data)).expect("corrupt");
+    let get = server.get(&locator);
+    assert_eq!(get.status, 502, "{}", get.summary());
+}
+
+#[test]
 fn corrupt_large_block_is_502_or_cut_short_never_a_full_200() {
     let server = TestServer::start();
     let data = test_bytes(7, 3 * MIB);
