@@ -48,9 +48,10 @@ pub const RESPONSE_HEAD_BYTES_MAX: usize = 2 * 1024;
 /// `--max-buffers` default, in units of 64 MiB (keepstore's `MaxKeepBlobBuffers`).
 pub const MAX_BUFFERS_DEFAULT: u64 = 128;
 
-/// One unit of `--max-buffers`: a whole block plus the chunk buffer a PUT uses to compare
-/// it with an existing copy, so `--max-buffers 1` still takes a 64 MiB PUT.
-pub const BUFFER_UNIT_BYTES: u64 = BLOCK_BYTES_MAX + (RESPONSE_HEAD_BYTES_MAX + CHUNK_BYTES) as u64;
+/// One unit of `--max-buffers`: a whole block, the chunk a body is leased ahead by, and
+/// the chunk buffer a PUT compares an existing copy through, so `--max-buffers 1` still
+/// takes a 64 MiB PUT, chunked or not.
+pub const BUFFER_UNIT_BYTES: u64 = BLOCK_BYTES_MAX + 2 * (RESPONSE_HEAD_BYTES_MAX + CHUNK_BYTES) as u64;
 
 /// How long a request waits for buffer budget before it is answered 503 (clients retry
 /// 503 after a back-off).
@@ -119,3 +120,9 @@ pub const PULL_IO_STALL_TIMEOUT_MS: u64 = 60_000;
 pub const PULL_RESPONSE_HEAD_BYTES_MAX: usize = 16 * 1024;
 
 const _: () = assert!(LIST_BODY_BYTES_MAX <= BLOCK_BYTES_MAX);
+
+/// A request body must arrive within this grace plus its length at
+/// `BODY_RATE_BYTES_PER_SEC_MIN`: 64 MiB gets 60 s + 256 s, about keepstore's 5-minute
+/// RequestTimeout. Past it the connection is closed and the body's buffer lease returned.
+pub const BODY_GRACE_MS: u64 = 60_000;
+pub const BODY_RATE_BYTES_PER_SEC_MIN: u64 = 256 * 1024;

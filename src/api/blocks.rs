@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::api::auth;
-use crate::bufpool::{Lease, CHUNK_BUFFER_BYTES};
+use crate::api::{auth, body};
+use crate::bufpool::CHUNK_BUFFER_BYTES;
 use crate::digest::{BlockDigest, EMPTY_BLOCK_HASH};
 use crate::error::RequestError;
 use crate::http::request::{Framing, Head};
@@ -220,9 +220,11 @@ pub async fn write(
     if candidates.is_empty() {
         return Err(RequestError::VolumeUnavailable);
     }
-    let first_lease = length.unwrap_or(CHUNK_BYTES as u64) + CHUNK_BUFFER_BYTES as u64;
-    let mut lease = worker.pool.lease(first_lease).await?;
-    let (body, digest) = read_body(worker, connection, &mut lease, length).await?;
+    let mut digest = BlockDigest::default();
+    let (body, lease) = body::read_leased(worker, connection, length, BLOCK_BYTES_MAX, |bytes| {
+        digest.update(bytes)
+    })
+    .await?;
     if !digest.matches(hash) {
         return Err(RequestError::HashMismatch {
             computed: digest.hex(),
@@ -233,34 +235,6 @@ pub async fn write(
     let stored = store(worker, hash, body, &candidates, &wanted_classes).await?;
     drop(lease);
     Ok(write_reply(worker, head, hash, size, &stored))
-}
-
-async fn read_body(
-    worker: &Worker,
-    connection: &mut Connection,
-    lease: &mut Lease,
-    length: Option<u64>,
-) -> Result<(Vec<u8>, BlockDigest), RequestError> {
-    let mut digest = BlockDigest::default();
-    let mut body = Vec::with_capacity(length.unwrap_or(CHUNK_BYTES as u64) as usize);
-    let length_max = BLOCK_BYTES_MAX as usize + 1;
-    loop {
-        if length.is_none() && body.capacity() - body.len() < CHUNK_BYTES {
-            worker.pool.grow(lease, CHUNK_BYTES as u64).await?;
-            body.reserve_exact(CHUNK_BYTES);
-        }
-        let before = body.len();
-        let (result, returned) = connection.read_body_some(body, CHUNK_BYTES, length_max).await;
-        body = returned;
-        if result? == 0 {
-            return Ok((body, digest));
-        }
-        if body.len() as u64 > BLOCK_BYTES_MAX {
-            return Err(RequestError::BodyTooLarge);
-        }
-        // At most one chunk per step: hashing it holds the core ~1 ms.
-        digest.update(&body[before..]);
-    }
 }
 
 /// Pass 1: a volume that already holds the block keeps it (touched) or, if its copy is

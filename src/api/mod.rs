@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod auth;
 pub mod blocks;
+pub mod body;
 pub mod ops;
 
 use crate::error::RequestError;

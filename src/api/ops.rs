@@ -14,7 +14,7 @@ use crate::chores::pull::{self, PullItem};
 use crate::chores::trash::{self, TrashItem, TrashOutcome};
 use crate::error::RequestError;
 use crate::http::request::{Framing, Head};
-use crate::limits::{BUFFER_UNIT_BYTES, CHUNK_BYTES, LIST_BODY_BYTES_MAX, LIST_ITEMS_MAX};
+use crate::limits::{BUFFER_UNIT_BYTES, LIST_BODY_BYTES_MAX, LIST_ITEMS_MAX};
 use crate::locator::Locator;
 use crate::metrics::{self, Gauges, VolumeErrorKind, VolumeOp};
 use crate::server::connection::{Connection, Reply, Response};
@@ -124,23 +124,7 @@ async fn read_list<T: DeserializeOwned + Send + 'static>(
     if length.is_some_and(|length| length > LIST_BODY_BYTES_MAX) {
         return Err(RequestError::BodyTooLarge);
     }
-    let mut lease = worker.pool.lease(length.unwrap_or(CHUNK_BYTES as u64)).await?;
-    let mut body = Vec::with_capacity(length.unwrap_or(CHUNK_BYTES as u64) as usize);
-    let length_max = LIST_BODY_BYTES_MAX as usize + 1;
-    loop {
-        if length.is_none() && body.capacity() - body.len() < CHUNK_BYTES {
-            worker.pool.grow(&mut lease, CHUNK_BYTES as u64).await?;
-            body.reserve_exact(CHUNK_BYTES);
-        }
-        let (result, returned) = connection.read_body_some(body, CHUNK_BYTES, length_max).await;
-        body = returned;
-        if result? == 0 {
-            break;
-        }
-        if body.len() as u64 > LIST_BODY_BYTES_MAX {
-            return Err(RequestError::BodyTooLarge);
-        }
-    }
+    let (body, lease) = crate::api::body::read_leased(worker, connection, length, LIST_BODY_BYTES_MAX, |_| {}).await?;
     let (sender, receiver) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("keepring-list".into())

@@ -63,6 +63,8 @@ impl ChunkedDecoder {
                 },
                 State::Extension { size } => match byte {
                     b'\r' => State::SizeLf { size },
+                    // A bare LF ends the line for some parsers and not for others.
+                    b'\n' => return Err(bad),
                     _ => State::Extension { size },
                 },
                 State::SizeLf { size } => match (byte, size) {

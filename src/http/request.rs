@@ -53,7 +53,7 @@ pub fn parse_head(bytes: &[u8]) -> Result<Option<(Head, usize)>, RequestError> {
         ..Head::default()
     };
     let mut content_length: Option<u64> = None;
-    let mut chunked = false;
+    let mut transfer_codings: Vec<String> = Vec::new();
     for header in request.headers.iter() {
         let value = std::str::from_utf8(header.value)
             .map_err(|_| RequestError::Malformed("header value is not UTF-8"))?
@@ -66,7 +66,8 @@ pub fn parse_head(bytes: &[u8]) -> Result<Option<(Head, usize)>, RequestError> {
             }
             content_length = Some(parsed);
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = transfer_encoding_is_chunked(value)?;
+            // Every Transfer-Encoding field counts, in order (RFC 9110 §5.3).
+            transfer_codings.extend(value.split(',').map(|coding| coding.trim().to_ascii_lowercase()));
         } else if name.eq_ignore_ascii_case("expect") {
             head.expect_continue = value.eq_ignore_ascii_case("100-continue");
         } else if name.eq_ignore_ascii_case("connection") {
@@ -87,11 +88,21 @@ pub fn parse_head(bytes: &[u8]) -> Result<Option<(Head, usize)>, RequestError> {
             head.storage_classes.get_or_insert_with(|| value.to_string());
         }
     }
-    // RFC 9112 §6.3: Transfer-Encoding overrides Content-Length.
-    head.framing = if chunked {
-        Some(Framing::Chunked)
-    } else {
+    head.framing = if transfer_codings.is_empty() {
         content_length.map(Framing::Length)
+    } else {
+        // Only a body that is exactly chunked is understood: anything else (gzip, chunked
+        // not last, identity) is refused rather than framed differently from a proxy in
+        // front of us (request smuggling, RFC 9112 §6.1).
+        if transfer_codings != ["chunked"] {
+            return Err(RequestError::Malformed("unsupported Transfer-Encoding"));
+        }
+        // RFC 9112 §6.3: Transfer-Encoding overrides Content-Length, and a message with
+        // both must not leave the connection open for a next request.
+        if content_length.is_some() {
+            head.close = true;
+        }
+        Some(Framing::Chunked)
     };
     Ok(Some((head, head_len)))
 }
@@ -103,17 +114,6 @@ fn parse_content_length(value: &str) -> Result<u64, RequestError> {
     value
         .parse()
         .map_err(|_| RequestError::Malformed("invalid Content-Length"))
-}
-
-fn transfer_encoding_is_chunked(value: &str) -> Result<bool, RequestError> {
-    let last = value.rsplit(',').next().unwrap_or("").trim();
-    if last.eq_ignore_ascii_case("chunked") {
-        Ok(true)
-    } else if last.eq_ignore_ascii_case("identity") || last.is_empty() {
-        Ok(false)
-    } else {
-        Err(RequestError::Malformed("unsupported Transfer-Encoding"))
-    }
 }
 
 impl Head {
@@ -196,6 +196,31 @@ mod tests {
         let (head, _) = parse_head(raw).unwrap().unwrap();
         assert_eq!(head.framing, Some(Framing::Chunked));
         assert!(head.close);
+    }
+
+    #[test]
+    fn length_and_chunked_together_close_the_connection() {
+        let raw = b"PUT /x HTTP/1.1\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let (head, _) = parse_head(raw).unwrap().unwrap();
+        assert_eq!(head.framing, Some(Framing::Chunked));
+        assert!(head.close, "no next request may be read from such a connection");
+    }
+
+    #[test]
+    fn any_transfer_coding_but_plain_chunked_is_refused() {
+        for codings in [
+            "Transfer-Encoding: chunked\r\nTransfer-Encoding: identity",
+            "Transfer-Encoding: chunked, identity",
+            "Transfer-Encoding: gzip, chunked",
+            "Transfer-Encoding: identity",
+            "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked",
+        ] {
+            let raw = format!("PUT /x HTTP/1.1\r\n{codings}\r\nContent-Length: 0\r\n\r\n");
+            assert!(
+                matches!(parse_head(raw.as_bytes()), Err(RequestError::Malformed(_))),
+                "{codings}"
+            );
+        }
     }
 
     #[test]

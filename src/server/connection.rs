@@ -85,6 +85,8 @@ pub struct Connection {
     pub request_id: String,
     pub date: String,
     pub is_head: bool,
+    /// When the current request's body must have arrived (set by whoever reads it).
+    body_deadline: Option<Instant>,
     /// Every answer on the block read route carries `Vary: X-Keep-Signature`, errors too.
     pub vary_signature: bool,
     /// Body bytes of the current request read so far (for the metrics).
@@ -104,6 +106,7 @@ impl Connection {
             request_id: String::new(),
             date: String::new(),
             is_head: false,
+            body_deadline: None,
             vary_signature: false,
             body_bytes_in: 0,
         }
@@ -215,6 +218,7 @@ impl Connection {
         self.request_id = request_id;
         self.date = date;
         self.is_head = head.method == "HEAD";
+        self.body_deadline = None;
         self.vary_signature = false;
         self.body_bytes_in = 0;
     }
@@ -245,7 +249,10 @@ impl Connection {
             }
             self.response_started = false;
         }
-        let stall = Instant::now() + Duration::from_millis(IO_STALL_TIMEOUT_MS);
+        let mut stall = Instant::now() + Duration::from_millis(IO_STALL_TIMEOUT_MS);
+        if let Some(deadline) = self.body_deadline {
+            stall = stall.min(deadline);
+        }
         match self.body.as_mut() {
             None => (Ok(0), out),
             Some(Body::Length { remaining: 0 }) => (Ok(0), out),
@@ -338,6 +345,11 @@ impl Connection {
         head.request_id = Some(&self.request_id);
         head.close = self.close_after;
         head
+    }
+
+    /// The whole body must have arrived by `deadline`, whatever the pace of single reads.
+    pub fn set_body_deadline(&mut self, deadline: Instant) {
+        self.body_deadline = Some(deadline);
     }
 
     /// Write every byte of `buffer` (bounded by `IO_STALL_TIMEOUT_MS`).

@@ -128,12 +128,22 @@ pub fn spawn(node: Arc<Node>, sources: VolumeSources, inbox: WatcherInbox) -> io
     std::thread::Builder::new()
         .name("keepring-volumes".into())
         .spawn(move || {
+            // The filesystem each configured volume lives on now: if its drive is later
+            // unmounted, the empty directory underneath must not become the volume.
+            let fixed_devices = node
+                .state()
+                .volumes
+                .all()
+                .iter()
+                .map(|volume| (volume.root.clone(), volume.device))
+                .collect();
             let mut watcher = Watcher {
                 node,
                 sources,
                 inotify,
                 mountinfo,
                 inbox,
+                fixed_devices,
             };
             watcher.run();
         })
@@ -145,6 +155,7 @@ struct Watcher {
     inotify: Inotify,
     mountinfo: std::fs::File,
     inbox: WatcherInbox,
+    fixed_devices: std::collections::HashMap<std::path::PathBuf, u64>,
 }
 
 const DIR_EVENTS: WatchMask = WatchMask::CREATE
@@ -254,6 +265,20 @@ impl Watcher {
         let mut next: Vec<Arc<Volume>> = Vec::new();
         for candidate in &candidates {
             let device = std::fs::metadata(&candidate.root).map(|metadata| metadata.dev()).ok();
+            if candidate.origin == "configured" {
+                let known = *self
+                    .fixed_devices
+                    .entry(candidate.root.clone())
+                    .or_insert(device.unwrap_or(0));
+                if Some(known) != device {
+                    tracing::warn!(
+                        target: "keepring::lifecycle",
+                        path = %candidate.root.display(),
+                        "configured volume is on another filesystem than before (drive unmounted?): not serving it"
+                    );
+                    continue;
+                }
+            }
             let same = current.iter().find(|volume| {
                 volume.root == candidate.root && Some(volume.device) == device && volume.options == candidate.options
             });

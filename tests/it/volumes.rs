@@ -437,3 +437,35 @@ fn walk_files(root: &Path) -> Vec<PathBuf> {
     }
     files
 }
+
+#[test]
+fn unmounted_configured_volume_is_not_replaced_by_the_directory_underneath() {
+    let dir = tempfile::tempdir().unwrap();
+    let drive = dir.path().join("drive");
+    let other = dir.path().join("other");
+    let Some(mount) = mount_tmpfs(&drive, 100) else { return };
+    let server = ServerBuilder::new()
+        .volume_paths(vec![drive.clone(), other.clone()])
+        .without_signing_key()
+        .start();
+    let drive_root = drive.canonicalize().unwrap();
+    assert!(serves(&server, &drive_root));
+    assert!(mount.unmount());
+    assert!(
+        eventually(CHANGE_SEEN_WITHIN, || !serves(&server, &drive_root)),
+        "{:?}",
+        mount_paths(&server)
+    );
+    for seed in 0..10 {
+        assert_eq!(server.put(&test_bytes(500 + seed, 1000)).status, 200);
+    }
+    let underneath: Vec<_> = std::fs::read_dir(&drive)
+        .unwrap()
+        .flatten()
+        .map(|entry| entry.file_name())
+        .collect();
+    assert!(
+        underneath.is_empty(),
+        "nothing written onto the root filesystem: {underneath:?}"
+    );
+}
