@@ -20,6 +20,8 @@ pub const CHUNK_BUFFER_BYTES: usize = RESPONSE_HEAD_BYTES_MAX + CHUNK_BYTES;
 /// and room for a restart that fails half-way).
 const BUDGET_SLOTS: usize = 16;
 const BUDGET_MAGIC: u64 = 0x6b65_6570_7269_6e67; // "keepring"
+/// A slot being freed by a reclaimer (no pid is this large).
+const SLOT_RECLAIMING: u32 = u32::MAX;
 
 /// The shared page: the budget's size and what each live process holds of it.
 #[repr(C)]
@@ -185,17 +187,22 @@ impl BufferBudget {
         let own = std::process::id();
         for slot in &self.page().slots {
             let pid = slot.pid.load(Ordering::SeqCst);
-            let gone = pid != 0 && pid != own && process_is_gone(pid);
-            if gone {
-                let held = slot.held_bytes.swap(0, Ordering::SeqCst);
-                if slot
-                    .pid
-                    .compare_exchange(pid, 0, Ordering::SeqCst, Ordering::SeqCst)
-                    .is_ok()
-                    && held > 0
-                {
-                    tracing::warn!(pid, held_bytes = held, "reclaimed buffer budget of a process that died");
-                }
+            if pid == 0 || pid == own || pid == SLOT_RECLAIMING || !process_is_gone(pid) {
+                continue;
+            }
+            // Take the slot first, then clear it: a reclaimer that loses the race touches
+            // nothing, and no process can claim the slot while its bytes are cleared.
+            if slot
+                .pid
+                .compare_exchange(pid, SLOT_RECLAIMING, Ordering::SeqCst, Ordering::SeqCst)
+                .is_err()
+            {
+                continue;
+            }
+            let held = slot.held_bytes.swap(0, Ordering::SeqCst);
+            slot.pid.store(0, Ordering::SeqCst);
+            if held > 0 {
+                tracing::warn!(pid, held_bytes = held, "reclaimed buffer budget of a process that died");
             }
         }
     }

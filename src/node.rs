@@ -92,6 +92,14 @@ impl Node {
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
+    /// Replace the state by a function of the current one, retried if another writer
+    /// published meanwhile (the watcher changes volumes, SIGHUP keys: neither may undo
+    /// the other's change).
+    pub fn update(&self, change: impl Fn(&NodeState) -> NodeState) {
+        self.state.rcu(|current| Arc::new(change(current)));
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
     }

@@ -24,6 +24,8 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::lifecycle::fdpass;
@@ -125,7 +127,10 @@ pub fn request(path: &Path) -> io::Result<Option<Handover>> {
 pub struct ControlSocket {
     path: PathBuf,
     inode: u64,
-    listener_fd: RawFd,
+    /// Shared with the serving thread, so the fd cannot be closed and reused while `stop`
+    /// shuts it down.
+    listener: Arc<UnixListener>,
+    stopping: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -144,14 +149,17 @@ impl ControlSocket {
         let listener = UnixListener::bind(path)?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
         let inode = std::fs::metadata(path)?.ino();
-        let listener_fd = listener.as_raw_fd();
+        let listener = Arc::new(listener);
+        let stopping = Arc::new(AtomicBool::new(false));
+        let (serving, stop_flag) = (listener.clone(), stopping.clone());
         let thread = std::thread::Builder::new()
             .name("keepring-control".into())
-            .spawn(move || serve(listener, offer, budget))?;
+            .spawn(move || serve(&serving, &stop_flag, offer, budget))?;
         Ok(ControlSocket {
             path: path.to_path_buf(),
             inode,
-            listener_fd,
+            listener,
+            stopping,
             thread: Some(thread),
         })
     }
@@ -159,8 +167,9 @@ impl ControlSocket {
     /// Stop answering, close every offered descriptor, and remove the socket file if it is
     /// still ours (a successor may have bound its own there already).
     pub fn stop(mut self) {
-        // SAFETY: shutting down our own listening fd wakes the blocked accept.
-        unsafe { libc::shutdown(self.listener_fd, libc::SHUT_RDWR) };
+        self.stopping.store(true, Ordering::SeqCst);
+        // SAFETY: shutting down our own listening fd (kept open by the Arc) wakes the accept.
+        unsafe { libc::shutdown(self.listener.as_raw_fd(), libc::SHUT_RDWR) };
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -170,13 +179,22 @@ impl ControlSocket {
     }
 }
 
-fn serve(listener: UnixListener, offer: Vec<(String, OwnedFd)>, budget: OwnedFd) {
+fn serve(listener: &UnixListener, stopping: &AtomicBool, offer: Vec<(String, OwnedFd)>, budget: OwnedFd) {
     let labels: Vec<String> = offer.iter().map(|(label, _)| label.clone()).collect();
     let mut fds: Vec<RawFd> = offer.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
     fds.push(budget.as_raw_fd());
     let payload = encode(&labels, true);
-    for connection in listener.incoming() {
-        let Ok(socket) = connection else { break };
+    loop {
+        let socket = match listener.accept() {
+            Ok((socket, _)) => socket,
+            Err(_) if stopping.load(Ordering::SeqCst) => break,
+            Err(error) => {
+                // EMFILE and the like pass; giving up would disable every later hand-over.
+                tracing::warn!(error = %error, "control socket accept failed");
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
         match answer(&socket, &payload, &fds) {
             Ok(()) => tracing::info!(listeners = labels.len(), "handed listening sockets to a new process"),
             Err(error) => tracing::warn!(error = %error, "hand-over request refused"),

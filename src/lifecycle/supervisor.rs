@@ -34,6 +34,8 @@ const WORKERS_READY_TIMEOUT_MS: u64 = 10_000;
 
 /// Exit code when the drain timed out and cut requests.
 pub const EXIT_DRAIN_CUT: u8 = 3;
+/// Exit code when a worker thread panicked.
+pub const EXIT_WORKER_PANIC: u8 = 4;
 /// Exit code after SIGQUIT (128 + 3, as a shell reports a signal death).
 pub const EXIT_QUIT: u8 = 131;
 
@@ -266,7 +268,12 @@ fn serve_until_drained(
         .spawn(move || {
             let exits = workers
                 .into_iter()
-                .map(|handle| handle.join().unwrap_or_default())
+                .map(|handle| {
+                    handle.join().unwrap_or(WorkerExit {
+                        cut_connections: 0,
+                        panicked: true,
+                    })
+                })
                 .collect();
             let _ = done_sender.send(exits);
         })
@@ -299,6 +306,10 @@ fn serve_until_drained(
             Event::WorkersDone(exits) => {
                 let cut: usize = exits.iter().map(|exit| exit.cut_connections).sum();
                 log_phase(Phase::Drained);
+                if exits.iter().any(|exit| exit.panicked) {
+                    tracing::error!("a worker thread panicked");
+                    return EXIT_WORKER_PANIC;
+                }
                 if cut > 0 {
                     tracing::error!(cut_connections = cut, "drain timed out; connections were cut");
                     return EXIT_DRAIN_CUT;
@@ -330,7 +341,7 @@ impl Reload {
         if config.listen != self.running.listen || config.max_buffers != self.running.max_buffers {
             tracing::warn!("SIGHUP: listen address and buffer budget changes need a restart (--term-pid)");
         }
-        node.publish(node_state(&config, node.state().volumes.clone()));
+        node.update(|current| node_state(&config, current.volumes.clone()));
         self.watcher.nudge(WatchEvent::Sources(config.volume_sources.clone()));
         tracing::info!(
             signing = config.signing_key.is_some(),

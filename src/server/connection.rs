@@ -3,8 +3,10 @@
 //! tokio-uring does not cancel an operation whose future is dropped, so every timeout
 //! shuts the socket down first: the pending operation then completes and frees its buffer.
 
+use std::cell::Cell;
 use std::future::Future;
 use std::net::Shutdown;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use tokio_uring::buf::BoundedBuf;
@@ -85,6 +87,8 @@ pub struct Connection {
     pub request_id: String,
     pub date: String,
     pub is_head: bool,
+    /// Set by the worker when it starts draining: a response written after that closes.
+    drain: Rc<Cell<Option<Instant>>>,
     /// When the current request's body must have arrived (set by whoever reads it).
     body_deadline: Option<Instant>,
     /// Every answer on the block read route carries `Vary: X-Keep-Signature`, errors too.
@@ -94,9 +98,10 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub fn new(stream: TcpStream) -> Self {
+    pub fn new(stream: TcpStream, drain: Rc<Cell<Option<Instant>>>) -> Self {
         Connection {
             stream,
+            drain,
             read_buffer: Vec::with_capacity(READ_BUFFER_BYTES),
             start: 0,
             body: None,
@@ -340,7 +345,9 @@ impl Connection {
     }
 
     /// A head for the current request's response, with its id, date and close flag.
-    pub fn response_head(&self, status: u16, framing: BodyFraming) -> ResponseHead<'_> {
+    /// A drain that began while the request ran still closes the connection after it.
+    pub fn response_head(&mut self, status: u16, framing: BodyFraming) -> ResponseHead<'_> {
+        self.close_after |= self.drain.get().is_some();
         let mut head = ResponseHead::new(status, framing, &self.date);
         head.request_id = Some(&self.request_id);
         head.close = self.close_after;
@@ -405,7 +412,7 @@ impl Connection {
 
 /// Serve requests on one connection until it closes.
 pub async fn serve(stream: TcpStream, worker: &Worker, live: &LiveConnection) {
-    let mut connection = Connection::new(stream);
+    let mut connection = Connection::new(stream, worker.drain_signal());
     let mut linger = false;
     loop {
         let head = match connection.read_head(worker).await {
@@ -471,7 +478,14 @@ pub async fn serve(stream: TcpStream, worker: &Worker, live: &LiveConnection) {
 async fn dispatch(worker: &Worker, connection: &mut Connection, head: &Head) -> Result<Reply, RequestError> {
     // Only PUT carries a block; any other body is read and dropped (small) or refused.
     if head.method != "PUT" && head.framing.is_some() {
-        connection.discard_body(READ_BUFFER_BYTES).await?;
+        // No `100 Continue`: nothing but a PUT body is wanted. A small body is dropped so
+        // the connection can go on; a large one is not read at all and the connection
+        // closes after the answer.
+        connection.continue_pending = false;
+        match head.framing {
+            Some(Framing::Length(length)) if length > READ_BUFFER_BYTES as u64 => connection.close_after = true,
+            _ => connection.discard_body(READ_BUFFER_BYTES).await?,
+        }
     }
     api::handle(worker, connection, head).await
 }

@@ -48,7 +48,7 @@ pub struct Worker {
     next_connection_id: Cell<u64>,
     connection_closed: Notify,
     /// When this worker saw the drain start; connections read it between requests.
-    drain_began: Cell<Option<Instant>>,
+    drain_began: Rc<Cell<Option<Instant>>>,
     pub drain_started: Notify,
     /// Stored copies this worker verified (`--verified-cache-entries`; empty when off).
     pub verified: RefCell<crate::digest::VerifiedCache>,
@@ -60,6 +60,8 @@ pub struct Worker {
 #[derive(Debug, Default)]
 pub struct WorkerExit {
     pub cut_connections: usize,
+    /// The worker thread panicked (its connections ended with it).
+    pub panicked: bool,
 }
 
 impl Worker {
@@ -73,7 +75,7 @@ impl Worker {
             live: RefCell::new(HashMap::new()),
             next_connection_id: Cell::new(0),
             connection_closed: Notify::new(),
-            drain_began: Cell::new(None),
+            drain_began: Rc::new(Cell::new(None)),
             drain_started: Notify::new(),
             metrics: node.metrics.register(),
             verified: RefCell::new(crate::digest::VerifiedCache::new(node.verified_cache_entries)),
@@ -136,6 +138,11 @@ impl Worker {
     /// When the drain began, if it has.
     pub fn drain_began(&self) -> Option<Instant> {
         self.drain_began.get()
+    }
+
+    /// The drain signal, for a connection to read when it writes a response head.
+    pub fn drain_signal(&self) -> Rc<Cell<Option<Instant>>> {
+        self.drain_began.clone()
     }
 
     /// The one place a request is logged and counted; `bytes` is response body bytes out.
@@ -251,6 +258,20 @@ async fn finish_drain(worker: &Worker, timeout: Duration) -> WorkerExit {
     }
     WorkerExit {
         cut_connections: live.len(),
+        panicked: false,
+    }
+}
+
+/// A connection's entry in its worker's live set, removed when the task ends (or unwinds).
+struct Registered<'a> {
+    worker: &'a Worker,
+    id: u64,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.worker.live.borrow_mut().remove(&self.id);
+        self.worker.connection_closed.notify_waiters();
     }
 }
 
@@ -278,10 +299,10 @@ async fn accept_loop(listener: tokio::net::TcpListener, worker: Rc<Worker>) {
         worker.live.borrow_mut().insert(id, live.clone());
         let worker = worker.clone();
         tokio_uring::spawn(async move {
+            // Deregisters even if serving panics, so a drain never waits for a dead task.
+            let _registered = Registered { worker: &worker, id };
             let stream = tokio_uring::net::TcpStream::from_std(stream);
             connection::serve(stream, &worker, &live).await;
-            worker.live.borrow_mut().remove(&id);
-            worker.connection_closed.notify_waiters();
         });
     }
 }

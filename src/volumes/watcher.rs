@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use inotify::{Inotify, WatchMask};
 
-use crate::node::Node;
+use crate::node::{Node, NodeState};
 use crate::volume::Volume;
 use crate::volumes::discovery::{self, Candidate, VolumeSources};
 use crate::volumes::VolumeSet;
@@ -309,8 +309,11 @@ impl Watcher {
                 "volume removed"
             );
         }
-        let mut updated = (*state).clone();
-        updated.volumes = VolumeSet::from_shared(next);
-        self.node.publish(updated);
+        // Only the volumes are this thread's to change; keys and tokens stay as published.
+        let volumes = VolumeSet::from_shared(next);
+        self.node.update(|current| NodeState {
+            volumes: volumes.clone(),
+            ..current.clone()
+        });
     }
 }
