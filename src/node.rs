@@ -70,6 +70,16 @@ impl Node {
         self
     }
 
+    /// The trash settings in force now: the signing TTL (no block younger than it is ever
+    /// trashed) follows the current key, which SIGHUP may have changed.
+    pub fn chore_settings(&self) -> ChoreSettings {
+        let mut settings = self.chores.settings;
+        if let Some(key) = self.state().signing_key.as_ref() {
+            settings.blob_signing_ttl_secs = key.ttl_secs();
+        }
+        settings
+    }
+
     /// Ask the volume watcher to look again (a volume just failed); never blocks.
     pub fn nudge_watcher(&self, reason: &'static str) {
         if let Some(watcher) = &self.watcher {

@@ -26,7 +26,7 @@ use crate::volume::io::free_bytes;
 pub fn delete(worker: &Worker, head: &Head, locator_text: &str) -> Result<Reply, RequestError> {
     let state = worker.state();
     auth::require_root(&state, head)?;
-    let settings = worker.node.chores.settings;
+    let settings = worker.node.chore_settings();
     if !settings.blob_trash {
         return Err(RequestError::MethodNotAllowed);
     }

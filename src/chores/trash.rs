@@ -75,15 +75,16 @@ pub fn trash_block(
     if too_young || expected_mtime_ns.is_some_and(|expected| expected != mtime) {
         return Ok(TrashOutcome::Kept);
     }
-    if settings.trash_lifetime_secs == 0 {
-        return match std::fs::remove_file(&path) {
-            Ok(()) => Ok(TrashOutcome::Deleted),
-            Err(error) if is_missing(&error) => Ok(TrashOutcome::Missing),
-            Err(error) => Err(error),
-        };
-    }
+    // Lifetime 0 deletes, but through a trash name with an expired deadline, so the same
+    // re-check below protects a block a PUT touched meanwhile (and a crash in between
+    // leaves trash the sweep removes).
     let now_secs = now.duration_since(UNIX_EPOCH).map(|since| since.as_secs()).unwrap_or(0);
-    let trashed = layout::trash_path(root, hash, now_secs + settings.trash_lifetime_secs);
+    let deadline = if settings.trash_lifetime_secs == 0 {
+        0
+    } else {
+        now_secs + settings.trash_lifetime_secs
+    };
+    let trashed = layout::trash_path(root, hash, deadline);
     match std::fs::rename(&path, &trashed) {
         Ok(()) => {}
         Err(error) if is_missing(&error) => return Ok(TrashOutcome::Missing),
@@ -95,6 +96,13 @@ pub fn trash_block(
     if touched_meanwhile {
         std::fs::rename(&trashed, &path)?;
         return Ok(TrashOutcome::Kept);
+    }
+    if settings.trash_lifetime_secs == 0 {
+        return match std::fs::remove_file(&trashed) {
+            Ok(()) => Ok(TrashOutcome::Deleted),
+            Err(error) if is_missing(&error) => Ok(TrashOutcome::Missing),
+            Err(error) => Err(error),
+        };
     }
     Ok(TrashOutcome::Trashed)
 }
@@ -178,9 +186,9 @@ pub fn record(recorder: &Recorder, volume: &Volume, result: &io::Result<TrashOut
 /// The trash list worker: one item at a time, as long as the process lives.
 pub fn run_trash_list(node: Arc<Node>) {
     let recorder = node.metrics.register();
-    let settings = node.chores.settings;
     loop {
         let taken = node.chores.trash.next();
+        let settings = node.chore_settings();
         if !settings.blob_trash {
             // keepstore runs no trash worker then; the list is accepted and dropped.
             continue;
