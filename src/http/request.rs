@@ -22,6 +22,8 @@ pub struct Head {
     /// The client asked to close after this response (or spoke HTTP/1.0 without
     /// keep-alive).
     pub close: bool,
+    /// HTTP/1.0: keep-alive must be announced in the response to be kept.
+    pub http10: bool,
     pub authorization: Option<String>,
     pub cookie: Option<String>,
     pub request_id: Option<String>,
@@ -50,6 +52,7 @@ pub fn parse_head(bytes: &[u8]) -> Result<Option<(Head, usize)>, RequestError> {
         path: path.to_string(),
         query: query.to_string(),
         close: version_minor == 0,
+        http10: version_minor == 0,
         ..Head::default()
     };
     let mut content_length: Option<u64> = None;

@@ -29,6 +29,8 @@ pub struct ResponseHead<'a> {
     pub cors: bool,
     pub request_id: Option<&'a str>,
     pub close: bool,
+    /// Say `Connection: keep-alive` (an HTTP/1.0 client that asked for it).
+    pub keep_alive: bool,
     pub date: &'a str,
 }
 
@@ -42,6 +44,7 @@ impl<'a> ResponseHead<'a> {
             cors: true,
             request_id: None,
             close: false,
+            keep_alive: false,
             date,
         }
     }
@@ -72,6 +75,8 @@ impl<'a> ResponseHead<'a> {
         }
         if self.close {
             out.extend_from_slice(b"Connection: close\r\n");
+        } else if self.keep_alive {
+            out.extend_from_slice(b"Connection: keep-alive\r\n");
         }
         out.extend_from_slice(b"\r\n");
     }

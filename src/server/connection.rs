@@ -87,6 +87,8 @@ pub struct Connection {
     pub request_id: String,
     pub date: String,
     pub is_head: bool,
+    /// The request spoke HTTP/1.0 and asked to be kept alive.
+    http10_keep_alive: bool,
     /// Set by the worker when it starts draining: a response written after that closes.
     drain: Rc<Cell<Option<Instant>>>,
     /// When the current request's body must have arrived (set by whoever reads it).
@@ -111,6 +113,7 @@ impl Connection {
             request_id: String::new(),
             date: String::new(),
             is_head: false,
+            http10_keep_alive: false,
             body_deadline: None,
             vary_signature: false,
             body_bytes_in: 0,
@@ -223,6 +226,7 @@ impl Connection {
         self.request_id = request_id;
         self.date = date;
         self.is_head = head.method == "HEAD";
+        self.http10_keep_alive = head.http10 && !head.close;
         self.body_deadline = None;
         self.vary_signature = false;
         self.body_bytes_in = 0;
@@ -351,6 +355,7 @@ impl Connection {
         let mut head = ResponseHead::new(status, framing, &self.date);
         head.request_id = Some(&self.request_id);
         head.close = self.close_after;
+        head.keep_alive = self.http10_keep_alive;
         head
     }
 

@@ -225,6 +225,31 @@ fn connection_close_request_is_answered_then_closed() {
 }
 
 #[test]
+fn http10_keep_alive_is_announced_and_honoured_and_plain_http10_closes() {
+    let server = TestServer::start();
+    let mut conn = server.conn();
+    let request = b"OPTIONS /x HTTP/1.0\r\nConnection: keep-alive\r\n\r\n";
+    for _ in 0..2 {
+        conn.write_raw(request).expect("write HTTP/1.0 request");
+        let response = conn.read_response("OPTIONS").expect("response");
+        assert_eq!(response.status, 200);
+        assert_eq!(
+            response.header("Connection"),
+            Some("keep-alive"),
+            "{}",
+            response.summary()
+        );
+    }
+    let mut plain = server.conn();
+    plain.write_raw(b"OPTIONS /x HTTP/1.0\r\n\r\n").expect("write");
+    assert_eq!(plain.read_response("OPTIONS").expect("response").status, 200);
+    assert!(
+        plain.closed_by_server_within(Duration::from_secs(5)),
+        "HTTP/1.0 without keep-alive closes"
+    );
+}
+
+#[test]
 fn malformed_request_line_gets_400_and_server_keeps_serving() {
     let server = TestServer::start();
     let mut conn = server.conn();
