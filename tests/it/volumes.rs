@@ -469,3 +469,47 @@ fn unmounted_configured_volume_is_not_replaced_by_the_directory_underneath() {
         "nothing written onto the root filesystem: {underneath:?}"
     );
 }
+
+#[test]
+fn uuid_is_stable_across_a_remount_at_another_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("drives");
+    let drive = dir.path().join("the-drive");
+    std::fs::create_dir_all(drive.join("keep")).unwrap();
+    std::fs::create_dir_all(root.join("slot1")).unwrap();
+    std::fs::create_dir_all(root.join("slot2")).unwrap();
+    let bind = |target: &Path| Command::new("mount").arg("--bind").arg(&drive).arg(target).status();
+    match bind(&root.join("slot1")) {
+        Ok(status) if status.success() => {}
+        _ => {
+            eprintln!("skipping: mount --bind not permitted here");
+            return;
+        }
+    }
+    let first = TmpfsMount(root.join("slot1"));
+    let server = root_server(&root, &[]);
+    let slot1 = root.join("slot1/keep");
+    assert!(
+        eventually(CHANGE_SEEN_WITHIN, || uuid_of(&server, &slot1).is_some()),
+        "{:?}",
+        mount_paths(&server)
+    );
+    let uuid = uuid_of(&server, &slot1).unwrap();
+    assert!(first.unmount());
+    assert!(eventually(CHANGE_SEEN_WITHIN, || uuid_of(&server, &slot1).is_none()));
+    assert!(bind(&root.join("slot2"))
+        .map(|status| status.success())
+        .unwrap_or(false));
+    let _second = TmpfsMount(root.join("slot2"));
+    let slot2 = root.join("slot2/keep");
+    assert!(
+        eventually(CHANGE_SEEN_WITHIN, || uuid_of(&server, &slot2).is_some()),
+        "{:?}",
+        mount_paths(&server)
+    );
+    assert_eq!(
+        uuid_of(&server, &slot2),
+        Some(uuid),
+        "the drive keeps its UUID at its new mount point"
+    );
+}
