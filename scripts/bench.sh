@@ -6,8 +6,8 @@
 #
 # One command on a fresh Debian/Ubuntu machine with a Rust toolchain: installs wrk, hey,
 # nginx, gnuplot, curl and python3 with apt when missing, builds keepring (release), measures
-# the single-core MD5 rate (criterion `md5/1048576` of benches/micro.rs, i.e. md-5 as
-# keepring uses it), then for each --workers W:
+# the single-core MD5 rate (criterion `md5/blockdigest/1048576` of benches/micro.rs: the MD5
+# keepring runs) and the volume disk's write+fdatasync rate, then for each --workers W:
 #   - starts keepring (`--workers W`, no signing key, so GETs need no signature) on a temp
 #     volume, stores random blocks of 4 KiB, 1 MiB and 64 MiB with curl PUT, and starts nginx
 #     (`worker_processes W`, sendfile on, access_log off, `root` on the same volume, a
@@ -139,19 +139,28 @@ free_port() {
 }
 
 # ---------------------------------------------------------------------------- MD5 reference
-# md-5's rate over 1 MiB updates on one core, from criterion (the bench profile reuses the
-# release build's dependencies). Falls back to Python's hashlib (OpenSSL), labelled so.
-echo "+ nice -n $nice_level taskset -c 0 cargo bench --bench micro -- md5/1048576"
-md5_source="criterion md5/1048576 (md-5 crate, as keepring hashes), pinned to core 0"
-if pin 0 cargo bench --quiet --bench micro -- md5/1048576 >"$logs/md5-criterion.log" 2>&1 &&
-    [[ -f $target_dir/criterion/md5/1048576/new/estimates.json ]]; then
-    md5_mbs=$(python3 -c '
+# The rate of keepring's own MD5 (BlockDigest: OpenSSL, md-5 fallback) over 1 MiB updates on
+# one core, from criterion (the bench profile reuses the release build's dependencies); the
+# portable md-5 rate is shown beside it. Falls back to Python's hashlib (OpenSSL), labelled so.
+echo "+ nice -n $nice_level taskset -c 0 cargo bench --bench micro -- 'md5/.*/1048576'"
+criterion_rate() { # $1 = benchmark id → MB/s, or nothing
+    local estimates=$target_dir/criterion/$1/new/estimates.json
+    [[ -f $estimates ]] || return 0
+    python3 -c '
 import json, sys
 ns = json.load(open(sys.argv[1]))["median"]["point_estimate"]
-print(f"{1048576 / ns * 1e3:.1f}")' "$target_dir/criterion/md5/1048576/new/estimates.json")
-else
+print(f"{1048576 / ns * 1e3:.1f}")' "$estimates"
+}
+rm -rf "$target_dir/criterion/md5"
+md5_mbs=""
+if pin 0 cargo bench --quiet --bench micro -- 'md5/.*/1048576' >"$logs/md5-criterion.log" 2>&1; then
+    md5_mbs=$(criterion_rate md5/blockdigest/1048576)
+    portable_mbs=$(criterion_rate md5/portable/1048576)
+    md5_source="criterion md5/blockdigest/1048576: keepring's BlockDigest, OpenSSL MD5; portable md-5: ${portable_mbs:-?} MB/s; pinned to core 0"
+fi
+if [[ -z $md5_mbs ]]; then
     echo "criterion MD5 measurement failed (see $logs/md5-criterion.log); using Python hashlib"
-    md5_source="Python hashlib (OpenSSL MD5, not md-5), 256 MiB in 1 MiB updates, pinned to core 0"
+    md5_source="Python hashlib (OpenSSL MD5), 256 MiB in 1 MiB updates, pinned to core 0"
     md5_mbs=$(pin 0 python3 -c '
 import hashlib, os, time
 chunk = os.urandom(1 << 20); h = hashlib.md5(); t = time.perf_counter()
@@ -445,15 +454,23 @@ done
 echo "measured in $(($(date +%s) - started)) s"
 
 # ---------------------------------------------------------------------------- report
+# The commit measured, and whether the code differs from it (the bench tooling itself aside).
+if revision=$(git -C "$repo" rev-parse --short HEAD 2>/dev/null); then
+    if [[ -n $(git -C "$repo" status --porcelain --untracked-files=no -- src Cargo.toml Cargo.lock) ]]; then
+        revision+=" with uncommitted changes in src/ or Cargo.*"
+    fi
+else
+    revision="unknown (not a git checkout)"
+fi
 notes=(
-    "Machine: $ncpu cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(uname -r), $(. /etc/os-release && echo "$PRETTY_NAME"); $("$nginx_bin" -v 2>&1 | sed 's/^nginx version: //'); $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2); volume on $(df -T "$work" | awk 'NR == 2 { print $2 }'); date $(date -u +%Y-%m-%dT%H:%MZ)."
+    "keepring revision: $revision. Machine: $ncpu cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(uname -r), $(. /etc/os-release && echo "$PRETTY_NAME"); $("$nginx_bin" -v 2>&1 | sed 's/^nginx version: //'); $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2); volume on $(df -T "$work" | awk 'NR == 2 { print $2 }'); date $(date -u +%Y-%m-%dT%H:%MZ)."
     "$rounds rounds of ${duration}s per case and server, interleaved; medians shown. Servers pinned to cores 0..W-1; wrk/hey to the next core when there is one, else to all cores (W=2 on a 2-core machine: the client competes with the servers); servers and clients at nice $nice_level."
     "Connections: GET/HEAD 4 KiB 16×W, GET/PUT 1 MiB 4×W, GET/PUT 64 MiB 2×W; beside case: 8 connections of 4 KiB GETs plus W of 64 MiB GETs. HEAD is driven by hey (wrk cannot do HEAD); everything else by wrk. keepring has no signing key (GETs unsigned, every GET MD5-verified); nginx: worker_processes W, sendfile on, access_log off."
 )
 note_args=()
 for note in "${notes[@]}"; do note_args+=(--note "$note"); done
 run python3 "$repo/scripts/bench/report.py" "$csv" "$out/summary.md" "$work/chart" --md5-mbs "$md5_mbs" \
-    --md5-source "$md5_source" --disk-mbs "$disk_mbs" --command "$command_line" "${note_args[@]}"
+    --md5-source "$md5_source" --disk-mbs "$disk_mbs" --duration "$duration" --command "$command_line" "${note_args[@]}"
 run gnuplot -e "dir='$work/chart'; outfile='$out/ratios.png'; workers='$workers_list'; title_text='keepring vs nginx, same blocks, same cores ($(date -u +%Y-%m-%d), $command_line)'" \
     "$repo/scripts/bench/ratios.gp"
 echo "wrote $csv, $out/summary.md, $out/ratios.png"

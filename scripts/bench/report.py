@@ -79,6 +79,7 @@ def main():
     parser.add_argument("--md5-mbs", type=float, required=True)
     parser.add_argument("--md5-source", required=True)
     parser.add_argument("--disk-mbs", type=float)
+    parser.add_argument("--duration", type=float, help="nominal seconds per round, to flag overruns")
     parser.add_argument("--command", required=True)
     parser.add_argument("--note", action="append", default=[])
     args = parser.parse_args()
@@ -196,6 +197,29 @@ def main():
         value = ratio(get("get_1m", 2, "keepring", "req_s"), get("get_1m", 1, "keepring", "req_s"))
         target("GET 1 MiB: workers 2 ≥ 1.8× workers 1", value, lambda v: v >= 1.8, fmt(value, 2, "×"))
     out("")
+    # A wrk run that lasts well past its -d was not scheduled on time: the machine stalled
+    # (other load, steal), and that round says little about either server.
+    if args.duration:
+        overran = [
+            row
+            for rows in groups.values()
+            for row in rows
+            if (number(row["duration_s"]) or 0) > 1.5 * args.duration
+        ]
+        if overran:
+            out("## Disturbed rounds")
+            out("")
+            out(
+                f"These rounds lasted over 1.5× the nominal {args.duration:g} s, so the client was not scheduled "
+                "on time (the machine stalled); medians include them, the raw rounds are in the CSV:"
+            )
+            out("")
+            for row in overran:
+                out(
+                    f"- {LABEL.get(row['case'], row['case'])}, workers {row['workers']}, {row['server']}, "
+                    f"round {row['round']}: {row['duration_s']} s, {row['req_s']} req/s"
+                )
+            out("")
     out("![keepring/nginx ratios](ratios.png)")
 
     text = "\n".join(lines) + "\n"
@@ -219,7 +243,7 @@ def main():
                 shown = label.replace("GET 4 KiB beside 64 MiB GETs", "GET 4 KiB beside 64 MiB")
                 if case.startswith("put"):
                     shown += " (÷ MD5)"
-                cells = ["-" if value is None else f"{value:.3f}" for value in values]
+                cells = ["-" if value is None else f"{value:.6f}" for value in values]
                 handle.write(f'"{shown}" ' + " ".join(cells) + "\n")
     with open(os.path.join(args.chart_dir, "workers.txt"), "w") as handle:
         handle.write(" ".join(str(w) for w in workers_seen) + "\n")
