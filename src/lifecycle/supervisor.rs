@@ -209,14 +209,9 @@ pub fn run(cli: Cli, config: Config) -> Result<u8, StartError> {
         running: config,
         watcher: watcher_handle,
     };
-    Ok(serve_until_drained(
-        signals,
-        drain_sender,
-        workers,
-        control,
-        &node,
-        reload,
-    ))
+    let code = serve_until_drained(signals, drain_sender, workers, control, &node, reload);
+    tracing::info!(code, "exiting");
+    Ok(code)
 }
 
 /// Duplicates of every listening socket, labelled with its address, for the hand-over.
