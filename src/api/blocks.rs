@@ -11,7 +11,7 @@ use crate::api::{auth, body};
 use crate::bufpool::CHUNK_BUFFER_BYTES;
 use crate::digest::{BlockDigest, EMPTY_BLOCK_HASH};
 use crate::error::RequestError;
-use crate::http::request::{Framing, Head};
+use crate::http::request::Head;
 use crate::http::response::BodyFraming;
 use crate::http::token::tokens;
 use crate::limits::{BLOCK_BYTES_MAX, CHUNK_BYTES, HASH_HEX_LEN};
@@ -191,11 +191,7 @@ pub async fn write(
     locator_text: &str,
 ) -> Result<Reply, RequestError> {
     let hash = &locator_text[..HASH_HEX_LEN];
-    let length = match head.framing {
-        Some(Framing::Length(length)) => Some(length),
-        Some(Framing::Chunked) => None,
-        None => Some(0),
-    };
+    let length = body::announced_length(head);
     // Refused from the head alone: no `100 Continue`, no byte of the body read.
     if length.is_some_and(|length| length > BLOCK_BYTES_MAX) {
         return Err(RequestError::BodyTooLarge);
@@ -278,11 +274,7 @@ async fn store(
             tracing::warn!(volume = %volume.uuid, hash, "stored copy differs from a verified PUT: rewriting it");
             let (outcome, returned) = write_copy(worker, volume, hash, body).await;
             body = returned;
-            match outcome {
-                WriteOutcome::Stored => stored.push(volume.clone()),
-                WriteOutcome::Full => {}
-                WriteOutcome::Failed => any_failed = true,
-            }
+            any_failed |= outcome.record(volume, &mut stored);
         }
         if is_satisfied(&stored, wanted_classes) {
             break;
@@ -298,11 +290,7 @@ async fn store(
         }
         let (outcome, returned) = write_copy(worker, volume, hash, body).await;
         body = returned;
-        match outcome {
-            WriteOutcome::Stored => stored.push(volume.clone()),
-            WriteOutcome::Full => {}
-            WriteOutcome::Failed => any_failed = true,
-        }
+        any_failed |= outcome.record(volume, &mut stored);
     }
     if stored.is_empty() {
         return Err(if any_failed {
@@ -318,6 +306,19 @@ enum WriteOutcome {
     Stored,
     Full,
     Failed,
+}
+
+impl WriteOutcome {
+    /// Add a stored copy to `stored`; true when the write failed for another reason than
+    /// a full volume (which decides 503 over 507 when nothing was stored).
+    fn record(self, volume: &Arc<Volume>, stored: &mut Vec<Arc<Volume>>) -> bool {
+        match self {
+            WriteOutcome::Stored => stored.push(volume.clone()),
+            WriteOutcome::Full => {}
+            WriteOutcome::Failed => return true,
+        }
+        false
+    }
 }
 
 /// Write one copy and account for it: health, metrics, and the log line of a failure.

@@ -9,11 +9,11 @@ use std::time::SystemTime;
 
 use serde::de::DeserializeOwned;
 
-use crate::api::auth;
+use crate::api::{auth, body};
 use crate::chores::pull::{self, PullItem};
 use crate::chores::trash::{self, TrashItem, TrashOutcome};
 use crate::error::RequestError;
-use crate::http::request::{Framing, Head};
+use crate::http::request::Head;
 use crate::limits::{BUFFER_UNIT_BYTES, LIST_BODY_BYTES_MAX, LIST_ITEMS_MAX};
 use crate::locator::Locator;
 use crate::metrics::{self, Gauges, VolumeErrorKind, VolumeOp};
@@ -116,15 +116,11 @@ async fn read_list<T: DeserializeOwned + Send + 'static>(
     connection: &mut Connection,
     head: &Head,
 ) -> Result<Vec<T>, RequestError> {
-    let length = match head.framing {
-        Some(Framing::Length(length)) => Some(length),
-        Some(Framing::Chunked) => None,
-        None => Some(0),
-    };
+    let length = body::announced_length(head);
     if length.is_some_and(|length| length > LIST_BODY_BYTES_MAX) {
         return Err(RequestError::BodyTooLarge);
     }
-    let (body, lease) = crate::api::body::read_leased(worker, connection, length, LIST_BODY_BYTES_MAX, |_| {}).await?;
+    let (body, lease) = body::read_leased(worker, connection, length, LIST_BODY_BYTES_MAX, |_| {}).await?;
     let (sender, receiver) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("keepring-list".into())
