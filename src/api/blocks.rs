@@ -228,8 +228,11 @@ pub async fn write(
         });
     }
     let size = body.len() as u64;
-    let stored = store(worker, hash, body, &candidates, &wanted_classes).await?;
+    let mut body = body;
+    let stored = store(worker, hash, &mut body, &candidates, &wanted_classes).await;
+    worker.keep_body_buffer(body);
     drop(lease);
+    let stored = stored?;
     Ok(write_reply(worker, head, hash, size, &stored))
 }
 
@@ -239,7 +242,7 @@ pub async fn write(
 async fn store(
     worker: &Worker,
     hash: &str,
-    mut body: Vec<u8>,
+    body: &mut Vec<u8>,
     candidates: &[Arc<Volume>],
     wanted_classes: &[String],
 ) -> Result<Vec<Arc<Volume>>, RequestError> {
@@ -258,7 +261,7 @@ async fn store(
             }
         };
         let Some((file, size)) = existing else { continue };
-        let (same, returned) = io::stored_copy_equals(&file, size, &body, scratch).await;
+        let (same, returned) = io::stored_copy_equals(&file, size, body, scratch).await;
         scratch = returned;
         drop(file);
         if matches!(same, Ok(true)) {
@@ -272,8 +275,8 @@ async fn store(
             }
         } else {
             tracing::warn!(volume = %volume.uuid, hash, "stored copy differs from a verified PUT: rewriting it");
-            let (outcome, returned) = write_copy(worker, volume, hash, body).await;
-            body = returned;
+            let (outcome, returned) = write_copy(worker, volume, hash, std::mem::take(body)).await;
+            *body = returned;
             any_failed |= outcome.record(volume, &mut stored);
         }
         if is_satisfied(&stored, wanted_classes) {
@@ -288,8 +291,8 @@ async fn store(
         if !is_wanted(&stored, wanted_classes, volume) {
             continue;
         }
-        let (outcome, returned) = write_copy(worker, volume, hash, body).await;
-        body = returned;
+        let (outcome, returned) = write_copy(worker, volume, hash, std::mem::take(body)).await;
+        *body = returned;
         any_failed |= outcome.record(volume, &mut stored);
     }
     if stored.is_empty() {

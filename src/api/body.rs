@@ -34,7 +34,7 @@ pub async fn read_leased(
 ) -> Result<(Vec<u8>, Lease), RequestError> {
     let announced = length.unwrap_or(0).min(bytes_max);
     let mut lease = worker.pool.lease(CHUNK_BUFFER_BYTES as u64 + announced).await?;
-    let mut body = Vec::with_capacity(length.unwrap_or(CHUNK_BYTES as u64).min(bytes_max) as usize);
+    let mut body = worker.body_buffer(length.unwrap_or(CHUNK_BYTES as u64).min(bytes_max) as usize);
     let mut leased_body_bytes = announced;
     let expected_bytes = length.unwrap_or(BLOCK_BYTES_MAX);
     let allowed = Duration::from_millis(BODY_GRACE_MS + expected_bytes * 1000 / BODY_RATE_BYTES_PER_SEC_MIN);
