@@ -7,11 +7,13 @@
 use std::cell::RefCell;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::error::RequestError;
-use crate::limits::{BUFFER_WAIT_MS_MAX, CHUNK_BYTES, FREE_CHUNKS_PER_WORKER_MAX, RESPONSE_HEAD_BYTES_MAX};
+use crate::limits::{
+    BUFFER_WAIT_MS_MAX, CHUNK_BYTES, FREE_CHUNKS_PER_WORKER_MAX, RESPONSE_HEAD_BYTES_MAX, SPARE_BODY_BYTES_MIN,
+};
 
 /// Capacity of one chunk buffer: a response head plus one chunk of block data.
 pub const CHUNK_BUFFER_BYTES: usize = RESPONSE_HEAD_BYTES_MAX + CHUNK_BYTES;
@@ -48,6 +50,11 @@ pub struct BufferBudget {
     page: *const BudgetPage,
     slot: usize,
     memory: OwnedFd,
+    /// One finished PUT body buffer kept for the next PUT, its capacity held from the
+    /// budget like any lease, and given up the moment a request waits for budget. A
+    /// mutex, not per-core state: it is touched once per large PUT, and any core under
+    /// pressure must be able to free it.
+    spare: Mutex<Option<Vec<u8>>>,
 }
 
 // SAFETY: the page is only touched through atomics, and the mapping lives as long as self.
@@ -118,6 +125,7 @@ impl BufferBudget {
             page,
             slot: usize::MAX,
             memory,
+            spare: Mutex::new(None),
         };
         unclaimed.reclaim_dead();
         for (index, slot) in slots.iter().enumerate() {
@@ -180,6 +188,46 @@ impl BufferBudget {
             .held_bytes
             .fetch_sub(bytes, Ordering::SeqCst);
         assert!(before >= bytes, "buffer budget returned more than was taken");
+    }
+
+    /// The spare body buffer if it fits `capacity` (and is not over twice as large: its
+    /// unused pages would be memory no lease counts); its budget share is given back, the
+    /// caller leases what it uses as usual.
+    pub fn take_spare(&self, capacity: usize) -> Option<Vec<u8>> {
+        let mut spare = self.spare.lock().ok()?;
+        let fits = |buffer: &Vec<u8>| buffer.capacity() >= capacity && buffer.capacity() / 2 <= capacity;
+        if !spare.as_ref().is_some_and(fits) {
+            return None;
+        }
+        let mut buffer = spare.take()?;
+        self.give(buffer.capacity() as u64);
+        buffer.clear();
+        Some(buffer)
+    }
+
+    /// Keep `buffer` as the spare if the budget has room for it now; else free it.
+    pub fn keep_spare(&self, buffer: Vec<u8>) {
+        if buffer.capacity() < SPARE_BODY_BYTES_MIN {
+            return;
+        }
+        let Ok(mut spare) = self.spare.lock() else { return };
+        if spare.as_ref().is_some_and(|kept| kept.capacity() >= buffer.capacity()) {
+            return;
+        }
+        if self.try_take(buffer.capacity() as u64) {
+            if let Some(old) = spare.replace(buffer) {
+                self.give(old.capacity() as u64);
+            }
+        }
+    }
+
+    /// Free the spare and its budget share (a request is waiting for budget, or the
+    /// process drains and a successor shares the budget).
+    pub fn release_spare(&self) {
+        let released = self.spare.lock().ok().and_then(|mut spare| spare.take());
+        if let Some(buffer) = released {
+            self.give(buffer.capacity() as u64);
+        }
     }
 
     /// Free the slots of processes that no longer exist.
@@ -308,6 +356,7 @@ impl BufferPool {
         // Releases happen on any core; polling every millisecond keeps this lock-free and
         // costs nothing while the budget is not exhausted.
         while !self.budget.try_take(bytes) {
+            self.budget.release_spare();
             self.budget.reclaim_dead();
             if Instant::now() >= deadline {
                 return Err(RequestError::Busy);

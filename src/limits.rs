@@ -77,12 +77,9 @@ const _: () = assert!(CHUNK_BYTES as u64 <= BLOCK_BYTES_MAX);
 const _: () = assert!(BLOCK_BYTES_MAX.is_multiple_of(CHUNK_BYTES as u64));
 const _: () = assert!(RESPONSE_HEAD_BYTES_MAX < CHUNK_BYTES);
 
-/// PUT body buffers kept for reuse, across all workers: a fresh 64 MiB buffer costs 16,384
-/// page faults (~14% of a 64 MiB PUT's CPU, measured). One block's worth in all, so memory
-/// stays within the buffer budget plus 64 MiB.
-pub const SPARE_BODY_BYTES_MAX: u64 = BLOCK_BYTES_MAX;
-
-/// Bodies smaller than this are not worth keeping (they fit the allocator's own caches).
+/// PUT body buffers smaller than this are not kept as the budget's spare (the allocator
+/// reuses small ones by itself; a fresh 64 MiB one costs 16,384 page faults, ~14% of a
+/// 64 MiB PUT's CPU, measured).
 pub const SPARE_BODY_BYTES_MIN: usize = 1024 * 1024;
 
 /// Chunk buffers a worker keeps for reuse after their request ends (64 × 130 KiB ≈

@@ -42,8 +42,6 @@ pub struct Node {
     pub metrics: Registry,
     /// Size of each worker's verified-copy cache; 0 hashes every read (the default).
     pub verified_cache_entries: usize,
-    /// Bytes of PUT body buffers workers keep for reuse (at most `SPARE_BODY_BYTES_MAX`).
-    pub spare_body_bytes: AtomicU64,
 }
 
 impl Node {
@@ -57,7 +55,6 @@ impl Node {
             chores: Chores::default(),
             metrics: Registry::default(),
             verified_cache_entries: 0,
-            spare_body_bytes: AtomicU64::new(0),
         }
     }
 

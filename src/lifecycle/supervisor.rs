@@ -288,6 +288,7 @@ fn serve_until_drained(
                 log_phase(Phase::Draining);
                 sd_notify("STOPPING=1");
                 node.start_draining();
+                node.budget.release_spare();
                 // Our copies of the listeners close now: a successor holds its own, and a
                 // plain stop must not leave connections queued where nobody accepts.
                 if let Some(control) = control.take() {

@@ -12,14 +12,13 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{watch, Notify};
 
 use crate::bufpool::BufferPool;
-use crate::limits::{CONNECTIONS_PER_WORKER_MAX, SPARE_BODY_BYTES_MAX, SPARE_BODY_BYTES_MIN};
+use crate::limits::CONNECTIONS_PER_WORKER_MAX;
 use crate::node::{Node, NodeState};
 use crate::server::connection;
 
@@ -51,8 +50,6 @@ pub struct Worker {
     /// When this worker saw the drain start; connections read it between requests.
     drain_began: Rc<Cell<Option<Instant>>>,
     pub drain_started: Notify,
-    /// A PUT body buffer kept for the next PUT (see `SPARE_BODY_BYTES_MAX`).
-    spare_body: RefCell<Option<Vec<u8>>>,
     /// Stored copies this worker verified (`--verified-cache-entries`; empty when off).
     pub verified: RefCell<crate::digest::VerifiedCache>,
     /// This worker's metric counters (written only here, summed at scrape).
@@ -81,7 +78,6 @@ impl Worker {
             drain_began: Rc::new(Cell::new(None)),
             drain_started: Notify::new(),
             metrics: node.metrics.register(),
-            spare_body: RefCell::new(None),
             verified: RefCell::new(crate::digest::VerifiedCache::new(node.verified_cache_entries)),
             node,
         }
@@ -144,44 +140,20 @@ impl Worker {
         self.drain_began.get()
     }
 
-    /// An empty buffer for a body of up to `capacity` bytes: the kept one if it fits (its
-    /// pages are already mapped), else a new one.
+    /// An empty buffer for a body of up to `capacity` bytes: the budget's spare one if it
+    /// fits (its pages are already mapped), else a new one.
     pub fn body_buffer(&self, capacity: usize) -> Vec<u8> {
-        let mut spare = self.spare_body.borrow_mut();
-        // Not much larger than needed either: a reused buffer's unused pages are memory the
-        // lease does not count.
-        let fits = |buffer: &Vec<u8>| buffer.capacity() >= capacity && buffer.capacity() / 2 <= capacity;
-        if spare.as_ref().is_some_and(fits) {
-            if let Some(mut buffer) = spare.take() {
-                self.node
-                    .spare_body_bytes
-                    .fetch_sub(buffer.capacity() as u64, Ordering::Relaxed);
-                buffer.clear();
-                return buffer;
-            }
-        }
-        Vec::with_capacity(capacity)
+        self.node
+            .budget
+            .take_spare(capacity)
+            .unwrap_or_else(|| Vec::with_capacity(capacity))
     }
 
-    /// Keep a finished PUT's buffer for the next one, within `SPARE_BODY_BYTES_MAX` over
-    /// all workers; otherwise it goes back to the allocator.
+    /// Offer a finished PUT's buffer to the budget as its spare.
     pub fn keep_body_buffer(&self, buffer: Vec<u8>) {
-        let bytes = buffer.capacity() as u64;
-        let mut spare = self.spare_body.borrow_mut();
-        if buffer.capacity() < SPARE_BODY_BYTES_MIN
-            || spare.as_ref().is_some_and(|kept| kept.capacity() >= buffer.capacity())
-        {
-            return;
-        }
-        let before = self.node.spare_body_bytes.fetch_add(bytes, Ordering::Relaxed);
-        if before + bytes > SPARE_BODY_BYTES_MAX {
-            self.node.spare_body_bytes.fetch_sub(bytes, Ordering::Relaxed);
-            return;
-        }
-        if let Some(old) = spare.replace(buffer) {
-            self.node
-                .spare_body_bytes
-                .fetch_sub(old.capacity() as u64, Ordering::Relaxed);
+        // A draining process leaves the shared budget to its successor.
+        if self.drain_began().is_none() {
+            self.node.budget.keep_spare(buffer);
         }
     }
 
