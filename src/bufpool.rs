@@ -413,6 +413,25 @@ mod tests {
     }
 
     #[test]
+    fn the_spare_buffer_is_held_from_the_budget_and_given_up_under_pressure() {
+        let size = SPARE_BODY_BYTES_MIN * 2;
+        let budget = BufferBudget::new(size as u64 * 2).unwrap();
+        budget.keep_spare(Vec::with_capacity(size));
+        assert_eq!(budget.in_use_bytes(), size as u64, "a kept spare counts");
+        assert!(budget.take_spare(size / 4).is_none(), "over twice the need: not reused");
+        let reused = budget.take_spare(size).expect("fits");
+        assert!(reused.capacity() >= size && reused.is_empty());
+        assert_eq!(budget.in_use_bytes(), 0, "taken back: the request leases it itself");
+        budget.keep_spare(reused);
+        tokio_uring::start(async {
+            let pool = BufferPool::new(budget.clone());
+            let lease = pool.lease(size as u64 * 2).await.expect("the spare makes room");
+            assert_eq!(lease.bytes(), size as u64 * 2);
+        });
+        assert!(budget.take_spare(size).is_none(), "released for the waiting request");
+    }
+
+    #[test]
     fn lease_waits_then_answers_busy() {
         tokio_uring::start(async {
             let pool = BufferPool::new(BufferBudget::new(10).unwrap());
