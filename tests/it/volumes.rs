@@ -513,3 +513,28 @@ fn uuid_is_stable_across_a_remount_at_another_path() {
         "the drive keeps its UUID at its new mount point"
     );
 }
+
+#[test]
+fn a_filesystem_mounted_read_only_is_served_read_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("drives");
+    let drive = root.join("disk1");
+    let Some(_mount) = mount_tmpfs(&drive, 100) else { return };
+    std::fs::create_dir(drive.join("keep")).unwrap();
+    let data = test_bytes(777, 3000);
+    let hash = md5_hex(&data);
+    write_block_file(&drive.join("keep"), &hash, &data);
+    let remounted = Command::new("mount").args(["-o", "remount,ro"]).arg(&drive).status();
+    assert!(
+        remounted.map(|status| status.success()).unwrap_or(false),
+        "remount read-only"
+    );
+    let server = root_server(&root, &[]);
+    let listed = mounts(&server);
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["allow_write"], false, "{listed:?}");
+    let read = server.get(&format!("{hash}+{}", data.len()));
+    assert_eq!(read.status, 200);
+    assert_eq!(read.body, data);
+    assert_eq!(server.put(&test_bytes(778, 100)).status, 507, "no writable volume");
+}
