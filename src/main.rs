@@ -51,7 +51,16 @@ fn main() -> ExitCode {
     // Flush the log writer before leaving (process::exit would drop queued lines).
     drop(guard);
     match result {
-        Ok(code) => ExitCode::from(code),
+        Ok(code) => {
+            // Chore, watcher and signal threads are still running: leave without the C
+            // library's atexit handlers (OpenSSL's cleanup among them), which are not safe
+            // to run beside live threads. Everything worth keeping is on disk or flushed.
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+            let _ = std::io::stderr().flush();
+            // SAFETY: _exit ends the process at once; no Rust state is observed after it.
+            unsafe { libc::_exit(code as i32) }
+        }
         Err(supervisor::StartError(message)) => {
             eprintln!("keepring: {message}");
             ExitCode::from(2)

@@ -26,8 +26,12 @@ fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// How long an old process may take to drain after its successor is ready.
-const OLD_EXIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an old process may take to drain and exit after its successor is ready.
+/// Generous on purpose: three times, and only in the first test run right after cargo had
+/// written out freshly linked binaries, a replaced process took over 10 s to exit (its
+/// requests had all been answered; suspected: its exit waiting on io_uring work stuck in
+/// that writeback). No request depends on the exit; the load tests count failures apart.
+const OLD_EXIT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Restarts in each load test.
 const RESTARTS: usize = 5;
 /// Correct answers each load test waits for before the first and after each restart.
