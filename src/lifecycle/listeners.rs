@@ -49,6 +49,15 @@ pub fn from_systemd(address: SocketAddr) -> io::Result<Vec<TcpListener>> {
     std::env::remove_var("LISTEN_FDNAMES");
     let mut listeners = Vec::new();
     for fd in SD_LISTEN_FDS_START..SD_LISTEN_FDS_START + count {
+        if !is_listening_socket(fd) {
+            // A wrong LISTEN_FDS must not make us take (and later close) a descriptor that
+            // belongs to something else.
+            tracing::warn!(
+                fd,
+                "LISTEN_FDS names a descriptor that is not a listening socket; ignored"
+            );
+            continue;
+        }
         // SAFETY: systemd passed these descriptors to this pid; nothing else owns them.
         let listener = TcpListener::from(unsafe { OwnedFd::from_raw_fd(fd) });
         listener.set_nonblocking(true)?;
@@ -60,6 +69,23 @@ pub fn from_systemd(address: SocketAddr) -> io::Result<Vec<TcpListener>> {
         }
     }
     Ok(listeners)
+}
+
+/// An open socket in the listening state (`SO_ACCEPTCONN`).
+fn is_listening_socket(fd: RawFd) -> bool {
+    let mut accepting: libc::c_int = 0;
+    let mut length = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt on any fd number only reads the option into our int (or fails).
+    let result = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ACCEPTCONN,
+            &mut accepting as *mut libc::c_int as *mut libc::c_void,
+            &mut length,
+        )
+    };
+    result == 0 && accepting == 1
 }
 
 /// The sockets of a hand-over that serve `address`; others are closed (the address changed).
@@ -113,6 +139,16 @@ pub fn assign(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_listening_sockets_are_taken_from_systemd() {
+        use std::os::fd::AsRawFd;
+        let listener = bind_reuseport("127.0.0.1:0".parse().unwrap()).unwrap();
+        assert!(is_listening_socket(listener.as_raw_fd()));
+        let file = std::fs::File::open("/dev/null").unwrap();
+        assert!(!is_listening_socket(file.as_raw_fd()));
+        assert!(!is_listening_socket(-1));
+    }
 
     #[test]
     fn fresh_binds_share_one_port() {

@@ -752,3 +752,75 @@ fn budget_of_a_killed_process_is_reclaimed() {
         Duration::from_secs(1),
     );
 }
+
+/// systemd socket activation: the listening socket arrives as fd 3 with `LISTEN_FDS=1` and
+/// `LISTEN_PID` set to the server's own pid (set by the shell that execs it).
+#[test]
+fn serves_a_socket_passed_by_systemd_socket_activation() {
+    use std::io::BufRead;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = listener.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let fd = listener.as_raw_fd();
+    let mut command = std::process::Command::new("sh");
+    command
+        .arg("-c")
+        .arg("LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" \"$@\"")
+        .arg(crate::support::server::binary_path())
+        .args(["--listen", &address.to_string(), "--volume"])
+        .arg(dir.path().join("vol"))
+        .args(["--control-socket"])
+        .arg(dir.path().join("ctl.sock"))
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null());
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            // dup2 onto itself would keep close-on-exec: clear it instead.
+            let moved = if fd == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(fd, 3)
+            };
+            if moved < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().expect("spawn keepring");
+    drop(listener); // only the server holds the socket now
+    let stderr = child.stderr.take().unwrap();
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = sender.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut listening = None;
+    while let Ok(line) = receiver.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        if line.contains("listening on") {
+            listening = Some(line);
+            break;
+        }
+    }
+    let line = listening.unwrap_or_else(|| {
+        let _ = child.kill();
+        panic!("no `listening on` line")
+    });
+    assert!(line.contains("source=Systemd"), "{line}");
+    let data = test_bytes(4040, 2000);
+    let mut conn = client::Conn::connect(address);
+    let stored = conn.request(&Request::put(&format!("/{}", md5_hex(&data)), &data));
+    assert_eq!(stored.status, 200, "{}", stored.summary());
+    let read = conn.request(&Request::get(&format!("/{}+{}", md5_hex(&data), data.len())));
+    assert_eq!(read.body, data);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(0));
+}
