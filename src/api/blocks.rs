@@ -204,6 +204,7 @@ pub async fn write(
         .into_iter()
         .filter(|volume| volume.allow_write)
         .filter(|volume| wanted_classes.is_empty() || wanted_classes.iter().any(|class| volume.has_class(class)))
+        .cloned()
         .collect();
     if candidates.is_empty() {
         return Err(RequestError::InsufficientStorage);

@@ -77,7 +77,8 @@ fn pull_one(node: &Node, recorder: &Recorder, item: &PullItem, random: u64) -> R
             .volumes
             .ordered_for(locator.hash)
             .into_iter()
-            .find(|volume| volume.allow_write);
+            .find(|volume| volume.allow_write)
+            .cloned();
         writable.ok_or("no writable volume")?
     } else {
         match state.volumes.by_uuid(&item.mount_uuid) {

@@ -38,10 +38,12 @@ impl VolumeSet {
     }
 
     /// Volumes in the order a block is looked for and written (keep-protocol.md §5).
-    pub fn ordered_for(&self, hash: &str) -> Vec<Arc<Volume>> {
+    /// References, not clones: bumping the shared refcounts on every request would bounce
+    /// their cache lines between cores.
+    pub fn ordered_for(&self, hash: &str) -> Vec<&Arc<Volume>> {
         placement::order(hash, &self.volumes)
             .into_iter()
-            .map(|index| self.volumes[index].clone())
+            .map(|index| &self.volumes[index])
             .collect()
     }
 }
