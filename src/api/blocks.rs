@@ -86,7 +86,7 @@ pub async fn read(
                 if verify {
                     worker.verified.borrow_mut().insert(locator.hash, identity);
                 }
-                let counters = worker.metrics.volume(&volume);
+                let counters = worker.metrics.volume(volume);
                 counters.operation(VolumeOp::Read);
                 counters.read(size);
                 worker.pool.recycle(buffer);
@@ -95,12 +95,12 @@ pub async fn read(
             Err(StreamError::Client(error)) => return Err(error),
             Err(StreamError::Corrupt) => {
                 tracing::error!(volume = %volume.uuid, hash = locator.hash, "stored copy fails its MD5 check");
-                worker.metrics.volume(&volume).error(VolumeErrorKind::Checksum);
+                worker.metrics.volume(volume).error(VolumeErrorKind::Checksum);
                 failure = RequestError::ChecksumMismatch;
             }
             Err(StreamError::Volume(error)) => {
                 tracing::warn!(volume = %volume.uuid, hash = locator.hash, error = %error, "block read failed");
-                worker.metrics.volume(&volume).error(VolumeErrorKind::Io);
+                worker.metrics.volume(volume).error(VolumeErrorKind::Io);
                 failure = RequestError::Internal(format!("volume error: {error}"));
             }
         }
