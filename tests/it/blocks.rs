@@ -625,6 +625,46 @@ fn concurrent_puts_of_the_same_block_leave_one_good_file() {
 }
 
 #[test]
+fn an_exhausted_buffer_budget_answers_503_after_a_bounded_wait_then_recovers() {
+    let server = ServerBuilder::new().arg("--max-buffers").arg("1").start();
+    let big = test_bytes(16, BLOCK_BYTES_MAX);
+    let big_hash = md5_hex(&big);
+    let put_head =
+        |hash: &str| format!("PUT /{hash} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {BLOCK_BYTES_MAX}\r\n\r\n");
+    // A 64 MiB PUT whose body has started: it holds (almost) the whole budget until it ends.
+    let mut holder = server.conn();
+    holder.write_raw(put_head(&big_hash).as_bytes()).expect("write head");
+    holder.write_raw(&big[..1024 * 1024]).expect("write some body");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // A second 64 MiB PUT cannot get its buffer: it waits the bounded time, then 503.
+    let other = test_bytes(17, BLOCK_BYTES_MAX);
+    let mut waiter = server.conn();
+    let started = std::time::Instant::now();
+    waiter
+        .write_raw(put_head(&md5_hex(&other)).as_bytes())
+        .expect("write head");
+    let refused = waiter.read_response("PUT").expect("an answer, not a hang");
+    let waited = started.elapsed();
+    assert_eq!(refused.status, 503, "{}", refused.summary());
+    assert_eq!(
+        refused.text().matches('\n').count(),
+        1,
+        "one line: {:?}",
+        refused.text()
+    );
+    assert!(
+        waited >= std::time::Duration::from_secs(4),
+        "answered after {waited:?}, not after the wait"
+    );
+    // The holder finishes; the budget comes back and the refused block can be stored.
+    holder.write_raw(&big[1024 * 1024..]).expect("write the rest");
+    let stored = holder.read_response("PUT").expect("big PUT answer");
+    assert_eq!(stored.status, 200, "{}", stored.summary());
+    let retried = server.put(&other);
+    assert_eq!(retried.status, 200, "{}", retried.summary());
+}
+
+#[test]
 fn buffers_are_returned_after_successes_and_failures() {
     // With a single buffer, a request that leaked its buffer would make every later block
     // request fail (503 or hang).
