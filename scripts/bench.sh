@@ -201,8 +201,10 @@ put_list_64m=$(put_list 67108864 $((2 * max_workers + 2)))
 
 # ---------------------------------------------------------------------------- servers
 kport=$(free_port)
+cport=$(free_port)
+while [[ $cport == "$kport" ]]; do cport=$(free_port); done
 nport=$(free_port)
-while [[ $nport == "$kport" ]]; do nport=$(free_port); done
+while [[ $nport == "$kport" || $nport == "$cport" ]]; do nport=$(free_port); done
 
 start_keepring() { # $1 = workers, $2 = cores
     local log=$logs/keepring-w$1.log
@@ -218,6 +220,25 @@ start_keepring() { # $1 = workers, $2 = cores
         sleep 0.05
     done
     echo "keepring did not start within 10 s" >&2
+    return 1
+}
+
+# A second keepring on the same volume with the verified-copy cache on (the *_cached cases):
+# hot blocks are not rehashed, the trade-off the README describes.
+start_keepring_cached() { # $1 = workers, $2 = cores
+    local log=$logs/keepring-cached-w$1.log
+    echo "+ nice -n $nice_level taskset -c $2 $binary --listen 127.0.0.1:$cport --volume $work/vol --workers $1 --log-level warn" \
+        "--verified-cache-entries 100000 --control-socket $work/ctl-cached.sock >$log 2>&1 &"
+    nice -n "$nice_level" taskset -c "$2" "$binary" --listen "127.0.0.1:$cport" --volume "$work/vol" --workers "$1" \
+        --log-level warn --verified-cache-entries 100000 --control-socket "$work/ctl-cached.sock" >"$log" 2>&1 &
+    cpid=$!
+    server_pids+=("$cpid")
+    for _ in $(seq 200); do
+        grep -q "listening on" "$log" 2>/dev/null && return 0
+        kill -0 "$cpid" 2>/dev/null || { cat "$log" >&2; echo "keepring (cached) exited" >&2; return 1; }
+        sleep 0.05
+    done
+    echo "keepring (cached) did not start within 10 s" >&2
     return 1
 }
 
@@ -339,8 +360,10 @@ measure() {
     local case=$1 workers=$2 server=$3 round=$4 port pid size conns tool=wrk outfile before after
     local threads=$client_threads beside_mbs="" put_list="" method=GET
     if [[ $server == keepring ]]; then port=$kport pid=$kpid; else port=$nport pid=$npid; fi
+    if [[ $server == keepring && $case == *_cached ]]; then port=$cport pid=$cpid; fi
     case $case in
-        get_4k) size=4096 conns=$((16 * workers)) ;;
+        get_4k | get_4k_cached) size=4096 conns=$((16 * workers)) ;;
+        get_64m_cached) size=67108864 conns=$((2 * workers)) ;;
         get_1m) size=1048576 conns=$((4 * workers)) ;;
         get_64m) size=67108864 conns=$((2 * workers)) ;;
         head_4k) size=4096 conns=$((16 * workers)) tool=hey method=HEAD ;;
@@ -434,9 +457,10 @@ for workers in $workers_list; do
         done
         stored=1
     fi
+    start_keepring_cached "$workers" "$server_cores"
     start_nginx "$workers" "$server_cores"
     check_servers
-    for case in get_4k get_1m get_64m head_4k get_4k_beside_64m; do
+    for case in get_4k get_1m get_64m head_4k get_4k_beside_64m get_4k_cached get_64m_cached; do
         for round in $(seq "$rounds"); do
             measure "$case" "$workers" keepring "$round"
             measure "$case" "$workers" nginx "$round"
@@ -448,6 +472,7 @@ for workers in $workers_list; do
         done
     done
     grep -E "VmHWM|VmRSS" "/proc/$kpid/status" | tr -s ' \t' ' ' | sed "s/^/keepring w$workers /"
+    stop_pid "$cpid"
     stop_pid "$kpid"
     stop_pid "$npid"
 done
@@ -465,7 +490,7 @@ fi
 notes=(
     "keepring revision: $revision. Machine: $ncpu cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(uname -r), $(. /etc/os-release && echo "$PRETTY_NAME"); $("$nginx_bin" -v 2>&1 | sed 's/^nginx version: //'); $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2); volume on $(df -T "$work" | awk 'NR == 2 { print $2 }'); date $(date -u +%Y-%m-%dT%H:%MZ)."
     "$rounds rounds of ${duration}s per case and server, interleaved; medians shown. Servers pinned to cores 0..W-1; wrk/hey to the next core when there is one, else to all cores (W=2 on a 2-core machine: the client competes with the servers); servers and clients at nice $nice_level."
-    "Connections: GET/HEAD 4 KiB 16×W, GET/PUT 1 MiB 4×W, GET/PUT 64 MiB 2×W; beside case: 8 connections of 4 KiB GETs plus W of 64 MiB GETs. HEAD is driven by hey (wrk cannot do HEAD); everything else by wrk. keepring has no signing key (GETs unsigned, every GET MD5-verified); nginx: worker_processes W, sendfile on, access_log off."
+    "Connections: GET/HEAD 4 KiB 16×W, GET/PUT 1 MiB 4×W, GET/PUT 64 MiB 2×W; beside case: 8 connections of 4 KiB GETs plus W of 64 MiB GETs. HEAD is driven by hey (wrk cannot do HEAD); everything else by wrk. keepring has no signing key (GETs unsigned, every GET MD5-verified, except in the *verified-copy cache* cases, served by a second keepring with --verified-cache-entries 100000); nginx: worker_processes W, sendfile on, access_log off."
 )
 note_args=()
 for note in "${notes[@]}"; do note_args+=(--note "$note"); done

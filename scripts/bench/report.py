@@ -21,12 +21,14 @@ CASES = [
     ("get_64m", "GET 64 MiB"),
     ("head_4k", "HEAD 4 KiB"),
     ("get_4k_beside_64m", "GET 4 KiB beside 64 MiB GETs"),
+    ("get_4k_cached", "GET 4 KiB, verified-copy cache"),
+    ("get_64m_cached", "GET 64 MiB, verified-copy cache"),
     ("put_1m", "PUT 1 MiB"),
     ("put_64m", "PUT 64 MiB"),
 ]
 LABEL = dict(CASES)
 # Cases whose keepring rate is compared with the single-core MD5 rate (per worker).
-MD5_CASES = {"get_1m", "get_64m", "put_1m", "put_64m"}
+MD5_CASES = {"get_1m", "get_64m", "put_1m", "put_64m", "get_64m_cached"}
 
 
 def number(text):
