@@ -206,40 +206,36 @@ while [[ $cport == "$kport" ]]; do cport=$(free_port); done
 nport=$(free_port)
 while [[ $nport == "$kport" || $nport == "$cport" ]]; do nport=$(free_port); done
 
-start_keepring() { # $1 = workers, $2 = cores
-    local log=$logs/keepring-w$1.log
-    echo "+ nice -n $nice_level taskset -c $2 $binary --listen 127.0.0.1:$kport --volume $work/vol --workers $1 --log-level warn" \
-        "--control-socket $work/ctl.sock >$log 2>&1 &"
-    nice -n "$nice_level" taskset -c "$2" "$binary" --listen "127.0.0.1:$kport" --volume "$work/vol" --workers "$1" --log-level warn \
-        --control-socket "$work/ctl.sock" >"$log" 2>&1 &
-    kpid=$!
-    server_pids+=("$kpid")
+# Start a keepring on the shared volume; sets started_pid once it listens.
+# $1 = workers, $2 = cores, $3 = port, $4 = name (log and control socket), $5... extra flags
+start_keepring_on() {
+    local workers=$1 cores=$2 port=$3 name=$4 log=$logs/$4-w$1.log
+    shift 4
+    local cmd=("$binary" --listen "127.0.0.1:$port" --volume "$work/vol" --workers "$workers" --log-level warn
+        "$@" --control-socket "$work/$name.sock")
+    echo "+ nice -n $nice_level taskset -c $cores ${cmd[*]} >$log 2>&1 &"
+    nice -n "$nice_level" taskset -c "$cores" "${cmd[@]}" >"$log" 2>&1 &
+    started_pid=$!
+    server_pids+=("$started_pid")
     for _ in $(seq 200); do
         grep -q "listening on" "$log" 2>/dev/null && return 0
-        kill -0 "$kpid" 2>/dev/null || { cat "$log" >&2; echo "keepring exited" >&2; return 1; }
+        kill -0 "$started_pid" 2>/dev/null || { cat "$log" >&2; echo "$name exited" >&2; return 1; }
         sleep 0.05
     done
-    echo "keepring did not start within 10 s" >&2
+    echo "$name did not start within 10 s" >&2
     return 1
+}
+
+start_keepring() { # $1 = workers, $2 = cores
+    start_keepring_on "$1" "$2" "$kport" keepring
+    kpid=$started_pid
 }
 
 # A second keepring on the same volume with the verified-copy cache on (the *_cached cases):
 # hot blocks are not rehashed, the trade-off the README describes.
 start_keepring_cached() { # $1 = workers, $2 = cores
-    local log=$logs/keepring-cached-w$1.log
-    echo "+ nice -n $nice_level taskset -c $2 $binary --listen 127.0.0.1:$cport --volume $work/vol --workers $1 --log-level warn" \
-        "--verified-cache-entries 100000 --control-socket $work/ctl-cached.sock >$log 2>&1 &"
-    nice -n "$nice_level" taskset -c "$2" "$binary" --listen "127.0.0.1:$cport" --volume "$work/vol" --workers "$1" \
-        --log-level warn --verified-cache-entries 100000 --control-socket "$work/ctl-cached.sock" >"$log" 2>&1 &
-    cpid=$!
-    server_pids+=("$cpid")
-    for _ in $(seq 200); do
-        grep -q "listening on" "$log" 2>/dev/null && return 0
-        kill -0 "$cpid" 2>/dev/null || { cat "$log" >&2; echo "keepring (cached) exited" >&2; return 1; }
-        sleep 0.05
-    done
-    echo "keepring (cached) did not start within 10 s" >&2
-    return 1
+    start_keepring_on "$1" "$2" "$cport" keepring-cached --verified-cache-entries 100000
+    cpid=$started_pid
 }
 
 start_nginx() { # $1 = workers, $2 = cores
