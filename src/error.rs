@@ -34,7 +34,9 @@ pub enum RequestError {
     VolumeUnavailable,
     /// Every candidate volume full, none writable, or a requested class absent.
     InsufficientStorage,
-    NotImplemented(&'static str),
+    /// A `+R` (remote cluster) locator without a local signature: keepring does not proxy
+    /// to other clusters (keepstore answers 400 without `RemoteClusters`).
+    RemoteLocator,
     HealthDisabled,
     HealthUnauthorized,
     /// `/metrics` without the management token / with another token: as `Unauthorized`
@@ -88,7 +90,7 @@ impl RequestError {
             Busy => (503, "server busy: no block buffer free, retry later".into(), false),
             VolumeUnavailable => (503, "volume unavailable".into(), false),
             InsufficientStorage => (507, "insufficient storage".into(), false),
-            NotImplemented(what) => (501, format!("not implemented in keepring yet: {what}"), false),
+            RemoteLocator => (400, "remote cluster locators are not served by this node".into(), false),
             HealthDisabled => (404, "disabled".into(), false),
             HealthUnauthorized => (401, "authorization required".into(), false),
             MetricsUnauthorized => (401, "Unauthorized".into(), true),

@@ -51,6 +51,10 @@ pub async fn read(
     if send_body && locator.size.unwrap_or(0) == 0 && locator.hash != EMPTY_BLOCK_HASH {
         return Err(RequestError::MethodNotAllowed);
     }
+    let has_hint = |letter: char| locator.hints().any(|hint| hint.starts_with(letter));
+    if has_hint('R') && !has_hint('A') {
+        return Err(RequestError::RemoteLocator);
+    }
     let state = worker.state();
     auth::check_read_permission(&state, head, &locator, now_secs())?;
     let _lease = worker.pool.lease(CHUNK_BUFFER_BYTES as u64).await?;

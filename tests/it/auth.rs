@@ -194,6 +194,20 @@ fn extra_hint_after_signature_is_ignored() {
 }
 
 #[test]
+fn remote_cluster_locator_without_local_signature_is_400_and_with_one_is_served() {
+    let server = server_with_block();
+    let hash = md5_hex(DATA);
+    let remote = format!("/{hash}+{}+Rzzzzz-{}@6b191671", DATA.len(), "0".repeat(40));
+    let response = get(&server, &remote, Some(USER_TOKEN));
+    assert_eq!(response.status, 400, "{}", response.summary());
+    assert_eq!(response.text().matches('\n').count(), 1);
+    // A locally signed locator that also names a remote cluster is a local read.
+    let both = format!("/{}+Rzzzzz-{}@6b191671", signed_locator_for(DATA), "0".repeat(40));
+    let response = get(&server, &both, Some(USER_TOKEN));
+    assert_eq!(response.status, 200, "{}", response.summary());
+}
+
+#[test]
 fn range_header_is_ignored() {
     let server = server_with_block();
     let response = server.request(
