@@ -375,38 +375,42 @@ fn render_volumes(out: &mut String, threads: &[Arc<Counters>], gauges: &Gauges) 
         }
     }
     let labels = |device_id: &str, uuid: &str| format!("device_id=\"{}\",uuid=\"{}\"", label(device_id), label(uuid));
-    family(
+    let per_volume = |out: &mut String,
+                      name: &str,
+                      help: &str,
+                      label_key: &str,
+                      names: &[&str],
+                      value: &dyn Fn(&VolumeTotals, usize) -> u64| {
+        family(out, name, "counter", help);
+        for ((device_id, uuid), total) in &totals {
+            for (index, kind) in names.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "{name}{{{},{label_key}=\"{kind}\"}} {}",
+                    labels(device_id, uuid),
+                    value(total, index)
+                );
+            }
+        }
+    };
+    let op_names: Vec<&str> = VOLUME_OPS.iter().map(|(_, name)| *name).collect();
+    let error_names: Vec<&str> = VOLUME_ERRORS.iter().map(|(_, name)| *name).collect();
+    per_volume(
         out,
         "arvados_keepstore_volume_operations",
-        "counter",
         "Operations on each volume.",
+        "operation",
+        &op_names,
+        &|total, index| total.operations[index],
     );
-    for ((device_id, uuid), total) in &totals {
-        for (index, (_, name)) in VOLUME_OPS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "arvados_keepstore_volume_operations{{{},operation=\"{name}\"}} {}",
-                labels(device_id, uuid),
-                total.operations[index]
-            );
-        }
-    }
-    family(
+    per_volume(
         out,
         "arvados_keepstore_volume_errors",
-        "counter",
         "Failed operations on each volume.",
+        "error_type",
+        &error_names,
+        &|total, index| total.errors[index],
     );
-    for ((device_id, uuid), total) in &totals {
-        for (index, (_, name)) in VOLUME_ERRORS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "arvados_keepstore_volume_errors{{{},error_type=\"{name}\"}} {}",
-                labels(device_id, uuid),
-                total.errors[index]
-            );
-        }
-    }
     family(
         out,
         "arvados_keepstore_volume_io_bytes",
