@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use crate::error::RequestError;
 use crate::limits::{
-    BUFFER_WAIT_MS_MAX, CHUNK_BYTES, FREE_CHUNKS_PER_WORKER_MAX, RESPONSE_HEAD_BYTES_MAX, SPARE_BODY_BYTES_MIN,
+    BUFFER_WAIT_MS_MAX, CHUNK_BYTES, FREE_CHUNKS_PER_WORKER_MAX, RESPONSE_HEAD_BYTES_MAX, SPARE_BODY_BUFFERS_MAX,
+    SPARE_BODY_BYTES_MIN,
 };
 
 /// Capacity of one chunk buffer: a response head plus one chunk of block data.
@@ -54,7 +55,7 @@ pub struct BufferBudget {
     /// budget like any lease, and given up the moment a request waits for budget. A
     /// mutex, not per-core state: it is touched once per large PUT, and any core under
     /// pressure must be able to free it.
-    spare: Mutex<Option<Vec<u8>>>,
+    spares: Mutex<Vec<Vec<u8>>>,
 }
 
 // SAFETY: the page is only touched through atomics, and the mapping lives as long as self.
@@ -125,7 +126,7 @@ impl BufferBudget {
             page,
             slot: usize::MAX,
             memory,
-            spare: Mutex::new(None),
+            spares: Mutex::new(Vec::new()),
         };
         unclaimed.reclaim_dead();
         for (index, slot) in slots.iter().enumerate() {
@@ -190,42 +191,52 @@ impl BufferBudget {
         assert!(before >= bytes, "buffer budget returned more than was taken");
     }
 
-    /// The spare body buffer if it fits `capacity` (and is not over twice as large: its
-    /// unused pages would be memory no lease counts); its budget share is given back, the
-    /// caller leases what it uses as usual.
+    /// The smallest spare body buffer that fits `capacity` (and is not over twice as
+    /// large: its unused pages would be memory no lease counts); its budget share is given
+    /// back, the caller leases what it uses as usual.
     pub fn take_spare(&self, capacity: usize) -> Option<Vec<u8>> {
-        let mut spare = self.spare.lock().ok()?;
+        let mut spares = self.spares.lock().ok()?;
         let fits = |buffer: &Vec<u8>| buffer.capacity() >= capacity && buffer.capacity() / 2 <= capacity;
-        if !spare.as_ref().is_some_and(fits) {
-            return None;
-        }
-        let mut buffer = spare.take()?;
+        let index = (0..spares.len())
+            .filter(|&index| fits(&spares[index]))
+            .min_by_key(|&index| spares[index].capacity())?;
+        let mut buffer = spares.swap_remove(index);
         self.give(buffer.capacity() as u64);
         buffer.clear();
         Some(buffer)
     }
 
-    /// Keep `buffer` as the spare if the budget has room for it now; else free it.
+    /// Keep `buffer` as a spare if the budget has room for it now (replacing the smallest
+    /// spare when `SPARE_BODY_BUFFERS_MAX` are kept); else free it.
     pub fn keep_spare(&self, buffer: Vec<u8>) {
         if buffer.capacity() < SPARE_BODY_BYTES_MIN {
             return;
         }
-        let Ok(mut spare) = self.spare.lock() else { return };
-        if spare.as_ref().is_some_and(|kept| kept.capacity() >= buffer.capacity()) {
-            return;
+        let Ok(mut spares) = self.spares.lock() else { return };
+        if spares.len() >= SPARE_BODY_BUFFERS_MAX {
+            let Some(smallest) = (0..spares.len()).min_by_key(|&index| spares[index].capacity()) else {
+                return;
+            };
+            if spares[smallest].capacity() >= buffer.capacity() {
+                return;
+            }
+            let old = spares.swap_remove(smallest);
+            self.give(old.capacity() as u64);
         }
         if self.try_take(buffer.capacity() as u64) {
-            if let Some(old) = spare.replace(buffer) {
-                self.give(old.capacity() as u64);
-            }
+            spares.push(buffer);
         }
     }
 
-    /// Free the spare and its budget share (a request is waiting for budget, or the
+    /// Free the spares and their budget share (a request is waiting for budget, or the
     /// process drains and a successor shares the budget).
     pub fn release_spare(&self) {
-        let released = self.spare.lock().ok().and_then(|mut spare| spare.take());
-        if let Some(buffer) = released {
+        let released = self
+            .spares
+            .lock()
+            .map(|mut spares| std::mem::take(&mut *spares))
+            .unwrap_or_default();
+        for buffer in released {
             self.give(buffer.capacity() as u64);
         }
     }

@@ -42,6 +42,15 @@ pub const LISTEN_BACKLOG: i32 = 1024;
 /// with 128 KiB (and 2.8x the req/s), the big GET giving up a fair share (515 → 392 MB/s).
 pub const CHUNK_BYTES: usize = 128 * 1024;
 
+/// A block write starts the writeback of every this many bytes as soon as they are in the
+/// page cache (sync_file_range), so its final fdatasync waits for little: measured here on
+/// a 64 MiB write, fdatasync took 24 ms without and 0.4 ms with, each call under 0.5 ms.
+pub const WRITEBACK_STEP_BYTES: usize = 4 * 1024 * 1024;
+
+/// A PUT whose announced body is at least this large is written to its first volume while
+/// it arrives, so the disk works during the transfer instead of after it.
+pub const STREAMED_WRITE_BYTES_MIN: u64 = 1024 * 1024;
+
 /// Room kept in front of the first chunk of a GET for the response head, so that head and
 /// the first bytes of the block leave in one write.
 pub const RESPONSE_HEAD_BYTES_MAX: usize = 2 * 1024;
@@ -81,6 +90,10 @@ const _: () = assert!(RESPONSE_HEAD_BYTES_MAX < CHUNK_BYTES);
 /// reuses small ones by itself; a fresh 64 MiB one costs 16,384 page faults, ~14% of a
 /// 64 MiB PUT's CPU, measured).
 pub const SPARE_BODY_BYTES_MIN: usize = 1024 * 1024;
+
+/// How many finished PUT buffers the budget keeps (one per PUT running at once, up to
+/// this): with one kept, two concurrent 64 MiB PUTs cost 165 ms CPU each instead of 146.
+pub const SPARE_BODY_BUFFERS_MAX: usize = 4;
 
 /// Chunk buffers a worker keeps for reuse after their request ends (64 × 130 KiB ≈
 /// 8 MiB per worker at most); more are freed.

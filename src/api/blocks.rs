@@ -1,7 +1,10 @@
 //! Block GET/HEAD, PUT and TOUCH (keep-protocol.md §3.1–3.3, §5). Reads stream the block
 //! a chunk at a time, hashing as they go and withholding the last chunk until the MD5 is
 //! right; writes take the whole body (at most 64 MiB, leased from the buffer budget),
-//! check its MD5, then store it on the first volume in placement order that takes it.
+//! check its MD5, then store it on the first volume in placement order that takes it. A
+//! body of 1 MiB or more is also written to that first volume's temp file as it arrives
+//! (and its writeback started), so the disk works during the transfer: the temp file
+//! becomes the block only once the MD5 matched, and is removed on any other ending.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,7 +17,7 @@ use crate::error::RequestError;
 use crate::http::request::Head;
 use crate::http::response::BodyFraming;
 use crate::http::token::tokens;
-use crate::limits::{BLOCK_BYTES_MAX, CHUNK_BYTES, HASH_HEX_LEN};
+use crate::limits::{BLOCK_BYTES_MAX, CHUNK_BYTES, HASH_HEX_LEN, STREAMED_WRITE_BYTES_MIN};
 use crate::locator::Locator;
 use crate::metrics::{VolumeErrorKind, VolumeOp};
 use crate::server::connection::{Connection, Reply, TEXT_PLAIN};
@@ -221,24 +224,107 @@ pub async fn write(
     if candidates.is_empty() {
         return Err(RequestError::VolumeUnavailable);
     }
+    let mut reader = body::BodyReader::start(worker, connection, length, BLOCK_BYTES_MAX).await?;
+    // A big body goes to its first volume while it arrives (the common case: no volume
+    // holds the block yet); the others, and every fallback, are written from memory after.
+    let mut streamed = match length {
+        Some(length) if length >= STREAMED_WRITE_BYTES_MIN => start_streamed_write(worker, hash, &candidates).await,
+        _ => None,
+    };
     let mut digest = BlockDigest::default();
-    let (body, lease) = body::read_leased(worker, connection, length, BLOCK_BYTES_MAX, |bytes| {
-        digest.update(bytes)
-    })
-    .await?;
+    while let Some(piece) = reader.next(worker, connection).await? {
+        digest.update(&reader.body()[piece]);
+        if let Some(write) = streamed.as_mut() {
+            if reader.body().len() - write.writer.written() >= CHUNK_BYTES {
+                write.append(&mut reader).await;
+            }
+        }
+    }
     if !digest.matches(hash) {
+        if let Some(write) = streamed {
+            write.writer.abandon().await;
+        }
         return Err(RequestError::HashMismatch {
             computed: digest.hex(),
             path: locator_text.to_string(),
         });
     }
+    let mut stored = Vec::new();
+    let mut any_failed = false;
+    let mut candidates = candidates;
+    if let Some(mut write) = streamed {
+        write.append(&mut reader).await;
+        let result = match write.failure.take() {
+            Some(error) => {
+                write.writer.abandon().await;
+                Err(error.into())
+            }
+            None => write.writer.commit().await,
+        };
+        let size = reader.body().len();
+        any_failed |= account_write(worker, &write.volume, hash, result, size).record(&write.volume, &mut stored);
+        candidates.retain(|volume| volume.uuid != write.volume.uuid);
+    }
+    let (mut body, lease) = reader.finish();
     let size = body.len() as u64;
-    let mut body = body;
-    let stored = store(worker, hash, &mut body, &candidates, &wanted_classes).await;
+    let stored = store(
+        worker,
+        hash,
+        &mut body,
+        &candidates,
+        &wanted_classes,
+        stored,
+        any_failed,
+    )
+    .await;
     worker.keep_body_buffer(body);
     drop(lease);
     let stored = stored?;
     Ok(write_reply(worker, head, hash, size, &stored))
+}
+
+/// A PUT body being written to its first volume as it arrives.
+struct StreamedWrite {
+    volume: Arc<Volume>,
+    writer: io::BlockWriter,
+    /// The first write error: the rest of the body is still read (and hashed), then the
+    /// copy goes to the other volumes from memory.
+    failure: Option<std::io::Error>,
+}
+
+impl StreamedWrite {
+    /// Write what arrived since the last call (nothing more once a write failed).
+    async fn append(&mut self, reader: &mut body::BodyReader) {
+        if self.failure.is_some() {
+            return;
+        }
+        let body = reader.lend();
+        let end = body.len();
+        let (result, body) = self.writer.append(body, end).await;
+        reader.put_back(body);
+        self.failure = result.err();
+    }
+}
+
+/// The streamed write of a new block to the first candidate, unless a candidate already
+/// holds the block (`store` then touches or repairs that copy) or the file cannot be
+/// created (`store` then retries the volume and accounts for the failure).
+async fn start_streamed_write(worker: &Worker, hash: &str, candidates: &[Arc<Volume>]) -> Option<StreamedWrite> {
+    for volume in candidates {
+        match io::open_block(&volume.root, hash).await {
+            Ok(None) => {}
+            Ok(Some(_)) | Err(_) => return None,
+        }
+    }
+    let volume = candidates.first()?.clone();
+    let writer = io::BlockWriter::create(&volume.root, hash, worker.next_random())
+        .await
+        .ok()?;
+    Some(StreamedWrite {
+        volume,
+        writer,
+        failure: None,
+    })
 }
 
 /// Pass 1: a volume that already holds the block keeps it (touched) or, if its copy is
@@ -250,9 +336,9 @@ async fn store(
     body: &mut Vec<u8>,
     candidates: &[Arc<Volume>],
     wanted_classes: &[String],
+    mut stored: Vec<Arc<Volume>>,
+    mut any_failed: bool,
 ) -> Result<Vec<Arc<Volume>>, RequestError> {
-    let mut stored: Vec<Arc<Volume>> = Vec::new();
-    let mut any_failed = false;
     let mut scratch = worker.pool.chunk();
     for volume in candidates {
         if !is_wanted(&stored, wanted_classes, volume) {
@@ -329,21 +415,31 @@ impl WriteOutcome {
     }
 }
 
-/// Write one copy and account for it: health, metrics, and the log line of a failure.
+/// Write one copy and account for it.
 async fn write_copy(worker: &Worker, volume: &Volume, hash: &str, body: Vec<u8>) -> (WriteOutcome, Vec<u8>) {
     let (result, body) = io::write_block(&volume.root, hash, body, worker.next_random()).await;
-    let outcome = match result {
+    (account_write(worker, volume, hash, result, body.len()), body)
+}
+
+/// A finished write's health, metrics, and the log line of a failure.
+fn account_write(
+    worker: &Worker,
+    volume: &Volume,
+    hash: &str,
+    result: Result<(), WriteError>,
+    bytes: usize,
+) -> WriteOutcome {
+    match result {
         Ok(()) => {
             volume.mark_healthy();
-            count_write(worker, volume, body.len());
+            count_write(worker, volume, bytes);
             WriteOutcome::Stored
         }
         Err(error) => match note_write_failure(worker, volume, hash, error) {
             true => WriteOutcome::Failed,
             false => WriteOutcome::Full,
         },
-    };
-    (outcome, body)
+    }
 }
 
 /// Log a failed write; true when it failed for another reason than lack of space.

@@ -5,6 +5,7 @@
 //! lease for long: the whole body must arrive by `BODY_GRACE_MS` plus its length at
 //! `BODY_RATE_BYTES_PER_SEC_MIN` (keepstore bounds a request at 5 minutes).
 
+use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use crate::bufpool::{Lease, CHUNK_BUFFER_BYTES};
@@ -32,33 +33,92 @@ pub async fn read_leased(
     bytes_max: u64,
     mut on_data: impl FnMut(&[u8]),
 ) -> Result<(Vec<u8>, Lease), RequestError> {
-    let announced = length.unwrap_or(0).min(bytes_max);
-    let mut lease = worker.pool.lease(CHUNK_BUFFER_BYTES as u64 + announced).await?;
-    let mut body = worker.body_buffer(length.unwrap_or(CHUNK_BYTES as u64).min(bytes_max) as usize);
-    let mut leased_body_bytes = announced;
-    let expected_bytes = length.unwrap_or(BLOCK_BYTES_MAX);
-    let allowed = Duration::from_millis(BODY_GRACE_MS + expected_bytes * 1000 / BODY_RATE_BYTES_PER_SEC_MIN);
-    connection.set_body_deadline(Instant::now() + allowed);
-    loop {
-        if length.is_none() && body.len() as u64 + CHUNK_BYTES as u64 > leased_body_bytes {
-            worker.pool.grow(&mut lease, CHUNK_BYTES as u64).await?;
-            leased_body_bytes += CHUNK_BYTES as u64;
-            if (body.capacity() as u64) < leased_body_bytes {
-                body.reserve_exact(leased_body_bytes as usize - body.len());
+    let mut reader = BodyReader::start(worker, connection, length, bytes_max).await?;
+    while let Some(piece) = reader.next(worker, connection).await? {
+        on_data(&reader.body()[piece]);
+    }
+    Ok(reader.finish())
+}
+
+/// A request body arriving into one leased buffer, a piece (at most one chunk) per step,
+/// so the caller can hash, and write, each piece before the next one is read.
+pub struct BodyReader {
+    body: Vec<u8>,
+    lease: Lease,
+    length: Option<u64>,
+    bytes_max: u64,
+    leased_body_bytes: u64,
+}
+
+impl BodyReader {
+    /// Lease the budget for the body (Content-Length) or its first chunk (chunked) and
+    /// set the connection's body deadline.
+    pub async fn start(
+        worker: &Worker,
+        connection: &mut Connection,
+        length: Option<u64>,
+        bytes_max: u64,
+    ) -> Result<Self, RequestError> {
+        let announced = length.unwrap_or(0).min(bytes_max);
+        let lease = worker.pool.lease(CHUNK_BUFFER_BYTES as u64 + announced).await?;
+        let body = worker.body_buffer(length.unwrap_or(CHUNK_BYTES as u64).min(bytes_max) as usize);
+        let expected_bytes = length.unwrap_or(BLOCK_BYTES_MAX);
+        let allowed = Duration::from_millis(BODY_GRACE_MS + expected_bytes * 1000 / BODY_RATE_BYTES_PER_SEC_MIN);
+        connection.set_body_deadline(Instant::now() + allowed);
+        Ok(BodyReader {
+            body,
+            lease,
+            length,
+            bytes_max,
+            leased_body_bytes: announced,
+        })
+    }
+
+    /// Read the next piece: the range of `body()` it landed in, or `None` at the end.
+    pub async fn next(
+        &mut self,
+        worker: &Worker,
+        connection: &mut Connection,
+    ) -> Result<Option<Range<usize>>, RequestError> {
+        if self.length.is_none() && self.body.len() as u64 + CHUNK_BYTES as u64 > self.leased_body_bytes {
+            worker.pool.grow(&mut self.lease, CHUNK_BYTES as u64).await?;
+            self.leased_body_bytes += CHUNK_BYTES as u64;
+            if (self.body.capacity() as u64) < self.leased_body_bytes {
+                self.body
+                    .reserve_exact(self.leased_body_bytes as usize - self.body.len());
             }
         }
-        let before = body.len();
+        let before = self.body.len();
         let (result, returned) = connection
-            .read_body_some(body, CHUNK_BYTES, bytes_max as usize + 1)
+            .read_body_some(std::mem::take(&mut self.body), CHUNK_BYTES, self.bytes_max as usize + 1)
             .await;
-        body = returned;
+        self.body = returned;
         if result? == 0 {
-            return Ok((body, lease));
+            return Ok(None);
         }
-        if body.len() as u64 > bytes_max {
+        if self.body.len() as u64 > self.bytes_max {
             return Err(RequestError::BodyTooLarge);
         }
         // At most one chunk per step: processing it holds the core about a millisecond.
-        on_data(&body[before..]);
+        Ok(Some(before..self.body.len()))
+    }
+
+    /// The bytes received so far.
+    pub fn body(&self) -> &[u8] {
+        &self.body
+    }
+
+    /// Lend the buffer to an operation that takes it by value (an io_uring write); it
+    /// must come back through `put_back` before the next `next`.
+    pub fn lend(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.body)
+    }
+
+    pub fn put_back(&mut self, body: Vec<u8>) {
+        self.body = body;
+    }
+
+    pub fn finish(self) -> (Vec<u8>, Lease) {
+        (self.body, self.lease)
     }
 }

@@ -7,13 +7,13 @@
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::fs::{File, OpenOptions};
 
 use crate::digest::FileIdentity;
-use crate::limits::{BLOCK_BYTES_MAX, CHUNK_BYTES, VOLUME_FREE_BYTES_MIN};
+use crate::limits::{BLOCK_BYTES_MAX, CHUNK_BYTES, VOLUME_FREE_BYTES_MIN, WRITEBACK_STEP_BYTES};
 use crate::volume::layout;
 
 /// Why a write to one volume did not happen; decides between 507 and 503.
@@ -130,54 +130,144 @@ pub async fn stored_copy_equals(
 /// Store `data` as block `hash` on the volume at `root`, atomically and durably.
 pub async fn write_block(root: &Path, hash: &str, data: Vec<u8>, random: u64) -> (Result<(), WriteError>, Vec<u8>) {
     debug_assert!(data.len() as u64 <= BLOCK_BYTES_MAX);
-    if let Err(error) = check_free_space(root) {
-        return (Err(error), data);
-    }
-    let dir = layout::block_dir(root, hash);
-    if let Err(error) = tokio_uring::fs::create_dir(&dir).await {
-        if error.kind() != io::ErrorKind::AlreadyExists {
-            return (Err(error.into()), data);
-        }
-    }
-    let temp = layout::temp_path(root, hash, random);
-    let file = match OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&temp)
-        .await
-    {
-        Ok(file) => file,
-        Err(error) => return (Err(error.into()), data),
+    let mut writer = match BlockWriter::create(root, hash, random).await {
+        Ok(writer) => writer,
+        Err(error) => return (Err(error), data),
     };
-    let (result, data) = write_and_sync(&file, data).await;
-    let closed = file.close().await;
-    let result = result.and(closed);
+    let end = data.len();
+    let (result, data) = writer.append(data, end).await;
     let result = match result {
-        Ok(()) => commit(&temp, &layout::block_path(root, hash), &dir).await,
-        Err(error) => Err(error),
+        Ok(()) => writer.commit().await,
+        Err(error) => {
+            writer.abandon().await;
+            Err(error.into())
+        }
     };
-    if result.is_err() {
-        // Nothing partial may stay visible or pile up; the block name was never touched.
-        let _ = tokio_uring::fs::remove_file(&temp).await;
-    }
-    (result.map_err(WriteError::from), data)
+    (result, data)
 }
 
-async fn write_and_sync(file: &File, mut data: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
-    let mut offset = 0;
-    // One chunk per write: a 64 MiB copy into the page cache in one go would hold the
-    // submitting core for tens of milliseconds.
-    while offset < data.len() {
-        let end = (offset + CHUNK_BYTES).min(data.len());
-        let (result, slice) = file.write_all_at(data.slice(offset..end), offset as u64).await;
-        data = slice.into_inner();
-        if let Err(error) = result {
-            return (Err(error), data);
+/// One block being written: a temp file in the block's directory that becomes the block
+/// only on `commit` (fdatasync, rename, directory fsync). Bytes may be appended while the
+/// body still arrives; writeback of each `WRITEBACK_STEP_BYTES` starts as soon as it is
+/// written, so the final fdatasync finds little left to do. A writer dropped before
+/// `commit` or `abandon` (a request cut short) removes its temp file.
+pub struct BlockWriter {
+    file: Option<File>,
+    temp: PathBuf,
+    dir: PathBuf,
+    target: PathBuf,
+    written: usize,
+    writeback_from: usize,
+}
+
+impl BlockWriter {
+    pub async fn create(root: &Path, hash: &str, random: u64) -> Result<Self, WriteError> {
+        check_free_space(root)?;
+        let dir = layout::block_dir(root, hash);
+        if let Err(error) = tokio_uring::fs::create_dir(&dir).await {
+            if error.kind() != io::ErrorKind::AlreadyExists {
+                return Err(error.into());
+            }
         }
-        offset = end;
+        let temp = layout::temp_path(root, hash, random);
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temp)
+            .await?;
+        Ok(BlockWriter {
+            file: Some(file),
+            temp,
+            dir,
+            target: layout::block_path(root, hash),
+            written: 0,
+            writeback_from: 0,
+        })
     }
-    (file.sync_data().await, data)
+
+    /// Bytes written so far (the file holds `data[..written()]`).
+    pub fn written(&self) -> usize {
+        self.written
+    }
+
+    /// Write `data[written()..end]` at its offset, a chunk per write: a 64 MiB copy into
+    /// the page cache in one go would hold the submitting core for tens of milliseconds.
+    pub async fn append(&mut self, mut data: Vec<u8>, end: usize) -> (io::Result<()>, Vec<u8>) {
+        let Some(file) = self.file.as_ref() else {
+            return (Err(io::ErrorKind::NotConnected.into()), data);
+        };
+        debug_assert!(self.written <= end && end <= data.len());
+        while self.written < end {
+            let step_end = (self.written + CHUNK_BYTES).min(end);
+            let (result, slice) = file
+                .write_all_at(data.slice(self.written..step_end), self.written as u64)
+                .await;
+            data = slice.into_inner();
+            if let Err(error) = result {
+                return (Err(error), data);
+            }
+            self.written = step_end;
+            if self.written - self.writeback_from >= WRITEBACK_STEP_BYTES {
+                start_writeback(file, self.writeback_from, self.written - self.writeback_from);
+                self.writeback_from = self.written;
+            }
+        }
+        (Ok(()), data)
+    }
+
+    /// Make the written bytes the block, durably; on failure nothing stays behind.
+    pub async fn commit(mut self) -> Result<(), WriteError> {
+        let Some(file) = self.file.take() else {
+            return Err(WriteError::Failed(io::ErrorKind::NotConnected.into()));
+        };
+        let synced = file.sync_data().await;
+        let closed = file.close().await;
+        let result = match synced.and(closed) {
+            Ok(()) => commit(&self.temp, &self.target, &self.dir).await,
+            Err(error) => Err(error),
+        };
+        if result.is_err() {
+            // Nothing partial may stay visible or pile up; the block name was never touched.
+            let _ = tokio_uring::fs::remove_file(&self.temp).await;
+        }
+        self.temp.clear();
+        result.map_err(WriteError::from)
+    }
+
+    /// Give up: close and remove the temp file.
+    pub async fn abandon(mut self) {
+        if let Some(file) = self.file.take() {
+            let _ = file.close().await;
+        }
+        let _ = tokio_uring::fs::remove_file(&self.temp).await;
+        self.temp.clear();
+    }
+}
+
+impl Drop for BlockWriter {
+    fn drop(&mut self) {
+        if !self.temp.as_os_str().is_empty() {
+            // A request future dropped mid-body: a plain unlink, as no await is possible.
+            let _ = std::fs::remove_file(&self.temp);
+        }
+    }
+}
+
+/// Start writeback of a written range without waiting for it (sync_file_range WRITE).
+/// Only a head start for the fdatasync in `commit`, which reports any error; so a failure
+/// here (a filesystem without support, say) changes nothing and is ignored.
+fn start_writeback(file: &File, offset: usize, length: usize) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: plain syscall on an open fd; no memory is passed.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            offset as libc::off64_t,
+            length as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
 }
 
 async fn commit(temp: &Path, target: &Path, dir: &Path) -> io::Result<()> {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use md5::{Digest, Md5};
 
+use crate::support::client::eventually;
 use crate::support::*;
 
 const MIB: usize = 1024 * 1024;
@@ -390,6 +391,70 @@ fn client_hang_up_mid_body_stores_nothing_and_server_keeps_serving() {
     );
     let get = server.get(&signed_locator(&hash, data.len(), USER_TOKEN));
     assert_eq!(get.status, 404, "{}", get.summary());
+}
+
+/// Names in the block's directory that are temp files (a write in progress or left over).
+fn temp_files(volume: &std::path::Path, hash: &str) -> Vec<String> {
+    block_dir_entries(volume, hash)
+        .into_iter()
+        .filter(|name| name.starts_with("tmp"))
+        .collect()
+}
+
+#[test]
+fn big_put_with_wrong_hash_leaves_no_temp_file() {
+    // A body of 1 MiB or more is written to the volume while it arrives; a mismatch at the
+    // end must remove that temp file.
+    let server = TestServer::start();
+    let data = test_bytes(31, 3 * MIB);
+    let wrong = md5_hex(b"not these bytes");
+    let response = server.request(Request::put(&format!("/{wrong}"), &data).token(USER_TOKEN));
+    assert_eq!(response.status, 400, "{}", response.summary());
+    assert!(
+        block_dir_entries(server.volume(0), &wrong).is_empty(),
+        "{:?}",
+        block_dir_entries(server.volume(0), &wrong)
+    );
+    assert!(block_dir_entries(server.volume(0), &md5_hex(&data)).is_empty());
+}
+
+#[test]
+fn big_body_is_written_while_it_arrives_and_a_hang_up_removes_it() {
+    let server = TestServer::start();
+    let data = test_bytes(32, 4 * MIB);
+    let hash = md5_hex(&data);
+    let mut conn = server.conn();
+    let head = format!(
+        "PUT /{hash} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {USER_TOKEN}\r\nContent-Length: {}\r\n\r\n",
+        data.len()
+    );
+    conn.write_raw(head.as_bytes()).expect("write head");
+    conn.write_raw(&data[..3 * MIB]).expect("write most of the body");
+    // The part received is on disk under a temp name, never under the block's name.
+    let temp_size = || {
+        temp_files(server.volume(0), &hash)
+            .first()
+            .and_then(|name| std::fs::metadata(server.volume(0).join(&hash[..3]).join(name)).ok())
+            .map_or(0, |meta| meta.len())
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || temp_size() >= 2 * MIB as u64),
+        "no temp file growing as the body arrives: {:?}",
+        block_dir_entries(server.volume(0), &hash)
+    );
+    assert!(!block_path(server.volume(0), &hash).exists());
+    drop(conn);
+    assert!(
+        eventually(Duration::from_secs(5), || block_dir_entries(server.volume(0), &hash)
+            .is_empty()),
+        "the temp file of an abandoned body stays: {:?}",
+        block_dir_entries(server.volume(0), &hash)
+    );
+    // The same block whole, on a fresh connection: stored, and only the block file.
+    let locator = server.put_block(&data);
+    assert_only_block_file(server.volume(0), &hash);
+    assert_eq!(std::fs::read(block_path(server.volume(0), &hash)).unwrap(), data);
+    assert_eq!(md5_hex(&server.get(&locator).body), hash);
 }
 
 #[test]

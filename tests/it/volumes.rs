@@ -425,6 +425,89 @@ fn full_tmpfs_sends_writes_on_then_507_with_nothing_partial() {
     }
 }
 
+#[test]
+fn a_volume_that_fills_during_a_streamed_write_sends_the_block_to_the_next() {
+    // Two 40 MiB PUTs both pass the 64 MiB free-space check of a 66 MiB tmpfs before
+    // either body arrives; the second one's streamed copy runs out of space half-way and
+    // must end up, whole, on the other volume, with no temp file left on either.
+    let dir = tempfile::tempdir().unwrap();
+    let small = dir.path().join("small");
+    let Some(_mount) = mount_tmpfs(&small, 66) else {
+        return;
+    };
+    let other = dir.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let server = ServerBuilder::new()
+        .volume_paths(vec![small.clone(), other.clone()])
+        .without_signing_key()
+        .start();
+    let uuid_tail = |volume: &Path| {
+        let uuid = std::fs::read_to_string(volume.join(VOLUME_UUID_FILE)).expect("volume uuid file");
+        uuid.trim()[12..].to_string()
+    };
+    let (small_tail, other_tail) = (uuid_tail(&small), uuid_tail(&other));
+    // keep-protocol.md §5: the first volume is the lowest md5(hash + uuid tail).
+    let prefers_small = |hash: &str| {
+        md5_hex(format!("{hash}{small_tail}").as_bytes()) < md5_hex(format!("{hash}{other_tail}").as_bytes())
+    };
+    let mut data = test_bytes(4040, 40 * 1024 * 1024);
+    let mut blocks = Vec::new();
+    for seed in 0u64.. {
+        data[..8].copy_from_slice(&seed.to_le_bytes());
+        let hash = md5_hex(&data);
+        if prefers_small(&hash) {
+            blocks.push((hash, data.clone()));
+            if blocks.len() == 2 {
+                break;
+            }
+        }
+    }
+    let mut conns: Vec<_> = blocks
+        .iter()
+        .map(|(hash, data)| {
+            let mut conn = server.conn();
+            let head = format!(
+                "PUT /{hash} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n",
+                data.len()
+            );
+            conn.write_raw(head.as_bytes()).expect("write head");
+            conn
+        })
+        .collect();
+    let temps = |volume: &Path| {
+        walk_files(volume)
+            .into_iter()
+            .filter(|path| path.file_name().unwrap().to_string_lossy().starts_with("tmp"))
+            .count()
+    };
+    assert!(
+        eventually(CHANGE_SEEN_WITHIN, || temps(&small) == 2),
+        "both PUTs should have started their copy on the small volume"
+    );
+    for ((hash, data), conn) in blocks.iter().zip(conns.iter_mut()) {
+        conn.write_raw(data).expect("write body");
+        let response = conn.read_response("PUT").expect("PUT response");
+        assert_eq!(response.status, 200, "{hash}: {}", response.summary());
+    }
+    let (first, second) = (&blocks[0].0, &blocks[1].0);
+    assert!(
+        block_path(&small, first).is_file(),
+        "the first block fits on the small volume"
+    );
+    assert!(!block_path(&small, second).exists());
+    assert_eq!(std::fs::read(block_path(&other, second)).unwrap(), blocks[1].1);
+    assert!(server
+        .log
+        .wait_for(CHANGE_SEEN_WITHIN, |line| line.contains("volume full"))
+        .is_some());
+    assert_eq!((temps(&small), temps(&other)), (0, 0), "temp files left behind");
+    for (hash, data) in &blocks {
+        let get = server.get(&format!("{hash}+{}", data.len()));
+        assert_eq!(get.status, 200, "{}", get.summary());
+        assert_eq!(md5_hex(&get.body), *hash);
+    }
+}
+
 fn walk_files(root: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(root).unwrap().flatten() {
