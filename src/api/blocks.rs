@@ -1,6 +1,7 @@
 //! Block GET/HEAD, PUT and TOUCH (keep-protocol.md §3.1–3.3, §5). Reads stream the block
 //! a chunk at a time, hashing as they go and withholding the last chunk until the MD5 is
-//! right; writes take the whole body (at most 64 MiB, leased from the buffer budget),
+//! right (the first chunk leaves with the head, later ones by sendfile from the page
+//! cache); writes take the whole body (at most 64 MiB, leased from the buffer budget),
 //! check its MD5, then store it on the first volume in placement order that takes it. A
 //! body of 1 MiB or more is also written to that first volume's temp file as it arrives
 //! (and its writeback started), so the disk works during the transfer: the temp file
@@ -171,7 +172,12 @@ async fn stream_copy(
             return (Err(StreamError::Corrupt), buffer);
         }
         if send_body {
-            let (result, returned) = connection.write_raw(buffer).await;
+            // The first chunk leaves with the head in one write; later ones by sendfile.
+            let (result, returned) = if start == 0 {
+                connection.write_file_chunk(file, offset - want as u64, buffer).await
+            } else {
+                connection.write_raw(buffer).await
+            };
             buffer = returned;
             if let Err(error) = result {
                 return (Err(StreamError::Client(error)), buffer);

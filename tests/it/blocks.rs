@@ -458,6 +458,30 @@ fn big_body_is_written_while_it_arrives_and_a_hang_up_removes_it() {
 }
 
 #[test]
+fn a_slow_reader_of_a_big_block_gets_every_byte_in_order() {
+    // Chunks after the first leave by sendfile until the socket is full, then the rest of
+    // the chunk is written from memory: a reader with a tiny receive buffer that pauses
+    // between reads forces that switch on nearly every chunk.
+    let server = TestServer::start();
+    let data = test_bytes(33, 6 * MIB + 12_345);
+    let locator = server.put_block(&data);
+    let stream = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    stream.set_recv_buffer_size(16 * 1024).unwrap();
+    stream.connect(&server.addr.into()).unwrap();
+    let mut stream: std::net::TcpStream = stream.into();
+    let received = std::sync::atomic::AtomicU64::new(0);
+    let result = crate::support::client::slow_get(&mut stream, &locator, Duration::from_micros(300), &received);
+    assert_eq!(result.error, None);
+    assert!(result.status_line.contains(" 200 "), "{}", result.status_line);
+    assert_eq!((result.content_length, result.body_bytes), (data.len(), data.len()));
+    assert_eq!(result.body_md5, md5_hex(&data));
+    // The connection is still in step for the next request.
+    let again = crate::support::client::slow_get(&mut stream, &locator, Duration::ZERO, &received);
+    assert_eq!(again.error, None);
+    assert_eq!(again.body_md5, md5_hex(&data));
+}
+
+#[test]
 fn put_with_requested_default_storage_class_is_confirmed() {
     let server = TestServer::start();
     let data = b"classy";

@@ -7,7 +7,6 @@
 //! The restart tests take `SERIAL` so that two of them never compete for the (few) cores:
 //! their timings (a slow reader, a 5 s budget wait) must not depend on each other.
 
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::ExitStatus;
@@ -15,8 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use md5::{Digest, Md5};
-
+use crate::support::client::slow_get;
 use crate::support::load::{LoadHandle, LoadLimits, LoadMode, LoadStats, LoadTarget};
 use crate::support::*;
 
@@ -316,79 +314,6 @@ fn small_buffer_connection(addr: SocketAddr) -> TcpStream {
         .expect("read timeout");
     stream.set_nodelay(true).expect("nodelay");
     stream
-}
-
-struct SlowGet {
-    status_line: String,
-    content_length: usize,
-    body_bytes: usize,
-    body_md5: String,
-    error: Option<String>,
-}
-
-/// GETs `locator` and reads the body 64 KiB at a time with a pause after each read.
-fn slow_get(stream: &mut TcpStream, locator: &str, pause: Duration, received: &AtomicU64) -> SlowGet {
-    let request = format!("GET /{locator} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {USER_TOKEN}\r\n\r\n");
-    stream.write_all(request.as_bytes()).expect("send GET");
-    let mut pending = Vec::new();
-    let mut buffer = vec![0u8; 64 * 1024];
-    let mut result = SlowGet {
-        status_line: String::new(),
-        content_length: 0,
-        body_bytes: 0,
-        body_md5: String::new(),
-        error: None,
-    };
-    let head_end = loop {
-        if let Some(end) = pending.windows(4).position(|window| window == b"\r\n\r\n") {
-            break end;
-        }
-        match stream.read(&mut buffer[..4096]) {
-            Ok(0) => {
-                result.error = Some("EOF before the response head".to_string());
-                return result;
-            }
-            Ok(count) => pending.extend_from_slice(&buffer[..count]),
-            Err(error) => {
-                result.error = Some(format!("reading the head: {error}"));
-                return result;
-            }
-        }
-    };
-    let head = String::from_utf8_lossy(&pending[..head_end]).into_owned();
-    result.status_line = head.lines().next().unwrap_or_default().to_string();
-    result.content_length = head
-        .lines()
-        .filter_map(|line| line.split_once(':'))
-        .find(|(name, _)| name.trim().eq_ignore_ascii_case("content-length"))
-        .and_then(|(_, value)| value.trim().parse().ok())
-        .unwrap_or(0);
-    let mut digest = Md5::new();
-    let first = &pending[head_end + 4..];
-    digest.update(first);
-    result.body_bytes = first.len();
-    received.store(result.body_bytes as u64, Ordering::SeqCst);
-    while result.body_bytes < result.content_length {
-        let want = (result.content_length - result.body_bytes).min(buffer.len());
-        match stream.read(&mut buffer[..want]) {
-            Ok(0) => {
-                result.error = Some(format!("EOF after {} body bytes", result.body_bytes));
-                break;
-            }
-            Ok(count) => {
-                digest.update(&buffer[..count]);
-                result.body_bytes += count;
-                received.store(result.body_bytes as u64, Ordering::SeqCst);
-            }
-            Err(error) => {
-                result.error = Some(format!("after {} body bytes: {error}", result.body_bytes));
-                break;
-            }
-        }
-        std::thread::sleep(pause);
-    }
-    result.body_md5 = hex(&digest.finalize());
-    result
 }
 
 #[test]

@@ -5,7 +5,12 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+use md5::{Digest, Md5};
+
+use crate::support::keep::{hex, USER_TOKEN};
 
 /// How long one read may block before a test gives up on the server.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(15);
@@ -379,4 +384,78 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 
 fn invalid(message: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message)
+}
+
+/// What `slow_get` saw.
+pub struct SlowGet {
+    pub status_line: String,
+    pub content_length: usize,
+    pub body_bytes: usize,
+    pub body_md5: String,
+    pub error: Option<String>,
+}
+
+/// GETs `locator` and reads the body 64 KiB at a time with a pause after each read.
+pub fn slow_get(stream: &mut TcpStream, locator: &str, pause: Duration, received: &AtomicU64) -> SlowGet {
+    let request = format!("GET /{locator} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {USER_TOKEN}\r\n\r\n");
+    stream.write_all(request.as_bytes()).expect("send GET");
+    let mut pending = Vec::new();
+    let mut buffer = vec![0u8; 64 * 1024];
+    let mut result = SlowGet {
+        status_line: String::new(),
+        content_length: 0,
+        body_bytes: 0,
+        body_md5: String::new(),
+        error: None,
+    };
+    let head_end = loop {
+        if let Some(end) = pending.windows(4).position(|window| window == b"\r\n\r\n") {
+            break end;
+        }
+        match stream.read(&mut buffer[..4096]) {
+            Ok(0) => {
+                result.error = Some("EOF before the response head".to_string());
+                return result;
+            }
+            Ok(count) => pending.extend_from_slice(&buffer[..count]),
+            Err(error) => {
+                result.error = Some(format!("reading the head: {error}"));
+                return result;
+            }
+        }
+    };
+    let head = String::from_utf8_lossy(&pending[..head_end]).into_owned();
+    result.status_line = head.lines().next().unwrap_or_default().to_string();
+    result.content_length = head
+        .lines()
+        .filter_map(|line| line.split_once(':'))
+        .find(|(name, _)| name.trim().eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, value)| value.trim().parse().ok())
+        .unwrap_or(0);
+    let mut digest = Md5::new();
+    let first = &pending[head_end + 4..];
+    digest.update(first);
+    result.body_bytes = first.len();
+    received.store(result.body_bytes as u64, Ordering::SeqCst);
+    while result.body_bytes < result.content_length {
+        let want = (result.content_length - result.body_bytes).min(buffer.len());
+        match stream.read(&mut buffer[..want]) {
+            Ok(0) => {
+                result.error = Some(format!("EOF after {} body bytes", result.body_bytes));
+                break;
+            }
+            Ok(count) => {
+                digest.update(&buffer[..count]);
+                result.body_bytes += count;
+                received.store(result.body_bytes as u64, Ordering::SeqCst);
+            }
+            Err(error) => {
+                result.error = Some(format!("after {} body bytes: {error}", result.body_bytes));
+                break;
+            }
+        }
+        std::thread::sleep(pause);
+    }
+    result.body_md5 = hex(&digest.finalize());
+    result
 }
