@@ -18,7 +18,7 @@ use crate::error::RequestError;
 use crate::http::request::Head;
 use crate::http::response::BodyFraming;
 use crate::http::token::tokens;
-use crate::limits::{BLOCK_BYTES_MAX, CHUNK_BYTES, HASH_HEX_LEN, STREAMED_WRITE_BYTES_MIN};
+use crate::limits::{BLOCK_BYTES_MAX, CHUNK_BYTES, HASH_HEX_LEN, STREAMED_WRITE_BYTES_MIN, WRITE_STEP_BYTES};
 use crate::locator::Locator;
 use crate::metrics::{VolumeErrorKind, VolumeOp};
 use crate::server::connection::{Connection, Reply, TEXT_PLAIN};
@@ -241,7 +241,7 @@ pub async fn write(
     while let Some(piece) = reader.next(worker, connection).await? {
         digest.update(&reader.body()[piece]);
         if let Some(write) = streamed.as_mut() {
-            if reader.body().len() - write.writer.written() >= CHUNK_BYTES {
+            if reader.body().len() - write.writer.written() >= WRITE_STEP_BYTES {
                 write.append(&mut reader).await;
             }
         }

@@ -13,7 +13,7 @@ use tokio_uring::buf::BoundedBuf;
 use tokio_uring::fs::{File, OpenOptions};
 
 use crate::digest::FileIdentity;
-use crate::limits::{BLOCK_BYTES_MAX, CHUNK_BYTES, VOLUME_FREE_BYTES_MIN, WRITEBACK_STEP_BYTES};
+use crate::limits::{BLOCK_BYTES_MAX, CHUNK_BYTES, VOLUME_FREE_BYTES_MIN, WRITEBACK_STEP_BYTES, WRITE_STEP_BYTES};
 use crate::volume::layout;
 
 /// Why a write to one volume did not happen; decides between 507 and 503.
@@ -191,7 +191,7 @@ impl BlockWriter {
         self.written
     }
 
-    /// Write `data[written()..end]` at its offset, a chunk per write: a 64 MiB copy into
+    /// Write `data[written()..end]` at its offset, `WRITE_STEP_BYTES` per write: a 64 MiB copy into
     /// the page cache in one go would hold the submitting core for tens of milliseconds.
     pub async fn append(&mut self, mut data: Vec<u8>, end: usize) -> (io::Result<()>, Vec<u8>) {
         let Some(file) = self.file.as_ref() else {
@@ -199,7 +199,7 @@ impl BlockWriter {
         };
         debug_assert!(self.written <= end && end <= data.len());
         while self.written < end {
-            let step_end = (self.written + CHUNK_BYTES).min(end);
+            let step_end = (self.written + WRITE_STEP_BYTES).min(end);
             let (result, slice) = file
                 .write_all_at(data.slice(self.written..step_end), self.written as u64)
                 .await;
