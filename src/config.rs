@@ -92,7 +92,8 @@ pub struct Cli {
     /// at once.
     #[arg(long)]
     pub trash_lifetime_secs: Option<u64>,
-    /// Seconds between sweeps that delete expired trash (BlobTrashCheckInterval).
+    /// Seconds between sweeps (BlobTrashCheckInterval; one also runs at start) that delete
+    /// expired trash and the temp files of writes that died.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub trash_check_interval_secs: Option<u64>,
     /// Refuse DELETE (405) and ignore trash lists (keepstore's `BlobTrash: false`).

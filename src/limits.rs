@@ -53,6 +53,12 @@ pub const WRITEBACK_STEP_BYTES: usize = 4 * 1024 * 1024;
 /// 1 MiB; 4 KiB GETs beside one PUT stream kept p99 at 2.7-3.3 ms in all three.
 pub const WRITE_STEP_BYTES: usize = 512 * 1024;
 
+/// A temp file (`tmp<hash><digits>`) untouched this long belongs to a write that died (a
+/// crash, a kill mid-body): the sweep removes it. A live write's temp file lives minutes
+/// at most (a body must arrive within 60 s plus its length at 256 KiB/s: about 5 minutes
+/// for 64 MiB; a drain waits 5 minutes by default).
+pub const TEMP_FILE_STALE_SECS: u64 = 3600;
+
 /// A PUT whose announced body is at least this large is written to its first volume while
 /// it arrives, so the disk works during the transfer instead of after it.
 pub const STREAMED_WRITE_BYTES_MIN: u64 = 1024 * 1024;

@@ -16,6 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Deserialize;
 
 use crate::chores::ChoreSettings;
+use crate::limits::TEMP_FILE_STALE_SECS;
 use crate::locator::Locator;
 use crate::metrics::{Recorder, VolumeErrorKind, VolumeOp};
 use crate::node::Node;
@@ -136,10 +137,29 @@ pub fn untrash_block(root: &Path, hash: &str) -> io::Result<bool> {
     }
 }
 
-/// Delete every trashed file on the volume whose deadline is ≤ `now_secs`, descending only
-/// into all-hex directories (as keepstore). Returns how many were deleted.
-pub fn empty_trash(root: &Path, now_secs: u64, recorder: Option<(&Recorder, &Volume)>) -> io::Result<u64> {
-    let mut deleted = 0;
+/// What one sweep of a volume removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Swept {
+    /// Trashed copies past their deadline.
+    pub trash: u64,
+    /// Temp files of writes that died (a crash or a kill mid-PUT), untouched for
+    /// `TEMP_FILE_STALE_SECS`.
+    pub temp: u64,
+}
+
+/// Sweep one volume, descending only into all-hex directories (as keepstore): delete every
+/// trashed file whose deadline is ≤ `now_secs` (when `trash`), and every temp file not
+/// modified for `TEMP_FILE_STALE_SECS` (when `temp`; no live write leaves its file alone
+/// that long: a body has minutes at most).
+pub fn sweep_volume(
+    root: &Path,
+    now_secs: u64,
+    trash: bool,
+    temp: bool,
+    recorder: Option<(&Recorder, &Volume)>,
+) -> io::Result<Swept> {
+    let mut swept = Swept::default();
+    let stale_before = unix_nanos(UNIX_EPOCH + Duration::from_secs(now_secs.saturating_sub(TEMP_FILE_STALE_SECS)));
     for dir in std::fs::read_dir(root)? {
         let dir = dir?;
         let dir_name = dir.file_name();
@@ -150,26 +170,33 @@ pub fn empty_trash(root: &Path, now_secs: u64, recorder: Option<(&Recorder, &Vol
         for entry in std::fs::read_dir(dir.path())? {
             let entry = entry?;
             let name = entry.file_name();
-            let expired = name
-                .to_str()
-                .and_then(layout::parse_trash_name)
-                .is_some_and(|(_, deadline)| deadline <= now_secs);
-            if !expired {
+            let Some(name) = name.to_str() else { continue };
+            let is_expired_trash =
+                trash && layout::parse_trash_name(name).is_some_and(|(_, deadline)| deadline <= now_secs);
+            let is_stale_temp = temp
+                && layout::is_temp_name(name)
+                && match entry.metadata() {
+                    Ok(metadata) => mtime_nanos(&metadata) < stale_before,
+                    Err(error) if is_missing(&error) => false,
+                    Err(error) => return Err(error),
+                };
+            if !is_expired_trash && !is_stale_temp {
                 continue;
             }
             match std::fs::remove_file(entry.path()) {
-                Ok(()) => {
-                    deleted += 1;
+                Ok(()) if is_expired_trash => {
+                    swept.trash += 1;
                     if let Some((recorder, volume)) = recorder {
                         recorder.volume(volume).operation(VolumeOp::Unlink);
                     }
                 }
+                Ok(()) => swept.temp += 1,
                 Err(error) if is_missing(&error) => {}
                 Err(error) => return Err(error),
             }
         }
     }
-    Ok(deleted)
+    Ok(swept)
 }
 
 /// Count a trash attempt in the volume's metrics.
@@ -253,28 +280,39 @@ fn process_item(node: &Node, recorder: &Recorder, settings: &ChoreSettings, item
     }
 }
 
-/// The empty-trash sweep: every `--trash-check-interval-secs`, on every trash-allowed
-/// volume of the current state.
+/// The sweep: at start and then every `--trash-check-interval-secs`, over the current
+/// volumes: expired trash where trash is allowed, stale temp files where writes are.
 pub fn run_empty_trash(node: Arc<Node>) {
     let recorder = node.metrics.register();
     let interval = Duration::from_secs(node.chores.settings.trash_check_interval_secs.max(1));
     loop {
-        std::thread::sleep(interval);
         let now_secs = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|since| since.as_secs())
             .unwrap_or(0);
         let state = node.state();
-        for volume in state.volumes.all().iter().filter(|volume| volume.allow_trash) {
-            match empty_trash(&volume.root, now_secs, Some((&recorder, volume))) {
-                Ok(0) => {}
-                Ok(deleted) => tracing::info!(volume = %volume.uuid, deleted, "expired trash deleted"),
+        for volume in state.volumes.all().iter() {
+            let (trash, temp) = (volume.allow_trash, volume.allow_write);
+            if !trash && !temp {
+                continue;
+            }
+            match sweep_volume(&volume.root, now_secs, trash, temp, Some((&recorder, volume))) {
+                Ok(swept) => {
+                    if swept.trash > 0 {
+                        tracing::info!(volume = %volume.uuid, deleted = swept.trash, "expired trash deleted");
+                    }
+                    if swept.temp > 0 {
+                        tracing::warn!(volume = %volume.uuid, removed = swept.temp, "stale temp files of dead writes removed");
+                    }
+                }
                 Err(error) => {
                     recorder.volume(volume).error(VolumeErrorKind::Io);
-                    tracing::warn!(volume = %volume.uuid, error = %error, "emptying trash failed");
+                    tracing::warn!(volume = %volume.uuid, error = %error, "sweeping the volume failed");
                 }
             }
         }
+        drop(state);
+        std::thread::sleep(interval);
     }
 }
 
@@ -374,13 +412,51 @@ mod tests {
             std::fs::write(block_dir.join(name), b"x").unwrap();
         }
         std::fs::create_dir(dir.path().join("full.trash.1")).unwrap();
-        assert_eq!(empty_trash(dir.path(), 200, None).unwrap(), 1);
+        assert_eq!(
+            sweep_volume(dir.path(), 200, true, false, None).unwrap(),
+            Swept { trash: 1, temp: 0 }
+        );
         assert_eq!(
             names(dir.path()),
             [
                 HASH.to_string(),
                 format!("{HASH}.trash.300"),
                 format!("tmp{HASH}.trash.1")
+            ]
+        );
+    }
+
+    #[test]
+    fn sweep_removes_only_stale_temp_files_of_the_write_pattern() {
+        let dir = tempfile::tempdir().unwrap();
+        block(dir.path(), 0);
+        let block_dir = layout::block_dir(dir.path(), HASH);
+        let now = SystemTime::now();
+        let now_secs = now.duration_since(UNIX_EPOCH).unwrap().as_secs();
+        let aged = |name: &str, age_secs: u64| {
+            let file = File::create(block_dir.join(name)).unwrap();
+            file.set_modified(now - Duration::from_secs(age_secs)).unwrap();
+        };
+        aged(&format!("tmp{HASH}123"), TEMP_FILE_STALE_SECS + 60);
+        aged(&format!("tmp{HASH}456"), TEMP_FILE_STALE_SECS - 60);
+        aged(&format!("tmp{HASH}.trash.1"), TEMP_FILE_STALE_SECS + 60);
+        aged("tmpnothex", TEMP_FILE_STALE_SECS + 60);
+        assert_eq!(
+            sweep_volume(dir.path(), now_secs, false, false, None).unwrap(),
+            Swept::default(),
+            "nothing asked, nothing removed"
+        );
+        assert_eq!(
+            sweep_volume(dir.path(), now_secs, false, true, None).unwrap(),
+            Swept { trash: 0, temp: 1 }
+        );
+        assert_eq!(
+            names(dir.path()),
+            [
+                HASH.to_string(),
+                format!("tmp{HASH}.trash.1"),
+                format!("tmp{HASH}456"),
+                "tmpnothex".to_string()
             ]
         );
     }

@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::limits::HASH_HEX_LEN;
+
 pub fn block_dir(root: &Path, hash: &str) -> PathBuf {
     root.join(&hash[..3])
 }
@@ -15,6 +17,19 @@ pub fn block_path(root: &Path, hash: &str) -> PathBuf {
 /// keepstore's tools recognise and skip it), which makes the final rename atomic.
 pub fn temp_path(root: &Path, hash: &str, random: u64) -> PathBuf {
     block_dir(root, hash).join(format!("tmp{hash}{random}"))
+}
+
+/// `^tmp[0-9a-f]{32}\d+$`: a temp file of `temp_path`'s pattern (ours or keepstore's).
+pub fn is_temp_name(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix("tmp") else {
+        return false;
+    };
+    match (rest.get(..HASH_HEX_LEN), rest.get(HASH_HEX_LEN..)) {
+        (Some(hash), Some(digits)) => {
+            crate::locator::is_hash(hash) && !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+        }
+        _ => false,
+    }
 }
 
 /// Infix of a trashed block's name: `<hash>.trash.<deadline unix secs>` (keep-protocol.md §6).

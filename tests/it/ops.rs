@@ -262,6 +262,37 @@ fn trash_list_with_lifetime_zero_unlinks_and_bad_lists_are_refused() {
 }
 
 #[test]
+fn sweep_removes_temp_files_of_dead_writes_and_keeps_live_ones() {
+    // A write killed mid-body (crash, kill -9) leaves `tmp<hash><digits>`; the sweep removes
+    // such files once untouched for an hour, and leaves a young one (a write in progress).
+    let dir = tempfile::tempdir().unwrap();
+    let volume = dir.path().join("v0");
+    let dead = md5_hex(b"a write that died");
+    let live = md5_hex(b"a write in progress");
+    for (hash, age) in [(&dead, Duration::from_secs(2 * 3600)), (&live, Duration::from_secs(60))] {
+        let block_dir = volume.join(&hash[..3]);
+        std::fs::create_dir_all(&block_dir).unwrap();
+        let file = std::fs::File::create(block_dir.join(format!("tmp{hash}42"))).unwrap();
+        file.set_modified(SystemTime::now() - age).unwrap();
+    }
+    let server = ServerBuilder::new()
+        .volume_paths(vec![volume.clone()])
+        .arg("--trash-check-interval-secs")
+        .arg("1")
+        .start();
+    assert!(
+        eventually(WORKER_WITHIN, || block_dir_entries(&volume, &dead).is_empty()),
+        "the dead write's temp file stays: {:?}",
+        block_dir_entries(&volume, &dead)
+    );
+    assert!(server
+        .log
+        .wait_for(WORKER_WITHIN, |line| line.contains("stale temp files"))
+        .is_some());
+    assert_eq!(block_dir_entries(&volume, &live), [format!("tmp{live}42")]);
+}
+
+#[test]
 fn empty_trash_sweep_deletes_expired_trash_and_keeps_the_rest() {
     let server = ServerBuilder::new()
         .arg("--trash-check-interval-secs")
