@@ -27,6 +27,8 @@ CASES = [
     ("put_64m", "PUT 64 MiB"),
 ]
 LABEL = dict(CASES)
+# Verified cases and their block size, for the floor table (HEAD hashes the block too).
+FLOOR_CASES = [("get_4k", 4096), ("head_4k", 4096), ("get_1m", 1 << 20), ("get_64m", 64 << 20)]
 # Cases whose keepring rate is compared with the single-core MD5 rate (per worker).
 MD5_CASES = {"get_1m", "get_64m", "put_1m", "put_64m", "get_64m_cached"}
 
@@ -198,6 +200,34 @@ def main():
     if 1 in workers_seen and 2 in workers_seen:
         value = ratio(get("get_1m", 2, "keepring", "req_s"), get("get_1m", 1, "keepring", "req_s"))
         target("GET 1 MiB: workers 2 ≥ 1.8× workers 1", value, lambda v: v >= 1.8, fmt(value, 2, "×"))
+    out("")
+
+    # The floor of a verified GET on this machine: what nginx spends to send the block
+    # (its CPU per request, sendfile, no checking) plus hashing the block once at the MD5
+    # reference rate. No server that MD5-verifies every byte can spend less per request,
+    # short of a cheaper way to send than nginx's.
+    out("## Against the verified floor")
+    out("")
+    out(
+        "Floor = nginx's CPU µs per request (it sends with sendfile and checks nothing) + the block's "
+        f"size at the single-core MD5 reference rate ({args.md5_mbs:,.0f} MB/s). A server that MD5-verifies "
+        "every byte cannot go below it without sending more cheaply than nginx."
+    )
+    out("")
+    out("| case | workers | MD5 µs/req | nginx CPU µs/req | floor µs/req | keepring CPU µs/req | keepring ÷ floor |")
+    out("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for case, size in FLOOR_CASES:
+        for workers in workers_seen:
+            n_cpu = get(case, workers, "nginx", "cpu_us_per_req")
+            k_cpu = get(case, workers, "keepring", "cpu_us_per_req")
+            if n_cpu is None or k_cpu is None:
+                continue
+            md5_us = size / args.md5_mbs
+            floor = n_cpu + md5_us
+            out(
+                f"| {LABEL[case]} | {workers} | {fmt(md5_us, 1)} | {fmt(n_cpu, 1)} | {fmt(floor, 1)} | "
+                f"{fmt(k_cpu, 1)} | {fmt(ratio(k_cpu, floor), 2, '×')} |"
+            )
     out("")
     # A wrk run that lasts well past its -d was not scheduled on time: the machine stalled
     # (other load, steal), and that round says little about either server.
