@@ -158,7 +158,11 @@ async fn stream_copy(
         let want = (size - offset).min(CHUNK_BYTES as u64) as usize;
         let start = buffer.len();
         buffer.reserve(want);
-        let (result, returned) = io::read_exact_into(file, buffer, start, start + want, offset).await;
+        let (result, returned) = if size <= CHUNK_BYTES as u64 {
+            io::read_small_into(file, buffer, start, start + want, offset).await
+        } else {
+            io::read_exact_into(file, buffer, start, start + want, offset).await
+        };
         buffer = returned;
         if let Err(error) = result {
             return (Err(StreamError::Volume(error)), buffer);

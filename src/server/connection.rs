@@ -365,13 +365,41 @@ impl Connection {
         self.body_deadline = Some(deadline);
     }
 
-    /// Write every byte of `buffer` (bounded by `IO_STALL_TIMEOUT_MS`).
+    /// Write every byte of `buffer` (bounded by `IO_STALL_TIMEOUT_MS`): what the socket
+    /// takes at once by a plain non-blocking send (most responses: no trip through the
+    /// ring), the rest through io_uring, which waits for room.
     pub async fn write_raw(&mut self, buffer: Vec<u8>) -> (Result<(), RequestError>, Vec<u8>) {
         self.response_started = true;
+        let mut sent = 0usize;
+        while sent < buffer.len() {
+            // SAFETY: the pointer and length stay within `buffer`.
+            let result = unsafe {
+                libc::send(
+                    self.stream.as_raw_fd(),
+                    buffer[sent..].as_ptr().cast(),
+                    buffer.len() - sent,
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
+            };
+            match result {
+                sent_now if sent_now > 0 => sent += sent_now as usize,
+                -1 if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) => continue,
+                // A full socket (EAGAIN), or an error the io_uring write reports.
+                _ => break,
+            }
+        }
+        self.write_rest(buffer, sent).await
+    }
+
+    /// Write `buffer[sent..]` through io_uring (bounded by `IO_STALL_TIMEOUT_MS`).
+    async fn write_rest(&mut self, buffer: Vec<u8>, sent: usize) -> (Result<(), RequestError>, Vec<u8>) {
+        if sent == buffer.len() {
+            return (Ok(()), buffer);
+        }
         let stall = Instant::now() + Duration::from_millis(IO_STALL_TIMEOUT_MS);
-        match self.deadline(stall, self.stream.write_all(buffer)).await {
-            Ok((Ok(()), buffer)) => (Ok(()), buffer),
-            Ok((Err(_), buffer)) => (Err(RequestError::ClientGone), buffer),
+        match self.deadline(stall, self.stream.write_all(buffer.slice(sent..))).await {
+            Ok((Ok(()), slice)) => (Ok(()), slice.into_inner()),
+            Ok((Err(_), slice)) => (Err(RequestError::ClientGone), slice.into_inner()),
             Err(error) => (Err(error), Vec::new()),
         }
     }
@@ -410,15 +438,7 @@ impl Connection {
                 _ => break,
             }
         }
-        if sent == chunk.len() {
-            return (Ok(()), chunk);
-        }
-        let stall = Instant::now() + Duration::from_millis(IO_STALL_TIMEOUT_MS);
-        match self.deadline(stall, self.stream.write_all(chunk.slice(sent..))).await {
-            Ok((Ok(()), slice)) => (Ok(()), slice.into_inner()),
-            Ok((Err(_), slice)) => (Err(RequestError::ClientGone), slice.into_inner()),
-            Err(error) => (Err(error), Vec::new()),
-        }
+        self.write_rest(chunk, sent).await
     }
 
     /// Write a whole response; returns its status and body bytes.
@@ -513,6 +533,11 @@ pub async fn serve(stream: TcpStream, worker: &Worker, live: &LiveConnection) {
             &connection.request_id,
         );
         live.request.borrow_mut().clear();
+        if !connection.buffered().is_empty() {
+            // A pipelined request is already here and may be served without waiting on
+            // anything: let the core's other tasks in first.
+            tokio::task::yield_now().await;
+        }
         if connection.close_after {
             // A cut stream must look cut (no FIN after a complete-looking body): no linger.
             linger = status != 499 && !aborted;

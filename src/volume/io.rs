@@ -5,6 +5,7 @@
 //! compatible, keep-protocol.md §6).
 
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -43,7 +44,7 @@ pub async fn open_block(root: &Path, hash: &str) -> io::Result<Option<(File, u64
 /// Open a stored block and say exactly which file state it is.
 pub async fn open_block_identified(root: &Path, hash: &str) -> io::Result<Option<(File, FileIdentity)>> {
     let path = layout::block_path(root, hash);
-    let file = match File::open(&path).await {
+    let file = match open_for_read(&path).await {
         Ok(file) => file,
         Err(error) if is_missing(&error) => return Ok(None),
         Err(error) => return Err(error),
@@ -52,10 +53,40 @@ pub async fn open_block_identified(root: &Path, hash: &str) -> io::Result<Option
     Ok(Some((file, identity)))
 }
 
+/// Open read-only: on this core when the whole path is in the dentry cache (openat2 with
+/// RESOLVE_CACHED, which never waits on the disk: what io_uring itself tries inline, minus
+/// a trip through the ring), else through io_uring, which may wait on the disk elsewhere.
+async fn open_for_read(path: &Path) -> io::Result<File> {
+    let c_path = c_path(path)?;
+    // SAFETY: open_how is plain integers; all-zero is its documented default.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_RDONLY | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_CACHED;
+    // SAFETY: `c_path` is NUL-terminated and `how` is a valid open_how of the given size.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            libc::AT_FDCWD,
+            c_path.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd >= 0 {
+        // SAFETY: a fresh fd that nothing else owns.
+        return Ok(File::from_std(unsafe { std::fs::File::from_raw_fd(fd as RawFd) }));
+    }
+    let error = io::Error::last_os_error();
+    match error.raw_os_error() {
+        // Not all in the cache (EAGAIN), or a kernel without openat2 / RESOLVE_CACHED.
+        Some(libc::EAGAIN) | Some(libc::ENOSYS) | Some(libc::EINVAL) | Some(libc::E2BIG) => File::open(path).await,
+        _ => Err(error),
+    }
+}
+
 /// fstat, not io_uring's statx: IORING_OP_STATX always runs on an io-wq thread (a context
 /// switch per GET, measured), while fstat of an open fd is a cached inode read.
 fn fstat_identity(file: &File) -> io::Result<FileIdentity> {
-    use std::os::fd::AsRawFd;
     // SAFETY: a zeroed stat is a valid out-parameter and the fd is open for this call.
     let mut stat: libc::stat = unsafe { std::mem::zeroed() };
     if unsafe { libc::fstat(file.as_raw_fd(), &mut stat) } != 0 {
@@ -98,6 +129,52 @@ pub async fn read_exact_into(
         }
     }
     (Ok(()), buffer)
+}
+
+/// `read_exact_into` for a read of at most one chunk (a whole small block): what the page
+/// cache holds is copied on this core (preadv2 RWF_NOWAIT, which never waits on the disk),
+/// the rest, if any, read through io_uring. Longer transfers keep one trip through the
+/// ring per chunk, which is what lets the core's other requests in between chunks.
+pub async fn read_small_into(
+    file: &File,
+    mut buffer: Vec<u8>,
+    mut start: usize,
+    end: usize,
+    mut position: u64,
+) -> (io::Result<()>, Vec<u8>) {
+    debug_assert!(end - start <= CHUNK_BYTES);
+    while start < end && start == buffer.len() {
+        match read_cached(file, &mut buffer, end, position) {
+            Ok(0) => return (Err(io::ErrorKind::UnexpectedEof.into()), buffer),
+            Ok(read) => {
+                start += read;
+                position += read as u64;
+            }
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            // EAGAIN: not (all) cached; EOPNOTSUPP: a filesystem without RWF_NOWAIT.
+            Err(_) => break,
+        }
+    }
+    read_exact_into(file, buffer, start, end, position).await
+}
+
+/// Append to `buffer` (up to `end`) what the page cache holds of `file` at `position`,
+/// without waiting for the disk: EAGAIN when the first page is not cached.
+fn read_cached(file: &File, buffer: &mut Vec<u8>, end: usize, position: u64) -> io::Result<usize> {
+    let length = buffer.len();
+    let spare = &mut buffer.spare_capacity_mut()[..end - length];
+    let iov = libc::iovec {
+        iov_base: spare.as_mut_ptr().cast(),
+        iov_len: spare.len(),
+    };
+    // SAFETY: the iovec covers spare capacity of `buffer`, which outlives the call.
+    let read = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, position as libc::off_t, libc::RWF_NOWAIT) };
+    if read < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel initialised `read` bytes right after the old length.
+    unsafe { buffer.set_len(length + read as usize) };
+    Ok(read as usize)
 }
 
 /// Whether the stored copy holds exactly `data`, read through `scratch` in chunks.
@@ -258,7 +335,6 @@ impl Drop for BlockWriter {
 /// Only a head start for the fdatasync in `commit`, which reports any error; so a failure
 /// here (a filesystem without support, say) changes nothing and is ignored.
 fn start_writeback(file: &File, offset: usize, length: usize) {
-    use std::os::fd::AsRawFd;
     // SAFETY: plain syscall on an open fd; no memory is passed.
     unsafe {
         libc::sync_file_range(

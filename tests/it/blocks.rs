@@ -482,6 +482,28 @@ fn a_slow_reader_of_a_big_block_gets_every_byte_in_order() {
 }
 
 #[test]
+fn blocks_are_served_right_from_a_cold_cache() {
+    // Small blocks are opened and read on the worker's core only while the dentry and
+    // page caches hold them (openat2 RESOLVE_CACHED, preadv2 RWF_NOWAIT); from a cold
+    // cache the same GET goes through io_uring. Dropping the caches needs root.
+    let server = TestServer::start();
+    let small = test_bytes(34, 4096);
+    let big = test_bytes(35, 3 * MIB / 2);
+    let locators = [server.put_block(&small), server.put_block(&big)];
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+    if let Err(error) = std::fs::write("/proc/sys/vm/drop_caches", "3") {
+        eprintln!("skipping: cannot drop the page cache here: {error}");
+        return;
+    }
+    for (locator, data) in locators.iter().zip([&small, &big]) {
+        let get = server.get(locator);
+        assert_eq!(get.status, 200, "{}", get.summary());
+        assert_eq!(get.body, *data);
+    }
+}
+
+#[test]
 fn put_with_requested_default_storage_class_is_confirmed() {
     let server = TestServer::start();
     let data = b"classy";
