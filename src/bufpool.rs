@@ -213,6 +213,7 @@ impl BufferBudget {
             return;
         }
         let Ok(mut spares) = self.spares.lock() else { return };
+        let mut evicted = None;
         if spares.len() >= SPARE_BODY_BUFFERS_MAX {
             let Some(smallest) = (0..spares.len()).min_by_key(|&index| spares[index].capacity()) else {
                 return;
@@ -222,10 +223,14 @@ impl BufferBudget {
             }
             let old = spares.swap_remove(smallest);
             self.give(old.capacity() as u64);
+            evicted = Some(old);
         }
         if self.try_take(buffer.capacity() as u64) {
             spares.push(buffer);
         }
+        drop(spares);
+        // Freed (an munmap of up to 64 MiB) after the lock, not under it.
+        drop(evicted);
     }
 
     /// Free the spares and their budget share (a request is waiting for budget, or the

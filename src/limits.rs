@@ -47,6 +47,10 @@ pub const CHUNK_BYTES: usize = 128 * 1024;
 /// a 64 MiB write, fdatasync took 24 ms without and 0.4 ms with, each call under 0.5 ms.
 pub const WRITEBACK_STEP_BYTES: usize = 4 * 1024 * 1024;
 
+/// Writeback starts queued for the writeback thread; beyond this (a slow disk) a range is
+/// skipped, and the final fdatasync writes it.
+pub const WRITEBACK_QUEUE_MAX: usize = 256;
+
 /// A block is written to its file this many bytes per write (a streamed PUT body too, as
 /// soon as this much is waiting): each write is a trip through the ring. Measured with two
 /// 64 MiB PUTs at a time: 5.93 req/s with 128 KiB steps, 6.35 with 512 KiB, 6.32 with
@@ -56,8 +60,9 @@ pub const WRITE_STEP_BYTES: usize = 512 * 1024;
 /// A temp file (`tmp<hash><digits>`) untouched this long belongs to a write that died (a
 /// crash, a kill mid-body): the sweep removes it. A live write's temp file lives minutes
 /// at most (a body must arrive within 60 s plus its length at 256 KiB/s: about 5 minutes
-/// for 64 MiB; a drain waits 5 minutes by default).
-pub const TEMP_FILE_STALE_SECS: u64 = 3600;
+/// for 64 MiB; a drain waits 5 minutes by default); a day leaves room for clock jumps
+/// and suspended machines, since the age is mtime against the wall clock.
+pub const TEMP_FILE_STALE_SECS: u64 = 24 * 3600;
 
 /// A PUT whose announced body is at least this large is written to its first volume while
 /// it arrives, so the disk works during the transfer instead of after it.

@@ -176,8 +176,9 @@ async fn stream_copy(
             return (Err(StreamError::Corrupt), buffer);
         }
         if send_body {
-            // The first chunk leaves with the head in one write; later ones by sendfile.
-            let (result, returned) = if start == 0 {
+            // The first chunk leaves with the head in one write, the last one from the
+            // bytes just hashed; the ones between by sendfile from the page cache.
+            let (result, returned) = if start == 0 && !last {
                 connection.write_file_chunk(file, offset - want as u64, buffer).await
             } else {
                 connection.write_raw(buffer).await
@@ -242,22 +243,30 @@ pub async fn write(
         _ => None,
     };
     let mut digest = BlockDigest::default();
-    while let Some(piece) = reader.next(worker, connection).await? {
-        digest.update(&reader.body()[piece]);
+    let received = loop {
+        match reader.next(worker, connection).await {
+            Ok(Some(piece)) => digest.update(&reader.body()[piece]),
+            Ok(None) => break Ok(()),
+            Err(error) => break Err(error),
+        }
         if let Some(write) = streamed.as_mut() {
             if reader.body().len() - write.writer.written() >= WRITE_STEP_BYTES {
                 write.append(&mut reader).await;
             }
         }
-    }
-    if !digest.matches(hash) {
-        if let Some(write) = streamed {
-            write.writer.abandon().await;
-        }
-        return Err(RequestError::HashMismatch {
+    };
+    let received = received.and_then(|()| match digest.matches(hash) {
+        true => Ok(()),
+        false => Err(RequestError::HashMismatch {
             computed: digest.hex(),
             path: locator_text.to_string(),
-        });
+        }),
+    });
+    if let Err(error) = received {
+        if let Some(write) = streamed {
+            write.give_up(worker, hash).await;
+        }
+        return Err(error);
     }
     let mut stored = Vec::new();
     let mut any_failed = false;
@@ -303,6 +312,15 @@ struct StreamedWrite {
 }
 
 impl StreamedWrite {
+    /// The request ends without a block (body cut short, MD5 mismatch): remove the temp
+    /// file, and still account for a write error the volume gave meanwhile.
+    async fn give_up(self, worker: &Worker, hash: &str) {
+        self.writer.abandon().await;
+        if let Some(error) = self.failure {
+            note_write_failure(worker, &self.volume, hash, error.into());
+        }
+    }
+
     /// Write what arrived since the last call (nothing more once a write failed).
     async fn append(&mut self, reader: &mut body::BodyReader) {
         if self.failure.is_some() {

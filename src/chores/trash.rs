@@ -173,24 +173,25 @@ pub fn sweep_volume(
             let Some(name) = name.to_str() else { continue };
             let is_expired_trash =
                 trash && layout::parse_trash_name(name).is_some_and(|(_, deadline)| deadline <= now_secs);
+            // An entry that cannot be looked at is left for the next sweep.
             let is_stale_temp = temp
                 && layout::is_temp_name(name)
-                && match entry.metadata() {
-                    Ok(metadata) => mtime_nanos(&metadata) < stale_before,
-                    Err(error) if is_missing(&error) => false,
-                    Err(error) => return Err(error),
-                };
+                && entry
+                    .metadata()
+                    .is_ok_and(|metadata| mtime_nanos(&metadata) < stale_before);
             if !is_expired_trash && !is_stale_temp {
                 continue;
             }
             match std::fs::remove_file(entry.path()) {
-                Ok(()) if is_expired_trash => {
-                    swept.trash += 1;
+                Ok(()) => {
+                    match is_expired_trash {
+                        true => swept.trash += 1,
+                        false => swept.temp += 1,
+                    }
                     if let Some((recorder, volume)) = recorder {
                         recorder.volume(volume).operation(VolumeOp::Unlink);
                     }
                 }
-                Ok(()) => swept.temp += 1,
                 Err(error) if is_missing(&error) => {}
                 Err(error) => return Err(error),
             }

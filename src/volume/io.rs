@@ -5,16 +5,20 @@
 //! compatible, keep-protocol.md §6).
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::SyncSender;
+use std::sync::OnceLock;
 
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::fs::{File, OpenOptions};
 
 use crate::digest::FileIdentity;
-use crate::limits::{BLOCK_BYTES_MAX, CHUNK_BYTES, VOLUME_FREE_BYTES_MIN, WRITEBACK_STEP_BYTES, WRITE_STEP_BYTES};
+use crate::limits::{
+    BLOCK_BYTES_MAX, CHUNK_BYTES, VOLUME_FREE_BYTES_MIN, WRITEBACK_QUEUE_MAX, WRITEBACK_STEP_BYTES, WRITE_STEP_BYTES,
+};
 use crate::volume::layout;
 
 /// Why a write to one volume did not happen; decides between 507 and 503.
@@ -331,19 +335,53 @@ impl Drop for BlockWriter {
     }
 }
 
-/// Start writeback of a written range without waiting for it (sync_file_range WRITE).
-/// Only a head start for the fdatasync in `commit`, which reports any error; so a failure
-/// here (a filesystem without support, say) changes nothing and is ignored.
+/// Start writeback of a written range without waiting for it (sync_file_range WRITE), on
+/// the writeback thread: starting writeback can wait (block allocation, the journal, free
+/// device request slots), which must not hold a worker's core. Only a head start for the
+/// fdatasync in `commit`, which reports any error and writes whatever is left: so a range
+/// skipped (the thread is behind, or a dup fails) changes nothing but timing.
 fn start_writeback(file: &File, offset: usize, length: usize) {
-    // SAFETY: plain syscall on an open fd; no memory is passed.
-    unsafe {
-        libc::sync_file_range(
-            file.as_raw_fd(),
-            offset as libc::off64_t,
-            length as libc::off64_t,
-            libc::SYNC_FILE_RANGE_WRITE,
-        );
+    let Some(sender) = writeback_thread() else { return };
+    // SAFETY: F_DUPFD_CLOEXEC on an open fd; the new fd is owned below.
+    let fd = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+    if fd < 0 {
+        return;
     }
+    // SAFETY: a fresh fd that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let _ = sender.try_send((fd, offset as u64, length as u64));
+}
+
+/// The writeback thread's queue, started on first use (`None` if it cannot start).
+fn writeback_thread() -> Option<&'static SyncSender<(OwnedFd, u64, u64)>> {
+    static QUEUE: OnceLock<Option<SyncSender<(OwnedFd, u64, u64)>>> = OnceLock::new();
+    QUEUE
+        .get_or_init(|| {
+            let (sender, receiver) = std::sync::mpsc::sync_channel::<(OwnedFd, u64, u64)>(WRITEBACK_QUEUE_MAX);
+            let started = std::thread::Builder::new()
+                .name("keepring-writeback".to_string())
+                .spawn(move || {
+                    for (fd, offset, length) in receiver {
+                        // SAFETY: plain syscall on an fd this thread owns; no memory passed.
+                        unsafe {
+                            libc::sync_file_range(
+                                fd.as_raw_fd(),
+                                offset as libc::off64_t,
+                                length as libc::off64_t,
+                                libc::SYNC_FILE_RANGE_WRITE,
+                            );
+                        }
+                    }
+                });
+            match started {
+                Ok(_) => Some(sender),
+                Err(error) => {
+                    tracing::warn!(error = %error, "no writeback thread: fdatasync does all the writeback");
+                    None
+                }
+            }
+        })
+        .as_ref()
 }
 
 async fn commit(temp: &Path, target: &Path, dir: &Path) -> io::Result<()> {

@@ -264,12 +264,15 @@ fn trash_list_with_lifetime_zero_unlinks_and_bad_lists_are_refused() {
 #[test]
 fn sweep_removes_temp_files_of_dead_writes_and_keeps_live_ones() {
     // A write killed mid-body (crash, kill -9) leaves `tmp<hash><digits>`; the sweep removes
-    // such files once untouched for an hour, and leaves a young one (a write in progress).
+    // such files once untouched for a day, and leaves a young one (a write in progress).
     let dir = tempfile::tempdir().unwrap();
     let volume = dir.path().join("v0");
     let dead = md5_hex(b"a write that died");
     let live = md5_hex(b"a write in progress");
-    for (hash, age) in [(&dead, Duration::from_secs(2 * 3600)), (&live, Duration::from_secs(60))] {
+    for (hash, age) in [
+        (&dead, Duration::from_secs(25 * 3600)),
+        (&live, Duration::from_secs(60)),
+    ] {
         let block_dir = volume.join(&hash[..3]);
         std::fs::create_dir_all(&block_dir).unwrap();
         let file = std::fs::File::create(block_dir.join(format!("tmp{hash}42"))).unwrap();
