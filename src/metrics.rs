@@ -247,6 +247,194 @@ pub fn render(registry: &Registry, gauges: &Gauges) -> String {
     out
 }
 
+/// The same families as `render`, as `/metrics.json` serves them in keepstore: a JSON
+/// array of Prometheus MetricFamily messages in protobuf's JSON mapping (what Go's jsonpb
+/// writes: lowerCamelCase fields, enum names, 64-bit counts as strings). Built from the
+/// text exposition, so both endpoints always carry the same families and values.
+pub fn render_json(registry: &Registry, gauges: &Gauges) -> String {
+    text_to_json(&render(registry, gauges)).to_string()
+}
+
+type Labels = Vec<(String, String)>;
+
+/// One sample line of the text exposition: `name{labels} value`.
+struct Sample {
+    name: String,
+    labels: Labels,
+    value: f64,
+}
+
+/// One summary or histogram series being gathered: its labels (without `le`), its
+/// `sampleSum`/`sampleCount` so far, and its buckets.
+struct Series {
+    labels: Labels,
+    fields: serde_json::Map<String, serde_json::Value>,
+    buckets: Vec<serde_json::Value>,
+}
+
+fn parse_sample(line: &str) -> Option<Sample> {
+    let (series, value) = line.rsplit_once(' ')?;
+    let value = match value {
+        "+Inf" => f64::INFINITY,
+        "-Inf" => f64::NEG_INFINITY,
+        other => other.parse().ok()?,
+    };
+    let (name, labels) = match series.split_once('{') {
+        None => (series, Vec::new()),
+        Some((name, rest)) => (name, parse_labels(rest.strip_suffix('}')?)?),
+    };
+    Some(Sample {
+        name: name.to_string(),
+        labels,
+        value,
+    })
+}
+
+/// `k="v",k2="v2"` with the exposition escapes (`\\`, `\"`, `\n`) undone.
+fn parse_labels(text: &str) -> Option<Labels> {
+    let mut labels = Vec::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        let (key, after) = rest.split_once("=\"")?;
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let end = loop {
+            match chars.next()? {
+                (index, '"') => break index,
+                (_, '\\') => match chars.next()?.1 {
+                    'n' => value.push('\n'),
+                    other => value.push(other),
+                },
+                (_, other) => value.push(other),
+            }
+        };
+        labels.push((key.to_string(), value));
+        rest = after[end + 1..].strip_prefix(',').unwrap_or(&after[end + 1..]);
+    }
+    Some(labels)
+}
+
+fn json_number(value: f64) -> serde_json::Value {
+    if value.is_finite() {
+        serde_json::json!(value)
+    } else if value > 0.0 {
+        serde_json::json!("Infinity")
+    } else {
+        serde_json::json!("-Infinity")
+    }
+}
+
+fn json_labels(labels: &[(String, String)]) -> serde_json::Value {
+    labels
+        .iter()
+        .map(|(name, value)| serde_json::json!({"name": name, "value": value}))
+        .collect()
+}
+
+/// Text exposition → MetricFamily JSON. Summaries and histograms gather their `_sum`,
+/// `_count` and `_bucket` lines by label set (without `le`).
+fn text_to_json(text: &str) -> serde_json::Value {
+    use serde_json::{json, Map, Value};
+    let mut families: Vec<Value> = Vec::new();
+    let mut help = String::new();
+    let mut current: Option<(String, String, Vec<Sample>)> = None;
+    let finish = |families: &mut Vec<Value>, help: &str, family: Option<(String, String, Vec<Sample>)>| {
+        let Some((name, kind, samples)) = family else { return };
+        let metrics: Vec<Value> = match kind.as_str() {
+            "summary" | "histogram" => {
+                let mut groups: Vec<Series> = Vec::new();
+                for sample in samples {
+                    let labels: Labels = sample.labels.iter().filter(|(key, _)| key != "le").cloned().collect();
+                    let index = match groups.iter().position(|series| series.labels == labels) {
+                        Some(index) => index,
+                        None => {
+                            groups.push(Series {
+                                labels,
+                                fields: Map::new(),
+                                buckets: Vec::new(),
+                            });
+                            groups.len() - 1
+                        }
+                    };
+                    let Series { fields, buckets, .. } = &mut groups[index];
+                    let suffix = sample.name.strip_prefix(name.as_str()).unwrap_or("");
+                    match suffix {
+                        "_sum" => {
+                            fields.insert("sampleSum".into(), json_number(sample.value));
+                        }
+                        "_count" => {
+                            fields.insert("sampleCount".into(), json!((sample.value as u64).to_string()));
+                        }
+                        "_bucket" => {
+                            let bound = sample.labels.iter().find(|(key, _)| key == "le");
+                            let bound = bound.map_or(f64::INFINITY, |(_, value)| match value.as_str() {
+                                "+Inf" => f64::INFINITY,
+                                other => other.parse().unwrap_or(f64::INFINITY),
+                            });
+                            buckets.push(json!({
+                                "cumulativeCount": (sample.value as u64).to_string(),
+                                "upperBound": json_number(bound),
+                            }));
+                        }
+                        _ => {}
+                    }
+                }
+                groups
+                    .into_iter()
+                    .map(
+                        |Series {
+                             labels,
+                             mut fields,
+                             buckets,
+                         }| {
+                            if !buckets.is_empty() {
+                                fields.insert("bucket".into(), Value::Array(buckets));
+                            }
+                            let mut metric = Map::new();
+                            if !labels.is_empty() {
+                                metric.insert("label".into(), json_labels(&labels));
+                            }
+                            metric.insert(kind.clone(), Value::Object(fields));
+                            Value::Object(metric)
+                        },
+                    )
+                    .collect()
+            }
+            _ => samples
+                .iter()
+                .map(|sample| {
+                    let mut metric = Map::new();
+                    if !sample.labels.is_empty() {
+                        metric.insert("label".into(), json_labels(&sample.labels));
+                    }
+                    metric.insert(kind.clone(), json!({"value": json_number(sample.value)}));
+                    Value::Object(metric)
+                })
+                .collect(),
+        };
+        families.push(json!({
+            "name": name,
+            "help": help,
+            "type": kind.to_ascii_uppercase(),
+            "metric": metrics,
+        }));
+    };
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            finish(&mut families, &help, current.take());
+            help = rest.split_once(' ').map_or("", |(_, text)| text).to_string();
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            if let Some((name, kind)) = rest.split_once(' ') {
+                current = Some((name.to_string(), kind.to_string(), Vec::new()));
+            }
+        } else if let (Some((_, _, samples)), Some(sample)) = (current.as_mut(), parse_sample(line)) {
+            samples.push(sample);
+        }
+    }
+    finish(&mut families, &help, current.take());
+    Value::Array(families)
+}
+
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
@@ -588,6 +776,32 @@ mod tests {
         assert_eq!(value_of(&text, ops), Some(2.0));
         assert_eq!(value_of(&text, "arvados_keepstore_bufferpool_inuse_buffers"), Some(2.0));
         assert_eq!(value_of(&text, "keepring_draining"), Some(1.0));
+    }
+
+    #[test]
+    fn json_keeps_escaped_label_values_counts_and_infinite_bounds() {
+        let value = "q\"uo\\te\nnl,}";
+        let text = format!(
+            "# HELP x A counter.\n# TYPE x counter\nx{{a=\"{}\",b=\"2\"}} 3\n\
+             # HELP h A histogram.\n# TYPE h histogram\nh_bucket{{le=\"0.5\"}} 1\nh_bucket{{le=\"+Inf\"}} 4\n\
+             h_sum 2.5\nh_count 4\n",
+            label(value)
+        );
+        let json = text_to_json(&text);
+        assert_eq!(
+            json[0],
+            serde_json::json!({
+                "name": "x", "help": "A counter.", "type": "COUNTER",
+                "metric": [{"label": [{"name": "a", "value": value}, {"name": "b", "value": "2"}], "counter": {"value": 3.0}}]
+            })
+        );
+        assert_eq!(
+            json[1]["metric"][0]["histogram"],
+            serde_json::json!({
+                "sampleSum": 2.5, "sampleCount": "4",
+                "bucket": [{"cumulativeCount": "1", "upperBound": 0.5}, {"cumulativeCount": "4", "upperBound": "Infinity"}]
+            })
+        );
     }
 
     #[test]

@@ -139,7 +139,8 @@ async fn read_list<T: DeserializeOwned + Send + 'static>(
     Ok(items)
 }
 
-/// GET /metrics: open when no management token is configured (keepstore-observed.md).
+/// GET /metrics (Prometheus text) and /metrics.json: open when no management token is
+/// configured (keepstore-observed.md).
 pub fn metrics(worker: &Worker, head: &Head) -> Result<Reply, RequestError> {
     let state = worker.state();
     auth::require_metrics(&state, head)?;
@@ -156,11 +157,17 @@ pub fn metrics(worker: &Worker, head: &Head) -> Result<Reply, RequestError> {
         draining: node.is_draining(),
         volumes_free: volumes_free(state.volumes.all()),
     };
+    // keepstore serves the same registry as JSON MetricFamily messages at /metrics.json.
+    let json = head.path.split('?').next() == Some("/metrics.json");
+    let (content_type, body) = match json {
+        true => ("application/json", metrics::render_json(&node.metrics, &gauges)),
+        false => (metrics::CONTENT_TYPE, metrics::render(&node.metrics, &gauges)),
+    };
     Ok(Reply::Full(Response {
         status: 200,
-        content_type: Some(metrics::CONTENT_TYPE),
+        content_type: Some(content_type),
         extra: Vec::new(),
-        body: metrics::render(&node.metrics, &gauges).into_bytes(),
+        body: body.into_bytes(),
         cors: false,
     }))
 }

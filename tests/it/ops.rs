@@ -449,6 +449,84 @@ fn metrics_need_the_management_token_and_have_no_cors_or_request_id() {
 }
 
 #[test]
+fn metrics_json_has_the_same_families_as_metric_family_messages() {
+    // keepstore serves its registry at /metrics.json as a JSON array of Prometheus
+    // MetricFamily messages (Go jsonpb); its own test reads name, type, label and the
+    // summary's sampleCount (a string) for code=200, method=put.
+    let server = ServerBuilder::new().management_token().start();
+    let none = server.request(Request::get("/metrics.json"));
+    assert_eq!(none.status, 401, "{}", none.summary());
+    for seed in 0..2 {
+        server.put_block(&test_bytes(70 + seed, 100));
+    }
+    let put_label = serde_json::json!([{"name": "code", "value": "200"}, {"name": "method", "value": "put"}]);
+    let put_count = |families: &serde_json::Value| {
+        families.as_array().and_then(|families| {
+            let summaries = families
+                .iter()
+                .find(|family| family["name"] == "request_duration_seconds")?;
+            let metrics = summaries["metric"].as_array()?;
+            let put = metrics.iter().find(|metric| metric["label"] == put_label)?;
+            put["summary"]["sampleCount"].as_str().map(str::to_string)
+        })
+    };
+    // A request is counted just after its response left, possibly on the other worker.
+    let mut families = serde_json::Value::Null;
+    eventually(Duration::from_secs(5), || {
+        let response = server.request(Request::get("/metrics.json").token(MANAGEMENT_TOKEN));
+        assert_eq!(response.status, 200, "{}", response.summary());
+        assert_eq!(response.header("Content-Type"), Some("application/json"));
+        families = serde_json::from_slice(&response.body).expect("JSON");
+        put_count(&families).as_deref() == Some("2")
+    });
+    assert_eq!(
+        put_count(&families).as_deref(),
+        Some("2"),
+        "summary for code=200 method=put"
+    );
+    let families = families.as_array().expect("an array of families");
+    let family = |name: &str| {
+        families
+            .iter()
+            .find(|family| family["name"] == name)
+            .unwrap_or_else(|| panic!("family {name} missing"))
+    };
+    let text = server.request(Request::get("/metrics").token(MANAGEMENT_TOKEN)).text();
+    for line in text.lines().filter_map(|line| line.strip_prefix("# TYPE ")) {
+        let (name, kind) = line.split_once(' ').unwrap();
+        assert_eq!(family(name)["type"], kind.to_ascii_uppercase(), "{name}");
+    }
+    let put_200 = family("request_duration_seconds")["metric"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|metric| metric["label"] == put_label)
+        .unwrap()
+        .clone();
+    assert!(put_200["summary"]["sampleSum"].as_f64().unwrap() > 0.0);
+    let buckets = family("keepring_request_duration_seconds")["metric"][0]["histogram"]["bucket"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(buckets.last().unwrap()["upperBound"], "Infinity");
+    let writes = family("arvados_keepstore_volume_operations")["metric"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|metric| {
+            metric["label"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|label| label["name"] == "operation" && label["value"] == "write")
+        })
+        .expect("a write counter")["counter"]["value"]
+        .as_f64()
+        .unwrap();
+    assert_eq!(writes, 2.0);
+}
+
+#[test]
 fn metrics_families_are_present_and_counters_grow_with_requests() {
     let server = TestServer::start();
     let families = [
