@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use crate::error::RequestError;
 use crate::limits::{
-    BUFFER_WAIT_MS_MAX, CHUNK_BYTES, FREE_CHUNKS_PER_WORKER_MAX, RESPONSE_HEAD_BYTES_MAX, SPARE_BODY_BUFFERS_MAX,
-    SPARE_BODY_BYTES_MIN,
+    BACKGROUND_BUDGET_POLL_MS, BUFFER_WAIT_MS_MAX, CHUNK_BYTES, FREE_CHUNKS_PER_WORKER_MAX, RESPONSE_HEAD_BYTES_MAX,
+    SPARE_BODY_BUFFERS_MAX, SPARE_BODY_BYTES_MIN,
 };
 
 /// Capacity of one chunk buffer: a response head plus one chunk of block data.
@@ -189,6 +189,25 @@ impl BufferBudget {
             .held_bytes
             .fetch_sub(bytes, Ordering::SeqCst);
         assert!(before >= bytes, "buffer budget returned more than was taken");
+    }
+
+    /// A lease for a background thread (the pull worker), waiting as long as it takes:
+    /// no client waits on it, and its bytes then count like any request's. While waiting,
+    /// spares are given up and dead peers' slots reclaimed, as for a request. `None` only
+    /// when `bytes` exceed the whole budget.
+    pub fn lease_blocking(self: &Arc<Self>, bytes: u64) -> Option<Lease> {
+        if bytes > self.total_bytes() {
+            return None;
+        }
+        while !self.try_take(bytes) {
+            self.release_spare();
+            self.reclaim_dead();
+            std::thread::sleep(Duration::from_millis(BACKGROUND_BUDGET_POLL_MS));
+        }
+        Some(Lease {
+            budget: self.clone(),
+            bytes,
+        })
     }
 
     /// The smallest spare body buffer that fits `capacity` (and is not over twice as
@@ -445,6 +464,24 @@ mod tests {
             assert_eq!(lease.bytes(), size as u64 * 2);
         });
         assert!(budget.take_spare(size).is_none(), "released for the waiting request");
+    }
+
+    #[test]
+    fn a_background_lease_waits_for_the_budget_without_a_deadline() {
+        let budget = BufferBudget::new(100).unwrap();
+        assert!(budget.lease_blocking(101).is_none(), "more than the whole budget");
+        let held = budget.lease_blocking(80).expect("free budget");
+        let releaser = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            drop(held);
+        });
+        let started = Instant::now();
+        let waited = budget.lease_blocking(50).expect("after the release");
+        assert!(started.elapsed() >= Duration::from_millis(90), "took budget still held");
+        assert_eq!(budget.in_use_bytes(), 50);
+        releaser.join().unwrap();
+        drop(waited);
+        assert_eq!(budget.in_use_bytes(), 0);
     }
 
     #[test]

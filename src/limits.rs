@@ -84,6 +84,10 @@ pub const BUFFER_UNIT_BYTES: u64 = BLOCK_BYTES_MAX + 2 * (RESPONSE_HEAD_BYTES_MA
 /// 503 after a back-off).
 pub const BUFFER_WAIT_MS_MAX: u64 = 5_000;
 
+/// How often a background thread (the pull worker) retries the budget while it waits (it
+/// waits without a deadline: no client is waiting on it).
+pub const BACKGROUND_BUDGET_POLL_MS: u64 = 10;
+
 /// Default lifetime of a permission signature: 2 weeks, keepstore's `BlobSigningTTL` 336h.
 pub const BLOB_SIGNING_TTL_SECS_DEFAULT: u64 = 14 * 24 * 3600;
 

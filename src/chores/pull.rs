@@ -5,8 +5,9 @@
 //! order. Runs on its own thread with a minimal blocking HTTP/1.1 client (one request per
 //! connection, bounded by timeouts), so a slow peer never holds a core.
 //!
-//! One pull at a time, so this thread holds at most one 64 MiB block outside the buffer
-//! budget (keepstore's `BlobReplicateConcurrency` is 4 by default).
+//! One pull at a time (keepstore's `BlobReplicateConcurrency` is 4 by default); the block
+//! being pulled is leased from the buffer budget like a request's, waiting for it if need
+//! be, so the memory bound holds with pulls running.
 
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -95,6 +96,11 @@ fn pull_one(node: &Node, recorder: &Recorder, item: &PullItem, random: u64) -> R
             .unwrap_or(0);
         signed.push_str(&key.sign_hint(locator.hash, PULL_TOKEN, now_secs));
     }
+    // The fetched block is held in memory until written: it counts in the buffer budget.
+    let _lease = node
+        .budget
+        .lease_blocking(size)
+        .ok_or("block larger than the whole buffer budget")?;
     let mut failures = Vec::new();
     for server in &item.servers {
         match fetch_block(server, &signed, locator.hash, size) {
