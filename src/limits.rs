@@ -151,6 +151,10 @@ pub const TRASH_LIFETIME_SECS_DEFAULT: u64 = 14 * 24 * 3600;
 /// `--trash-check-interval-secs` default: keepstore's `BlobTrashCheckInterval` 24h.
 pub const TRASH_CHECK_INTERVAL_SECS_DEFAULT: u64 = 24 * 3600;
 
+/// Pull list items worked at once, each on its own thread (keepstore's
+/// `BlobReplicateConcurrency` default).
+pub const PULL_THREADS: usize = 4;
+
 /// The pull worker: time to connect to a peer, and time any single read or write of the
 /// transfer may stall (a 64 MiB block at 1 MiB/s still makes progress every second).
 pub const PULL_CONNECT_TIMEOUT_MS: u64 = 10_000;

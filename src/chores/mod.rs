@@ -15,7 +15,9 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-use crate::limits::{BLOB_SIGNING_TTL_SECS_DEFAULT, TRASH_CHECK_INTERVAL_SECS_DEFAULT, TRASH_LIFETIME_SECS_DEFAULT};
+use crate::limits::{
+    BLOB_SIGNING_TTL_SECS_DEFAULT, PULL_THREADS, TRASH_CHECK_INTERVAL_SECS_DEFAULT, TRASH_LIFETIME_SECS_DEFAULT,
+};
 use crate::node::Node;
 
 /// keepstore's `Collections.{BlobSigningTTL, BlobTrash, BlobTrashLifetime,
@@ -144,7 +146,9 @@ pub fn start(node: &Arc<Node>) -> std::io::Result<()> {
     };
     spawn("keepring-trash", trash::run_trash_list)?;
     spawn("keepring-empty-trash", trash::run_empty_trash)?;
-    spawn("keepring-pull", pull::run_pull_list)?;
+    for _ in 0..PULL_THREADS {
+        spawn("keepring-pull", pull::run_pull_list)?;
+    }
     Ok(())
 }
 

@@ -5,13 +5,14 @@
 //! order. Runs on its own thread with a minimal blocking HTTP/1.1 client (one request per
 //! connection, bounded by timeouts), so a slow peer never holds a core.
 //!
-//! One pull at a time (keepstore's `BlobReplicateConcurrency` is 4 by default); the block
-//! being pulled is leased from the buffer budget like a request's, waiting for it if need
-//! be, so the memory bound holds with pulls running.
+//! `PULL_THREADS` pulls at a time (keepstore's `BlobReplicateConcurrency` default); each
+//! block being pulled is leased from the buffer budget like a request's, waiting for it if
+//! need be, so the memory bound holds with pulls running.
 
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -46,13 +47,19 @@ pub fn first_item_lacks_size(items: &[PullItem]) -> bool {
     items.first().is_some_and(|item| item.locator.len() == 32)
 }
 
-/// The pull worker loop: one item at a time, as long as the process lives.
+/// One pull worker's loop (`PULL_THREADS` of them share the queue): one item at a time,
+/// as long as the process lives.
 pub fn run_pull_list(node: Arc<Node>) {
+    static STARTED: AtomicU64 = AtomicU64::new(0);
     let recorder = node.metrics.register();
-    let mut random = SystemTime::now()
+    // Temp names must differ between workers that start in the same nanosecond.
+    let mut random = (SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|since| since.as_nanos() as u64)
         .unwrap_or(1)
+        ^ STARTED
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15))
         | 1;
     loop {
         let taken = node.chores.pull.next();

@@ -400,6 +400,51 @@ fn pull_list_copies_blocks_from_another_keepring_onto_the_asked_volume() {
 }
 
 #[test]
+fn a_stalled_peer_does_not_hold_up_the_rest_of_the_pull_list() {
+    // The first item's only server accepts the connection and never answers (the pull
+    // client would wait out its 60 s stall timeout); the items after it are pulled
+    // meanwhile by the other pull workers.
+    let stalled = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let stalled_url = format!("http://{}", stalled.local_addr().unwrap());
+    let held = std::thread::spawn(move || {
+        let mut connections = Vec::new();
+        if let Ok((connection, _)) = stalled.accept() {
+            connections.push(connection);
+        }
+        std::thread::sleep(Duration::from_secs(15));
+        drop(connections);
+    });
+    let source = TestServer::start();
+    let puller = TestServer::start();
+    let blocks: Vec<Vec<u8>> = (0..3).map(|seed| test_bytes(90 + seed, 50_000)).collect();
+    for data in &blocks {
+        source.put_block(data);
+    }
+    let mut items = vec![format!(
+        r#"{{"locator":"{}+{}","servers":["{stalled_url}"],"mount_uuid":""}}"#,
+        md5_hex(&blocks[0]),
+        blocks[0].len()
+    )];
+    for data in &blocks[1..] {
+        items.push(format!(
+            r#"{{"locator":"{}+{}","servers":["{}"],"mount_uuid":""}}"#,
+            md5_hex(data),
+            data.len(),
+            base_url(&source)
+        ));
+    }
+    let response = put_list(&puller, "/pull", &format!("[{}]", items.join(",")));
+    assert_eq!(response.status, 200, "{}", response.summary());
+    let pulled = |data: &Vec<u8>| puller.volumes_holding(&md5_hex(data)).len() == 1;
+    assert!(
+        eventually(Duration::from_secs(10), || blocks[1..].iter().all(pulled)),
+        "items behind a stalled peer waited for it"
+    );
+    assert!(!pulled(&blocks[0]), "nothing can come from the stalled peer");
+    drop(held);
+}
+
+#[test]
 fn pull_of_a_block_no_server_has_stores_nothing_and_unsized_lists_are_400() {
     let source = TestServer::start();
     let puller = TestServer::start();
