@@ -43,7 +43,7 @@ struct Services {
 #[serde(default)]
 struct Service {
     #[serde(rename = "InternalURLs")]
-    internal_urls: BTreeMap<String, serde_yaml::Value>,
+    internal_urls: BTreeMap<String, yaml_serde::Value>,
 }
 
 #[derive(Deserialize, Default)]
@@ -72,7 +72,7 @@ struct VolumeEntry {
     read_only: bool,
     replication: Option<u32>,
     storage_classes: BTreeMap<String, bool>,
-    access_via_hosts: BTreeMap<String, serde_yaml::Value>,
+    access_via_hosts: BTreeMap<String, yaml_serde::Value>,
 }
 
 #[derive(Deserialize, Default)]
@@ -107,7 +107,7 @@ pub struct ClusterSettings {
 }
 
 pub fn parse(text: &str) -> Result<ClusterSettings, String> {
-    let file: ConfigFile = serde_yaml::from_str(text).map_err(|error| format!("config does not parse: {error}"))?;
+    let file: ConfigFile = yaml_serde::from_str(text).map_err(|error| format!("config does not parse: {error}"))?;
     let mut clusters = file.clusters.into_iter();
     let (cluster_id, cluster) = match (clusters.next(), clusters.next()) {
         (Some(only), None) => only,
