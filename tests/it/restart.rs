@@ -127,8 +127,9 @@ impl Generations {
         match server.wait_exit(within) {
             Some(status) => status,
             None => panic!(
-                "keepring #{index} (pid {}) still running {within:?} after it was replaced; log:\n{}",
+                "keepring #{index} (pid {}) still running {within:?} after it was replaced; threads:\n{}\nlog:\n{}",
                 server.pid(),
+                thread_states(server.pid()),
                 server.log.lines().join("\n")
             ),
         }
@@ -232,6 +233,30 @@ fn load_across_restarts(name: &str, mode: LoadMode, extra_args: &[&str]) -> (Loa
     report(name, RESTARTS, &stats);
     eprintln!("[{name}] test time {:.2}s", elapsed.as_secs_f64());
     (stats, elapsed)
+}
+
+/// Each thread of a process that will not exit: its name, state and kernel stack (root
+/// can read `/proc/<pid>/task/<tid>/stack`), to see what an exit waits for.
+fn thread_states(pid: u32) -> String {
+    let mut out = String::new();
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).map(|entries| entries.flatten().collect::<Vec<_>>());
+    for task in tasks.unwrap_or_default() {
+        let path = task.path();
+        let read = |name: &str| std::fs::read_to_string(path.join(name)).unwrap_or_default();
+        let state = read("status")
+            .lines()
+            .find(|line| line.starts_with("State:"))
+            .unwrap_or("")
+            .to_string();
+        out.push_str(&format!(
+            "-- tid {} {} {state} wchan={}\n{}",
+            task.file_name().to_string_lossy(),
+            read("comm").trim(),
+            read("wchan"),
+            read("stack")
+        ));
+    }
+    out
 }
 
 #[test]
