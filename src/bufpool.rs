@@ -51,10 +51,10 @@ pub struct BufferBudget {
     page: *const BudgetPage,
     slot: usize,
     memory: OwnedFd,
-    /// One finished PUT body buffer kept for the next PUT, its capacity held from the
-    /// budget like any lease, and given up the moment a request waits for budget. A
-    /// mutex, not per-core state: it is touched once per large PUT, and any core under
-    /// pressure must be able to free it.
+    /// Finished PUT body buffers (up to `SPARE_BODY_BUFFERS_MAX`) kept for the next PUTs,
+    /// their capacity held from the budget like any lease, and given up the moment a
+    /// request waits for budget. A mutex, not per-core state: it is touched twice per
+    /// large PUT, and any core under pressure must be able to free them.
     spares: Mutex<Vec<Vec<u8>>>,
 }
 
@@ -184,6 +184,17 @@ impl BufferBudget {
         false
     }
 
+    /// Take `bytes` if the budget has them; else free what this process can (its spares,
+    /// dead peers' slots) for the next try.
+    fn take_or_make_room(&self, bytes: u64) -> bool {
+        if self.try_take(bytes) {
+            return true;
+        }
+        self.release_spare();
+        self.reclaim_dead();
+        false
+    }
+
     fn give(&self, bytes: u64) {
         let before = self.page().slots[self.slot]
             .held_bytes
@@ -199,9 +210,7 @@ impl BufferBudget {
         if bytes > self.total_bytes() {
             return None;
         }
-        while !self.try_take(bytes) {
-            self.release_spare();
-            self.reclaim_dead();
+        while !self.take_or_make_room(bytes) {
             std::thread::sleep(Duration::from_millis(BACKGROUND_BUDGET_POLL_MS));
         }
         Some(Lease {
@@ -390,9 +399,7 @@ impl BufferPool {
         let deadline = Instant::now() + Duration::from_millis(BUFFER_WAIT_MS_MAX);
         // Releases happen on any core; polling every millisecond keeps this lock-free and
         // costs nothing while the budget is not exhausted.
-        while !self.budget.try_take(bytes) {
-            self.budget.release_spare();
-            self.budget.reclaim_dead();
+        while !self.budget.take_or_make_room(bytes) {
             if Instant::now() >= deadline {
                 return Err(RequestError::Busy);
             }

@@ -268,8 +268,7 @@ pub async fn write(
         }
         return Err(error);
     }
-    let mut stored = Vec::new();
-    let mut any_failed = false;
+    let mut progress = StoreProgress::default();
     let mut candidates = candidates;
     if let Some(mut write) = streamed {
         write.append(&mut reader).await;
@@ -281,21 +280,15 @@ pub async fn write(
             None => write.writer.commit().await,
         };
         let size = reader.body().len();
-        any_failed |= account_write(worker, &write.volume, hash, result, size).record(&write.volume, &mut stored);
+        progress.any_failed |=
+            account_write(worker, &write.volume, hash, result, size).record(&write.volume, &mut progress.stored);
         candidates.retain(|volume| volume.uuid != write.volume.uuid);
+        // The streamed write started only after finding no copy on any candidate.
+        progress.copies_absent = true;
     }
     let (mut body, lease) = reader.finish();
     let size = body.len() as u64;
-    let stored = store(
-        worker,
-        hash,
-        &mut body,
-        &candidates,
-        &wanted_classes,
-        stored,
-        any_failed,
-    )
-    .await;
+    let stored = store(worker, hash, &mut body, &candidates, &wanted_classes, progress).await;
     worker.keep_body_buffer(body);
     drop(lease);
     let stored = stored?;
@@ -326,9 +319,7 @@ impl StreamedWrite {
         if self.failure.is_some() {
             return;
         }
-        let body = reader.lend();
-        let end = body.len();
-        let (result, body) = self.writer.append(body, end).await;
+        let (result, body) = self.writer.append(reader.lend()).await;
         reader.put_back(body);
         self.failure = result.err();
     }
@@ -355,6 +346,16 @@ async fn start_streamed_write(worker: &Worker, hash: &str, candidates: &[Arc<Vol
     })
 }
 
+/// What a PUT achieved before `store`: copies already stored (a streamed write), whether a
+/// write failed for another reason than space, and whether the candidates are known to
+/// hold no copy (then `store` does not look for one again).
+#[derive(Default)]
+struct StoreProgress {
+    stored: Vec<Arc<Volume>>,
+    any_failed: bool,
+    copies_absent: bool,
+}
+
 /// Pass 1: a volume that already holds the block keeps it (touched) or, if its copy is
 /// damaged, gets the good bytes. Pass 2: write to the next volumes in placement order
 /// until the request is satisfied (one copy, or every requested class).
@@ -364,11 +365,15 @@ async fn store(
     body: &mut Vec<u8>,
     candidates: &[Arc<Volume>],
     wanted_classes: &[String],
-    mut stored: Vec<Arc<Volume>>,
-    mut any_failed: bool,
+    progress: StoreProgress,
 ) -> Result<Vec<Arc<Volume>>, RequestError> {
+    let StoreProgress {
+        mut stored,
+        mut any_failed,
+        copies_absent,
+    } = progress;
     let mut scratch = worker.pool.chunk();
-    for volume in candidates {
+    for volume in candidates.iter().filter(|_| !copies_absent) {
         if !is_wanted(&stored, wanted_classes, volume) {
             continue;
         }

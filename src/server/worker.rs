@@ -307,12 +307,9 @@ async fn accept_loop(listener: tokio::net::TcpListener, worker: Rc<Worker>) {
             }
         };
         let _ = stream.set_nodelay(true);
-        // Already so from tokio's accept, and relied upon: a GET's sendfile must stop at a
-        // full socket instead of blocking the core (`Connection::write_file_chunk`).
-        if let Err(error) = stream.set_nonblocking(true) {
-            tracing::warn!(worker = worker.id, error = %error, "cannot make a connection non-blocking");
-            continue;
-        }
+        // Non-blocking, as tokio's `into_std` documents, and relied upon: a GET's sendfile
+        // must stop at a full socket instead of blocking the core
+        // (`Connection::write_file_chunk`).
         let id = worker.next_connection_id.get();
         worker.next_connection_id.set(id + 1);
         let live = Rc::new(LiveConnection {

@@ -215,8 +215,7 @@ pub async fn write_block(root: &Path, hash: &str, data: Vec<u8>, random: u64) ->
         Ok(writer) => writer,
         Err(error) => return (Err(error), data),
     };
-    let end = data.len();
-    let (result, data) = writer.append(data, end).await;
+    let (result, data) = writer.append(data).await;
     let result = match result {
         Ok(()) => writer.commit().await,
         Err(error) => {
@@ -272,13 +271,15 @@ impl BlockWriter {
         self.written
     }
 
-    /// Write `data[written()..end]` at its offset, `WRITE_STEP_BYTES` per write: a 64 MiB copy into
-    /// the page cache in one go would hold the submitting core for tens of milliseconds.
-    pub async fn append(&mut self, mut data: Vec<u8>, end: usize) -> (io::Result<()>, Vec<u8>) {
+    /// Write `data[written()..]` at its offset (`data` is the block so far),
+    /// `WRITE_STEP_BYTES` per write: a 64 MiB copy into the page cache in one go would hold
+    /// the submitting core for tens of milliseconds.
+    pub async fn append(&mut self, mut data: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
         let Some(file) = self.file.as_ref() else {
             return (Err(io::ErrorKind::NotConnected.into()), data);
         };
-        debug_assert!(self.written <= end && end <= data.len());
+        let end = data.len();
+        debug_assert!(self.written <= end);
         while self.written < end {
             let step_end = (self.written + WRITE_STEP_BYTES).min(end);
             let (result, slice) = file
