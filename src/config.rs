@@ -3,10 +3,12 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, ValueEnum};
 
-use crate::cluster_config::{self, ClusterSettings};
+use crate::cluster_config::this_host::{self, Chosen, SystemProbe};
+use crate::cluster_config::{self, ClusterFile, ClusterSettings};
 use crate::limits::{
     BLOB_SIGNING_TTL_SECS_DEFAULT, DRAIN_TIMEOUT_SECS_DEFAULT, MAX_BUFFERS_DEFAULT, TRASH_CHECK_INTERVAL_SECS_DEFAULT,
     TRASH_LIFETIME_SECS_DEFAULT,
@@ -19,6 +21,9 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:25107";
 
 /// Directory used when no volume comes from any source.
 pub const DEFAULT_VOLUME_DIR: &str = "keepring-data";
+
+/// The cluster config keepstore reads when it is given none (and `$ARVADOS_CONFIG` is unset).
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/arvados/config.yml";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -48,7 +53,8 @@ pub struct Cli {
     #[arg(long)]
     pub discover_mounts: bool,
     /// An Arvados cluster config.yml (keepstore's); flags given here override it.
-    /// SIGHUP re-reads it.
+    /// SIGHUP re-reads it. Default, when no flag names a volume: $ARVADOS_CONFIG, else
+    /// /etc/arvados/config.yml if it exists.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Worker threads, one io_uring runtime each. Default: the number of cores.
@@ -69,12 +75,21 @@ pub struct Cli {
     /// Block buffer budget in units of 64 MiB (keepstore's MaxKeepBlobBuffers).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=65536))]
     pub max_buffers: Option<u64>,
-    /// Log line format.
-    #[arg(long, value_enum, default_value = "text")]
-    pub log_format: LogFormat,
+    /// Log line format. Default: the config's SystemLogs.Format (json), else text.
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
     /// Lowest level logged: error, warn, info (one line per request), debug, trace.
-    #[arg(long, default_value = "info")]
-    pub log_level: tracing::Level,
+    /// Default: the config's SystemLogs.LogLevel, else info.
+    #[arg(long)]
+    pub log_level: Option<tracing::Level>,
+    /// Requests served at once; more wait (up to --max-queued-requests) or get 503.
+    /// 0: no limit. Default: the config's API.MaxConcurrentRequests (64), else 0.
+    #[arg(long)]
+    pub max_concurrent_requests: Option<usize>,
+    /// Requests that may wait for a slot; past it a request gets 503 at once.
+    /// Default: the config's API.MaxQueuedRequests (128).
+    #[arg(long)]
+    pub max_queued_requests: Option<usize>,
     /// Longest wait, after SIGTERM, for in-flight requests before they are cut.
     #[arg(long, default_value_t = DRAIN_TIMEOUT_SECS_DEFAULT)]
     pub drain_timeout_secs: u64,
@@ -92,9 +107,9 @@ pub struct Cli {
     /// at once.
     #[arg(long)]
     pub trash_lifetime_secs: Option<u64>,
-    /// Seconds between sweeps (BlobTrashCheckInterval; one also runs at start) that delete
-    /// expired trash and the temp files of writes that died.
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Seconds between passes of the trash emptier (BlobTrashCheckInterval), the first one
+    /// interval after start; 0 turns it off.
+    #[arg(long)]
     pub trash_check_interval_secs: Option<u64>,
     /// Refuse DELETE (405) and ignore trash lists (keepstore's `BlobTrash: false`).
     #[arg(long)]
@@ -106,10 +121,44 @@ pub struct Cli {
     pub verified_cache_entries: u64,
 }
 
+/// Where the process looks for a cluster config and its own service URL: the
+/// environment keepstore reads (`ARVADOS_CONFIG`, `ARVADOS_SERVICE_INTERNAL_URL`) and the
+/// packaged default path. Tests give their own.
+#[derive(Debug, Clone)]
+pub struct Environment {
+    pub arvados_config: Option<PathBuf>,
+    pub service_internal_url: Option<String>,
+    pub default_config: PathBuf,
+}
+
+impl Environment {
+    pub fn from_process() -> Environment {
+        Environment {
+            arvados_config: std::env::var_os("ARVADOS_CONFIG")
+                .filter(|path| !path.is_empty())
+                .map(PathBuf::from),
+            service_internal_url: std::env::var("ARVADOS_SERVICE_INTERNAL_URL").ok(),
+            default_config: PathBuf::from(DEFAULT_CONFIG_FILE),
+        }
+    }
+}
+
+/// The config file as loaded, for `arvados_config_*_timestamp_seconds{sha256}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigSource {
+    pub path: PathBuf,
+    pub sha256: String,
+    /// The file's mtime and the time it was read, Unix seconds.
+    pub modified_secs: f64,
+    pub loaded_secs: f64,
+}
+
 /// Everything the supervisor needs, read and checked.
 #[derive(Debug)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// This node's `Services.Keepstore.InternalURLs` entry, when a config names one.
+    pub service: Option<Chosen>,
     pub volume_sources: VolumeSources,
     pub workers: usize,
     pub signing_key: Option<Vec<u8>>,
@@ -126,27 +175,139 @@ pub struct Config {
     pub control_socket: Option<PathBuf>,
     pub handover: bool,
     pub config_file: Option<PathBuf>,
+    pub config_source: Option<ConfigSource>,
+    pub cluster_id: Option<String>,
     pub trash_lifetime_secs: u64,
+    /// 0: the trash emptier does not run.
     pub trash_check_interval_secs: u64,
     pub blob_trash: bool,
+    /// Trash list workers (`BlobTrashConcurrency`), deleters per volume in an emptier pass
+    /// (`BlobDeleteConcurrency`; 0 turns the emptier off) and pull workers
+    /// (`BlobReplicateConcurrency`, at least 1).
+    pub trash_concurrency: usize,
+    pub delete_concurrency: usize,
+    pub replicate_concurrency: usize,
+    /// Requests served at once (0: no limit) and waiting beyond that before a 503.
+    pub max_concurrent_requests: usize,
+    pub max_queued_requests: usize,
     pub verified_cache_entries: usize,
+    /// Things worth a warning once logging is up (the config is read before).
+    pub warnings: Vec<String>,
+}
+
+/// The cluster config to read: `--config`, else (when no flag names a volume) the one
+/// keepstore would read: `$ARVADOS_CONFIG`, else the packaged path when it exists.
+fn config_path(cli: &Cli, env: &Environment) -> Option<PathBuf> {
+    if cli.config.is_some() {
+        return cli.config.clone();
+    }
+    let volume_flags = !cli.volumes.is_empty() || !cli.volume_roots.is_empty() || cli.discover_mounts;
+    if volume_flags {
+        return None;
+    }
+    env.arvados_config
+        .clone()
+        .or_else(|| env.default_config.is_file().then(|| env.default_config.clone()))
+}
+
+fn load_cluster(path: &Path) -> Result<(ClusterFile, ConfigSource), String> {
+    let bytes = std::fs::read(path).map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+    let loaded_secs = unix_secs(SystemTime::now());
+    let modified_secs = std::fs::metadata(path)
+        .and_then(|metadata| metadata.modified())
+        .map(unix_secs)
+        .unwrap_or(loaded_secs);
+    let text = String::from_utf8(bytes).map_err(|_| format!("{}: not UTF-8", path.display()))?;
+    let file = cluster_config::parse(&text).map_err(|error| format!("{}: {error}", path.display()))?;
+    let source = ConfigSource {
+        path: path.to_path_buf(),
+        sha256: crate::signature::hex(&openssl::sha::sha256(text.as_bytes())),
+        modified_secs,
+        loaded_secs,
+    };
+    Ok((file, source))
+}
+
+fn unix_secs(time: SystemTime) -> f64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|since| since.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// This node's entry: the one already chosen (a reload keeps it), else `this_host`'s
+/// choice. With `--listen`, a config whose entries are all elsewhere is no error: the
+/// flag says where to listen, and only volumes without `AccessViaHosts` are this node's.
+fn choose_service(
+    file: &ClusterFile,
+    cli: &Cli,
+    env: &Environment,
+    running: Option<&Config>,
+    warnings: &mut Vec<String>,
+) -> Result<Option<Chosen>, String> {
+    if let Some(running) = running {
+        return Ok(running.service.clone());
+    }
+    let entries = file.service_entries()?;
+    let env_url = env.service_internal_url.as_deref();
+    match this_host::choose(&entries, env_url, cli.term_pid, &SystemProbe) {
+        Ok(Some(chosen)) => {
+            if !entries.iter().any(|entry| entry.internal == chosen.entry.internal) {
+                warnings.push(format!(
+                    "ARVADOS_SERVICE_INTERNAL_URL {} is not among Services.Keepstore.InternalURLs; serving it anyway",
+                    chosen.entry.internal
+                ));
+            }
+            Ok(Some(chosen))
+        }
+        Ok(None) => Ok(None),
+        Err(error) if cli.listen.is_some() => {
+            warnings.push(format!(
+                "{error}; listening on --listen, with no InternalURL of its own"
+            ));
+            Ok(None)
+        }
+        Err(error) => Err(error),
+    }
+}
+
+fn cluster_settings(
+    cli: &Cli,
+    env: &Environment,
+    running: Option<&Config>,
+    warnings: &mut Vec<String>,
+) -> Result<(ClusterSettings, Option<ConfigSource>), String> {
+    let Some(path) = config_path(cli, env) else {
+        let defaults = ClusterSettings {
+            enforce_signatures: true,
+            blob_trash: true,
+            trash_concurrency: cluster_config::TRASH_CONCURRENCY_DEFAULT,
+            delete_concurrency: cluster_config::TRASH_CONCURRENCY_DEFAULT,
+            replicate_concurrency: cluster_config::TRASH_CONCURRENCY_DEFAULT,
+            ..ClusterSettings::default()
+        };
+        return Ok((defaults, None));
+    };
+    let (file, source) = load_cluster(&path)?;
+    let service =
+        choose_service(&file, cli, env, running, warnings).map_err(|error| format!("{}: {error}", path.display()))?;
+    let settings = file
+        .settings(service)
+        .map_err(|error| format!("{}: {error}", path.display()))?;
+    Ok((settings, Some(source)))
 }
 
 impl Config {
-    /// Flags over the config file over built-in defaults. Also used by SIGHUP to re-read.
+    /// The process's own command line and environment.
     pub fn from_cli(cli: Cli) -> Result<Config, String> {
-        let cluster = match &cli.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
-                cluster_config::parse(&text).map_err(|error| format!("{}: {error}", path.display()))?
-            }
-            None => ClusterSettings {
-                enforce_signatures: true,
-                blob_trash: true,
-                ..ClusterSettings::default()
-            },
-        };
+        Config::resolve(cli, &Environment::from_process(), None)
+    }
+
+    /// Flags over the config file over built-in defaults. `running`: the configuration
+    /// being replaced by a SIGHUP re-read, whose service entry stays.
+    pub fn resolve(cli: Cli, env: &Environment, running: Option<&Config>) -> Result<Config, String> {
+        let mut warnings = Vec::new();
+        let (cluster, source) = cluster_settings(&cli, env, running, &mut warnings)?;
+        let from_file = source.is_some();
         let workers = match cli.workers {
             Some(workers) => workers as usize,
             None => std::thread::available_parallelism()
@@ -155,22 +316,46 @@ impl Config {
         };
         let mut fixed: Vec<(PathBuf, VolumeOptions)> = cli
             .volumes
-            .into_iter()
-            .map(|dir| (dir, VolumeOptions::default()))
+            .iter()
+            .map(|dir| (dir.clone(), VolumeOptions::default()))
             .collect();
         fixed.extend(cluster.volumes);
+        let volume_flags = !cli.volumes.is_empty() || !cli.volume_roots.is_empty() || cli.discover_mounts;
         if fixed.is_empty() && cli.volume_roots.is_empty() && !cli.discover_mounts {
+            if from_file || volume_flags {
+                return Err(no_volume_reason(cluster.service.as_ref()));
+            }
             fixed.push((PathBuf::from(DEFAULT_VOLUME_DIR), VolumeOptions::default()));
         }
         let signing_key = match cli.blob_signing_key_file.as_deref() {
             Some(path) => Some(read_secret(path)?),
             None => cluster.signing_key,
         };
+        check_signing_key(signing_key.as_deref(), from_file, cluster.enforce_signatures)?;
+        let listen = match (cli.listen, &cluster.service) {
+            (Some(listen), _) => listen,
+            (None, Some(chosen)) => chosen.address,
+            (None, None) if from_file => {
+                return Err(
+                    "no listen address: Services.Keepstore.InternalURLs is empty and --listen is not given".into(),
+                )
+            }
+            (None, None) => DEFAULT_LISTEN
+                .parse()
+                .map_err(|_| "bad built-in listen address".to_string())?,
+        };
+        let trash_check_interval_secs = match (cli.trash_check_interval_secs, cluster.trash_check_interval_secs) {
+            (Some(secs), _) => secs,
+            (None, Some(secs)) => secs.max(0) as u64,
+            (None, None) => TRASH_CHECK_INTERVAL_SECS_DEFAULT,
+        };
+        let (log_format, log_level) = log_settings(&cli, from_file, cluster.log_json, cluster.log_level);
+        let max_concurrent_requests =
+            cli.max_concurrent_requests
+                .unwrap_or(if from_file { cluster.max_concurrent_requests } else { 0 });
         Ok(Config {
-            listen: cli
-                .listen
-                .or(cluster.listen)
-                .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default")),
+            listen,
+            service: cluster.service,
             volume_sources: VolumeSources {
                 fixed,
                 roots: cli.volume_roots,
@@ -196,26 +381,66 @@ impl Config {
                 .or(cluster.max_buffers)
                 .unwrap_or(MAX_BUFFERS_DEFAULT)
                 .max(1),
-            log_format: cli.log_format,
-            log_level: cli.log_level,
+            log_format,
+            log_level,
             drain_timeout_secs: cli.drain_timeout_secs,
             term_pid: cli.term_pid,
             control_socket: cli.control_socket,
             handover: !cli.no_handover,
-            config_file: cli.config,
+            config_file: source.as_ref().map(|source| source.path.clone()),
+            config_source: source,
+            cluster_id: from_file.then_some(cluster.cluster_id),
             trash_lifetime_secs: cli
                 .trash_lifetime_secs
                 .or(cluster.trash_lifetime_secs)
                 .unwrap_or(TRASH_LIFETIME_SECS_DEFAULT),
-            trash_check_interval_secs: cli
-                .trash_check_interval_secs
-                .or(cluster.trash_check_interval_secs)
-                .unwrap_or(TRASH_CHECK_INTERVAL_SECS_DEFAULT)
-                .max(1),
+            trash_check_interval_secs,
             blob_trash: !cli.no_blob_trash && cluster.blob_trash,
+            trash_concurrency: cluster.trash_concurrency,
+            delete_concurrency: cluster.delete_concurrency,
+            replicate_concurrency: cluster.replicate_concurrency.max(1),
+            max_concurrent_requests,
+            max_queued_requests: cli.max_queued_requests.unwrap_or(cluster.max_queued_requests),
             verified_cache_entries: cli.verified_cache_entries as usize,
+            warnings,
         })
     }
+
+    /// Does the trash emptier run (keepstore: `BlobTrash`, an interval above 0 and
+    /// `BlobDeleteConcurrency` above 0)?
+    pub fn empties_trash(&self) -> bool {
+        self.blob_trash && self.trash_check_interval_secs > 0 && self.delete_concurrency > 0
+    }
+}
+
+fn no_volume_reason(service: Option<&Chosen>) -> String {
+    let node = match service {
+        Some(chosen) => format!("for {}", chosen.entry.internal),
+        None => "for this node (it has no InternalURL, so only volumes without AccessViaHosts)".to_string(),
+    };
+    format!("no volume configured {node}: add one to Volumes or give --volume")
+}
+
+/// keepstore refuses to start with signatures on and no key to check them with.
+fn check_signing_key(key: Option<&str>, from_file: bool, enforce: bool) -> Result<(), String> {
+    if let Some(key) = key {
+        if !key.bytes().all(|byte| byte.is_ascii_alphanumeric()) {
+            return Err("blob signing key: unacceptable characters (only a-z, A-Z, 0-9 are acceptable)".into());
+        }
+    } else if from_file && enforce {
+        return Err("cannot enable Collections.BlobSigning with no Collections.BlobSigningKey".into());
+    }
+    Ok(())
+}
+
+/// Flags, else the config's `SystemLogs` (JSON by default there, as keepstore logs),
+/// else text at info.
+fn log_settings(cli: &Cli, from_file: bool, json: bool, level: Option<tracing::Level>) -> (LogFormat, tracing::Level) {
+    let format = cli.log_format.unwrap_or(match from_file && json {
+        true => LogFormat::Json,
+        false => LogFormat::Text,
+    });
+    (format, cli.log_level.or(level).unwrap_or(tracing::Level::INFO))
 }
 
 /// Key and token files are whitespace-trimmed, as keepstore's legacy key files were.
@@ -232,9 +457,24 @@ fn read_secret(path: &Path) -> Result<String, String> {
 mod tests {
     use super::*;
 
+    /// No environment and no packaged config file.
+    fn bare() -> Environment {
+        Environment {
+            arvados_config: None,
+            service_internal_url: None,
+            default_config: PathBuf::from("/nonexistent/arvados/config.yml"),
+        }
+    }
+
+    fn resolve(args: &[&str]) -> Result<Config, String> {
+        let mut argv = vec!["keepring"];
+        argv.extend_from_slice(args);
+        Config::resolve(Cli::parse_from(argv), &bare(), None)
+    }
+
     #[test]
     fn defaults_give_the_local_data_dir() {
-        let config = Config::from_cli(Cli::parse_from(["keepring"])).unwrap();
+        let config = resolve(&[]).unwrap();
         assert_eq!(config.listen, "127.0.0.1:25107".parse().unwrap());
         assert_eq!(config.volume_sources.fixed[0].0, PathBuf::from(DEFAULT_VOLUME_DIR));
         assert_eq!(config.max_buffers, 128);
@@ -243,13 +483,13 @@ mod tests {
 
     #[test]
     fn unreadable_and_empty_secrets_are_errors() {
-        let cli = Cli::parse_from(["keepring", "--blob-signing-key-file", "/nonexistent/key"]);
-        assert!(Config::from_cli(cli).unwrap_err().contains("/nonexistent/key"));
+        let error = resolve(&["--blob-signing-key-file", "/nonexistent/key"]).unwrap_err();
+        assert!(error.contains("/nonexistent/key"));
         let dir = tempfile::tempdir().unwrap();
         let empty = dir.path().join("empty");
         std::fs::write(&empty, " \n").unwrap();
-        let cli = Cli::parse_from(["keepring", "--system-root-token-file", empty.to_str().unwrap()]);
-        assert!(Config::from_cli(cli).unwrap_err().contains("empty"));
+        let error = resolve(&["--system-root-token-file", empty.to_str().unwrap()]).unwrap_err();
+        assert!(error.contains("empty"));
     }
 
     #[test]
@@ -257,5 +497,101 @@ mod tests {
         assert!(Cli::try_parse_from(["keepring", "--workers", "0"]).is_err());
         assert!(Cli::try_parse_from(["keepring", "--max-buffers", "0"]).is_err());
         assert!(Cli::try_parse_from(["keepring", "--listen", "nowhere"]).is_err());
+    }
+
+    fn write_config(dir: &Path, body: &str) -> PathBuf {
+        let path = dir.join("config.yml");
+        std::fs::write(&path, format!("Clusters:\n  zzzzz:\n{body}")).unwrap();
+        path
+    }
+
+    const KEY: &str = "    Collections:\n      BlobSigningKey: abcdefghijklmnopqrstuvwxyz0123456789\n";
+
+    fn volume_at(dir: &Path) -> String {
+        format!(
+            "    Volumes:\n      zzzzz-nyw5e-000000000000000:\n        Driver: Directory\n        \
+             DriverParameters: {{Root: {}}}\n",
+            dir.display()
+        )
+    }
+
+    #[test]
+    fn the_config_keepstore_would_read_is_read_unless_flags_name_volumes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_config(dir.path(), &format!("{KEY}{}", volume_at(dir.path())));
+        let env = Environment {
+            arvados_config: Some(path.clone()),
+            ..bare()
+        };
+        let run = |args: &[&str], env: &Environment| {
+            let mut argv = vec!["keepring"];
+            argv.extend_from_slice(args);
+            Config::resolve(Cli::parse_from(argv), env, None)
+        };
+        let config = run(&["--listen", "127.0.0.1:0"], &env).unwrap();
+        assert_eq!(config.config_file.as_deref(), Some(path.as_path()));
+        assert_eq!(config.cluster_id.as_deref(), Some("zzzzz"));
+        assert_eq!(config.log_format, LogFormat::Json, "keepstore's default log format");
+        assert_eq!(config.max_concurrent_requests, 64);
+        let source = config.config_source.unwrap();
+        assert_eq!(source.sha256.len(), 64);
+        let flagged = run(&["--volume", "/tmp/elsewhere"], &env).unwrap();
+        assert_eq!(flagged.config_file, None, "volume flags: no implicit config");
+        let packaged = Environment {
+            default_config: path.clone(),
+            ..bare()
+        };
+        let config = run(&["--listen", "127.0.0.1:0"], &packaged).unwrap();
+        assert_eq!(config.config_file.as_deref(), Some(path.as_path()));
+        let missing = Environment {
+            arvados_config: Some(dir.path().join("absent.yml")),
+            ..bare()
+        };
+        assert!(run(&[], &missing).unwrap_err().contains("absent.yml"));
+    }
+
+    #[test]
+    fn signing_without_a_key_and_no_volume_fail_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let no_key = write_config(dir.path(), &volume_at(dir.path()));
+        let error = resolve(&["--listen", "127.0.0.1:0", "--config", no_key.to_str().unwrap()]).unwrap_err();
+        assert!(
+            error.contains("BlobSigning with no Collections.BlobSigningKey"),
+            "{error}"
+        );
+        let signing_off = write_config(
+            dir.path(),
+            &format!("    Collections:\n      BlobSigning: false\n{}", volume_at(dir.path())),
+        );
+        assert!(resolve(&["--listen", "127.0.0.1:0", "--config", signing_off.to_str().unwrap()]).is_ok());
+        let no_volume = write_config(dir.path(), KEY);
+        let error = resolve(&["--listen", "127.0.0.1:0", "--config", no_volume.to_str().unwrap()]).unwrap_err();
+        assert!(error.starts_with("no volume configured"), "{error}");
+        let error = resolve(&["--config", no_volume.to_str().unwrap(), "--volume-root", "/nonexistent"]);
+        assert!(error.is_err(), "no listen address without InternalURLs or --listen");
+        let bad_key = dir.path().join("key");
+        std::fs::write(&bad_key, "has spaces in it\n").unwrap();
+        let error = resolve(&["--blob-signing-key-file", bad_key.to_str().unwrap()]).unwrap_err();
+        assert!(error.contains("unacceptable characters"), "{error}");
+    }
+
+    #[test]
+    fn the_trash_emptier_follows_keepstore() {
+        let dir = tempfile::tempdir().unwrap();
+        let with = |collections: &str| {
+            let path = write_config(dir.path(), &format!("{KEY}{collections}{}", volume_at(dir.path())));
+            resolve(&["--listen", "127.0.0.1:0", "--config", path.to_str().unwrap()]).unwrap()
+        };
+        let config = with("");
+        assert!(config.empties_trash());
+        assert_eq!(config.trash_check_interval_secs, 86_400);
+        assert!(!with("      BlobTrashCheckInterval: 0s\n").empties_trash());
+        assert!(!with("      BlobTrashCheckInterval: -1s\n").empties_trash());
+        assert!(!with("      BlobTrash: false\n").empties_trash());
+        assert!(!with("      BlobDeleteConcurrency: 0\n").empties_trash());
+        let config = with("      BlobTrashCheckInterval: 2400h\n      BlobReplicateConcurrency: 0\n");
+        assert_eq!(config.trash_check_interval_secs, 8_640_000);
+        assert_eq!(config.replicate_concurrency, 1, "at least one pull worker");
+        assert!(!resolve(&["--trash-check-interval-secs", "0"]).unwrap().empties_trash());
     }
 }

@@ -64,6 +64,11 @@ pub const WRITE_STEP_BYTES: usize = 512 * 1024;
 /// and suspended machines, since the age is mtime against the wall clock.
 pub const TEMP_FILE_STALE_SECS: u64 = 24 * 3600;
 
+/// How often the temp files of dead writes are looked for (also once at start). Apart
+/// from the trash emptier's schedule: it deletes nothing a client or an operator could
+/// still want.
+pub const TEMP_SWEEP_INTERVAL_SECS: u64 = 3600;
+
 /// A PUT whose announced body is at least this large is written to its first volume while
 /// it arrives, so the disk works during the transfer instead of after it.
 pub const STREAMED_WRITE_BYTES_MIN: u64 = 1024 * 1024;
@@ -151,9 +156,10 @@ pub const TRASH_LIFETIME_SECS_DEFAULT: u64 = 14 * 24 * 3600;
 /// `--trash-check-interval-secs` default: keepstore's `BlobTrashCheckInterval` 24h.
 pub const TRASH_CHECK_INTERVAL_SECS_DEFAULT: u64 = 24 * 3600;
 
-/// Pull list items worked at once, each on its own thread (keepstore's
-/// `BlobReplicateConcurrency` default).
-pub const PULL_THREADS: usize = 4;
+/// Trash list workers, pull list workers and deleters per volume in an emptier pass,
+/// each a thread, when the config does not say (keepstore's `BlobTrashConcurrency`,
+/// `BlobReplicateConcurrency` and `BlobDeleteConcurrency` defaults).
+pub const CHORE_WORKERS_DEFAULT: usize = 4;
 
 /// The pull worker: time to connect to a peer, and time any single read or write of the
 /// transfer may stall (a 64 MiB block at 1 MiB/s still makes progress every second).

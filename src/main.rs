@@ -9,8 +9,21 @@ use tracing_subscriber::util::SubscriberInitExt;
 use keepring::config::{Cli, Config, LogFormat};
 use keepring::lifecycle::supervisor;
 
+/// keepstore's Go flags take one dash (`-config FILE`, `-config=FILE`, `-version`); a unit
+/// or script written for keepstore passes them so.
+fn keepstore_style_args() -> Vec<std::ffi::OsString> {
+    std::env::args_os()
+        .map(|arg| match arg.to_str() {
+            Some("-config") => "--config".into(),
+            Some("-version") => "--version".into(),
+            Some(text) if text.starts_with("-config=") => format!("-{text}").into(),
+            _ => arg,
+        })
+        .collect()
+}
+
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse_from(keepstore_style_args()) {
         Ok(cli) => cli,
         Err(error) if !error.use_stderr() => {
             // --help and --version
@@ -46,6 +59,9 @@ fn main() -> ExitCode {
     match config.log_format {
         LogFormat::Json => builder.json().flatten_event(true).finish().with(filter).init(),
         LogFormat::Text => builder.finish().with(filter).init(),
+    }
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
     }
     let result = supervisor::run(cli, config);
     // Flush the log writer before leaving (process::exit would drop queued lines).

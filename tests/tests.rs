@@ -43,3 +43,8 @@ mod volumes;
 // sweep, read-only volumes, /metrics, GET latency during a large trash list.
 #[path = "it/ops.rs"]
 mod ops;
+
+// Deployment from one shared cluster config.yml: each node's URL and volumes, settings
+// that fail closed, the trash emptier's schedule.
+#[path = "it/deploy.rs"]
+mod deploy;

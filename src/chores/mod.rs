@@ -16,21 +16,30 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use crate::limits::{
-    BLOB_SIGNING_TTL_SECS_DEFAULT, PULL_THREADS, TRASH_CHECK_INTERVAL_SECS_DEFAULT, TRASH_LIFETIME_SECS_DEFAULT,
+    BLOB_SIGNING_TTL_SECS_DEFAULT, CHORE_WORKERS_DEFAULT, TRASH_CHECK_INTERVAL_SECS_DEFAULT,
+    TRASH_LIFETIME_SECS_DEFAULT,
 };
 use crate::node::Node;
 
 /// keepstore's `Collections.{BlobSigningTTL, BlobTrash, BlobTrashLifetime,
-/// BlobTrashCheckInterval}` as keepring's flags give them.
+/// BlobTrashCheckInterval, BlobTrashConcurrency, BlobDeleteConcurrency,
+/// BlobReplicateConcurrency}` as the config and flags give them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChoreSettings {
     /// A block younger than this is never trashed: a client may hold a signature for it.
     pub blob_signing_ttl_secs: u64,
     /// Time from trash to deletion; 0 deletes at once.
     pub trash_lifetime_secs: u64,
+    /// 0: the trash emptier does not run.
     pub trash_check_interval_secs: u64,
     /// false: DELETE answers 405 and the trash list is accepted but not acted on.
     pub blob_trash: bool,
+    /// Trash list workers; 0 stores lists without acting on them, as keepstore does.
+    pub trash_workers: usize,
+    /// Deleting threads per volume in an emptier pass; 0 turns the emptier off.
+    pub delete_workers: usize,
+    /// Pull list workers (at least one runs).
+    pub pull_workers: usize,
 }
 
 impl Default for ChoreSettings {
@@ -40,6 +49,9 @@ impl Default for ChoreSettings {
             trash_lifetime_secs: TRASH_LIFETIME_SECS_DEFAULT,
             trash_check_interval_secs: TRASH_CHECK_INTERVAL_SECS_DEFAULT,
             blob_trash: true,
+            trash_workers: CHORE_WORKERS_DEFAULT,
+            delete_workers: CHORE_WORKERS_DEFAULT,
+            pull_workers: CHORE_WORKERS_DEFAULT,
         }
     }
 }
@@ -51,7 +63,16 @@ impl ChoreSettings {
             trash_lifetime_secs: config.trash_lifetime_secs,
             trash_check_interval_secs: config.trash_check_interval_secs,
             blob_trash: config.blob_trash,
+            trash_workers: config.trash_concurrency,
+            delete_workers: config.delete_concurrency,
+            pull_workers: config.replicate_concurrency.max(1),
         }
+    }
+
+    /// keepstore runs its trash emptier only with `BlobTrash` on, a check interval above
+    /// zero and `BlobDeleteConcurrency` above zero.
+    pub fn empties_trash(&self) -> bool {
+        self.blob_trash && self.trash_check_interval_secs > 0 && self.delete_workers > 0
     }
 }
 
@@ -135,8 +156,9 @@ impl Chores {
     }
 }
 
-/// Start the chore threads. They run until the process exits.
+/// Start the chore threads, as many as the settings ask. They run until the process exits.
 pub fn start(node: &Arc<Node>) -> std::io::Result<()> {
+    let settings = node.chores.settings;
     let spawn = |name: &str, body: fn(Arc<Node>)| {
         let node = node.clone();
         std::thread::Builder::new()
@@ -144,9 +166,21 @@ pub fn start(node: &Arc<Node>) -> std::io::Result<()> {
             .spawn(move || body(node))
             .map(drop)
     };
-    spawn("keepring-trash", trash::run_trash_list)?;
-    spawn("keepring-empty-trash", trash::run_empty_trash)?;
-    for _ in 0..PULL_THREADS {
+    for _ in 0..settings.trash_workers {
+        spawn("keepring-trash", trash::run_trash_list)?;
+    }
+    if settings.empties_trash() {
+        spawn("keepring-empty-trash", trash::run_empty_trash)?;
+    } else {
+        tracing::info!(
+            blob_trash = settings.blob_trash,
+            interval_secs = settings.trash_check_interval_secs,
+            delete_workers = settings.delete_workers,
+            "trash emptier not running: disabled by configuration"
+        );
+    }
+    spawn("keepring-temp-sweep", trash::run_temp_sweep)?;
+    for _ in 0..settings.pull_workers.max(1) {
         spawn("keepring-pull", pull::run_pull_list)?;
     }
     Ok(())

@@ -5,7 +5,7 @@
 //! order. Runs on its own thread with a minimal blocking HTTP/1.1 client (one request per
 //! connection, bounded by timeouts), so a slow peer never holds a core.
 //!
-//! `PULL_THREADS` pulls at a time (keepstore's `BlobReplicateConcurrency` default); each
+//! `BlobReplicateConcurrency` pulls at a time (4 by default); each
 //! block being pulled is leased from the buffer budget like a request's, waiting for it if
 //! need be, so the memory bound holds with pulls running.
 
@@ -47,7 +47,7 @@ pub fn first_item_lacks_size(items: &[PullItem]) -> bool {
     items.first().is_some_and(|item| item.locator.len() == 32)
 }
 
-/// One pull worker's loop (`PULL_THREADS` of them share the queue): one item at a time,
+/// One pull worker's loop (`BlobReplicateConcurrency` of them share the queue): one item at a time,
 /// as long as the process lives.
 pub fn run_pull_list(node: Arc<Node>) {
     static STARTED: AtomicU64 = AtomicU64::new(0);

@@ -10,15 +10,16 @@
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
 
 use crate::chores::ChoreSettings;
-use crate::limits::TEMP_FILE_STALE_SECS;
+use crate::limits::{TEMP_FILE_STALE_SECS, TEMP_SWEEP_INTERVAL_SECS};
 use crate::locator::Locator;
-use crate::metrics::{Recorder, VolumeErrorKind, VolumeOp};
+use crate::metrics::{Recorder, VolumeCounters, VolumeErrorKind, VolumeOp};
 use crate::node::Node;
 use crate::volume::{io::is_missing, layout, Volume};
 
@@ -150,51 +151,89 @@ pub struct Swept {
 /// Sweep one volume, descending only into all-hex directories (as keepstore): delete every
 /// trashed file whose deadline is ≤ `now_secs` (when `trash`), and every temp file not
 /// modified for `TEMP_FILE_STALE_SECS` (when `temp`; no live write leaves its file alone
-/// that long: a body has minutes at most).
+/// that long: a body has minutes at most). `workers` threads share the directories
+/// (keepstore's `BlobDeleteConcurrency`).
 pub fn sweep_volume(
     root: &Path,
     now_secs: u64,
     trash: bool,
     temp: bool,
-    recorder: Option<(&Recorder, &Volume)>,
+    workers: usize,
+    counters: Option<&VolumeCounters>,
 ) -> io::Result<Swept> {
-    let mut swept = Swept::default();
-    let stale_before = unix_nanos(UNIX_EPOCH + Duration::from_secs(now_secs.saturating_sub(TEMP_FILE_STALE_SECS)));
+    let mut dirs = Vec::new();
     for dir in std::fs::read_dir(root)? {
         let dir = dir?;
-        let dir_name = dir.file_name();
-        let is_block_dir = dir_name.to_str().is_some_and(layout::is_index_dir_name);
-        if !is_block_dir || !dir.file_type()?.is_dir() {
+        let is_block_dir = dir.file_name().to_str().is_some_and(layout::is_index_dir_name);
+        if is_block_dir && dir.file_type()?.is_dir() {
+            dirs.push(dir.path());
+        }
+    }
+    let next = AtomicUsize::new(0);
+    let sweep_some = || -> io::Result<Swept> {
+        let mut swept = Swept::default();
+        while let Some(dir) = dirs.get(next.fetch_add(1, Ordering::Relaxed)) {
+            let found = sweep_dir(dir, now_secs, trash, temp)?;
+            swept.trash += found.trash;
+            swept.temp += found.temp;
+        }
+        Ok(swept)
+    };
+    let results: Vec<io::Result<Swept>> = std::thread::scope(|scope| {
+        let helpers: Vec<_> = (1..workers.max(1)).map(|_| scope.spawn(sweep_some)).collect();
+        let mut results = vec![sweep_some()];
+        for helper in helpers {
+            results.push(
+                helper
+                    .join()
+                    .unwrap_or_else(|_| Err(io::Error::other("a sweep thread panicked"))),
+            );
+        }
+        results
+    });
+    let mut total = Swept::default();
+    for result in results {
+        let swept = result?;
+        total.trash += swept.trash;
+        total.temp += swept.temp;
+    }
+    if let Some(counters) = counters {
+        for _ in 0..total.trash + total.temp {
+            counters.operation(VolumeOp::Unlink);
+        }
+    }
+    Ok(total)
+}
+
+fn sweep_dir(dir: &Path, now_secs: u64, trash: bool, temp: bool) -> io::Result<Swept> {
+    let mut swept = Swept::default();
+    let stale_before = unix_nanos(UNIX_EPOCH + Duration::from_secs(now_secs.saturating_sub(TEMP_FILE_STALE_SECS)));
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        // Removed meanwhile (a volume going away): nothing left to sweep there.
+        Err(error) if is_missing(&error) => return Ok(swept),
+        Err(error) => return Err(error),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let is_expired_trash =
+            trash && layout::parse_trash_name(name).is_some_and(|(_, deadline)| deadline <= now_secs);
+        // An entry that cannot be looked at is left for the next sweep.
+        let is_stale_temp = temp
+            && layout::is_temp_name(name)
+            && entry
+                .metadata()
+                .is_ok_and(|metadata| mtime_nanos(&metadata) < stale_before);
+        if !is_expired_trash && !is_stale_temp {
             continue;
         }
-        for entry in std::fs::read_dir(dir.path())? {
-            let entry = entry?;
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            let is_expired_trash =
-                trash && layout::parse_trash_name(name).is_some_and(|(_, deadline)| deadline <= now_secs);
-            // An entry that cannot be looked at is left for the next sweep.
-            let is_stale_temp = temp
-                && layout::is_temp_name(name)
-                && entry
-                    .metadata()
-                    .is_ok_and(|metadata| mtime_nanos(&metadata) < stale_before);
-            if !is_expired_trash && !is_stale_temp {
-                continue;
-            }
-            match std::fs::remove_file(entry.path()) {
-                Ok(()) => {
-                    match is_expired_trash {
-                        true => swept.trash += 1,
-                        false => swept.temp += 1,
-                    }
-                    if let Some((recorder, volume)) = recorder {
-                        recorder.volume(volume).operation(VolumeOp::Unlink);
-                    }
-                }
-                Err(error) if is_missing(&error) => {}
-                Err(error) => return Err(error),
-            }
+        match std::fs::remove_file(entry.path()) {
+            Ok(()) if is_expired_trash => swept.trash += 1,
+            Ok(()) => swept.temp += 1,
+            Err(error) if is_missing(&error) => {}
+            Err(error) => return Err(error),
         }
     }
     Ok(swept)
@@ -281,39 +320,63 @@ fn process_item(node: &Node, recorder: &Recorder, settings: &ChoreSettings, item
     }
 }
 
-/// The sweep: at start and then every `--trash-check-interval-secs`, over the current
-/// volumes: expired trash where trash is allowed, stale temp files where writes are.
+/// The trash emptier, as keepstore's: a pass every `BlobTrashCheckInterval`, the first
+/// one interval after start (never at start: Arvados' recovery procedure raises the
+/// interval and restarts to keep expired trash for untrashing), over every volume that
+/// allows trash, `BlobDeleteConcurrency` deleters per volume. Started only when
+/// `ChoreSettings::empties_trash`.
 pub fn run_empty_trash(node: Arc<Node>) {
     let recorder = node.metrics.register();
-    let interval = Duration::from_secs(node.chores.settings.trash_check_interval_secs.max(1));
+    let settings = node.chores.settings;
+    let interval = Duration::from_secs(settings.trash_check_interval_secs.max(1));
     loop {
-        let now_secs = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|since| since.as_secs())
-            .unwrap_or(0);
-        let state = node.state();
-        for volume in state.volumes.all().iter() {
-            let (trash, temp) = (volume.allow_trash, volume.allow_write);
-            if !trash && !temp {
-                continue;
+        std::thread::sleep(interval);
+        sweep_all(&node, &recorder, true, settings.delete_workers);
+    }
+}
+
+/// The temp-file sweep, on its own schedule (at start, then every
+/// `TEMP_SWEEP_INTERVAL_SECS`): it deletes nothing recoverable, only the temp files of
+/// writes that died, on every writable volume.
+pub fn run_temp_sweep(node: Arc<Node>) {
+    let recorder = node.metrics.register();
+    loop {
+        sweep_all(&node, &recorder, false, 1);
+        std::thread::sleep(Duration::from_secs(TEMP_SWEEP_INTERVAL_SECS));
+    }
+}
+
+/// One pass over the current volumes: expired trash (`trash`) where trash is allowed, or
+/// stale temp files where writes are.
+fn sweep_all(node: &Node, recorder: &Recorder, trash: bool, workers: usize) {
+    let now_secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|since| since.as_secs())
+        .unwrap_or(0);
+    let state = node.state();
+    for volume in state.volumes.all().iter() {
+        let wanted = match trash {
+            true => volume.allow_trash,
+            false => volume.allow_write,
+        };
+        if !wanted {
+            continue;
+        }
+        let counters = recorder.volume(volume);
+        match sweep_volume(&volume.root, now_secs, trash, !trash, workers, Some(&counters)) {
+            Ok(swept) => {
+                if swept.trash > 0 {
+                    tracing::info!(volume = %volume.uuid, deleted = swept.trash, "expired trash deleted");
+                }
+                if swept.temp > 0 {
+                    tracing::warn!(volume = %volume.uuid, removed = swept.temp, "stale temp files of dead writes removed");
+                }
             }
-            match sweep_volume(&volume.root, now_secs, trash, temp, Some((&recorder, volume))) {
-                Ok(swept) => {
-                    if swept.trash > 0 {
-                        tracing::info!(volume = %volume.uuid, deleted = swept.trash, "expired trash deleted");
-                    }
-                    if swept.temp > 0 {
-                        tracing::warn!(volume = %volume.uuid, removed = swept.temp, "stale temp files of dead writes removed");
-                    }
-                }
-                Err(error) => {
-                    recorder.volume(volume).error(VolumeErrorKind::Io);
-                    tracing::warn!(volume = %volume.uuid, error = %error, "sweeping the volume failed");
-                }
+            Err(error) => {
+                counters.error(VolumeErrorKind::Io);
+                tracing::warn!(volume = %volume.uuid, error = %error, "sweeping the volume failed");
             }
         }
-        drop(state);
-        std::thread::sleep(interval);
     }
 }
 
@@ -329,8 +392,8 @@ mod tests {
         ChoreSettings {
             blob_signing_ttl_secs: DAY_SECS,
             trash_lifetime_secs: lifetime,
-            trash_check_interval_secs: 1,
             blob_trash: true,
+            ..ChoreSettings::default()
         }
     }
 
@@ -414,7 +477,7 @@ mod tests {
         }
         std::fs::create_dir(dir.path().join("full.trash.1")).unwrap();
         assert_eq!(
-            sweep_volume(dir.path(), 200, true, false, None).unwrap(),
+            sweep_volume(dir.path(), 200, true, false, 3, None).unwrap(),
             Swept { trash: 1, temp: 0 }
         );
         assert_eq!(
@@ -443,12 +506,12 @@ mod tests {
         aged(&format!("tmp{HASH}.trash.1"), TEMP_FILE_STALE_SECS + 60);
         aged("tmpnothex", TEMP_FILE_STALE_SECS + 60);
         assert_eq!(
-            sweep_volume(dir.path(), now_secs, false, false, None).unwrap(),
+            sweep_volume(dir.path(), now_secs, false, false, 1, None).unwrap(),
             Swept::default(),
             "nothing asked, nothing removed"
         );
         assert_eq!(
-            sweep_volume(dir.path(), now_secs, false, true, None).unwrap(),
+            sweep_volume(dir.path(), now_secs, false, true, 2, None).unwrap(),
             Swept { trash: 0, temp: 1 }
         );
         assert_eq!(

@@ -327,7 +327,8 @@ impl Reload {
     /// Re-read flags' files and the config file; apply keys, tokens and volume sources.
     /// A config that does not parse is logged and the running one kept.
     fn apply(&mut self, node: &Node) {
-        let config = match Config::from_cli(self.cli.clone()) {
+        let environment = crate::config::Environment::from_process();
+        let config = match Config::resolve(self.cli.clone(), &environment, Some(&self.running)) {
             Ok(config) => config,
             Err(error) => {
                 tracing::error!(error = %error, "SIGHUP: configuration not reloaded; keeping the running one");

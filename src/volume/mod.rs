@@ -45,6 +45,9 @@ pub struct VolumeOptions {
     /// A configured UUID; otherwise the one stored at the root (created on first use).
     pub uuid: Option<String>,
     pub read_only: bool,
+    /// A read-only volume still trashes and empties its trash (`AllowTrashWhenReadOnly`);
+    /// never on a filesystem mounted read-only.
+    pub trash_when_read_only: bool,
     pub replication: u32,
     pub storage_classes: Vec<String>,
     pub priority: i64,
@@ -55,6 +58,7 @@ impl Default for VolumeOptions {
         VolumeOptions {
             uuid: None,
             read_only: false,
+            trash_when_read_only: false,
             replication: 1,
             storage_classes: vec!["default".to_string()],
             priority: 0,
@@ -90,7 +94,8 @@ impl Volume {
                 "volume root is not a directory",
             ));
         }
-        let read_only = options.read_only || filesystem_is_read_only(&root);
+        let mounted_read_only = filesystem_is_read_only(&root);
+        let read_only = options.read_only || mounted_read_only;
         let device_id = format!("{}:{}", hostname(), root.display());
         let uuid = match &options.uuid {
             Some(uuid) => uuid.clone(),
@@ -101,7 +106,7 @@ impl Volume {
             uuid,
             device_id,
             allow_write: !read_only,
-            allow_trash: !read_only,
+            allow_trash: !mounted_read_only && (!read_only || options.trash_when_read_only),
             replication: options.replication.max(1),
             storage_classes: options.storage_classes.clone(),
             priority: options.priority,
@@ -119,7 +124,7 @@ impl Volume {
             device_id: root.display().to_string(),
             root: root.to_path_buf(),
             allow_write: !options.read_only,
-            allow_trash: !options.read_only,
+            allow_trash: !options.read_only || options.trash_when_read_only,
             replication: options.replication.max(1),
             storage_classes: options.storage_classes.clone(),
             priority: options.priority,

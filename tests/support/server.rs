@@ -86,6 +86,10 @@ pub struct ServerBuilder {
     args: Vec<String>,
     /// `--listen` value; `127.0.0.1:0` unless `listen` was called.
     listen: Option<String>,
+    /// No `--listen` at all (the config file or its default decides).
+    omit_listen: bool,
+    /// Extra environment of the process.
+    envs: Vec<(String, String)>,
 }
 
 impl Default for ServerBuilder {
@@ -110,6 +114,8 @@ impl ServerBuilder {
             management_token: None,
             args: Vec::new(),
             listen: None,
+            omit_listen: false,
+            envs: Vec::new(),
         }
     }
 
@@ -162,10 +168,25 @@ impl ServerBuilder {
         self
     }
 
+    /// Give no `--listen` flag: the cluster config's InternalURLs decide.
+    pub fn without_listen_flag(mut self) -> ServerBuilder {
+        self.omit_listen = true;
+        self
+    }
+
+    /// Set `key=value` in the process's environment.
+    pub fn env(mut self, key: &str, value: &str) -> ServerBuilder {
+        self.envs.push((key.to_string(), value.to_string()));
+        self
+    }
+
     /// The full argument list, writing key/token files into the temp dir.
     pub fn command_args(&self) -> Vec<String> {
         let listen = self.listen.clone().unwrap_or_else(|| "127.0.0.1:0".to_string());
-        let mut args = vec!["--listen".to_string(), listen];
+        let mut args = match self.omit_listen {
+            true => Vec::new(),
+            false => vec!["--listen".to_string(), listen],
+        };
         for volume in &self.volumes {
             args.push("--volume".to_string());
             args.push(volume.display().to_string());
@@ -197,6 +218,7 @@ impl ServerBuilder {
         let args = self.command_args();
         let mut child = Command::new(binary_path())
             .args(&args)
+            .envs(self.envs.iter().map(|(key, value)| (key, value)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
