@@ -32,6 +32,10 @@ pub const IO_STALL_TIMEOUT_MS: u64 = 60_000;
 /// closes (the kernel's accept queue holds the rest).
 pub const CONNECTIONS_PER_WORKER_MAX: usize = 4096;
 
+/// How often each worker counts its requests in progress for `/metrics` (keepstore
+/// refreshes its request gauges every second too).
+pub const ACTIVITY_COUNT_MS: u64 = 1_000;
+
 /// Backlog of each listening socket.
 pub const LISTEN_BACKLOG: i32 = 1024;
 

@@ -77,9 +77,9 @@ fn main() -> ExitCode {
             // SAFETY: _exit ends the process at once; no Rust state is observed after it.
             unsafe { libc::_exit(code as i32) }
         }
-        Err(supervisor::StartError(message)) => {
+        Err(supervisor::StartError { message, code }) => {
             eprintln!("keepring: {message}");
-            ExitCode::from(2)
+            ExitCode::from(code)
         }
     }
 }

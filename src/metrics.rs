@@ -81,6 +81,13 @@ fn add(counter: &AtomicU64, amount: u64) {
     counter.fetch_add(amount, Ordering::Relaxed);
 }
 
+/// Microseconds since the Unix epoch (0 before it).
+pub fn unix_micros(time: std::time::SystemTime) -> u64 {
+    time.duration_since(std::time::UNIX_EPOCH)
+        .map(|since| since.as_micros() as u64)
+        .unwrap_or(0)
+}
+
 fn get(counter: &AtomicU64) -> u64 {
     counter.load(Ordering::Relaxed)
 }
@@ -137,6 +144,10 @@ pub struct Counters {
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
     volumes: Mutex<Vec<Arc<VolumeCounters>>>,
+    /// Requests being served by this thread, and when the oldest of them started (Unix
+    /// microseconds; 0: none), as last counted (a worker counts every second).
+    active_requests: AtomicU64,
+    oldest_active_micros: AtomicU64,
 }
 
 impl Counters {
@@ -148,6 +159,8 @@ impl Counters {
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             volumes: Mutex::new(Vec::new()),
+            active_requests: AtomicU64::new(0),
+            oldest_active_micros: AtomicU64::new(0),
         }
     }
 }
@@ -209,6 +222,14 @@ impl Recorder {
         add(&counters.bytes_out, bytes_out);
     }
 
+    /// Requests this thread serves now and the Unix microsecond the oldest began (0: none).
+    pub fn set_activity(&self, active: u64, oldest_started_micros: u64) {
+        self.counters.active_requests.store(active, Ordering::Relaxed);
+        self.counters
+            .oldest_active_micros
+            .store(oldest_started_micros, Ordering::Relaxed);
+    }
+
     /// This thread's counters for `volume`, registered on first use.
     pub fn volume(&self, volume: &Volume) -> Arc<VolumeCounters> {
         if let Some(found) = self.volumes.borrow().get(&volume.uuid) {
@@ -235,6 +256,14 @@ pub struct Gauges {
     pub draining: bool,
     /// (uuid, device_id, free bytes or None when statvfs failed) per current volume.
     pub volumes_free: Vec<(String, String, Option<u64>)>,
+    /// The request limiter: its bounds (0 active: no limit) and requests waiting now.
+    pub max_concurrent_requests: u64,
+    pub max_queued_requests: u64,
+    pub queued_requests: u64,
+    /// The cluster config in force: (sha256, file mtime, load time), Unix seconds.
+    pub config: Option<(String, f64, f64)>,
+    /// Unix microseconds now, to age the oldest request.
+    pub now_micros: u64,
 }
 
 /// The whole exposition: every family with `# HELP` and `# TYPE`, sums over threads.
@@ -244,6 +273,7 @@ pub fn render(registry: &Registry, gauges: &Gauges) -> String {
     render_requests(&mut out, &threads);
     render_volumes(&mut out, &threads, gauges);
     render_gauges(&mut out, gauges);
+    render_service(&mut out, &threads, gauges);
     out
 }
 
@@ -698,15 +728,85 @@ fn render_gauges(out: &mut String, gauges: &Gauges) {
         "1 once the process is draining (SIGTERM), else 0.",
         u64::from(gauges.draining),
     );
+}
+
+/// The Arvados release whose keepstore protocol keepring speaks: `arvados_version_running`
+/// carries it, because `arvados-server check` flags a node whose version differs from
+/// its own (keepring's own version is in `keepring_build_info`).
+pub const ARVADOS_VERSION: &str = "3.2.1";
+
+/// Series every Arvados service exports, with keepstore's names and labels: the request
+/// limiter's (`queue="api"`), the age of the oldest request, the config in force, the
+/// version.
+fn render_service(out: &mut String, threads: &[Arc<Counters>], gauges: &Gauges) {
+    let active: u64 = threads.iter().map(|thread| get(&thread.active_requests)).sum();
+    let oldest = threads
+        .iter()
+        .map(|thread| get(&thread.oldest_active_micros))
+        .filter(|started| *started > 0)
+        .min();
+    let age_micros = oldest.map_or(0, |started| gauges.now_micros.saturating_sub(started));
+    let api_gauge = |out: &mut String, name: &str, help: &str, value: u64| {
+        family(out, name, "gauge", help);
+        let _ = writeln!(out, "{name}{{queue=\"api\"}} {value}");
+    };
+    api_gauge(
+        out,
+        "arvados_concurrent_requests",
+        "Number of requests in progress",
+        active,
+    );
+    api_gauge(
+        out,
+        "arvados_max_concurrent_requests",
+        "Maximum number of concurrent requests (0: no limit)",
+        gauges.max_concurrent_requests,
+    );
+    api_gauge(
+        out,
+        "arvados_max_queued_requests",
+        "Maximum number of queued requests",
+        gauges.max_queued_requests,
+    );
+    family(out, "arvados_queued_requests", "gauge", "Number of requests in queue");
+    for (priority, value) in [("high", 0), ("low", 0), ("normal", gauges.queued_requests)] {
+        let _ = writeln!(
+            out,
+            "arvados_queued_requests{{priority=\"{priority}\",queue=\"api\"}} {value}"
+        );
+    }
     family(
         out,
-        "arvados_version_running",
+        "arvados_max_active_request_age_seconds",
         "gauge",
-        "Version of the running server.",
+        "Age of oldest active request",
     );
+    let _ = writeln!(out, "arvados_max_active_request_age_seconds {}", seconds(age_micros));
+    if let Some((sha256, modified, loaded)) = &gauges.config {
+        let sha256 = label(sha256);
+        let timestamps = [
+            (
+                "arvados_config_source_timestamp_seconds",
+                "Timestamp of config file when it was loaded.",
+                modified,
+            ),
+            (
+                "arvados_config_load_timestamp_seconds",
+                "Time when config file was loaded.",
+                loaded,
+            ),
+        ];
+        for (name, help, value) in timestamps {
+            family(out, name, "gauge", help);
+            let _ = writeln!(out, "{name}{{sha256=\"{sha256}\"}} {value}");
+        }
+    }
+    family(out, "arvados_version_running", "gauge", "Indicated version is running.");
+    let _ = writeln!(out, "arvados_version_running{{version=\"{ARVADOS_VERSION}\"}} 1");
+    family(out, "keepring_build_info", "gauge", "keepring's own version.");
     let _ = writeln!(
         out,
-        "arvados_version_running{{version=\"keepring {}\"}} 1",
+        "keepring_build_info{{version=\"{}\"}} 1",
         env!("CARGO_PKG_VERSION")
     );
 }

@@ -11,7 +11,9 @@ use arc_swap::ArcSwap;
 
 use crate::bufpool::BufferBudget;
 use crate::chores::{ChoreSettings, Chores};
+use crate::config::ConfigSource;
 use crate::metrics::Registry;
+use crate::server::limiter::RequestLimiter;
 use crate::signature::SigningKey;
 use crate::volumes::watcher::{WatchEvent, WatcherHandle};
 use crate::volumes::VolumeSet;
@@ -28,6 +30,8 @@ pub struct NodeState {
     pub enforce_signatures: bool,
     pub system_root_token: Option<String>,
     pub management_token: Option<String>,
+    /// The cluster config file in force, for `arvados_config_*_timestamp_seconds`.
+    pub config_source: Option<Arc<ConfigSource>>,
 }
 
 pub struct Node {
@@ -42,6 +46,8 @@ pub struct Node {
     pub metrics: Registry,
     /// Size of each worker's verified-copy cache; 0 hashes every read (the default).
     pub verified_cache_entries: usize,
+    /// `API.MaxConcurrentRequests` / `MaxQueuedRequests`, shared by every core.
+    pub limiter: RequestLimiter,
 }
 
 impl Node {
@@ -55,7 +61,15 @@ impl Node {
             chores: Chores::default(),
             metrics: Registry::default(),
             verified_cache_entries: 0,
+            limiter: RequestLimiter::unlimited(),
         }
+    }
+
+    /// Serve at most `max_active` requests at once, queue `max_queued` more (before the
+    /// node is shared; 0 active: no limit).
+    pub fn with_request_limits(mut self, max_active: usize, max_queued: usize) -> Self {
+        self.limiter = RequestLimiter::new(max_active, max_queued);
+        self
     }
 
     /// Let each worker remember this many verified copies (before the node is shared).

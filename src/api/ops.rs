@@ -156,6 +156,14 @@ pub fn metrics(worker: &Worker, head: &Head) -> Result<Reply, RequestError> {
         pull_in_progress: node.chores.pull.in_progress(),
         draining: node.is_draining(),
         volumes_free: volumes_free(state.volumes.all()),
+        max_concurrent_requests: node.limiter.max_active() as u64,
+        max_queued_requests: node.limiter.max_queued() as u64,
+        queued_requests: node.limiter.queued() as u64,
+        config: state
+            .config_source
+            .as_ref()
+            .map(|source| (source.sha256.clone(), source.modified_secs, source.loaded_secs)),
+        now_micros: crate::metrics::unix_micros(std::time::SystemTime::now()),
     };
     // keepstore serves the same registry as JSON MetricFamily messages at /metrics.json.
     let json = head.path.split('?').next() == Some("/metrics.json");

@@ -39,8 +39,27 @@ pub const EXIT_WORKER_PANIC: u8 = 4;
 /// Exit code after SIGQUIT (128 + 3, as a shell reports a signal death).
 pub const EXIT_QUIT: u8 = 131;
 
-/// Start-up failures that are the operator's to fix (exit code 2).
-pub struct StartError(pub String);
+/// A start-up failure: one line and an exit code. 2 is the operator's to fix (bad
+/// settings: the systemd unit's `RestartPreventExitStatus=2` stops a restart loop); 1 may
+/// pass by itself (the port still held by a process on its way out), so systemd retries.
+pub struct StartError {
+    pub message: String,
+    pub code: u8,
+}
+
+/// Exit code of a start-up failure worth retrying.
+pub const EXIT_START_RETRY: u8 = 1;
+/// Exit code of a configuration refused at start.
+pub const EXIT_CONFIG: u8 = 2;
+
+impl StartError {
+    fn config(message: String) -> Self {
+        StartError {
+            message,
+            code: EXIT_CONFIG,
+        }
+    }
+}
 
 fn log_phase(phase: Phase) {
     tracing::info!(phase = phase.name(), "lifecycle");
@@ -55,7 +74,7 @@ struct Sockets {
 }
 
 fn obtain_sockets(config: &Config, control_path: &Option<PathBuf>) -> Result<Sockets, StartError> {
-    let fail = |what: &str, error: std::io::Error| StartError(format!("{what}: {error}"));
+    let fail = |what: &str, error: std::io::Error| StartError::config(format!("{what}: {error}"));
     let mut inherited = listeners::from_systemd(config.listen).map_err(|error| fail("LISTEN_FDS", error))?;
     let mut source = Source::Systemd;
     let mut budget_memory = None;
@@ -76,8 +95,11 @@ fn obtain_sockets(config: &Config, control_path: &Option<PathBuf>) -> Result<Soc
             }
         }
     }
-    let (address, per_worker) = listeners::assign(config.listen, inherited, config.workers)
-        .map_err(|error| fail(&format!("cannot listen on {}", config.listen), error))?;
+    let (address, per_worker) =
+        listeners::assign(config.listen, inherited, config.workers).map_err(|error| StartError {
+            message: format!("cannot listen on {}: {error}", config.listen),
+            code: EXIT_START_RETRY,
+        })?;
     Ok(Sockets {
         address,
         per_worker,
@@ -92,10 +114,10 @@ fn open_volumes(config: &Config) -> Result<VolumeSet, StartError> {
     for (dir, options) in &config.volume_sources.fixed {
         if options.uuid.is_none() {
             std::fs::create_dir_all(dir)
-                .map_err(|error| StartError(format!("cannot use volume {}: {error}", dir.display())))?;
+                .map_err(|error| StartError::config(format!("cannot use volume {}: {error}", dir.display())))?;
         }
     }
-    watcher::initial_scan(&config.volume_sources).map_err(StartError)
+    watcher::initial_scan(&config.volume_sources).map_err(StartError::config)
 }
 
 /// Keys and tokens of a config, with the volume set they go with.
@@ -109,6 +131,7 @@ fn node_state(config: &Config, volumes: VolumeSet) -> NodeState {
         enforce_signatures: config.enforce_signatures,
         system_root_token: config.system_root_token.clone(),
         management_token: config.management_token.clone(),
+        config_source: config.config_source.clone().map(Arc::new),
     }
 }
 
@@ -129,9 +152,9 @@ pub fn run(cli: Cli, config: Config) -> Result<u8, StartError> {
         Some(memory) => BufferBudget::attach(memory, total_bytes),
         None => BufferBudget::new(total_bytes),
     }
-    .map_err(|error| StartError(format!("cannot set up the buffer budget: {error}")))?;
+    .map_err(|error| StartError::config(format!("cannot set up the buffer budget: {error}")))?;
     let (watcher_handle, watcher_inbox) =
-        watcher::channel().map_err(|error| StartError(format!("cannot set up the volume watcher: {error}")))?;
+        watcher::channel().map_err(|error| StartError::config(format!("cannot set up the volume watcher: {error}")))?;
     let node = Arc::new(
         Node::new(
             node_state(&config, volumes),
@@ -139,15 +162,19 @@ pub fn run(cli: Cli, config: Config) -> Result<u8, StartError> {
             Some(watcher_handle.clone()),
         )
         .with_chore_settings(crate::chores::ChoreSettings::from_config(&config))
-        .with_verified_cache(config.verified_cache_entries),
+        .with_verified_cache(config.verified_cache_entries)
+        .with_request_limits(config.max_concurrent_requests, config.max_queued_requests),
     );
-    crate::chores::start(&node).map_err(|error| StartError(format!("cannot start the chore threads: {error}")))?;
+    crate::chores::start(&node)
+        .map_err(|error| StartError::config(format!("cannot start the chore threads: {error}")))?;
     watcher::spawn(node.clone(), config.volume_sources.clone(), watcher_inbox)
-        .map_err(|error| StartError(format!("cannot start the volume watcher: {error}")))?;
+        .map_err(|error| StartError::config(format!("cannot start the volume watcher: {error}")))?;
     // Signals are handled from here on (a TERM during start-up then drains instead of killing).
-    let signals = signal_events().map_err(|error| StartError(format!("cannot install signal handlers: {error}")))?;
+    let signals =
+        signal_events().map_err(|error| StartError::config(format!("cannot install signal handlers: {error}")))?;
 
-    let offer = offer_of(&sockets).map_err(|error| StartError(format!("cannot duplicate listeners: {error}")))?;
+    let offer =
+        offer_of(&sockets).map_err(|error| StartError::config(format!("cannot duplicate listeners: {error}")))?;
     let (drain_sender, drain_receiver) = watch::channel(false);
     let (ready_sender, ready_receiver) = crossbeam_channel::bounded(config.workers);
     let mut workers = Vec::new();
@@ -163,13 +190,13 @@ pub fn run(cli: Cli, config: Config) -> Result<u8, StartError> {
         let handle = std::thread::Builder::new()
             .name(format!("keepring-worker-{id}"))
             .spawn(move || worker::run(start))
-            .map_err(|error| StartError(format!("cannot start worker {id}: {error}")))?;
+            .map_err(|error| StartError::config(format!("cannot start worker {id}: {error}")))?;
         workers.push(handle);
     }
     for _ in 0..config.workers {
         ready_receiver
             .recv_timeout(Duration::from_millis(WORKERS_READY_TIMEOUT_MS))
-            .map_err(|_| StartError("a worker did not start (io_uring unavailable?)".into()))?;
+            .map_err(|_| StartError::config("a worker did not start (io_uring unavailable?)".into()))?;
     }
     let control_path = config
         .control_socket
@@ -177,7 +204,7 @@ pub fn run(cli: Cli, config: Config) -> Result<u8, StartError> {
         .unwrap_or_else(|| handover::default_path(sockets.address));
     let memory = budget
         .memory()
-        .map_err(|error| StartError(format!("cannot share the budget: {error}")))?;
+        .map_err(|error| StartError::config(format!("cannot share the budget: {error}")))?;
     let control = match ControlSocket::start(&control_path, offer, memory) {
         Ok(control) => Some(control),
         Err(error) => {
@@ -286,7 +313,9 @@ fn serve_until_drained(
             Event::Signal(signal @ (SIGTERM | SIGINT)) if !node.is_draining() => {
                 tracing::info!(signal, "draining");
                 log_phase(Phase::Draining);
-                sd_notify("STOPPING=1");
+                // No STOPPING=1: under the unit's NotifyAccess=all systemd would take it from
+                // a process its successor replaced as a stop of the whole service (and kill
+                // the successor at TimeoutStopSec). A stop systemd asked for needs no notice.
                 node.start_draining();
                 node.budget.release_spare();
                 // Our copies of the listeners close now: a successor holds its own, and a
@@ -335,8 +364,14 @@ impl Reload {
                 return;
             }
         };
-        if config.listen != self.running.listen || config.max_buffers != self.running.max_buffers {
-            tracing::warn!("SIGHUP: listen address and buffer budget changes need a restart (--term-pid)");
+        let limits = |config: &Config| (config.max_concurrent_requests, config.max_queued_requests);
+        if config.listen != self.running.listen
+            || config.max_buffers != self.running.max_buffers
+            || limits(&config) != limits(&self.running)
+        {
+            tracing::warn!(
+                "SIGHUP: listen address, buffer budget and request limit changes need a restart (--term-pid)"
+            );
         }
         node.update(|current| node_state(&config, current.volumes.clone()));
         self.watcher.nudge(WatchEvent::Sources(config.volume_sources.clone()));

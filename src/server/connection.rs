@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 
-use crate::api;
+use crate::api::{self, Route};
 use crate::error::RequestError;
 use crate::http::chunked::ChunkedDecoder;
 use crate::http::request::{parse_head, Framing, Head};
@@ -21,6 +21,7 @@ use crate::http::response::{BodyFraming, ResponseHead};
 use crate::limits::{
     DRAIN_IDLE_GRACE_MS, HEADER_TIMEOUT_MS, IDLE_TIMEOUT_MS, IO_STALL_TIMEOUT_MS, LINGER_MS_MAX, READ_BUFFER_BYTES,
 };
+use crate::server::limiter::Rejected;
 use crate::server::worker::{LiveConnection, Worker};
 
 /// A whole response, written by the connection loop.
@@ -488,7 +489,24 @@ pub async fn serve(stream: TcpStream, worker: &Worker, live: &LiveConnection) {
             let mut text = live.request.borrow_mut();
             let _ = write!(text, "{} {} {}", head.method, head.path, connection.request_id);
         }
-        let outcome = dispatch(worker, &mut connection, &head).await;
+        // keepstore's limiter: /metrics and the health check are never held back.
+        let exempt = !worker.node.limiter.is_limited()
+            || matches!(api::route(&head.method, &head.path), Route::Metrics | Route::HealthPing);
+        let admitted = match exempt {
+            true => Ok(None),
+            false => worker.node.limiter.admit().await.map(Some),
+        };
+        live.admitted_micros
+            .set(Some(crate::metrics::unix_micros(std::time::SystemTime::now())));
+        let outcome = match &admitted {
+            Ok(_) => dispatch(worker, &mut connection, &head).await,
+            Err(Rejected) => {
+                // An empty 503 at once, as keepstore's; an unread body closes the connection.
+                live.admitted_micros.set(None);
+                connection.continue_pending = false;
+                Ok(Reply::empty(503))
+            }
+        };
         let aborted = outcome.is_err() && connection.response_started;
         let (status, bytes_out) = match outcome {
             Ok(Reply::Full(response)) => {
@@ -516,6 +534,8 @@ pub async fn serve(stream: TcpStream, worker: &Worker, live: &LiveConnection) {
             &connection.request_id,
         );
         live.request.borrow_mut().clear();
+        live.admitted_micros.set(None);
+        drop(admitted);
         if !connection.buffered().is_empty() {
             // A pipelined request is already here and may be served without waiting on
             // anything: let the core's other tasks in first.

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{watch, Notify};
 
 use crate::bufpool::BufferPool;
-use crate::limits::CONNECTIONS_PER_WORKER_MAX;
+use crate::limits::{ACTIVITY_COUNT_MS, CONNECTIONS_PER_WORKER_MAX};
 use crate::node::{Node, NodeState};
 use crate::server::connection;
 
@@ -31,6 +31,9 @@ pub struct LiveConnection {
     pub fd: RawFd,
     /// `METHOD path request-id` of the request being served; empty between requests.
     pub request: RefCell<String>,
+    /// When the request being served was admitted (Unix microseconds); None between
+    /// requests and while one waits in the limiter's queue.
+    pub admitted_micros: Cell<Option<u64>>,
 }
 
 pub struct Worker {
@@ -237,6 +240,7 @@ pub fn run(start: WorkerStart) -> WorkerExit {
                     Err(error) => tracing::error!(worker = worker.id, error = %error, "cannot watch listener"),
                 }
             }
+            let activity = tokio_uring::spawn(count_activity(worker.clone()));
             let _ = start.ready.send(start.id);
             let mut drain = start.drain;
             while !*drain.borrow_and_update() {
@@ -250,8 +254,23 @@ pub fn run(start: WorkerStart) -> WorkerExit {
             for task in accept_tasks {
                 task.abort();
             }
+            activity.abort();
             finish_drain(&worker, start.drain_timeout).await
         })
+}
+
+/// Every `ACTIVITY_COUNT_MS`, count this worker's requests in progress and the oldest one
+/// for `/metrics` (`arvados_concurrent_requests`, `arvados_max_active_request_age_seconds`),
+/// as keepstore refreshes those gauges every second: the request path itself pays nothing.
+async fn count_activity(worker: Rc<Worker>) {
+    let mut ticks = tokio::time::interval(Duration::from_millis(ACTIVITY_COUNT_MS));
+    loop {
+        ticks.tick().await;
+        let live = worker.live.borrow();
+        let started = live.values().filter_map(|connection| connection.admitted_micros.get());
+        let (count, oldest) = started.fold((0u64, u64::MAX), |(count, oldest), at| (count + 1, oldest.min(at)));
+        worker.metrics.set_activity(count, if count == 0 { 0 } else { oldest });
+    }
 }
 
 /// Wait for every connection to end; at the deadline cut the rest and say which.
@@ -315,6 +334,7 @@ async fn accept_loop(listener: tokio::net::TcpListener, worker: Rc<Worker>) {
         let live = Rc::new(LiveConnection {
             fd: stream.as_raw_fd(),
             request: RefCell::new(String::new()),
+            admitted_micros: Cell::new(None),
         });
         worker.live.borrow_mut().insert(id, live.clone());
         let worker = worker.clone();

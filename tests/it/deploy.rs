@@ -367,3 +367,111 @@ fn the_emptier_deletes_after_one_interval_unless_blob_trash_is_off() {
     let delete = server.request(Request::new("DELETE", &format!("/{hash}+23")).token(ROOT_TOKEN));
     assert_eq!(delete.status, 405, "{}", delete.summary());
 }
+
+/// `/metrics` (no management token configured: open) as `series → value`.
+fn metric_values(server: &TestServer) -> std::collections::BTreeMap<String, f64> {
+    let response = server.request(Request::get("/metrics"));
+    assert_eq!(response.status, 200, "{}", response.summary());
+    response
+        .text()
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            Some((series.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn request_limits_queue_then_refuse_and_are_measured() {
+    let server = ServerBuilder::new()
+        .arg("--max-concurrent-requests")
+        .arg("1")
+        .arg("--max-queued-requests")
+        .arg("1")
+        .start();
+    // The one slot is held by a PUT whose body is still arriving.
+    let data = test_bytes(11, 200_000);
+    let mut holder = server.conn();
+    let head = format!(
+        "PUT /{} HTTP/1.1\r\nHost: keep\r\nAuthorization: Bearer {USER_TOKEN}\r\nContent-Length: {}\r\n\r\n",
+        md5_hex(&data),
+        data.len()
+    );
+    holder.write_raw(head.as_bytes()).expect("send head");
+    holder.write_raw(&data[..1000]).expect("send some body");
+    let concurrent = "arvados_concurrent_requests{queue=\"api\"}";
+    assert!(
+        eventually(Duration::from_secs(5), || metric_values(&server).get(concurrent)
+            == Some(&1.0)),
+        "metrics are never limited, and count the held request: {:?}",
+        metric_values(&server).get(concurrent)
+    );
+    // The next request waits in the queue...
+    let mut waiting = server.conn();
+    waiting
+        .send(&Request::get("/mounts").token(ROOT_TOKEN))
+        .expect("send queued request");
+    let queued = "arvados_queued_requests{priority=\"normal\",queue=\"api\"}";
+    assert!(eventually(Duration::from_secs(5), || metric_values(&server)
+        .get(queued)
+        == Some(&1.0)));
+    // ...and the one after it is refused at once, with an empty body, as keepstore does.
+    let refused = server.request(Request::get("/mounts").token(ROOT_TOKEN));
+    assert_eq!((refused.status, refused.body.len()), (503, 0), "{}", refused.summary());
+    let values = metric_values(&server);
+    assert_eq!(values.get("arvados_max_concurrent_requests{queue=\"api\"}"), Some(&1.0));
+    assert_eq!(values.get("arvados_max_queued_requests{queue=\"api\"}"), Some(&1.0));
+    assert!(eventually(Duration::from_secs(5), || {
+        metric_values(&server)
+            .get("arvados_max_active_request_age_seconds")
+            .is_some_and(|age| *age > 0.0)
+    }));
+    // The held PUT completes; the queued request is then served.
+    holder.write_raw(&data[1000..]).expect("send the rest");
+    let stored = holder.read_response("PUT").expect("PUT response");
+    assert_eq!(stored.status, 200, "{}", stored.summary());
+    let served = waiting.read_response("GET").expect("queued response");
+    assert_eq!(served.status, 200, "{}", served.summary());
+    assert!(eventually(Duration::from_secs(5), || metric_values(&server)
+        .get(queued)
+        == Some(&0.0)));
+}
+
+#[test]
+fn metrics_name_the_config_and_the_arvados_release() {
+    let cluster = Cluster::new("");
+    let server = cluster.node().start();
+    let values = metric_values(&server);
+    let sha256 = sha256_hex_of(&cluster.config);
+    let source = format!("arvados_config_source_timestamp_seconds{{sha256=\"{sha256}\"}}");
+    let loaded = format!("arvados_config_load_timestamp_seconds{{sha256=\"{sha256}\"}}");
+    let mtime = std::fs::metadata(&cluster.config)
+        .and_then(|metadata| metadata.modified())
+        .expect("mtime")
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs_f64();
+    assert!(
+        values.get(&source).is_some_and(|value| (value - mtime).abs() < 1e-3),
+        "{values:?}"
+    );
+    assert!(values.get(&loaded).is_some_and(|value| *value >= mtime - 1.0));
+    assert_eq!(values.get("arvados_version_running{version=\"3.2.1\"}"), Some(&1.0));
+    let build = format!("keepring_build_info{{version=\"{}\"}}", env!("CARGO_PKG_VERSION"));
+    assert_eq!(values.get(&build), Some(&1.0));
+    // A cluster config brings keepstore's default limits.
+    assert_eq!(
+        values.get("arvados_max_concurrent_requests{queue=\"api\"}"),
+        Some(&64.0)
+    );
+    assert_eq!(values.get("arvados_max_queued_requests{queue=\"api\"}"), Some(&128.0));
+}
+
+/// The file's SHA-256 as coreutils' `sha256sum` prints it.
+fn sha256_hex_of(path: &Path) -> String {
+    let output = Command::new("sha256sum").arg(path).output().expect("run sha256sum");
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.split_whitespace().next().expect("sha256sum output").to_string()
+}
