@@ -35,6 +35,11 @@ mod cli;
 // timeout, SIGQUIT, and the buffer budget shared across a restart, under load.
 #[path = "it/restart.rs"]
 mod restart;
+
+// contrib/systemd/keepring.service run verbatim as systemd would: READY=1, ExecReload= hand-over.
+#[path = "it/systemd.rs"]
+mod systemd;
+
 // Live volumes: volume roots, mount discovery, SIGHUP config reload, stable UUIDs.
 #[path = "it/volumes.rs"]
 mod volumes;

@@ -64,6 +64,23 @@ impl ServerLog {
         }
     }
 
+    /// Collects every line of `stream` (a child's stderr, or a pipe it shares with its own
+    /// children) on a background thread; the thread ends when every writer has closed it.
+    pub fn capture(stream: impl std::io::Read + Send + 'static) -> (Arc<ServerLog>, JoinHandle<()>) {
+        let log = Arc::new(ServerLog::default());
+        let reader_log = Arc::clone(&log);
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines() {
+                match line {
+                    Ok(line) => reader_log.push(line),
+                    Err(_) => break,
+                }
+            }
+            reader_log.close();
+        });
+        (log, reader)
+    }
+
     fn push(&self, line: String) {
         self.state.lock().expect("log lock").lines.push(line);
         self.changed.notify_all();
@@ -224,18 +241,7 @@ impl ServerBuilder {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn keepring");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let log = Arc::new(ServerLog::default());
-        let reader_log = Arc::clone(&log);
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                match line {
-                    Ok(line) => reader_log.push(line),
-                    Err(_) => break,
-                }
-            }
-            reader_log.close();
-        });
+        let (log, reader) = ServerLog::capture(child.stderr.take().expect("piped stderr"));
         let mut server = TestServer {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
