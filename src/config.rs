@@ -119,6 +119,8 @@ pub struct Config {
     pub system_root_token: Option<String>,
     pub management_token: Option<String>,
     pub max_buffers: u64,
+    /// The cluster config file's cluster ID (`ClusterID` on JSON log lines); none without one.
+    pub cluster_id: Option<String>,
     pub log_format: LogFormat,
     pub log_level: tracing::Level,
     pub drain_timeout_secs: u64,
@@ -196,6 +198,7 @@ impl Config {
                 .or(cluster.max_buffers)
                 .unwrap_or(MAX_BUFFERS_DEFAULT)
                 .max(1),
+            cluster_id: Some(cluster.cluster_id).filter(|id| !id.is_empty()),
             log_format: cli.log_format,
             log_level: cli.log_level,
             drain_timeout_secs: cli.drain_timeout_secs,
