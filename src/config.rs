@@ -168,6 +168,8 @@ pub struct Config {
     pub system_root_token: Option<String>,
     pub management_token: Option<String>,
     pub max_buffers: u64,
+    /// The cluster config file's cluster ID (`ClusterID` on JSON log lines); none without one.
+    pub cluster_id: Option<String>,
     pub log_format: LogFormat,
     pub log_level: tracing::Level,
     pub drain_timeout_secs: u64,
@@ -176,7 +178,6 @@ pub struct Config {
     pub handover: bool,
     pub config_file: Option<PathBuf>,
     pub config_source: Option<ConfigSource>,
-    pub cluster_id: Option<String>,
     pub trash_lifetime_secs: u64,
     /// 0: the trash emptier does not run.
     pub trash_check_interval_secs: u64,

@@ -13,6 +13,7 @@ pub mod http;
 pub mod lifecycle;
 pub mod limits;
 pub mod locator;
+pub mod logging;
 pub mod metrics;
 pub mod node;
 pub mod server;

@@ -3,11 +3,10 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
 
-use keepring::config::{Cli, Config, LogFormat};
+use keepring::config::{Cli, Config};
 use keepring::lifecycle::supervisor;
+use keepring::logging::{self, StaticFields};
 
 /// keepstore's Go flags take one dash (`-config FILE`, `-config=FILE`, `-version`); a unit
 /// or script written for keepstore passes them so.
@@ -49,17 +48,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
-    // Lifecycle events (listening, draining, volumes, hand-over) are always logged;
-    // --log-level governs the rest, such as the one line per request at info.
-    let filter = tracing_subscriber::filter::Targets::new()
-        .with_default(config.log_level)
-        .with_target("keepring::lifecycle", tracing::Level::INFO.max(config.log_level));
-    let builder = tracing_subscriber::fmt().with_writer(writer).with_ansi(false);
-    match config.log_format {
-        LogFormat::Json => builder.json().flatten_event(true).finish().with(filter).init(),
-        LogFormat::Text => builder.finish().with(filter).init(),
-    }
+    let static_fields = StaticFields {
+        pid: std::process::id(),
+        cluster_id: config.cluster_id.clone(),
+    };
+    let guard = logging::init(config.log_format, config.log_level, static_fields);
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
