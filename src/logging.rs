@@ -6,6 +6,7 @@
 //! `ClusterID` and every event field as its own key, keys sorted.
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Number, Value};
@@ -37,9 +38,19 @@ pub struct StaticFields {
     pub cluster_id: Option<String>,
 }
 
+/// Set once by `init`: request lines are keepstore's `response` lines (JSON) rather than
+/// keepring's text fields.
+static JSON_REQUEST_LINES: AtomicBool = AtomicBool::new(false);
+
+/// Does the request log use keepstore's JSON field names (`RequestID`, `reqMethod`, …)?
+pub fn json_request_lines() -> bool {
+    JSON_REQUEST_LINES.load(Ordering::Relaxed)
+}
+
 /// Installs the global subscriber writing to stderr. Keep the guard alive until exit and
 /// drop it before leaving: dropping it flushes the lines still queued.
 pub fn init(format: LogFormat, level: Level, static_fields: StaticFields) -> WorkerGuard {
+    JSON_REQUEST_LINES.store(format == LogFormat::Json, Ordering::Relaxed);
     let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
     dispatch(format, level, static_fields, writer).init();
     guard

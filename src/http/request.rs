@@ -28,6 +28,10 @@ pub struct Head {
     pub cookie: Option<String>,
     pub request_id: Option<String>,
     pub storage_classes: Option<String>,
+    /// `Host` and `X-Forwarded-For`, for the JSON request log (`reqHost`,
+    /// `reqForwardedFor`).
+    pub host: Option<String>,
+    pub forwarded_for: Option<String>,
 }
 
 /// `Ok(None)`: the head is not complete yet, read more.
@@ -89,6 +93,10 @@ pub fn parse_head(bytes: &[u8]) -> Result<Option<(Head, usize)>, RequestError> {
             head.request_id.get_or_insert_with(|| value.to_string());
         } else if name.eq_ignore_ascii_case("x-keep-storage-classes") {
             head.storage_classes.get_or_insert_with(|| value.to_string());
+        } else if name.eq_ignore_ascii_case("host") {
+            head.host.get_or_insert_with(|| value.to_string());
+        } else if name.eq_ignore_ascii_case("x-forwarded-for") {
+            head.forwarded_for.get_or_insert_with(|| value.to_string());
         }
     }
     head.framing = if transfer_codings.is_empty() {

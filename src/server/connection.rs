@@ -22,7 +22,7 @@ use crate::limits::{
     DRAIN_IDLE_GRACE_MS, HEADER_TIMEOUT_MS, IDLE_TIMEOUT_MS, IO_STALL_TIMEOUT_MS, LINGER_MS_MAX, READ_BUFFER_BYTES,
 };
 use crate::server::limiter::Rejected;
-use crate::server::worker::{LiveConnection, Worker};
+use crate::server::worker::{Answered, LiveConnection, Worker};
 
 /// A whole response, written by the connection loop.
 #[derive(Debug)]
@@ -477,7 +477,15 @@ pub async fn serve(stream: TcpStream, worker: &Worker, live: &LiveConnection) {
                 connection.begin_request(&Head::default(), worker.new_request_id(), worker.http_date(), true);
                 linger = answer_error(&mut connection, &error).await.is_ok();
                 let status = error.reply().status;
-                worker.log_request("-", "-", status, 0, 0, Instant::now(), &connection.request_id);
+                worker.log_request(&Answered {
+                    head: &Head::default(),
+                    peer: Some(live.peer),
+                    status,
+                    bytes_in: 0,
+                    bytes_out: 0,
+                    started: Instant::now(),
+                    request_id: &connection.request_id,
+                });
                 break;
             }
         };
@@ -524,15 +532,15 @@ pub async fn serve(stream: TcpStream, worker: &Worker, live: &LiveConnection) {
                 answer_error(&mut connection, &error).await.unwrap_or((499, 0))
             }
         };
-        worker.log_request(
-            &head.method,
-            &head.path,
+        worker.log_request(&Answered {
+            head: &head,
+            peer: Some(live.peer),
             status,
-            connection.body_bytes_in,
+            bytes_in: connection.body_bytes_in,
             bytes_out,
             started,
-            &connection.request_id,
-        );
+            request_id: &connection.request_id,
+        });
         live.request.borrow_mut().clear();
         live.admitted_micros.set(None);
         drop(admitted);

@@ -10,6 +10,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{watch, Notify};
 
 use crate::bufpool::BufferPool;
+use crate::http::request::{Framing, Head};
 use crate::limits::{ACTIVITY_COUNT_MS, CONNECTIONS_PER_WORKER_MAX};
 use crate::node::{Node, NodeState};
 use crate::server::connection;
@@ -34,6 +36,7 @@ pub struct LiveConnection {
     /// When the request being served was admitted (Unix microseconds); None between
     /// requests and while one waits in the limiter's queue.
     pub admitted_micros: Cell<Option<u64>>,
+    pub peer: SocketAddr,
 }
 
 pub struct Worker {
@@ -165,32 +168,90 @@ impl Worker {
         self.drain_began.clone()
     }
 
-    /// The one place a request is logged and counted; `bytes` is response body bytes out.
-    #[allow(clippy::too_many_arguments)]
-    pub fn log_request(
-        &self,
-        method: &str,
-        path: &str,
-        status: u16,
-        bytes_in: u64,
-        bytes: u64,
-        started: Instant,
-        request_id: &str,
-    ) {
-        let micros = started.elapsed().as_micros() as u64;
-        self.metrics.request(method, status, bytes_in, bytes, micros);
+    /// The one place a request is logged and counted.
+    pub fn log_request(&self, answered: &Answered<'_>) {
+        let micros = answered.started.elapsed().as_micros() as u64;
+        let head = answered.head;
+        let method = if head.method.is_empty() {
+            "-"
+        } else {
+            head.method.as_str()
+        };
+        self.metrics
+            .request(method, answered.status, answered.bytes_in, answered.bytes_out, micros);
+        if !tracing::enabled!(tracing::Level::INFO) {
+            return;
+        }
+        if crate::logging::json_request_lines() {
+            log_json_line(answered, micros);
+            return;
+        }
+        let path = if head.path.is_empty() { "-" } else { head.path.as_str() };
         tracing::info!(
             worker = self.id,
             method = %method,
             path = %redact_signatures(path),
-            status,
-            bytes,
-            bytes_in,
+            status = answered.status,
+            bytes = answered.bytes_out,
+            bytes_in = answered.bytes_in,
             micros,
-            request_id = %request_id,
+            request_id = %answered.request_id,
             "request"
         );
     }
+}
+
+/// One answered request, as the log line and the counters see it.
+pub struct Answered<'a> {
+    /// `Head::default()` when the head could not be parsed.
+    pub head: &'a Head,
+    pub peer: Option<SocketAddr>,
+    pub status: u16,
+    pub bytes_in: u64,
+    /// Response body bytes.
+    pub bytes_out: u64,
+    pub started: Instant,
+    pub request_id: &'a str,
+}
+
+/// keepstore's response log line (sdk/go/httpserver/logger.go), field for field, so log
+/// pipelines built for keepstore keep working. Signatures and `api_token` values are
+/// redacted.
+fn log_json_line(answered: &Answered<'_>, micros: u64) {
+    let head = answered.head;
+    let req_bytes: i64 = match head.framing {
+        Some(Framing::Length(length)) => length as i64,
+        Some(Framing::Chunked) => -1,
+        None => 0,
+    };
+    let status = if answered.status == 0 { 200 } else { answered.status };
+    tracing::info!(
+        RequestID = %answered.request_id,
+        remoteAddr = %answered.peer.map(|peer| peer.to_string()).unwrap_or_default(),
+        reqForwardedFor = %head.forwarded_for.as_deref().unwrap_or(""),
+        reqMethod = %head.method,
+        reqHost = %head.host.as_deref().unwrap_or(""),
+        reqPath = %redact_signatures(head.path.strip_prefix('/').unwrap_or(&head.path)),
+        reqQuery = %redact_query(&head.query),
+        reqBytes = req_bytes,
+        respStatusCode = status,
+        respStatus = crate::error::reason_phrase(status),
+        respBytes = answered.bytes_out,
+        timeTotal = (micros as f64 / 1e6),
+        "response"
+    );
+}
+
+/// `api_token=<secret>` → `api_token=…` in a query string.
+pub fn redact_query(query: &str) -> String {
+    query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some(("api_token", _)) => "api_token=…".to_string(),
+            _ => pair.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("&")
 }
 
 /// Permission signatures are credentials: logs show `+A…` instead.
@@ -316,8 +377,12 @@ async fn accept_loop(listener: tokio::net::TcpListener, worker: Rc<Worker>) {
         while worker.live.borrow().len() >= CONNECTIONS_PER_WORKER_MAX {
             worker.connection_closed.notified().await;
         }
-        let stream = match listener.accept().await.and_then(|(stream, _)| stream.into_std()) {
-            Ok(stream) => stream,
+        let (stream, peer) = match listener
+            .accept()
+            .await
+            .and_then(|(stream, peer)| Ok((stream.into_std()?, peer)))
+        {
+            Ok(accepted) => accepted,
             Err(error) => {
                 // EMFILE and friends: back off briefly instead of spinning.
                 tracing::warn!(worker = worker.id, error = %error, "accept failed");
@@ -335,6 +400,7 @@ async fn accept_loop(listener: tokio::net::TcpListener, worker: Rc<Worker>) {
             fd: stream.as_raw_fd(),
             request: RefCell::new(String::new()),
             admitted_micros: Cell::new(None),
+            peer,
         });
         worker.live.borrow_mut().insert(id, live.clone());
         let worker = worker.clone();
@@ -354,5 +420,6 @@ mod tests {
     #[test]
     fn signatures_are_redacted() {
         assert_eq!(redact_signatures("/abc+11+Adeadbeef@123+Kx"), "/abc+11+A…+Kx");
+        assert_eq!(redact_query("prefix=ab&api_token=secret"), "prefix=ab&api_token=…");
     }
 }

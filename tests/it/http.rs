@@ -321,3 +321,44 @@ fn json_log_format_writes_json_lines() {
         assert!(value.is_object(), "{line}");
     }
 }
+
+#[test]
+fn json_request_lines_use_keepstores_field_names() {
+    let server = ServerBuilder::new().arg("--log-format").arg("json").start();
+    let locator = server.put_block(DATA);
+    let response = server.request(
+        Request::get(&format!("/{locator}?api_token={USER_TOKEN}"))
+            .header("X-Forwarded-For", "192.0.2.7")
+            .header("X-Request-Id", "req-jsonlogtest0000000"),
+    );
+    assert_eq!(response.status, 200, "{}", response.summary());
+    let line = server
+        .log
+        .wait_for(Duration::from_secs(5), |line| line.contains("req-jsonlogtest0000000"))
+        .expect("a response line for the GET");
+    let value: serde_json::Value = serde_json::from_str(&line).expect("JSON line");
+    assert_eq!(value["msg"], "response", "{line}");
+    assert_eq!(value["level"], "info");
+    assert_eq!(value["RequestID"], "req-jsonlogtest0000000");
+    assert_eq!(value["reqMethod"], "GET");
+    assert_eq!(value["reqForwardedFor"], "192.0.2.7");
+    assert!(
+        value["remoteAddr"]
+            .as_str()
+            .is_some_and(|addr| addr.starts_with("127.0.0.1:")),
+        "{line}"
+    );
+    assert_eq!(value["reqHost"], "127.0.0.1");
+    let path = value["reqPath"].as_str().expect("reqPath");
+    assert!(path.starts_with(&md5_hex(DATA)) && !path.starts_with('/'), "{line}");
+    assert!(!line.contains(USER_TOKEN), "the token is redacted: {line}");
+    assert!(
+        !path.contains("+A") || path.contains("+A…"),
+        "the signature is redacted: {line}"
+    );
+    assert_eq!(value["respStatusCode"], 200);
+    assert_eq!(value["respStatus"], "OK");
+    assert_eq!(value["respBytes"], DATA.len());
+    assert!(value["timeTotal"].as_f64().is_some_and(|secs| secs >= 0.0), "{line}");
+    assert!(value["PID"].as_u64().is_some() && value["time"].as_str().is_some_and(|time| time.ends_with('Z')));
+}
