@@ -504,13 +504,12 @@ pub async fn serve(stream: TcpStream, worker: &Worker, live: &LiveConnection) {
             true => Ok(None),
             false => worker.node.limiter.admit().await.map(Some),
         };
-        live.admitted_micros
-            .set(Some(crate::metrics::unix_micros(std::time::SystemTime::now())));
+        live.admitted.set(Some(started));
         let outcome = match &admitted {
             Ok(_) => dispatch(worker, &mut connection, &head).await,
             Err(Rejected) => {
                 // An empty 503 at once, as keepstore's; an unread body closes the connection.
-                live.admitted_micros.set(None);
+                live.admitted.set(None);
                 connection.continue_pending = false;
                 Ok(Reply::empty(503))
             }
@@ -542,7 +541,7 @@ pub async fn serve(stream: TcpStream, worker: &Worker, live: &LiveConnection) {
             request_id: &connection.request_id,
         });
         live.request.borrow_mut().clear();
-        live.admitted_micros.set(None);
+        live.admitted.set(None);
         drop(admitted);
         if !connection.buffered().is_empty() {
             // A pipelined request is already here and may be served without waiting on

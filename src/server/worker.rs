@@ -33,9 +33,9 @@ pub struct LiveConnection {
     pub fd: RawFd,
     /// `METHOD path request-id` of the request being served; empty between requests.
     pub request: RefCell<String>,
-    /// When the request being served was admitted (Unix microseconds); None between
+    /// When the request being served arrived, once the limiter admitted it; None between
     /// requests and while one waits in the limiter's queue.
-    pub admitted_micros: Cell<Option<u64>>,
+    pub admitted: Cell<Option<Instant>>,
     pub peer: SocketAddr,
 }
 
@@ -328,9 +328,15 @@ async fn count_activity(worker: Rc<Worker>) {
     loop {
         ticks.tick().await;
         let live = worker.live.borrow();
-        let started = live.values().filter_map(|connection| connection.admitted_micros.get());
-        let (count, oldest) = started.fold((0u64, u64::MAX), |(count, oldest), at| (count + 1, oldest.min(at)));
-        worker.metrics.set_activity(count, if count == 0 { 0 } else { oldest });
+        let started = live.values().filter_map(|connection| connection.admitted.get());
+        let (count, oldest) = started.fold((0u64, None), |(count, oldest): (u64, Option<Instant>), at| {
+            (count + 1, Some(oldest.map_or(at, |oldest| oldest.min(at))))
+        });
+        let oldest_micros = oldest.map_or(0, |oldest| {
+            let now = crate::metrics::unix_micros(SystemTime::now());
+            now.saturating_sub(oldest.elapsed().as_micros() as u64).max(1)
+        });
+        worker.metrics.set_activity(count, oldest_micros);
     }
 }
 
@@ -399,7 +405,7 @@ async fn accept_loop(listener: tokio::net::TcpListener, worker: Rc<Worker>) {
         let live = Rc::new(LiveConnection {
             fd: stream.as_raw_fd(),
             request: RefCell::new(String::new()),
-            admitted_micros: Cell::new(None),
+            admitted: Cell::new(None),
             peer,
         });
         worker.live.borrow_mut().insert(id, live.clone());
