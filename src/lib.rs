@@ -1,6 +1,7 @@
 //! keepring: a wire-compatible Arvados keepstore, thread-per-core on io_uring.
-//! The data path runs listener → connection → request → handler → volume → response;
-//! see DESIGN.md (../shared) for the map and each module's `//!` for its part.
+//! The data path runs listener → session → route → handler → volume → reply → session;
+//! ARCHITECTURE.md is the map (modules, one request's path, one restart's path, the rules
+//! on which module may use which) and each module's `//!` tells its part.
 
 pub mod api;
 pub mod bufpool;
@@ -18,5 +19,6 @@ pub mod metrics;
 pub mod node;
 pub mod server;
 pub mod signature;
+pub mod supervisor;
 pub mod volume;
 pub mod volumes;

@@ -22,9 +22,9 @@ use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::LogFormat;
 
-/// Target whose events (listening, draining, volumes, hand-over) are logged even when
+/// Targets whose events (listening, draining, volumes, hand-over) are logged even when
 /// `--log-level` is warn or error.
-const LIFECYCLE_TARGET: &str = "keepring::lifecycle";
+const LIFECYCLE_TARGETS: [&str; 2] = ["keepring::lifecycle", "keepring::supervisor"];
 
 /// Keys logrus writes itself; an event field with one of these names is written as
 /// `fields.<name>` instead (logrus' `prefixFieldClashes`).
@@ -65,7 +65,7 @@ where
     // line per request at info.
     let filter = Targets::new()
         .with_default(level)
-        .with_target(LIFECYCLE_TARGET, Level::INFO.max(level));
+        .with_targets(LIFECYCLE_TARGETS.map(|target| (target, Level::INFO.max(level))));
     // A bare layer on a registry: the `fmt()` builder would add its own info-level cap
     // beneath the filter, hiding debug and trace whatever --log-level says.
     let layer = tracing_subscriber::fmt::layer()

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use keepring::config::{Cli, Config};
-use keepring::lifecycle::supervisor;
 use keepring::logging::{self, StaticFields};
+use keepring::supervisor;
 
 /// keepstore's Go flags take one dash (`-config FILE`, `-config=FILE`, `-version`); a unit
 /// or script written for keepstore passes them so.

@@ -53,3 +53,8 @@ mod ops;
 // that fail closed, the trash emptier's schedule.
 #[path = "it/deploy.rs"]
 mod deploy;
+
+// The module map's rules: no cycle between top-level modules of src/; handlers never
+// name the server, chores and the watcher never name the node.
+#[path = "it/structure.rs"]
+mod structure;

@@ -12,13 +12,14 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::api::auth;
+use crate::api::context::Core;
 use crate::error::RequestError;
+use crate::http::reply::{Reply, Response, TEXT_PLAIN};
 use crate::http::request::Head;
 use crate::http::response::BodyFraming;
+use crate::http::session::Session;
 use crate::limits::{INDEX_CHANNEL_CHUNKS_MAX, INDEX_CHUNK_BYTES};
 use crate::locator::is_hash;
-use crate::server::connection::{Connection, Reply, Response, TEXT_PLAIN};
-use crate::server::worker::Worker;
 use crate::volume::{layout, Volume};
 
 #[derive(Serialize)]
@@ -31,8 +32,8 @@ struct MountJson<'a> {
     storage_classes: BTreeMap<&'a str, bool>,
 }
 
-pub fn mounts(worker: &Worker, head: &Head) -> Result<Reply, RequestError> {
-    let state = worker.state();
+pub fn mounts(core: &Core, head: &Head) -> Result<Reply, RequestError> {
+    let state = core.state();
     auth::require_root(&state, head)?;
     let mounts: Vec<MountJson> = state
         .volumes
@@ -57,8 +58,8 @@ pub fn mounts(worker: &Worker, head: &Head) -> Result<Reply, RequestError> {
     Ok(Reply::text(200, TEXT_PLAIN, body))
 }
 
-pub fn health(worker: &Worker, head: &Head) -> Result<Reply, RequestError> {
-    auth::require_management(&worker.state(), head)?;
+pub fn health(core: &Core, head: &Head) -> Result<Reply, RequestError> {
+    auth::require_management(&core.state(), head)?;
     Ok(Reply::Full(Response {
         status: 200,
         content_type: Some("application/json"),
@@ -72,13 +73,13 @@ pub fn health(worker: &Worker, head: &Head) -> Result<Reply, RequestError> {
 type IndexPiece = Result<Vec<u8>, String>;
 
 pub async fn index(
-    worker: &Worker,
-    connection: &mut Connection,
+    core: &Core,
+    session: &mut Session,
     head: &Head,
     uuid: Option<&str>,
     path_prefix: &str,
 ) -> Result<Reply, RequestError> {
-    let state = worker.state();
+    let state = core.state();
     auth::require_root(&state, head)?;
     // `?prefix=` wins when it is not empty (keep-protocol.md §3.4).
     let prefix = head
@@ -97,7 +98,7 @@ pub async fn index(
         .map_err(|error| RequestError::Internal(format!("cannot start index walk: {error}")))?;
 
     let mut out = Vec::with_capacity(1024);
-    let mut response_head = connection.response_head(200, BodyFraming::Chunked);
+    let mut response_head = session.response_head(200, BodyFraming::Chunked);
     response_head.content_type = Some(TEXT_PLAIN);
     response_head.write_to(&mut out);
     let mut bytes_out = 0u64;
@@ -110,7 +111,7 @@ pub async fn index(
                 let _ = write!(out, "{:x}\r\n", text.len());
                 out.extend_from_slice(&text);
                 out.extend_from_slice(b"\r\n");
-                out = send(connection, out).await?;
+                out = send(session, out).await?;
             }
             Err(reason) => {
                 tracing::error!(reason, "index walk failed; the index ends without its blank line");
@@ -124,12 +125,12 @@ pub async fn index(
         bytes_out += 1;
     }
     out.extend_from_slice(b"0\r\n\r\n");
-    send(connection, out).await?;
+    send(session, out).await?;
     Ok(Reply::Sent { status: 200, bytes_out })
 }
 
-async fn send(connection: &mut Connection, out: Vec<u8>) -> Result<Vec<u8>, RequestError> {
-    let (result, mut out) = connection.write_raw(out).await;
+async fn send(session: &mut Session, out: Vec<u8>) -> Result<Vec<u8>, RequestError> {
+    let (result, mut out) = session.write_raw(out).await;
     result?;
     out.clear();
     Ok(out)

@@ -11,18 +11,19 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::api::context::Core;
 use crate::api::{auth, body};
 use crate::bufpool::CHUNK_BUFFER_BYTES;
 use crate::digest::{BlockDigest, EMPTY_BLOCK_HASH};
 use crate::error::RequestError;
+use crate::http::reply::{Reply, TEXT_PLAIN};
 use crate::http::request::Head;
 use crate::http::response::BodyFraming;
+use crate::http::session::Session;
 use crate::http::token::tokens;
 use crate::limits::{BLOCK_BYTES_MAX, CHUNK_BYTES, HASH_HEX_LEN, STREAMED_WRITE_BYTES_MIN, WRITE_STEP_BYTES};
 use crate::locator::Locator;
 use crate::metrics::{VolumeErrorKind, VolumeOp};
-use crate::server::connection::{Connection, Reply, TEXT_PLAIN};
-use crate::server::worker::Worker;
 use crate::volume::io::{self, WriteError};
 use crate::volume::{layout, Volume};
 
@@ -42,13 +43,13 @@ enum StreamError {
 }
 
 pub async fn read(
-    worker: &Worker,
-    connection: &mut Connection,
+    core: &Core,
+    session: &mut Session,
     head: &Head,
     locator_text: &str,
     send_body: bool,
 ) -> Result<Reply, RequestError> {
-    connection.vary_signature = true;
+    session.vary_signature = true;
     let locator = Locator::parse(locator_text).map_err(|_| RequestError::InvalidLocator)?;
     // 3.x: without a size the server could not announce a length and then abort on a
     // checksum mismatch, so GET needs one (HEAD does not).
@@ -59,10 +60,10 @@ pub async fn read(
     if has_hint('R') && !has_hint('A') {
         return Err(RequestError::RemoteLocator);
     }
-    let state = worker.state();
+    let state = core.state();
     auth::check_read_permission(&state, head, &locator, now_secs())?;
-    let _lease = worker.pool.lease(CHUNK_BUFFER_BYTES as u64).await?;
-    let mut buffer = worker.pool.chunk();
+    let _lease = core.pool.lease(CHUNK_BUFFER_BYTES as u64).await?;
+    let mut buffer = core.pool.chunk();
     let mut failure = RequestError::NotFound;
     for volume in state.volumes.ordered_for(locator.hash) {
         let (file, identity) = match io::open_block_identified(&volume.root, locator.hash).await {
@@ -79,7 +80,7 @@ pub async fn read(
             failure = RequestError::BodyTooLarge;
             continue;
         }
-        let verify = !worker.verified.borrow().contains(locator.hash, identity);
+        let verify = !core.verified.borrow().contains(locator.hash, identity);
         let copy = CopyToSend {
             file: &file,
             size,
@@ -87,37 +88,37 @@ pub async fn read(
             verify,
             send_body,
         };
-        let (outcome, returned) = stream_copy(connection, copy, buffer).await;
+        let (outcome, returned) = stream_copy(session, copy, buffer).await;
         buffer = returned;
         match outcome {
             Ok(bytes_out) => {
                 if verify {
-                    worker.verified.borrow_mut().insert(locator.hash, identity);
+                    core.verified.borrow_mut().insert(locator.hash, identity);
                 }
-                let counters = worker.metrics.volume(volume);
+                let counters = core.metrics.volume(volume);
                 counters.operation(VolumeOp::Read);
                 counters.read(size);
-                worker.pool.recycle(buffer);
+                core.pool.recycle(buffer);
                 return Ok(Reply::Sent { status: 200, bytes_out });
             }
             Err(StreamError::Client(error)) => return Err(error),
             Err(StreamError::Corrupt) => {
                 tracing::error!(volume = %volume.uuid, hash = locator.hash, "stored copy fails its MD5 check");
-                worker.metrics.volume(volume).error(VolumeErrorKind::Checksum);
+                core.metrics.volume(volume).error(VolumeErrorKind::Checksum);
                 failure = RequestError::ChecksumMismatch;
             }
             Err(StreamError::Volume(error)) => {
                 tracing::warn!(volume = %volume.uuid, hash = locator.hash, error = %error, "block read failed");
-                worker.metrics.volume(volume).error(VolumeErrorKind::Io);
+                core.metrics.volume(volume).error(VolumeErrorKind::Io);
                 failure = RequestError::Internal(format!("volume error: {error}"));
             }
         }
-        if connection.response_started {
+        if session.response_started {
             // Part of the block left already: the only honest answer is a cut body.
             return Err(failure);
         }
     }
-    worker.pool.recycle(buffer);
+    core.pool.recycle(buffer);
     Err(failure)
 }
 
@@ -135,7 +136,7 @@ struct CopyToSend<'a> {
 /// Send (GET) or just verify (HEAD) one stored copy. The head and the first chunk leave in
 /// one write; the last chunk leaves only once the whole copy hashed right.
 async fn stream_copy(
-    connection: &mut Connection,
+    session: &mut Session,
     copy: CopyToSend<'_>,
     mut buffer: Vec<u8>,
 ) -> (Result<u64, StreamError>, Vec<u8>) {
@@ -149,7 +150,7 @@ async fn stream_copy(
     let mut digest = BlockDigest::default();
     let mut offset = 0u64;
     buffer.clear();
-    let mut response_head = connection.response_head(200, BodyFraming::Length(size));
+    let mut response_head = session.response_head(200, BodyFraming::Length(size));
     response_head.extra.push("Vary: X-Keep-Signature".to_string());
     response_head.content_type = Some("application/octet-stream");
     let mut head_bytes = Vec::new();
@@ -179,9 +180,9 @@ async fn stream_copy(
             // The first chunk leaves with the head in one write, the last one from the
             // bytes just hashed; the ones between by sendfile from the page cache.
             let (result, returned) = if start == 0 && !last {
-                connection.write_file_chunk(file, offset - want as u64, buffer).await
+                session.write_file_chunk(file, offset - want as u64, buffer).await
             } else {
-                connection.write_raw(buffer).await
+                session.write_raw(buffer).await
             };
             buffer = returned;
             if let Err(error) = result {
@@ -194,7 +195,7 @@ async fn stream_copy(
         }
     }
     if !send_body {
-        if let (Err(error), _) = connection.write_raw(head_bytes).await {
+        if let (Err(error), _) = session.write_raw(head_bytes).await {
             return (Err(StreamError::Client(error)), buffer);
         }
         return (Ok(0), buffer);
@@ -202,12 +203,7 @@ async fn stream_copy(
     (Ok(size), buffer)
 }
 
-pub async fn write(
-    worker: &Worker,
-    connection: &mut Connection,
-    head: &Head,
-    locator_text: &str,
-) -> Result<Reply, RequestError> {
+pub async fn write(core: &Core, session: &mut Session, head: &Head, locator_text: &str) -> Result<Reply, RequestError> {
     let hash = &locator_text[..HASH_HEX_LEN];
     let length = body::announced_length(head);
     // Refused from the head alone: no `100 Continue`, no byte of the body read.
@@ -215,7 +211,7 @@ pub async fn write(
         return Err(RequestError::BodyTooLarge);
     }
     let wanted_classes = head.requested_storage_classes();
-    let candidates: Vec<Arc<Volume>> = worker
+    let candidates: Vec<Arc<Volume>> = core
         .state()
         .volumes
         .ordered_for(hash)
@@ -235,16 +231,16 @@ pub async fn write(
     if candidates.is_empty() {
         return Err(RequestError::VolumeUnavailable);
     }
-    let mut reader = body::BodyReader::start(worker, connection, length, BLOCK_BYTES_MAX).await?;
+    let mut reader = body::BodyReader::start(core, session, length, BLOCK_BYTES_MAX).await?;
     // A big body goes to its first volume while it arrives (the common case: no volume
     // holds the block yet); the others, and every fallback, are written from memory after.
     let mut streamed = match length {
-        Some(length) if length >= STREAMED_WRITE_BYTES_MIN => start_streamed_write(worker, hash, &candidates).await,
+        Some(length) if length >= STREAMED_WRITE_BYTES_MIN => start_streamed_write(core, hash, &candidates).await,
         _ => None,
     };
     let mut digest = BlockDigest::default();
     let received = loop {
-        match reader.next(worker, connection).await {
+        match reader.next(core, session).await {
             Ok(Some(piece)) => digest.update(&reader.body()[piece]),
             Ok(None) => break Ok(()),
             Err(error) => break Err(error),
@@ -264,7 +260,7 @@ pub async fn write(
     });
     if let Err(error) = received {
         if let Some(write) = streamed {
-            write.give_up(worker, hash).await;
+            write.give_up(core, hash).await;
         }
         return Err(error);
     }
@@ -281,18 +277,18 @@ pub async fn write(
         };
         let size = reader.body().len();
         progress.any_failed |=
-            account_write(worker, &write.volume, hash, result, size).record(&write.volume, &mut progress.stored);
+            account_write(core, &write.volume, hash, result, size).record(&write.volume, &mut progress.stored);
         candidates.retain(|volume| volume.uuid != write.volume.uuid);
         // The streamed write started only after finding no copy on any candidate.
         progress.copies_absent = true;
     }
     let (mut body, lease) = reader.finish();
     let size = body.len() as u64;
-    let stored = store(worker, hash, &mut body, &candidates, &wanted_classes, progress).await;
-    worker.keep_body_buffer(body);
+    let stored = store(core, hash, &mut body, &candidates, &wanted_classes, progress).await;
+    core.keep_body_buffer(body);
     drop(lease);
     let stored = stored?;
-    Ok(write_reply(worker, head, hash, size, &stored))
+    Ok(write_reply(core, head, hash, size, &stored))
 }
 
 /// A PUT body being written to its first volume as it arrives.
@@ -307,10 +303,10 @@ struct StreamedWrite {
 impl StreamedWrite {
     /// The request ends without a block (body cut short, MD5 mismatch): remove the temp
     /// file, and still account for a write error the volume gave meanwhile.
-    async fn give_up(self, worker: &Worker, hash: &str) {
+    async fn give_up(self, core: &Core, hash: &str) {
         self.writer.abandon().await;
         if let Some(error) = self.failure {
-            note_write_failure(worker, &self.volume, hash, error.into());
+            note_write_failure(core, &self.volume, hash, error.into());
         }
     }
 
@@ -328,7 +324,7 @@ impl StreamedWrite {
 /// The streamed write of a new block to the first candidate, unless a candidate already
 /// holds the block (`store` then touches or repairs that copy) or the file cannot be
 /// created (`store` then retries the volume and accounts for the failure).
-async fn start_streamed_write(worker: &Worker, hash: &str, candidates: &[Arc<Volume>]) -> Option<StreamedWrite> {
+async fn start_streamed_write(core: &Core, hash: &str, candidates: &[Arc<Volume>]) -> Option<StreamedWrite> {
     for volume in candidates {
         match io::open_block(&volume.root, hash).await {
             Ok(None) => {}
@@ -336,7 +332,7 @@ async fn start_streamed_write(worker: &Worker, hash: &str, candidates: &[Arc<Vol
         }
     }
     let volume = candidates.first()?.clone();
-    let writer = io::BlockWriter::create(&volume.root, hash, worker.next_random())
+    let writer = io::BlockWriter::create(&volume.root, hash, core.next_random())
         .await
         .ok()?;
     Some(StreamedWrite {
@@ -360,7 +356,7 @@ struct StoreProgress {
 /// damaged, gets the good bytes. Pass 2: write to the next volumes in placement order
 /// until the request is satisfied (one copy, or every requested class).
 async fn store(
-    worker: &Worker,
+    core: &Core,
     hash: &str,
     body: &mut Vec<u8>,
     candidates: &[Arc<Volume>],
@@ -372,7 +368,7 @@ async fn store(
         mut any_failed,
         copies_absent,
     } = progress;
-    let mut scratch = worker.pool.chunk();
+    let mut scratch = core.pool.chunk();
     for volume in candidates.iter().filter(|_| !copies_absent) {
         if !is_wanted(&stored, wanted_classes, volume) {
             continue;
@@ -391,7 +387,7 @@ async fn store(
         if matches!(same, Ok(true)) {
             match io::touch(&layout::block_path(&volume.root, hash)) {
                 Ok(()) => {
-                    worker.metrics.volume(volume).operation(VolumeOp::Touch);
+                    core.metrics.volume(volume).operation(VolumeOp::Touch);
                     stored.push(volume.clone());
                 }
                 // Trashed since it was compared: not stored, so pass 2 writes it again.
@@ -399,7 +395,7 @@ async fn store(
             }
         } else {
             tracing::warn!(volume = %volume.uuid, hash, "stored copy differs from a verified PUT: rewriting it");
-            let (outcome, returned) = write_copy(worker, volume, hash, std::mem::take(body)).await;
+            let (outcome, returned) = write_copy(core, volume, hash, std::mem::take(body)).await;
             *body = returned;
             any_failed |= outcome.record(volume, &mut stored);
         }
@@ -407,7 +403,7 @@ async fn store(
             break;
         }
     }
-    worker.pool.recycle(scratch);
+    core.pool.recycle(scratch);
     for volume in candidates {
         if is_satisfied(&stored, wanted_classes) {
             break;
@@ -415,7 +411,7 @@ async fn store(
         if !is_wanted(&stored, wanted_classes, volume) {
             continue;
         }
-        let (outcome, returned) = write_copy(worker, volume, hash, std::mem::take(body)).await;
+        let (outcome, returned) = write_copy(core, volume, hash, std::mem::take(body)).await;
         *body = returned;
         any_failed |= outcome.record(volume, &mut stored);
     }
@@ -449,14 +445,14 @@ impl WriteOutcome {
 }
 
 /// Write one copy and account for it.
-async fn write_copy(worker: &Worker, volume: &Volume, hash: &str, body: Vec<u8>) -> (WriteOutcome, Vec<u8>) {
-    let (result, body) = io::write_block(&volume.root, hash, body, worker.next_random()).await;
-    (account_write(worker, volume, hash, result, body.len()), body)
+async fn write_copy(core: &Core, volume: &Volume, hash: &str, body: Vec<u8>) -> (WriteOutcome, Vec<u8>) {
+    let (result, body) = io::write_block(&volume.root, hash, body, core.next_random()).await;
+    (account_write(core, volume, hash, result, body.len()), body)
 }
 
 /// A finished write's health, metrics, and the log line of a failure.
 fn account_write(
-    worker: &Worker,
+    core: &Core,
     volume: &Volume,
     hash: &str,
     result: Result<(), WriteError>,
@@ -465,10 +461,10 @@ fn account_write(
     match result {
         Ok(()) => {
             volume.mark_healthy();
-            count_write(worker, volume, bytes);
+            count_write(core, volume, bytes);
             WriteOutcome::Stored
         }
-        Err(error) => match note_write_failure(worker, volume, hash, error) {
+        Err(error) => match note_write_failure(core, volume, hash, error) {
             true => WriteOutcome::Failed,
             false => WriteOutcome::Full,
         },
@@ -476,25 +472,25 @@ fn account_write(
 }
 
 /// Log a failed write; true when it failed for another reason than lack of space.
-fn note_write_failure(worker: &Worker, volume: &Volume, hash: &str, error: WriteError) -> bool {
+fn note_write_failure(core: &Core, volume: &Volume, hash: &str, error: WriteError) -> bool {
     match error {
         WriteError::Full => {
-            worker.metrics.volume(volume).error(VolumeErrorKind::Full);
+            core.metrics.volume(volume).error(VolumeErrorKind::Full);
             tracing::warn!(volume = %volume.uuid, hash, "volume full, trying the next one");
             false
         }
         WriteError::Failed(error) => {
-            worker.metrics.volume(volume).error(VolumeErrorKind::Io);
+            core.metrics.volume(volume).error(VolumeErrorKind::Io);
             tracing::error!(volume = %volume.uuid, hash, error = %error, "block write failed; volume leaves the write rotation");
             volume.mark_failed();
-            worker.node.nudge_watcher("write error");
+            core.nudge_watcher("write error");
             true
         }
     }
 }
 
-fn count_write(worker: &Worker, volume: &Volume, bytes: usize) {
-    let counters = worker.metrics.volume(volume);
+fn count_write(core: &Core, volume: &Volume, bytes: usize) {
+    let counters = core.metrics.volume(volume);
     counters.operation(VolumeOp::Write);
     counters.wrote(bytes as u64);
 }
@@ -520,9 +516,9 @@ fn is_satisfied(stored: &[Arc<Volume>], wanted_classes: &[String]) -> bool {
         .all(|class| stored.iter().any(|volume| volume.has_class(class)))
 }
 
-fn write_reply(worker: &Worker, head: &Head, hash: &str, size: u64, stored: &[Arc<Volume>]) -> Reply {
+fn write_reply(core: &Core, head: &Head, hash: &str, size: u64, stored: &[Arc<Volume>]) -> Reply {
     let mut locator = format!("{hash}+{size}");
-    if let (Some(key), Some(token)) = (worker.state().signing_key.as_ref(), tokens(head).first()) {
+    if let (Some(key), Some(token)) = (core.state().signing_key.as_ref(), tokens(head).first()) {
         locator.push_str(&key.sign_hint(hash, token, now_secs()));
     }
     locator.push('\n');
@@ -548,14 +544,14 @@ fn write_reply(worker: &Worker, head: &Head, hash: &str, size: u64, stored: &[Ar
 }
 
 /// TOUCH: set the mtime of the block on the first writable volume (UUID order) holding it.
-pub fn touch(worker: &Worker, head: &Head, locator_text: &str) -> Result<Reply, RequestError> {
-    let state = worker.state();
+pub fn touch(core: &Core, head: &Head, locator_text: &str) -> Result<Reply, RequestError> {
+    let state = core.state();
     auth::require_root(&state, head)?;
     let locator = Locator::parse(locator_text).map_err(|_| RequestError::InvalidLocator)?;
     for volume in state.volumes.all().iter().filter(|volume| volume.allow_write) {
         match io::touch(&layout::block_path(&volume.root, locator.hash)) {
             Ok(()) => {
-                worker.metrics.volume(volume).operation(VolumeOp::Touch);
+                core.metrics.volume(volume).operation(VolumeOp::Touch);
                 return Ok(Reply::empty(200));
             }
             Err(error) if io::is_missing(&error) => continue,

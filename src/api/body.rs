@@ -8,12 +8,12 @@
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
+use crate::api::context::Core;
 use crate::bufpool::{Lease, CHUNK_BUFFER_BYTES};
 use crate::error::RequestError;
 use crate::http::request::{Framing, Head};
+use crate::http::session::Session;
 use crate::limits::{BLOCK_BYTES_MAX, BODY_GRACE_MS, BODY_RATE_BYTES_PER_SEC_MIN, CHUNK_BYTES};
-use crate::server::connection::Connection;
-use crate::server::worker::Worker;
 
 /// The body's announced length: `None` for chunked, 0 when there is no body.
 pub fn announced_length(head: &Head) -> Option<u64> {
@@ -27,14 +27,14 @@ pub fn announced_length(head: &Head) -> Option<u64> {
 /// Read the whole body (at most `bytes_max`), feeding each piece to `on_data` as it
 /// arrives. The returned lease covers the body plus one chunk buffer for the caller.
 pub async fn read_leased(
-    worker: &Worker,
-    connection: &mut Connection,
+    core: &Core,
+    session: &mut Session,
     length: Option<u64>,
     bytes_max: u64,
     mut on_data: impl FnMut(&[u8]),
 ) -> Result<(Vec<u8>, Lease), RequestError> {
-    let mut reader = BodyReader::start(worker, connection, length, bytes_max).await?;
-    while let Some(piece) = reader.next(worker, connection).await? {
+    let mut reader = BodyReader::start(core, session, length, bytes_max).await?;
+    while let Some(piece) = reader.next(core, session).await? {
         on_data(&reader.body()[piece]);
     }
     Ok(reader.finish())
@@ -54,17 +54,17 @@ impl BodyReader {
     /// Lease the budget for the body (Content-Length) or its first chunk (chunked) and
     /// set the connection's body deadline.
     pub async fn start(
-        worker: &Worker,
-        connection: &mut Connection,
+        core: &Core,
+        session: &mut Session,
         length: Option<u64>,
         bytes_max: u64,
     ) -> Result<Self, RequestError> {
         let announced = length.unwrap_or(0).min(bytes_max);
-        let lease = worker.pool.lease(CHUNK_BUFFER_BYTES as u64 + announced).await?;
-        let body = worker.body_buffer(length.unwrap_or(CHUNK_BYTES as u64).min(bytes_max) as usize);
+        let lease = core.pool.lease(CHUNK_BUFFER_BYTES as u64 + announced).await?;
+        let body = core.body_buffer(length.unwrap_or(CHUNK_BYTES as u64).min(bytes_max) as usize);
         let expected_bytes = length.unwrap_or(BLOCK_BYTES_MAX);
         let allowed = Duration::from_millis(BODY_GRACE_MS + expected_bytes * 1000 / BODY_RATE_BYTES_PER_SEC_MIN);
-        connection.set_body_deadline(Instant::now() + allowed);
+        session.set_body_deadline(Instant::now() + allowed);
         Ok(BodyReader {
             body,
             lease,
@@ -75,13 +75,9 @@ impl BodyReader {
     }
 
     /// Read the next piece: the range of `body()` it landed in, or `None` at the end.
-    pub async fn next(
-        &mut self,
-        worker: &Worker,
-        connection: &mut Connection,
-    ) -> Result<Option<Range<usize>>, RequestError> {
+    pub async fn next(&mut self, core: &Core, session: &mut Session) -> Result<Option<Range<usize>>, RequestError> {
         if self.length.is_none() && self.body.len() as u64 + CHUNK_BYTES as u64 > self.leased_body_bytes {
-            worker.pool.grow(&mut self.lease, CHUNK_BYTES as u64).await?;
+            core.pool.grow(&mut self.lease, CHUNK_BYTES as u64).await?;
             self.leased_body_bytes += CHUNK_BYTES as u64;
             if (self.body.capacity() as u64) < self.leased_body_bytes {
                 self.body
@@ -89,7 +85,7 @@ impl BodyReader {
             }
         }
         let before = self.body.len();
-        let (result, returned) = connection
+        let (result, returned) = session
             .read_body_some(std::mem::take(&mut self.body), CHUNK_BYTES, self.bytes_max as usize + 1)
             .await;
         self.body = returned;

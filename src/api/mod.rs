@@ -1,18 +1,24 @@
 //! The Keep API: (method, path) → `Route`, then one handler per family (`blocks`,
-//! `admin`). Handlers return `Result`; errors become responses in one place
-//! (`error::RequestError::reply`, written by the connection loop).
+//! `ops`, `admin`). A handler sees a narrow context (`context::Core`), the request head
+//! and the `Session` it reads the body from and answers on; it never names the server
+//! around it. Handlers return `Result`; errors become responses in one place
+//! (`error::RequestError::reply`, written by the connection loop). `limiter` is the
+//! request admission the connection loop applies before routing.
 
 pub mod admin;
 pub mod auth;
 pub mod blocks;
 pub mod body;
+pub mod context;
+pub mod limiter;
 pub mod ops;
 
+use crate::api::context::Core;
 use crate::error::RequestError;
+use crate::http::reply::Reply;
 use crate::http::request::Head;
+use crate::http::session::Session;
 use crate::locator::{is_lower_hex, starts_with_hash};
-use crate::server::connection::{Connection, Reply};
-use crate::server::worker::Worker;
 
 /// Every request keepring answers (keep-protocol.md §3).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,21 +131,21 @@ pub fn is_prefix(text: &str) -> bool {
 
 /// Dispatch one request whose head has been read. The body, if any, is read by the
 /// handler through `connection`.
-pub async fn handle(worker: &Worker, connection: &mut Connection, head: &Head) -> Result<Reply, RequestError> {
+pub async fn handle(core: &Core, session: &mut Session, head: &Head) -> Result<Reply, RequestError> {
     match route(&head.method, &head.path) {
-        Route::BlockRead { locator, send_body } => blocks::read(worker, connection, head, locator, send_body).await,
-        Route::BlockWrite { locator } => blocks::write(worker, connection, head, locator).await,
-        Route::BlockTouch { locator } => blocks::touch(worker, head, locator),
-        Route::BlockDelete { locator } => ops::delete(worker, head, locator),
-        Route::Untrash { locator } => ops::untrash(worker, head, locator),
-        Route::PullList => ops::pull_list(worker, connection, head).await,
-        Route::TrashList => ops::trash_list(worker, connection, head).await,
-        Route::Index { prefix } => admin::index(worker, connection, head, None, prefix).await,
-        Route::MountBlocks { uuid, prefix } => admin::index(worker, connection, head, Some(uuid), prefix).await,
-        Route::Mounts => admin::mounts(worker, head),
+        Route::BlockRead { locator, send_body } => blocks::read(core, session, head, locator, send_body).await,
+        Route::BlockWrite { locator } => blocks::write(core, session, head, locator).await,
+        Route::BlockTouch { locator } => blocks::touch(core, head, locator),
+        Route::BlockDelete { locator } => ops::delete(core, head, locator),
+        Route::Untrash { locator } => ops::untrash(core, head, locator),
+        Route::PullList => ops::pull_list(core, session, head).await,
+        Route::TrashList => ops::trash_list(core, session, head).await,
+        Route::Index { prefix } => admin::index(core, session, head, None, prefix).await,
+        Route::MountBlocks { uuid, prefix } => admin::index(core, session, head, Some(uuid), prefix).await,
+        Route::Mounts => admin::mounts(core, head),
         Route::Options => Ok(Reply::empty(200)),
-        Route::Metrics => ops::metrics(worker, head),
-        Route::HealthPing => admin::health(worker, head),
+        Route::Metrics => ops::metrics(core, head),
+        Route::HealthPing => admin::health(core, head),
         Route::Miss => Err(RequestError::RouteMiss),
     }
 }

@@ -9,24 +9,25 @@ use std::time::SystemTime;
 
 use serde::de::DeserializeOwned;
 
+use crate::api::context::Core;
 use crate::api::{auth, body};
 use crate::chores::pull::{self, PullItem};
 use crate::chores::trash::{self, TrashItem, TrashOutcome};
 use crate::error::RequestError;
+use crate::http::reply::{Reply, Response};
 use crate::http::request::Head;
+use crate::http::session::Session;
 use crate::limits::{BUFFER_UNIT_BYTES, LIST_BODY_BYTES_MAX, LIST_ITEMS_MAX};
 use crate::locator::Locator;
 use crate::metrics::{self, Gauges, VolumeErrorKind, VolumeOp};
-use crate::server::connection::{Connection, Reply, Response};
-use crate::server::worker::Worker;
 use crate::volume::io::free_bytes;
 
 /// DELETE: trash the block on every trash-allowed volume where it is older than the blob
 /// signing TTL. 200 when some such volume has it (trashed or too young), else 404.
-pub fn delete(worker: &Worker, head: &Head, locator_text: &str) -> Result<Reply, RequestError> {
-    let state = worker.state();
+pub fn delete(core: &Core, head: &Head, locator_text: &str) -> Result<Reply, RequestError> {
+    let state = core.state();
     auth::require_root(&state, head)?;
-    let settings = worker.node.chore_settings();
+    let settings = core.chore_settings();
     if !settings.blob_trash {
         return Err(RequestError::MethodNotAllowed);
     }
@@ -36,7 +37,7 @@ pub fn delete(worker: &Worker, head: &Head, locator_text: &str) -> Result<Reply,
     let mut failure = None;
     for volume in state.volumes.all().iter().filter(|volume| volume.allow_trash) {
         let result = trash::trash_block(&volume.root, locator.hash, now, &settings, None);
-        trash::record(&worker.metrics, volume, &result);
+        trash::record(&core.metrics, volume, &result);
         match result {
             Ok(TrashOutcome::Missing) => {}
             Ok(outcome) => {
@@ -60,14 +61,14 @@ pub fn delete(worker: &Worker, head: &Head, locator_text: &str) -> Result<Reply,
 }
 
 /// PUT /untrash: bring the first trashed copy back on every writable volume.
-pub fn untrash(worker: &Worker, head: &Head, locator_text: &str) -> Result<Reply, RequestError> {
-    let state = worker.state();
+pub fn untrash(core: &Core, head: &Head, locator_text: &str) -> Result<Reply, RequestError> {
+    let state = core.state();
     auth::require_root(&state, head)?;
     let locator = Locator::parse(locator_text).map_err(|_| RequestError::InvalidLocator)?;
     let mut restored = false;
     let mut failure = None;
     for volume in state.volumes.all().iter().filter(|volume| volume.allow_write) {
-        let counters = worker.metrics.volume(volume);
+        let counters = core.metrics.volume(volume);
         match trash::untrash_block(&volume.root, locator.hash) {
             Ok(true) => {
                 counters.operation(VolumeOp::Untrash);
@@ -89,38 +90,38 @@ pub fn untrash(worker: &Worker, head: &Head, locator_text: &str) -> Result<Reply
 }
 
 /// PUT /trash: replace the trash queue.
-pub async fn trash_list(worker: &Worker, connection: &mut Connection, head: &Head) -> Result<Reply, RequestError> {
-    auth::require_root(&worker.state(), head)?;
-    let items: Vec<TrashItem> = read_list(worker, connection, head).await?;
+pub async fn trash_list(core: &Core, session: &mut Session, head: &Head) -> Result<Reply, RequestError> {
+    auth::require_root(&core.state(), head)?;
+    let items: Vec<TrashItem> = read_list(core, session, head).await?;
     tracing::info!(items = items.len(), "trash list received");
-    worker.node.chores.trash.replace(items);
+    core.services.chores.trash.replace(items);
     Ok(Reply::empty(200))
 }
 
 /// PUT /pull: replace the pull queue.
-pub async fn pull_list(worker: &Worker, connection: &mut Connection, head: &Head) -> Result<Reply, RequestError> {
-    auth::require_root(&worker.state(), head)?;
-    let items: Vec<PullItem> = read_list(worker, connection, head).await?;
+pub async fn pull_list(core: &Core, session: &mut Session, head: &Head) -> Result<Reply, RequestError> {
+    auth::require_root(&core.state(), head)?;
+    let items: Vec<PullItem> = read_list(core, session, head).await?;
     if pull::first_item_lacks_size(&items) {
         return Err(RequestError::UnsizedPullList);
     }
     tracing::info!(items = items.len(), "pull list received");
-    worker.node.chores.pull.replace(items);
+    core.services.chores.pull.replace(items);
     Ok(Reply::empty(200))
 }
 
 /// Read a JSON list body (bounded, leased from the buffer budget) and parse it on a helper
 /// thread: a 64 MiB list takes a few hundred ms to parse, which must not stall the core.
 async fn read_list<T: DeserializeOwned + Send + 'static>(
-    worker: &Worker,
-    connection: &mut Connection,
+    core: &Core,
+    session: &mut Session,
     head: &Head,
 ) -> Result<Vec<T>, RequestError> {
     let length = body::announced_length(head);
     if length.is_some_and(|length| length > LIST_BODY_BYTES_MAX) {
         return Err(RequestError::BodyTooLarge);
     }
-    let (body, lease) = body::read_leased(worker, connection, length, LIST_BODY_BYTES_MAX, |_| {}).await?;
+    let (body, lease) = body::read_leased(core, session, length, LIST_BODY_BYTES_MAX, |_| {}).await?;
     let (sender, receiver) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("keepring-list".into())
@@ -141,24 +142,24 @@ async fn read_list<T: DeserializeOwned + Send + 'static>(
 
 /// GET /metrics (Prometheus text) and /metrics.json: open when no management token is
 /// configured (keepstore-observed.md).
-pub fn metrics(worker: &Worker, head: &Head) -> Result<Reply, RequestError> {
-    let state = worker.state();
+pub fn metrics(core: &Core, head: &Head) -> Result<Reply, RequestError> {
+    let state = core.state();
     auth::require_metrics(&state, head)?;
-    let node = &worker.node;
+    let services = &core.services;
     let gauges = Gauges {
         buffer_unit_bytes: BUFFER_UNIT_BYTES,
-        buffer_total_bytes: node.budget.total_bytes(),
-        buffer_in_use_bytes: node.budget.in_use_bytes(),
-        buffer_own_bytes: node.budget.own_bytes(),
-        trash_pending: node.chores.trash.pending(),
-        trash_in_progress: node.chores.trash.in_progress(),
-        pull_pending: node.chores.pull.pending(),
-        pull_in_progress: node.chores.pull.in_progress(),
-        draining: node.is_draining(),
+        buffer_total_bytes: services.budget.total_bytes(),
+        buffer_in_use_bytes: services.budget.in_use_bytes(),
+        buffer_own_bytes: services.budget.own_bytes(),
+        trash_pending: services.chores.trash.pending(),
+        trash_in_progress: services.chores.trash.in_progress(),
+        pull_pending: services.chores.pull.pending(),
+        pull_in_progress: services.chores.pull.in_progress(),
+        draining: services.drain.is_draining(),
         volumes_free: volumes_free(state.volumes.all()),
-        max_concurrent_requests: node.limiter.max_active() as u64,
-        max_queued_requests: node.limiter.max_queued() as u64,
-        queued_requests: node.limiter.queued() as u64,
+        max_concurrent_requests: services.limiter.max_active() as u64,
+        max_queued_requests: services.limiter.max_queued() as u64,
+        queued_requests: services.limiter.queued() as u64,
         config: state
             .config_source
             .as_ref()
@@ -168,8 +169,8 @@ pub fn metrics(worker: &Worker, head: &Head) -> Result<Reply, RequestError> {
     // keepstore serves the same registry as JSON MetricFamily messages at /metrics.json.
     let json = head.path.split('?').next() == Some("/metrics.json");
     let (content_type, body) = match json {
-        true => ("application/json", metrics::render_json(&node.metrics, &gauges)),
-        false => (metrics::CONTENT_TYPE, metrics::render(&node.metrics, &gauges)),
+        true => ("application/json", metrics::render_json(&services.registry, &gauges)),
+        false => (metrics::CONTENT_TYPE, metrics::render(&services.registry, &gauges)),
     };
     Ok(Reply::Full(Response {
         status: 200,

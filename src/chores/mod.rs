@@ -15,11 +15,14 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
+use crate::bufpool::BufferBudget;
 use crate::limits::{
     BLOB_SIGNING_TTL_SECS_DEFAULT, CHORE_WORKERS_DEFAULT, TRASH_CHECK_INTERVAL_SECS_DEFAULT,
     TRASH_LIFETIME_SECS_DEFAULT,
 };
-use crate::node::Node;
+use crate::metrics::Registry;
+use crate::signature::SigningKey;
+use crate::volumes::VolumeSet;
 
 /// keepstore's `Collections.{BlobSigningTTL, BlobTrash, BlobTrashLifetime,
 /// BlobTrashCheckInterval, BlobTrashConcurrency, BlobDeleteConcurrency,
@@ -67,6 +70,14 @@ impl ChoreSettings {
             delete_workers: config.delete_concurrency,
             pull_workers: config.replicate_concurrency.max(1),
         }
+    }
+
+    /// These settings with the signing TTL of the key in force (SIGHUP may rotate it).
+    pub fn with_signing_ttl(mut self, key_ttl_secs: Option<u64>) -> Self {
+        if let Some(ttl) = key_ttl_secs {
+            self.blob_signing_ttl_secs = ttl;
+        }
+        self
     }
 
     /// keepstore runs its trash emptier only with `BlobTrash` on, a check interval above
@@ -139,7 +150,7 @@ impl<T> Drop for InProgress<'_, T> {
     }
 }
 
-/// What the node holds for the chores: settings and the two queues.
+/// The chore settings and the two queues (shared with the handlers that fill them).
 #[derive(Default)]
 pub struct Chores {
     pub settings: ChoreSettings,
@@ -156,14 +167,38 @@ impl Chores {
     }
 }
 
+/// What the chores read of the node's published state (the node implements it; the
+/// chores never name it).
+pub trait CurrentState: Send + Sync {
+    fn volumes(&self) -> VolumeSet;
+    fn signing_key(&self) -> Option<SigningKey>;
+}
+
+/// Everything a chore thread works with, passed explicitly.
+pub struct ChoreContext {
+    pub state: Arc<dyn CurrentState>,
+    pub chores: Arc<Chores>,
+    pub registry: Arc<Registry>,
+    /// Pulled blocks are leased from the buffer budget like a request's.
+    pub budget: Arc<BufferBudget>,
+}
+
+impl ChoreContext {
+    /// The settings in force now: the signing TTL follows the current key.
+    pub fn settings(&self) -> ChoreSettings {
+        let key_ttl = self.state.signing_key().map(|key| key.ttl_secs());
+        self.chores.settings.with_signing_ttl(key_ttl)
+    }
+}
+
 /// Start the chore threads, as many as the settings ask. They run until the process exits.
-pub fn start(node: &Arc<Node>) -> std::io::Result<()> {
-    let settings = node.chores.settings;
-    let spawn = |name: &str, body: fn(Arc<Node>)| {
-        let node = node.clone();
+pub fn start(context: &Arc<ChoreContext>) -> std::io::Result<()> {
+    let settings = context.chores.settings;
+    let spawn = |name: &str, body: fn(Arc<ChoreContext>)| {
+        let context = context.clone();
         std::thread::Builder::new()
             .name(name.to_string())
-            .spawn(move || body(node))
+            .spawn(move || body(context))
             .map(drop)
     };
     for _ in 0..settings.trash_workers {

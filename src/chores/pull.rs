@@ -18,6 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
 
+use crate::chores::ChoreContext;
 use crate::digest::BlockDigest;
 use crate::limits::{
     BLOCK_BYTES_MAX, PULL_CONNECT_TIMEOUT_MS, PULL_IO_STALL_TIMEOUT_MS, PULL_RESPONSE_HEAD_BYTES_MAX,
@@ -25,7 +26,6 @@ use crate::limits::{
 };
 use crate::locator::Locator;
 use crate::metrics::{Recorder, VolumeErrorKind, VolumeOp};
-use crate::node::Node;
 use crate::volume::{io::free_bytes, layout, Volume};
 
 /// The token keepstore signs pull requests for (pull_worker.go); peers of the same
@@ -49,9 +49,9 @@ pub fn first_item_lacks_size(items: &[PullItem]) -> bool {
 
 /// One pull worker's loop (`BlobReplicateConcurrency` of them share the queue): one item at a time,
 /// as long as the process lives.
-pub fn run_pull_list(node: Arc<Node>) {
+pub fn run_pull_list(context: Arc<ChoreContext>) {
     static STARTED: AtomicU64 = AtomicU64::new(0);
-    let recorder = node.metrics.register();
+    let recorder = context.registry.register();
     // Temp names must differ between workers that start in the same nanosecond.
     let mut random = (SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -62,41 +62,40 @@ pub fn run_pull_list(node: Arc<Node>) {
             .wrapping_mul(0x9E37_79B9_7F4A_7C15))
         | 1;
     loop {
-        let taken = node.chores.pull.next();
+        let taken = context.chores.pull.next();
         random = random
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
-        match pull_one(&node, &recorder, &taken.item, random) {
+        match pull_one(&context, &recorder, &taken.item, random) {
             Ok(volume) => tracing::info!(locator = %taken.item.locator, volume = %volume, "block pulled"),
             Err(reason) => tracing::warn!(locator = %taken.item.locator, reason = %reason, "pull failed"),
         }
     }
 }
 
-fn pull_one(node: &Node, recorder: &Recorder, item: &PullItem, random: u64) -> Result<String, String> {
+fn pull_one(context: &ChoreContext, recorder: &Recorder, item: &PullItem, random: u64) -> Result<String, String> {
     let locator = Locator::parse(&item.locator).map_err(|_| "invalid locator".to_string())?;
     let size = locator.size.ok_or("locator without a size")?;
     if size > BLOCK_BYTES_MAX {
         return Err("size above the block limit".into());
     }
-    let state = node.state();
+    let volumes = context.state.volumes();
     let target: Arc<Volume> = if item.mount_uuid.is_empty() {
-        let writable = state
-            .volumes
+        let writable = volumes
             .ordered_for(locator.hash)
             .into_iter()
             .find(|volume| volume.allow_write)
             .cloned();
         writable.ok_or("no writable volume")?
     } else {
-        match state.volumes.by_uuid(&item.mount_uuid) {
+        match volumes.by_uuid(&item.mount_uuid) {
             Some(volume) if volume.allow_write => volume.clone(),
             Some(_) => return Err(format!("volume {} is read-only", item.mount_uuid)),
             None => return Err(format!("no volume {}", item.mount_uuid)),
         }
     };
     let mut signed = format!("{}+{size}", locator.hash);
-    if let Some(key) = state.signing_key.as_ref() {
+    if let Some(key) = context.state.signing_key() {
         let now_secs = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|since| since.as_secs())
@@ -104,7 +103,7 @@ fn pull_one(node: &Node, recorder: &Recorder, item: &PullItem, random: u64) -> R
         signed.push_str(&key.sign_hint(locator.hash, PULL_TOKEN, now_secs));
     }
     // The fetched block is held in memory until written: it counts in the buffer budget.
-    let _lease = node
+    let _lease = context
         .budget
         .lease_blocking(size)
         .ok_or("block larger than the whole buffer budget")?;

@@ -16,11 +16,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
 
-use crate::chores::ChoreSettings;
+use crate::chores::{ChoreContext, ChoreSettings};
 use crate::limits::{TEMP_FILE_STALE_SECS, TEMP_SWEEP_INTERVAL_SECS};
 use crate::locator::Locator;
 use crate::metrics::{Recorder, VolumeCounters, VolumeErrorKind, VolumeOp};
-use crate::node::Node;
 use crate::volume::{io::is_missing, layout, Volume};
 
 /// One `PUT /trash` item: `{"locator":"<hash>+<size>","block_mtime":<ns>,"mount_uuid":""}`.
@@ -251,20 +250,20 @@ pub fn record(recorder: &Recorder, volume: &Volume, result: &io::Result<TrashOut
 }
 
 /// The trash list worker: one item at a time, as long as the process lives.
-pub fn run_trash_list(node: Arc<Node>) {
-    let recorder = node.metrics.register();
+pub fn run_trash_list(context: Arc<ChoreContext>) {
+    let recorder = context.registry.register();
     loop {
-        let taken = node.chores.trash.next();
-        let settings = node.chore_settings();
+        let taken = context.chores.trash.next();
+        let settings = context.settings();
         if !settings.blob_trash {
             // keepstore runs no trash worker then; the list is accepted and dropped.
             continue;
         }
-        process_item(&node, &recorder, &settings, &taken.item);
+        process_item(&context, &recorder, &settings, &taken.item);
     }
 }
 
-fn process_item(node: &Node, recorder: &Recorder, settings: &ChoreSettings, item: &TrashItem) {
+fn process_item(context: &ChoreContext, recorder: &Recorder, settings: &ChoreSettings, item: &TrashItem) {
     let Ok(locator) = Locator::parse(&item.locator) else {
         tracing::warn!(locator = %item.locator, "trash list: invalid locator ignored");
         return;
@@ -279,17 +278,16 @@ fn process_item(node: &Node, recorder: &Recorder, settings: &ChoreSettings, item
         );
         return;
     }
-    let state = node.state();
+    let current = context.state.volumes();
     let volumes: Vec<Arc<Volume>> = if item.mount_uuid.is_empty() {
-        state
-            .volumes
+        current
             .all()
             .iter()
             .filter(|volume| volume.allow_trash)
             .cloned()
             .collect()
     } else {
-        match state.volumes.by_uuid(&item.mount_uuid) {
+        match current.by_uuid(&item.mount_uuid) {
             Some(volume) if volume.allow_trash => vec![volume.clone()],
             Some(_) => {
                 tracing::warn!(mount = %item.mount_uuid, "trash list: volume does not allow trash");
@@ -325,36 +323,36 @@ fn process_item(node: &Node, recorder: &Recorder, settings: &ChoreSettings, item
 /// interval and restarts to keep expired trash for untrashing), over every volume that
 /// allows trash, `BlobDeleteConcurrency` deleters per volume. Started only when
 /// `ChoreSettings::empties_trash`.
-pub fn run_empty_trash(node: Arc<Node>) {
-    let recorder = node.metrics.register();
-    let settings = node.chores.settings;
+pub fn run_empty_trash(context: Arc<ChoreContext>) {
+    let recorder = context.registry.register();
+    let settings = context.chores.settings;
     let interval = Duration::from_secs(settings.trash_check_interval_secs.max(1));
     loop {
         std::thread::sleep(interval);
-        sweep_all(&node, &recorder, true, settings.delete_workers);
+        sweep_all(&context, &recorder, true, settings.delete_workers);
     }
 }
 
 /// The temp-file sweep, on its own schedule (at start, then every
 /// `TEMP_SWEEP_INTERVAL_SECS`): it deletes nothing recoverable, only the temp files of
 /// writes that died, on every writable volume.
-pub fn run_temp_sweep(node: Arc<Node>) {
-    let recorder = node.metrics.register();
+pub fn run_temp_sweep(context: Arc<ChoreContext>) {
+    let recorder = context.registry.register();
     loop {
-        sweep_all(&node, &recorder, false, 1);
+        sweep_all(&context, &recorder, false, 1);
         std::thread::sleep(Duration::from_secs(TEMP_SWEEP_INTERVAL_SECS));
     }
 }
 
 /// One pass over the current volumes: expired trash (`trash`) where trash is allowed, or
 /// stale temp files where writes are.
-fn sweep_all(node: &Node, recorder: &Recorder, trash: bool, workers: usize) {
+fn sweep_all(context: &ChoreContext, recorder: &Recorder, trash: bool, workers: usize) {
     let now_secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|since| since.as_secs())
         .unwrap_or(0);
-    let state = node.state();
-    for volume in state.volumes.all().iter() {
+    let current = context.state.volumes();
+    for volume in current.all().iter() {
         let wanted = match trash {
             true => volume.allow_trash,
             false => volume.allow_write,

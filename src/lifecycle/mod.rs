@@ -1,11 +1,11 @@
-//! Process lifecycle: where listening sockets come from (`listeners`, `handover`,
-//! `fdpass`) and the supervisor on the main thread that starts the workers, announces
-//! readiness, turns signals into a drain and decides the exit code (`supervisor`).
+//! Process lifecycle pieces below the supervisor (`crate::supervisor`): where listening
+//! sockets come from (`listeners`, `handover`, `fdpass`), how a drain is signalled and
+//! seen on each core (`drain`), and the phases the supervisor logs.
 
+pub mod drain;
 pub mod fdpass;
 pub mod handover;
 pub mod listeners;
-pub mod supervisor;
 
 /// The process lifecycle; each transition is logged once as `phase=<name>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,7 +1,6 @@
 //! The runtime edge: per-core workers (`worker`), each with its own io_uring and listener,
-//! the per-connection HTTP loop (`connection`) and the request limiter every core shares
-//! (`limiter`).
+//! and the per-connection loop (`connection`) that drives each connection's
+//! `http::session::Session` through admission, routing and the handlers.
 
 pub mod connection;
-pub mod limiter;
 pub mod worker;

@@ -1,7 +1,8 @@
 //! One worker per core: an OS thread running its own tokio-uring runtime (ring built with
 //! COOP_TASKRUN + SINGLE_ISSUER; DEFER_TASKRUN hangs tokio-uring) and accepting on its own
-//! SO_REUSEPORT listener(s). Its state (`Worker`) is `!Send` and never shared; only the
-//! `Node` (immutable but for atomics) and the drain signal cross cores.
+//! SO_REUSEPORT listener(s). Its state (`Worker`, with the handlers' `Core`) is `!Send`
+//! and never shared; only the `Services` (immutable but for atomics and the chore
+//! queues) and the drain signal cross cores.
 //!
 //! Accepting uses readiness (tokio's epoll-driven listener), not an io_uring accept: an
 //! io_uring accept cannot be cancelled by dropping it, so at drain time it would still take
@@ -16,12 +17,12 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
 
-use crate::bufpool::BufferPool;
+use crate::api::context::{Core, Services};
 use crate::http::request::{Framing, Head};
+use crate::lifecycle::drain::Gate;
 use crate::limits::{ACTIVITY_COUNT_MS, CONNECTIONS_PER_WORKER_MAX};
-use crate::node::{Node, NodeState};
 use crate::server::connection;
 
 /// Submission queue entries per ring: enough for every connection of a busy worker to have
@@ -39,27 +40,16 @@ pub struct LiveConnection {
     pub peer: SocketAddr,
 }
 
+/// One core's server side: its handler context (`core`), its connections, its drain gate.
 pub struct Worker {
-    pub id: usize,
-    pub node: Arc<Node>,
-    pub pool: BufferPool,
-    rng_state: Cell<u64>,
-    /// This worker's copy of the published state and the generation it was taken at. The
-    /// Rc around the Arc is deliberate: requests clone the Rc (a plain increment) instead
-    /// of the Arc, whose shared refcount would bounce between cores.
-    #[allow(clippy::redundant_allocation)]
-    state_cache: RefCell<(u64, Rc<Arc<NodeState>>)>,
+    /// What handlers on this core see (state copy, buffer pool, caches, counters).
+    pub core: Core,
     date_cache: RefCell<(u64, String)>,
     live: RefCell<HashMap<u64, Rc<LiveConnection>>>,
     next_connection_id: Cell<u64>,
     connection_closed: Notify,
-    /// When this worker saw the drain start; connections read it between requests.
-    drain_began: Rc<Cell<Option<Instant>>>,
-    pub drain_started: Notify,
-    /// Stored copies this worker verified (`--verified-cache-entries`; empty when off).
-    pub verified: RefCell<crate::digest::VerifiedCache>,
-    /// This worker's metric counters (written only here, summed at scrape).
-    pub metrics: crate::metrics::Recorder,
+    /// This core's drain gate; every session on the core holds it.
+    pub gate: Rc<Gate>,
 }
 
 /// How a worker ended: connections its drain had to cut at the deadline.
@@ -71,44 +61,19 @@ pub struct WorkerExit {
 }
 
 impl Worker {
-    pub fn new(id: usize, node: Arc<Node>, seed: u64) -> Self {
+    pub fn new(id: usize, services: Arc<Services>, seed: u64) -> Self {
         Worker {
-            id,
-            pool: BufferPool::new(node.budget.clone()),
-            rng_state: Cell::new(seed | 1),
-            state_cache: RefCell::new((node.generation(), Rc::new(node.state()))),
+            core: Core::new(id, services, seed),
             date_cache: RefCell::new((0, String::new())),
             live: RefCell::new(HashMap::new()),
             next_connection_id: Cell::new(0),
             connection_closed: Notify::new(),
-            drain_began: Rc::new(Cell::new(None)),
-            drain_started: Notify::new(),
-            metrics: node.metrics.register(),
-            verified: RefCell::new(crate::digest::VerifiedCache::new(node.verified_cache_entries)),
-            node,
+            gate: Rc::new(Gate::default()),
         }
     }
 
-    /// The node state this request is served by: the worker's own copy, refreshed only
-    /// when the published generation moved (one atomic load; no lock, no shared refcount).
-    #[allow(clippy::redundant_allocation)]
-    pub fn state(&self) -> Rc<Arc<NodeState>> {
-        let generation = self.node.generation();
-        let mut cache = self.state_cache.borrow_mut();
-        if cache.0 != generation {
-            *cache = (generation, Rc::new(self.node.state()));
-        }
-        cache.1.clone()
-    }
-
-    /// xorshift64*: request ids and temp-file names need uniqueness, not secrecy.
-    pub fn next_random(&self) -> u64 {
-        let mut state = self.rng_state.get();
-        state ^= state >> 12;
-        state ^= state << 25;
-        state ^= state >> 27;
-        self.rng_state.set(state);
-        state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    pub fn id(&self) -> usize {
+        self.core.id
     }
 
     /// `req-` + 20 of [0-9a-z], as keepstore generates them.
@@ -116,10 +81,10 @@ impl Worker {
         const ALPHABET: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
         let mut id = String::with_capacity(24);
         id.push_str("req-");
-        let mut bits = self.next_random();
+        let mut bits = self.core.next_random();
         for index in 0..20 {
             if index == 10 {
-                bits = self.next_random();
+                bits = self.core.next_random();
             }
             id.push(ALPHABET[(bits % 36) as usize] as char);
             bits /= 36;
@@ -141,33 +106,6 @@ impl Worker {
         cache.1.clone()
     }
 
-    /// When the drain began, if it has.
-    pub fn drain_began(&self) -> Option<Instant> {
-        self.drain_began.get()
-    }
-
-    /// An empty buffer for a body of up to `capacity` bytes: the budget's spare one if it
-    /// fits (its pages are already mapped), else a new one.
-    pub fn body_buffer(&self, capacity: usize) -> Vec<u8> {
-        self.node
-            .budget
-            .take_spare(capacity)
-            .unwrap_or_else(|| Vec::with_capacity(capacity))
-    }
-
-    /// Offer a finished PUT's buffer to the budget as its spare.
-    pub fn keep_body_buffer(&self, buffer: Vec<u8>) {
-        // A draining process leaves the shared budget to its successor.
-        if self.drain_began().is_none() {
-            self.node.budget.keep_spare(buffer);
-        }
-    }
-
-    /// The drain signal, for a connection to read when it writes a response head.
-    pub fn drain_signal(&self) -> Rc<Cell<Option<Instant>>> {
-        self.drain_began.clone()
-    }
-
     /// The one place a request is logged and counted.
     pub fn log_request(&self, answered: &Answered<'_>) {
         let micros = answered.started.elapsed().as_micros() as u64;
@@ -177,7 +115,8 @@ impl Worker {
         } else {
             head.method.as_str()
         };
-        self.metrics
+        self.core
+            .metrics
             .request(method, answered.status, answered.bytes_in, answered.bytes_out, micros);
         if !tracing::enabled!(tracing::Level::INFO) {
             return;
@@ -188,7 +127,7 @@ impl Worker {
         }
         let path = if head.path.is_empty() { "-" } else { head.path.as_str() };
         tracing::info!(
-            worker = self.id,
+            worker = self.core.id,
             method = %method,
             path = %redact_signatures(path),
             status = answered.status,
@@ -273,10 +212,9 @@ pub fn redact_signatures(path: &str) -> String {
 /// Everything a worker thread is started with.
 pub struct WorkerStart {
     pub id: usize,
-    pub node: Arc<Node>,
+    pub services: Arc<Services>,
     pub listeners: Vec<std::net::TcpListener>,
     pub ready: crossbeam_channel::Sender<usize>,
-    pub drain: watch::Receiver<bool>,
     pub drain_timeout: Duration,
 }
 
@@ -293,24 +231,19 @@ pub fn run(start: WorkerStart) -> WorkerExit {
         .entries(RING_ENTRIES)
         .uring_builder(&ring)
         .start(async move {
-            let worker = Rc::new(Worker::new(start.id, start.node, seed));
+            let services = start.services;
+            let worker = Rc::new(Worker::new(start.id, services.clone(), seed));
             let mut accept_tasks = Vec::new();
             for listener in start.listeners {
                 match tokio::net::TcpListener::from_std(listener) {
                     Ok(listener) => accept_tasks.push(tokio_uring::spawn(accept_loop(listener, worker.clone()))),
-                    Err(error) => tracing::error!(worker = worker.id, error = %error, "cannot watch listener"),
+                    Err(error) => tracing::error!(worker = worker.id(), error = %error, "cannot watch listener"),
                 }
             }
             let activity = tokio_uring::spawn(count_activity(worker.clone()));
             let _ = start.ready.send(start.id);
-            let mut drain = start.drain;
-            while !*drain.borrow_and_update() {
-                if drain.changed().await.is_err() {
-                    break;
-                }
-            }
-            worker.drain_began.set(Some(Instant::now()));
-            worker.drain_started.notify_waiters();
+            services.drain.begun().await;
+            worker.gate.open();
             // The accept loops end at once and drop this worker's copies of the listeners.
             for task in accept_tasks {
                 task.abort();
@@ -336,7 +269,7 @@ async fn count_activity(worker: Rc<Worker>) {
             let now = crate::metrics::unix_micros(SystemTime::now());
             now.saturating_sub(oldest.elapsed().as_micros() as u64).max(1)
         });
-        worker.metrics.set_activity(count, oldest_micros);
+        worker.core.metrics.set_activity(count, oldest_micros);
     }
 }
 
@@ -355,7 +288,7 @@ async fn finish_drain(worker: &Worker, timeout: Duration) -> WorkerExit {
     for connection in &live {
         let request = connection.request.borrow();
         let state = if request.is_empty() { "idle" } else { request.as_str() };
-        tracing::warn!(worker = worker.id, request = %redact_signatures(state), "drain timeout: cutting connection");
+        tracing::warn!(worker = worker.id(), request = %redact_signatures(state), "drain timeout: cutting connection");
         // SAFETY: the fd stays open until its task drops the stream; shutdown only ends I/O.
         unsafe { libc::shutdown(connection.fd, libc::SHUT_RDWR) };
     }
@@ -391,7 +324,7 @@ async fn accept_loop(listener: tokio::net::TcpListener, worker: Rc<Worker>) {
             Ok(accepted) => accepted,
             Err(error) => {
                 // EMFILE and friends: back off briefly instead of spinning.
-                tracing::warn!(worker = worker.id, error = %error, "accept failed");
+                tracing::warn!(worker = worker.id(), error = %error, "accept failed");
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             }

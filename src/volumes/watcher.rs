@@ -3,8 +3,9 @@
 //! a rename or removal), `/proc/self/mountinfo` for POLLPRI (a mount or umount, which
 //! inotify never reports), and a wake pipe (SIGUSR1 rescans, SIGHUP brings new sources,
 //! a worker that hit an I/O error asks for a look). Each wake-up rescans, and when the set
-//! of volumes changed it publishes a new immutable `NodeState`; workers pick it up on
-//! their next request without taking a lock.
+//! of volumes changed it hands the new immutable set to its `VolumePublisher` (the node
+//! publishes it in a new state; workers pick it up on their next request without taking
+//! a lock).
 
 use std::io::{self, Read, Seek, Write};
 use std::os::fd::{AsFd, AsRawFd, RawFd};
@@ -14,7 +15,6 @@ use std::sync::Arc;
 
 use inotify::{Inotify, WatchMask};
 
-use crate::node::{Node, NodeState};
 use crate::volume::Volume;
 use crate::volumes::discovery::{self, Candidate, VolumeSources};
 use crate::volumes::VolumeSet;
@@ -122,7 +122,19 @@ fn read_mountinfo() -> io::Result<Vec<discovery::Mount>> {
     )?))
 }
 
-pub fn spawn(node: Arc<Node>, sources: VolumeSources, inbox: WatcherInbox) -> io::Result<std::thread::JoinHandle<()>> {
+/// Where the watcher reads the volume set in force and publishes a new one (the node's
+/// published state, without the watcher naming it).
+pub trait VolumePublisher: Send + Sync {
+    fn current_volumes(&self) -> VolumeSet;
+    /// Publish `volumes` in place of the current set; nothing else of the state changes.
+    fn publish_volumes(&self, volumes: VolumeSet);
+}
+
+pub fn spawn(
+    publisher: Arc<dyn VolumePublisher>,
+    sources: VolumeSources,
+    inbox: WatcherInbox,
+) -> io::Result<std::thread::JoinHandle<()>> {
     let inotify = Inotify::init()?;
     let mountinfo = std::fs::File::open("/proc/self/mountinfo")?;
     std::thread::Builder::new()
@@ -130,15 +142,14 @@ pub fn spawn(node: Arc<Node>, sources: VolumeSources, inbox: WatcherInbox) -> io
         .spawn(move || {
             // The filesystem each configured volume lives on now: if its drive is later
             // unmounted, the empty directory underneath must not become the volume.
-            let fixed_devices = node
-                .state()
-                .volumes
+            let fixed_devices = publisher
+                .current_volumes()
                 .all()
                 .iter()
                 .map(|volume| (volume.root.clone(), volume.device))
                 .collect();
             let mut watcher = Watcher {
-                node,
+                publisher,
                 sources,
                 inotify,
                 mountinfo,
@@ -150,7 +161,7 @@ pub fn spawn(node: Arc<Node>, sources: VolumeSources, inbox: WatcherInbox) -> io
 }
 
 struct Watcher {
-    node: Arc<Node>,
+    publisher: Arc<dyn VolumePublisher>,
     sources: VolumeSources,
     inotify: Inotify,
     mountinfo: std::fs::File,
@@ -260,8 +271,8 @@ impl Watcher {
             }
         }
         let candidates = discovery::candidates(&self.sources, &mounts);
-        let state = self.node.state();
-        let current = state.volumes.all();
+        let current_set = self.publisher.current_volumes();
+        let current = current_set.all();
         let mut next: Vec<Arc<Volume>> = Vec::new();
         for candidate in &candidates {
             let device = std::fs::metadata(&candidate.root).map(|metadata| metadata.dev()).ok();
@@ -310,10 +321,6 @@ impl Watcher {
             );
         }
         // Only the volumes are this thread's to change; keys and tokens stay as published.
-        let volumes = VolumeSet::from_shared(next);
-        self.node.update(|current| NodeState {
-            volumes: volumes.clone(),
-            ..current.clone()
-        });
+        self.publisher.publish_volumes(VolumeSet::from_shared(next));
     }
 }

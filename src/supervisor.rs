@@ -15,9 +15,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1};
-use tokio::sync::watch;
 
+use crate::api::context::Services;
+use crate::api::limiter::RequestLimiter;
 use crate::bufpool::BufferBudget;
+use crate::chores::{ChoreContext, ChoreSettings, Chores};
 use crate::config::{Cli, Config};
 use crate::lifecycle::handover::{self, ControlSocket};
 use crate::lifecycle::listeners::{self, Source};
@@ -147,44 +149,91 @@ pub fn run(cli: Cli, config: Config) -> Result<u8, StartError> {
         .clone()
         .or_else(|| Some(handover::default_path(config.listen)));
     let mut sockets = obtain_sockets(&config, &if wants_handover { requested_path.clone() } else { None })?;
-    let total_bytes = config.max_buffers * BUFFER_UNIT_BYTES;
-    let budget = match sockets.budget_memory.take() {
-        Some(memory) => BufferBudget::attach(memory, total_bytes),
-        None => BufferBudget::new(total_bytes),
-    }
-    .map_err(|error| StartError::config(format!("cannot set up the buffer budget: {error}")))?;
+    let budget = budget_of(&config, sockets.budget_memory.take())?;
     let (watcher_handle, watcher_inbox) =
         watcher::channel().map_err(|error| StartError::config(format!("cannot set up the volume watcher: {error}")))?;
-    let node = Arc::new(
-        Node::new(
-            node_state(&config, volumes),
-            budget.clone(),
-            Some(watcher_handle.clone()),
-        )
-        .with_chore_settings(crate::chores::ChoreSettings::from_config(&config))
-        .with_verified_cache(config.verified_cache_entries)
-        .with_request_limits(config.max_concurrent_requests, config.max_queued_requests),
-    );
-    crate::chores::start(&node)
-        .map_err(|error| StartError::config(format!("cannot start the chore threads: {error}")))?;
-    watcher::spawn(node.clone(), config.volume_sources.clone(), watcher_inbox)
-        .map_err(|error| StartError::config(format!("cannot start the volume watcher: {error}")))?;
+    let services = Arc::new(services_of(&config, volumes, budget, watcher_handle.clone()));
+    start_background(&services, &config, watcher_inbox)?;
     // Signals are handled from here on (a TERM during start-up then drains instead of killing).
     let signals =
         signal_events().map_err(|error| StartError::config(format!("cannot install signal handlers: {error}")))?;
-
     let offer =
         offer_of(&sockets).map_err(|error| StartError::config(format!("cannot duplicate listeners: {error}")))?;
-    let (drain_sender, drain_receiver) = watch::channel(false);
+    let address = sockets.address;
+    let source = sockets.source;
+    let workers = start_workers(&services, &config, std::mem::take(&mut sockets.per_worker))?;
+    let control_path = config
+        .control_socket
+        .clone()
+        .unwrap_or_else(|| handover::default_path(address));
+    let control = start_control_socket(&control_path, offer, &services.budget)?;
+    tracing::info!(
+        workers = config.workers,
+        source = ?source,
+        control_socket = %control_path.display(),
+        "listening on {address}"
+    );
+    announce_ready(config.term_pid);
+    let reload = Reload {
+        cli,
+        running: config,
+        watcher: watcher_handle,
+    };
+    let code = serve_until_drained(signals, workers, control, &services, reload);
+    tracing::info!(code, "exiting");
+    Ok(code)
+}
+
+fn budget_of(config: &Config, shared: Option<OwnedFd>) -> Result<Arc<BufferBudget>, StartError> {
+    let total_bytes = config.max_buffers * BUFFER_UNIT_BYTES;
+    match shared {
+        Some(memory) => BufferBudget::attach(memory, total_bytes),
+        None => BufferBudget::new(total_bytes),
+    }
+    .map_err(|error| StartError::config(format!("cannot set up the buffer budget: {error}")))
+}
+
+/// What every core shares, from the configuration.
+fn services_of(config: &Config, volumes: VolumeSet, budget: Arc<BufferBudget>, watcher: WatcherHandle) -> Services {
+    let node = Arc::new(Node::new(node_state(config, volumes)));
+    Services {
+        chores: Arc::new(Chores::new(ChoreSettings::from_config(config))),
+        watcher: Some(watcher),
+        limiter: RequestLimiter::new(config.max_concurrent_requests, config.max_queued_requests),
+        verified_cache_entries: config.verified_cache_entries,
+        ..Services::new(node, budget)
+    }
+}
+
+/// The chore threads and the volume watcher, each given what it needs and no more.
+fn start_background(services: &Arc<Services>, config: &Config, inbox: watcher::WatcherInbox) -> Result<(), StartError> {
+    let context = Arc::new(ChoreContext {
+        state: services.node.clone(),
+        chores: services.chores.clone(),
+        registry: services.registry.clone(),
+        budget: services.budget.clone(),
+    });
+    crate::chores::start(&context)
+        .map_err(|error| StartError::config(format!("cannot start the chore threads: {error}")))?;
+    watcher::spawn(services.node.clone(), config.volume_sources.clone(), inbox)
+        .map_err(|error| StartError::config(format!("cannot start the volume watcher: {error}")))?;
+    Ok(())
+}
+
+/// One thread per worker, each with its listeners; returns once every one accepts.
+fn start_workers(
+    services: &Arc<Services>,
+    config: &Config,
+    per_worker: Vec<Vec<std::net::TcpListener>>,
+) -> Result<Vec<std::thread::JoinHandle<WorkerExit>>, StartError> {
     let (ready_sender, ready_receiver) = crossbeam_channel::bounded(config.workers);
     let mut workers = Vec::new();
-    for (id, listeners) in sockets.per_worker.into_iter().enumerate() {
+    for (id, listeners) in per_worker.into_iter().enumerate() {
         let start = WorkerStart {
             id,
-            node: node.clone(),
+            services: services.clone(),
             listeners,
             ready: ready_sender.clone(),
-            drain: drain_receiver.clone(),
             drain_timeout: Duration::from_secs(config.drain_timeout_secs),
         };
         let handle = std::thread::Builder::new()
@@ -193,37 +242,37 @@ pub fn run(cli: Cli, config: Config) -> Result<u8, StartError> {
             .map_err(|error| StartError::config(format!("cannot start worker {id}: {error}")))?;
         workers.push(handle);
     }
-    for _ in 0..config.workers {
+    for _ in 0..workers.len() {
         ready_receiver
             .recv_timeout(Duration::from_millis(WORKERS_READY_TIMEOUT_MS))
             .map_err(|_| StartError::config("a worker did not start (io_uring unavailable?)".into()))?;
     }
-    let control_path = config
-        .control_socket
-        .clone()
-        .unwrap_or_else(|| handover::default_path(sockets.address));
+    Ok(workers)
+}
+
+fn start_control_socket(
+    path: &std::path::Path,
+    offer: Vec<(String, OwnedFd)>,
+    budget: &BufferBudget,
+) -> Result<Option<ControlSocket>, StartError> {
     let memory = budget
         .memory()
         .map_err(|error| StartError::config(format!("cannot share the budget: {error}")))?;
-    let control = match ControlSocket::start(&control_path, offer, memory) {
-        Ok(control) => Some(control),
+    match ControlSocket::start(path, offer, memory) {
+        Ok(control) => Ok(Some(control)),
         Err(error) => {
-            tracing::warn!(path = %control_path.display(), error = %error, "no control socket: restarts will not hand over");
-            None
+            tracing::warn!(path = %path.display(), error = %error, "no control socket: restarts will not hand over");
+            Ok(None)
         }
-    };
+    }
+}
 
-    tracing::info!(
-        workers = config.workers,
-        source = ?sockets.source,
-        control_socket = %control_path.display(),
-        "listening on {}",
-        sockets.address
-    );
+/// Ready: log it, tell systemd (MAINPID lets it follow a replacement started by
+/// ExecReload), and TERM the process this one replaces.
+fn announce_ready(term_pid: Option<u32>) {
     log_phase(Phase::Ready);
-    // MAINPID lets systemd follow the replacement when it was started by ExecReload.
     sd_notify(&format!("READY=1\nMAINPID={}", std::process::id()));
-    if let Some(pid) = config.term_pid {
+    if let Some(pid) = term_pid {
         // SAFETY: kill has no memory-safety preconditions.
         if unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) } == 0 {
             tracing::info!(pid, "sent SIGTERM to the process being replaced");
@@ -231,14 +280,6 @@ pub fn run(cli: Cli, config: Config) -> Result<u8, StartError> {
             tracing::warn!(pid, error = %std::io::Error::last_os_error(), "could not signal --term-pid");
         }
     }
-    let reload = Reload {
-        cli,
-        running: config,
-        watcher: watcher_handle,
-    };
-    let code = serve_until_drained(signals, drain_sender, workers, control, &node, reload);
-    tracing::info!(code, "exiting");
-    Ok(code)
 }
 
 /// Duplicates of every listening socket, labelled with its address, for the hand-over.
@@ -278,10 +319,9 @@ fn signal_events() -> std::io::Result<crossbeam_channel::Receiver<i32>> {
 
 fn serve_until_drained(
     signals: crossbeam_channel::Receiver<i32>,
-    drain: watch::Sender<bool>,
     workers: Vec<std::thread::JoinHandle<WorkerExit>>,
     mut control: Option<ControlSocket>,
-    node: &Node,
+    services: &Services,
     mut reload: Reload,
 ) -> u8 {
     let (done_sender, done_receiver) = crossbeam_channel::bounded(1);
@@ -310,23 +350,22 @@ fn serve_until_drained(
                 tracing::warn!("SIGQUIT: exiting at once");
                 return EXIT_QUIT;
             }
-            Event::Signal(signal @ (SIGTERM | SIGINT)) if !node.is_draining() => {
+            Event::Signal(signal @ (SIGTERM | SIGINT)) if !services.drain.is_draining() => {
                 tracing::info!(signal, "draining");
                 log_phase(Phase::Draining);
                 // No STOPPING=1: under the unit's NotifyAccess=all systemd would take it from
                 // a process its successor replaced as a stop of the whole service (and kill
                 // the successor at TimeoutStopSec). A stop systemd asked for needs no notice.
-                node.start_draining();
-                node.budget.release_spare();
+                services.budget.release_spare();
                 // Our copies of the listeners close now: a successor holds its own, and a
                 // plain stop must not leave connections queued where nobody accepts.
                 if let Some(control) = control.take() {
                     control.stop();
                 }
-                let _ = drain.send(true);
+                services.drain.begin();
             }
             Event::Signal(SIGUSR1) => reload.watcher.nudge(WatchEvent::Rescan("SIGUSR1")),
-            Event::Signal(SIGHUP) => reload.apply(node),
+            Event::Signal(SIGHUP) => reload.apply(&services.node),
             Event::Signal(signal) => tracing::info!(signal, "signal ignored"),
             Event::WorkersDone(exits) => {
                 let cut: usize = exits.iter().map(|exit| exit.cut_connections).sum();

@@ -1,0 +1,139 @@
+//! What a handler may use, and nothing of the connection or the worker around it.
+//!
+//! `Services` is what every core shares, built once by the supervisor: the published
+//! node state, the buffer budget, the chore queues, the metrics registry, the volume
+//! watcher's nudge, the request limiter and the drain signal. `Core` is one worker's own
+//! handler context: its copy of the published state, its buffer pool, its verified-copy
+//! cache, its metric recorder and its random numbers. Handlers take a `&Core`, the
+//! request head and the `http::session::Session`, and return a `Reply`.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use crate::api::limiter::RequestLimiter;
+use crate::bufpool::{BufferBudget, BufferPool};
+use crate::chores::{ChoreSettings, Chores};
+use crate::digest::VerifiedCache;
+use crate::lifecycle::drain::Drain;
+use crate::metrics::{Recorder, Registry};
+use crate::node::{Node, NodeState};
+use crate::volumes::watcher::{WatchEvent, WatcherHandle};
+
+/// Shared by every core (and the supervisor), built once before the workers start.
+pub struct Services {
+    pub node: Arc<Node>,
+    pub budget: Arc<BufferBudget>,
+    /// Trash and pull queues and their settings (the chore threads take from them).
+    pub chores: Arc<Chores>,
+    /// Every worker's and chore's metric counters, summed at scrape.
+    pub registry: Arc<Registry>,
+    /// Asks the volume watcher to look again (a volume just failed).
+    pub watcher: Option<WatcherHandle>,
+    /// `API.MaxConcurrentRequests` / `MaxQueuedRequests`.
+    pub limiter: RequestLimiter,
+    pub drain: Arc<Drain>,
+    /// Size of each worker's verified-copy cache; 0 hashes every read (the default).
+    pub verified_cache_entries: usize,
+}
+
+impl Services {
+    /// Services around `node` with defaults: an unlimited limiter, no watcher, default
+    /// chore settings, no verified-copy cache (tests and benchmarks).
+    pub fn new(node: Arc<Node>, budget: Arc<BufferBudget>) -> Services {
+        Services {
+            node,
+            budget,
+            chores: Arc::new(Chores::default()),
+            registry: Arc::new(Registry::default()),
+            watcher: None,
+            limiter: RequestLimiter::unlimited(),
+            drain: Arc::new(Drain::default()),
+            verified_cache_entries: 0,
+        }
+    }
+}
+
+/// One worker's handler context. `!Send`: it never leaves its core.
+pub struct Core {
+    pub id: usize,
+    pub services: Arc<Services>,
+    pub pool: BufferPool,
+    rng_state: Cell<u64>,
+    /// This worker's copy of the published state and the generation it was taken at. The
+    /// Rc around the Arc is deliberate: requests clone the Rc (a plain increment) instead
+    /// of the Arc, whose shared refcount would bounce between cores.
+    #[allow(clippy::redundant_allocation)]
+    state_cache: RefCell<(u64, Rc<Arc<NodeState>>)>,
+    /// Stored copies this worker verified (`--verified-cache-entries`; empty when off).
+    pub verified: RefCell<VerifiedCache>,
+    /// This worker's metric counters (written only here, summed at scrape).
+    pub metrics: Recorder,
+}
+
+impl Core {
+    pub fn new(id: usize, services: Arc<Services>, seed: u64) -> Core {
+        Core {
+            id,
+            pool: BufferPool::new(services.budget.clone()),
+            rng_state: Cell::new(seed | 1),
+            state_cache: RefCell::new((services.node.generation(), Rc::new(services.node.state()))),
+            verified: RefCell::new(VerifiedCache::new(services.verified_cache_entries)),
+            metrics: services.registry.register(),
+            services,
+        }
+    }
+
+    /// The node state this request is served by: the worker's own copy, refreshed only
+    /// when the published generation moved (one atomic load; no lock, no shared refcount).
+    #[allow(clippy::redundant_allocation)]
+    pub fn state(&self) -> Rc<Arc<NodeState>> {
+        let generation = self.services.node.generation();
+        let mut cache = self.state_cache.borrow_mut();
+        if cache.0 != generation {
+            *cache = (generation, Rc::new(self.services.node.state()));
+        }
+        cache.1.clone()
+    }
+
+    /// xorshift64*: request ids and temp-file names need uniqueness, not secrecy.
+    pub fn next_random(&self) -> u64 {
+        let mut state = self.rng_state.get();
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        self.rng_state.set(state);
+        state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// An empty buffer for a body of up to `capacity` bytes: the budget's spare one if it
+    /// fits (its pages are already mapped), else a new one.
+    pub fn body_buffer(&self, capacity: usize) -> Vec<u8> {
+        self.services
+            .budget
+            .take_spare(capacity)
+            .unwrap_or_else(|| Vec::with_capacity(capacity))
+    }
+
+    /// Offer a finished PUT's buffer to the budget as its spare.
+    pub fn keep_body_buffer(&self, buffer: Vec<u8>) {
+        // A draining process leaves the shared budget to its successor.
+        if !self.services.drain.is_draining() {
+            self.services.budget.keep_spare(buffer);
+        }
+    }
+
+    /// The trash settings in force now: the signing TTL (no block younger than it is ever
+    /// trashed) follows the current key, which SIGHUP may have changed.
+    pub fn chore_settings(&self) -> ChoreSettings {
+        let key_ttl = self.state().signing_key.as_ref().map(|key| key.ttl_secs());
+        self.services.chores.settings.with_signing_ttl(key_ttl)
+    }
+
+    /// Ask the volume watcher to look again (a volume just failed); never blocks.
+    pub fn nudge_watcher(&self, reason: &'static str) {
+        if let Some(watcher) = &self.services.watcher {
+            watcher.nudge(WatchEvent::Rescan(reason));
+        }
+    }
+}
