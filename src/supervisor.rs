@@ -26,7 +26,7 @@ use crate::lifecycle::listeners::{self, Source};
 use crate::lifecycle::Phase;
 use crate::limits::BUFFER_UNIT_BYTES;
 use crate::node::{Node, NodeState};
-use crate::server::worker::{self, WorkerExit, WorkerStart};
+use crate::server::runtime::{self, WorkerExit, WorkerStart};
 use crate::signature::SigningKey;
 use crate::volumes::watcher::{self, WatchEvent, WatcherHandle};
 use crate::volumes::VolumeSet;
@@ -238,7 +238,7 @@ fn start_workers(
         };
         let handle = std::thread::Builder::new()
             .name(format!("keepring-worker-{id}"))
-            .spawn(move || worker::run(start))
+            .spawn(move || runtime::run(start))
             .map_err(|error| StartError::config(format!("cannot start worker {id}: {error}")))?;
         workers.push(handle);
     }

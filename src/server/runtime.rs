@@ -1,0 +1,176 @@
+//! One worker per core: an OS thread running its own tokio-uring runtime (ring built with
+//! COOP_TASKRUN + SINGLE_ISSUER; DEFER_TASKRUN hangs tokio-uring) and accepting on its own
+//! SO_REUSEPORT listener(s), each connection served by `connection::serve`. Only the
+//! `Services` (immutable but for atomics and the chore queues) and the drain signal cross
+//! cores.
+//!
+//! Accepting uses readiness (tokio's epoll-driven listener), not an io_uring accept: an
+//! io_uring accept cannot be cancelled by dropping it, so at drain time it would still take
+//! one more connection off the shared queue and strand it. Accepted sockets are then
+//! served through io_uring.
+
+use std::cell::{Cell, RefCell};
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::api::context::Services;
+use crate::limits::{ACTIVITY_COUNT_MS, CONNECTIONS_PER_WORKER_MAX};
+use crate::server::connection;
+use crate::server::worker::{redact_signatures, LiveConnection, Worker};
+
+/// Submission queue entries per ring: enough for every connection of a busy worker to have
+/// an operation queued between two submissions.
+const RING_ENTRIES: u32 = 1024;
+
+/// How a worker ended: connections its drain had to cut at the deadline.
+#[derive(Debug, Default)]
+pub struct WorkerExit {
+    pub cut_connections: usize,
+    /// The worker thread panicked (its connections ended with it).
+    pub panicked: bool,
+}
+
+/// Everything a worker thread is started with.
+pub struct WorkerStart {
+    pub id: usize,
+    pub services: Arc<Services>,
+    pub listeners: Vec<std::net::TcpListener>,
+    pub ready: crossbeam_channel::Sender<usize>,
+    pub drain_timeout: Duration,
+}
+
+/// Build this thread's ring, serve until a drain completes (or times out).
+pub fn run(start: WorkerStart) -> WorkerExit {
+    let mut ring = tokio_uring::uring_builder();
+    ring.setup_coop_taskrun().setup_single_issuer();
+    let seed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_nanos() as u64)
+        .unwrap_or(7)
+        ^ ((start.id as u64 + 1) << 48);
+    tokio_uring::builder()
+        .entries(RING_ENTRIES)
+        .uring_builder(&ring)
+        .start(async move {
+            let services = start.services;
+            let worker = Rc::new(Worker::new(start.id, services.clone(), seed));
+            let mut accept_tasks = Vec::new();
+            for listener in start.listeners {
+                match tokio::net::TcpListener::from_std(listener) {
+                    Ok(listener) => accept_tasks.push(tokio_uring::spawn(accept_loop(listener, worker.clone()))),
+                    Err(error) => tracing::error!(worker = worker.id(), error = %error, "cannot watch listener"),
+                }
+            }
+            let activity = tokio_uring::spawn(count_activity(worker.clone()));
+            let _ = start.ready.send(start.id);
+            services.drain.begun().await;
+            worker.gate.open();
+            // The accept loops end at once and drop this worker's copies of the listeners.
+            for task in accept_tasks {
+                task.abort();
+            }
+            activity.abort();
+            finish_drain(&worker, start.drain_timeout).await
+        })
+}
+
+/// Every `ACTIVITY_COUNT_MS`, count this worker's requests in progress and the oldest one
+/// for `/metrics` (`arvados_concurrent_requests`, `arvados_max_active_request_age_seconds`),
+/// as keepstore refreshes those gauges every second: the request path itself pays nothing.
+async fn count_activity(worker: Rc<Worker>) {
+    let mut ticks = tokio::time::interval(Duration::from_millis(ACTIVITY_COUNT_MS));
+    loop {
+        ticks.tick().await;
+        let live = worker.live.borrow();
+        let started = live.values().filter_map(|connection| connection.admitted.get());
+        let (count, oldest) = started.fold((0u64, None), |(count, oldest): (u64, Option<Instant>), at| {
+            (count + 1, Some(oldest.map_or(at, |oldest| oldest.min(at))))
+        });
+        let oldest_micros = oldest.map_or(0, |oldest| {
+            let now = crate::metrics::unix_micros(SystemTime::now());
+            now.saturating_sub(oldest.elapsed().as_micros() as u64).max(1)
+        });
+        worker.core.metrics.set_activity(count, oldest_micros);
+    }
+}
+
+/// Wait for every connection to end; at the deadline cut the rest and say which.
+async fn finish_drain(worker: &Worker, timeout: Duration) -> WorkerExit {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !worker.live.borrow().is_empty() {
+        if tokio::time::timeout_at(deadline, worker.connection_closed.notified())
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let live: Vec<Rc<LiveConnection>> = worker.live.borrow().values().cloned().collect();
+    for connection in &live {
+        let request = connection.request.borrow();
+        let state = if request.is_empty() { "idle" } else { request.as_str() };
+        tracing::warn!(worker = worker.id(), request = %redact_signatures(state), "drain timeout: cutting connection");
+        // SAFETY: the fd stays open until its task drops the stream; shutdown only ends I/O.
+        unsafe { libc::shutdown(connection.fd, libc::SHUT_RDWR) };
+    }
+    WorkerExit {
+        cut_connections: live.len(),
+        panicked: false,
+    }
+}
+
+/// A connection's entry in its worker's live set, removed when the task ends (or unwinds).
+struct Registered<'a> {
+    worker: &'a Worker,
+    id: u64,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.worker.live.borrow_mut().remove(&self.id);
+        self.worker.connection_closed.notify_waiters();
+    }
+}
+
+async fn accept_loop(listener: tokio::net::TcpListener, worker: Rc<Worker>) {
+    loop {
+        while worker.live.borrow().len() >= CONNECTIONS_PER_WORKER_MAX {
+            worker.connection_closed.notified().await;
+        }
+        let (stream, peer) = match listener
+            .accept()
+            .await
+            .and_then(|(stream, peer)| Ok((stream.into_std()?, peer)))
+        {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::warn!(worker = worker.id(), error = %error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        // Non-blocking, as tokio's `into_std` documents, and relied upon: a GET's sendfile
+        // must stop at a full socket instead of blocking the core
+        // (`Connection::write_file_chunk`).
+        let id = worker.next_connection_id.get();
+        worker.next_connection_id.set(id + 1);
+        let live = Rc::new(LiveConnection {
+            fd: stream.as_raw_fd(),
+            request: RefCell::new(String::new()),
+            admitted: Cell::new(None),
+            peer,
+        });
+        worker.live.borrow_mut().insert(id, live.clone());
+        let worker = worker.clone();
+        tokio_uring::spawn(async move {
+            // Deregisters even if serving panics, so a drain never waits for a dead task.
+            let _registered = Registered { worker: &worker, id };
+            let stream = tokio_uring::net::TcpStream::from_std(stream);
+            connection::serve(stream, &worker, &live).await;
+        });
+    }
+}
