@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::os::unix::fs::MetadataExt;
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -19,8 +19,7 @@ use crate::http::request::Head;
 use crate::http::response::BodyFraming;
 use crate::http::session::Session;
 use crate::limits::{INDEX_CHANNEL_CHUNKS_MAX, INDEX_CHUNK_BYTES};
-use crate::locator::is_hash;
-use crate::volume::{layout, Volume};
+use crate::volume::{index, Volume};
 
 #[derive(Serialize)]
 struct MountJson<'a> {
@@ -158,37 +157,16 @@ fn walk_volume(
     text: &mut Vec<u8>,
     sender: &mpsc::Sender<IndexPiece>,
 ) -> std::io::Result<()> {
-    for dir in std::fs::read_dir(root)? {
-        let dir = dir?;
-        let name = dir.file_name();
-        let Some(name) = name.to_str() else { continue };
-        let related = name.starts_with(prefix) || prefix.starts_with(name);
-        if !layout::is_index_dir_name(name) || !related || !dir.file_type()?.is_dir() {
-            continue;
+    let complete = index::list_blocks(root, prefix, |block| {
+        let _ = writeln!(text, "{}+{} {}", block.hash, block.size, block.mtime_ns);
+        let full = text.len() >= INDEX_CHUNK_BYTES;
+        match full && sender.blocking_send(Ok(std::mem::take(text))).is_err() {
+            true => ControlFlow::Break(()),
+            false => ControlFlow::Continue(()),
         }
-        let mut entries: Vec<_> = std::fs::read_dir(dir.path())?.collect::<Result<_, _>>()?;
-        entries.sort_by_key(|entry| entry.file_name());
-        for entry in entries {
-            let file_name = entry.file_name();
-            let Some(hash) = file_name.to_str() else { continue };
-            if !is_hash(hash) || !hash.starts_with(prefix) {
-                continue;
-            }
-            let metadata = match entry.metadata() {
-                Ok(metadata) => metadata,
-                // Trashed or rewritten between listing and stat: not an error.
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(error) => return Err(error),
-            };
-            if !metadata.is_file() {
-                continue;
-            }
-            let mtime_ns = metadata.mtime() as i128 * 1_000_000_000 + metadata.mtime_nsec() as i128;
-            let _ = writeln!(text, "{hash}+{} {mtime_ns}", metadata.len());
-            if text.len() >= INDEX_CHUNK_BYTES && sender.blocking_send(Ok(std::mem::take(text))).is_err() {
-                return Err(std::io::Error::other("client went away"));
-            }
-        }
+    })?;
+    match complete {
+        true => Ok(()),
+        false => Err(std::io::Error::other("client went away")),
     }
-    Ok(())
 }

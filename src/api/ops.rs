@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use crate::api::context::Core;
 use crate::api::{auth, body};
 use crate::chores::pull::{self, PullItem};
-use crate::chores::trash::{self, TrashItem, TrashOutcome};
+use crate::chores::trash::{self, TrashItem};
 use crate::error::RequestError;
 use crate::http::reply::{Reply, Response};
 use crate::http::request::Head;
@@ -21,6 +21,7 @@ use crate::limits::{BUFFER_UNIT_BYTES, LIST_BODY_BYTES_MAX, LIST_ITEMS_MAX};
 use crate::locator::Locator;
 use crate::metrics::{self, Gauges, VolumeErrorKind, VolumeOp};
 use crate::volume::io::free_bytes;
+use crate::volume::trash::{trash_block, untrash_block, TrashOutcome};
 
 /// DELETE: trash the block on every trash-allowed volume where it is older than the blob
 /// signing TTL. 200 when some such volume has it (trashed or too young), else 404.
@@ -36,7 +37,7 @@ pub fn delete(core: &Core, head: &Head, locator_text: &str) -> Result<Reply, Req
     let mut found = false;
     let mut failure = None;
     for volume in state.volumes.all().iter().filter(|volume| volume.allow_trash) {
-        let result = trash::trash_block(&volume.root, locator.hash, now, &settings, None);
+        let result = trash_block(&volume.root, locator.hash, now, &settings.trash_rules(), None);
         trash::record(&core.metrics, volume, &result);
         match result {
             Ok(TrashOutcome::Missing) => {}
@@ -69,7 +70,7 @@ pub fn untrash(core: &Core, head: &Head, locator_text: &str) -> Result<Reply, Re
     let mut failure = None;
     for volume in state.volumes.all().iter().filter(|volume| volume.allow_write) {
         let counters = core.metrics.volume(volume);
-        match trash::untrash_block(&volume.root, locator.hash) {
+        match untrash_block(&volume.root, locator.hash) {
             Ok(true) => {
                 counters.operation(VolumeOp::Untrash);
                 restored = true;

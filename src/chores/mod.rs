@@ -22,6 +22,7 @@ use crate::limits::{
 };
 use crate::metrics::Registry;
 use crate::signature::SigningKey;
+use crate::volume::trash::TrashRules;
 use crate::volumes::VolumeSet;
 
 /// keepstore's `Collections.{BlobSigningTTL, BlobTrash, BlobTrashLifetime,
@@ -69,6 +70,14 @@ impl ChoreSettings {
             trash_workers: config.trash_concurrency,
             delete_workers: config.delete_concurrency,
             pull_workers: config.replicate_concurrency.max(1),
+        }
+    }
+
+    /// What `volume::trash` needs of them.
+    pub fn trash_rules(&self) -> TrashRules {
+        TrashRules {
+            signing_ttl_secs: self.blob_signing_ttl_secs,
+            lifetime_secs: self.trash_lifetime_secs,
         }
     }
 

@@ -11,7 +11,6 @@
 
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -20,13 +19,11 @@ use serde::Deserialize;
 
 use crate::chores::ChoreContext;
 use crate::digest::BlockDigest;
-use crate::limits::{
-    BLOCK_BYTES_MAX, PULL_CONNECT_TIMEOUT_MS, PULL_IO_STALL_TIMEOUT_MS, PULL_RESPONSE_HEAD_BYTES_MAX,
-    VOLUME_FREE_BYTES_MIN,
-};
+use crate::limits::{BLOCK_BYTES_MAX, PULL_CONNECT_TIMEOUT_MS, PULL_IO_STALL_TIMEOUT_MS, PULL_RESPONSE_HEAD_BYTES_MAX};
 use crate::locator::Locator;
 use crate::metrics::{Recorder, VolumeErrorKind, VolumeOp};
-use crate::volume::{io::free_bytes, layout, Volume};
+use crate::volume::io::{write_block_blocking, WriteError};
+use crate::volume::Volume;
 
 /// The token keepstore signs pull requests for (pull_worker.go); peers of the same
 /// cluster share the signing key, so they accept the signature whatever the token.
@@ -112,19 +109,22 @@ fn pull_one(context: &ChoreContext, recorder: &Recorder, item: &PullItem, random
         match fetch_block(server, &signed, locator.hash, size) {
             Ok(data) => {
                 let counters = recorder.volume(&target);
-                return match write_block(&target.root, locator.hash, &data, random) {
+                // The request path's commit protocol and failure rules (volume::io).
+                return match write_block_blocking(&target.root, locator.hash, &data, random) {
                     Ok(()) => {
+                        target.mark_healthy();
                         counters.operation(VolumeOp::Write);
                         counters.wrote(data.len() as u64);
                         Ok(target.uuid.clone())
                     }
-                    Err(error) => {
-                        let full = error.raw_os_error() == Some(libc::ENOSPC);
-                        counters.error(if full {
-                            VolumeErrorKind::Full
-                        } else {
-                            VolumeErrorKind::Io
-                        });
+                    Err(WriteError::Full) => {
+                        counters.error(VolumeErrorKind::Full);
+                        Err(format!("writing to {}: volume full", target.uuid))
+                    }
+                    Err(WriteError::Failed(error)) => {
+                        // Out of the write rotation for a while, as a request's write failure.
+                        target.mark_failed();
+                        counters.error(VolumeErrorKind::Io);
                         Err(format!("writing to {}: {error}", target.uuid))
                     }
                 };
@@ -268,40 +268,6 @@ fn read_response_head(stream: &mut TcpStream) -> io::Result<(u16, Option<u64>, V
     }
 }
 
-/// Store a verified block as the request path does, with blocking calls: temp file in the
-/// block's directory, written, fdatasync'd, renamed onto the block name, directory fsync'd.
-pub fn write_block(root: &Path, hash: &str, data: &[u8], random: u64) -> io::Result<()> {
-    if free_bytes(root)? < VOLUME_FREE_BYTES_MIN {
-        return Err(io::Error::from_raw_os_error(libc::ENOSPC));
-    }
-    let dir = layout::block_dir(root, hash);
-    match std::fs::create_dir(&dir) {
-        Ok(()) => {}
-        Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(error) => return Err(error),
-    }
-    let temp = layout::temp_path(root, hash, random);
-    let result = write_then_rename(&temp, &layout::block_path(root, hash), &dir, data);
-    if result.is_err() {
-        let _ = std::fs::remove_file(&temp);
-    }
-    result
-}
-
-fn write_then_rename(temp: &Path, target: &Path, dir: &Path, data: &[u8]) -> io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(temp)?;
-    file.write_all(data)?;
-    file.sync_data()?;
-    drop(file);
-    std::fs::rename(temp, target)?;
-    std::fs::File::open(dir)?.sync_all()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -363,18 +329,5 @@ mod tests {
         let (url, server) = serve_once(b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n");
         assert!(http_get(&url, "/x", "t", 10).is_err());
         server.join().unwrap();
-    }
-
-    #[test]
-    fn write_block_is_atomic_and_leaves_no_temp() {
-        let dir = tempfile::tempdir().unwrap();
-        let hash = "6f09f2b353b6d63069f770b90e2b112c";
-        write_block(dir.path(), hash, b"hello keep\n", 7).unwrap();
-        assert_eq!(
-            std::fs::read(layout::block_path(dir.path(), hash)).unwrap(),
-            b"hello keep\n"
-        );
-        let entries = std::fs::read_dir(layout::block_dir(dir.path(), hash)).unwrap().count();
-        assert_eq!(entries, 1);
     }
 }

@@ -226,6 +226,38 @@ pub async fn write_block(root: &Path, hash: &str, data: Vec<u8>, random: u64) ->
     (result, data)
 }
 
+/// The same commit protocol as `write_block`, with blocking calls, for threads off the
+/// cores (the pull worker): free-space check, temp file in the block's directory,
+/// written, fdatasync'd, renamed onto the block name, directory fsync'd; on any failure
+/// the temp file is removed and the error classified as a request's is (`WriteError`).
+pub fn write_block_blocking(root: &Path, hash: &str, data: &[u8], random: u64) -> Result<(), WriteError> {
+    check_free_space(root)?;
+    let dir = layout::block_dir(root, hash);
+    match std::fs::create_dir(&dir) {
+        Ok(()) => {}
+        Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(error) => return Err(error.into()),
+    }
+    let temp = layout::temp_path(root, hash, random);
+    let written = (|| {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temp)?;
+        file.write_all(data)?;
+        file.sync_data()?;
+        drop(file);
+        std::fs::rename(&temp, layout::block_path(root, hash))?;
+        std::fs::File::open(&dir)?.sync_all()
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    written.map_err(WriteError::from)
+}
+
 /// One block being written: a temp file in the block's directory that becomes the block
 /// only on `commit` (fdatasync, rename, directory fsync). Bytes may be appended while the
 /// body still arrives; writeback of each `WRITEBACK_STEP_BYTES` starts as soon as it is

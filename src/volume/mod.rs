@@ -1,9 +1,16 @@
 //! One directory volume in keepstore's on-disk layout (`ROOT/xxx/<hash>`, keep-protocol.md
-//! §6): its identity and flags (`Volume`), the pure path rules (`layout`) and the
-//! io_uring file operations (`io`).
+//! §6), and everything done on disk goes through here: its identity, flags and failure
+//! marking (`Volume`), the pure path rules (`layout`), reads and the one commit protocol
+//! for writes, on the cores through io_uring and off them for the pull worker (`io`),
+//! trash, untrash and the sweeps (`trash`), the index walk (`index`). `contract` is the
+//! test suite every volume kind must pass.
 
+#[cfg(test)]
+mod contract;
+pub mod index;
 pub mod io;
 pub mod layout;
+pub mod trash;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,0 +1,330 @@
+//! The volume contract, as one test suite every volume kind must pass (keepstore's
+//! `volume_generic_test.go` is the model): what is written reads back whole and compares
+//! equal; the pull worker's blocking writer keeps the same commit protocol; nothing
+//! partial or temporary is ever listed; touch, trash, untrash and the emptier follow the
+//! signing-TTL rule; the index lists blocks with size and mtime under a prefix; free space
+//! is reported; a failed volume leaves the write rotation and comes back.
+//!
+//! Each check takes a fresh volume from a `Kind`; `directory()` is the only kind today.
+//! The next kind (S3) is proven by adding its `Kind` to `KINDS`.
+
+use std::ops::ControlFlow;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tempfile::TempDir;
+
+use crate::volume::index::list_blocks;
+use crate::volume::io::{self, WriteError};
+use crate::volume::trash::{self, TrashOutcome, TrashRules};
+use crate::volume::{layout, Volume, VolumeOptions};
+
+/// A volume kind: makes a fresh, empty, writable volume (and what keeps it alive).
+struct Kind {
+    name: &'static str,
+    fresh: fn() -> (TempDir, Volume),
+}
+
+fn directory() -> (TempDir, Volume) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let volume = Volume::open(dir.path(), &VolumeOptions::default()).expect("open directory volume");
+    (dir, volume)
+}
+
+const KINDS: [Kind; 1] = [Kind {
+    name: "Directory",
+    fresh: directory,
+}];
+
+const DAY_SECS: u64 = 24 * 3600;
+
+fn md5_hex(data: &[u8]) -> String {
+    use md5::{Digest, Md5};
+    crate::signature::hex(&Md5::digest(data))
+}
+
+/// Every check, against every kind.
+fn for_every_kind(check: impl Fn(&Volume)) {
+    for kind in &KINDS {
+        let (_keep, volume) = (kind.fresh)();
+        eprintln!("volume contract on a {} volume", kind.name);
+        check(&volume);
+    }
+}
+
+/// Write through the request path (io_uring).
+fn put(volume: &Volume, data: &[u8]) -> String {
+    let hash = md5_hex(data);
+    let root = volume.root.clone();
+    let owned = data.to_vec();
+    let hash_for_write = hash.clone();
+    tokio_uring::start(async move {
+        let (result, _) = io::write_block(&root, &hash_for_write, owned, 42).await;
+        result.map_err(|error| format!("{error:?}"))
+    })
+    .expect("write");
+    hash
+}
+
+/// Read back through the request path; None when the volume does not have it.
+fn get(volume: &Volume, hash: &str) -> Option<Vec<u8>> {
+    let root = volume.root.clone();
+    let hash = hash.to_string();
+    tokio_uring::start(async move {
+        let (file, size) = io::open_block(&root, &hash).await.expect("open")?;
+        let buffer = Vec::with_capacity(size as usize);
+        let (result, buffer) = io::read_exact_into(&file, buffer, 0, size as usize, 0).await;
+        result.expect("read");
+        Some(buffer)
+    })
+}
+
+/// Compare a stored copy with `data` through the request path.
+fn compares_equal(volume: &Volume, hash: &str, data: &[u8]) -> bool {
+    let root = volume.root.clone();
+    let (hash, data) = (hash.to_string(), data.to_vec());
+    tokio_uring::start(async move {
+        let (file, size) = io::open_block(&root, &hash).await.expect("open").expect("stored");
+        let (result, _) = io::stored_copy_equals(&file, size, &data, Vec::with_capacity(1 << 17)).await;
+        result.expect("compare")
+    })
+}
+
+/// `(hash, size, mtime_ns)` of every listed block under `prefix`.
+fn index(volume: &Volume, prefix: &str) -> Vec<(String, u64, i128)> {
+    let mut listed = Vec::new();
+    let complete = list_blocks(&volume.root, prefix, |block| {
+        listed.push((block.hash.to_string(), block.size, block.mtime_ns));
+        ControlFlow::Continue(())
+    })
+    .expect("index");
+    assert!(complete);
+    listed
+}
+
+fn names_beside(volume: &Volume, hash: &str) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(layout::block_dir(&volume.root, hash))
+        .expect("block dir")
+        .map(|entry| entry.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+fn age(path: &Path, secs: u64) {
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .expect("open to age")
+        .set_modified(SystemTime::now() - Duration::from_secs(secs))
+        .expect("set mtime");
+}
+
+#[test]
+fn what_is_written_reads_back_whole_and_compares() {
+    for_every_kind(|volume| {
+        let data = b"the volume contract".repeat(9000);
+        let hash = put(volume, &data);
+        assert_eq!(get(volume, &hash).as_deref(), Some(&data[..]));
+        assert!(compares_equal(volume, &hash, &data));
+        let mut other = data.clone();
+        other[100] ^= 1;
+        assert!(!compares_equal(volume, &hash, &other), "one flipped byte differs");
+        assert!(!compares_equal(volume, &hash, &data[1..]), "another length differs");
+        assert_eq!(get(volume, &md5_hex(b"never stored")), None);
+        assert_eq!(
+            names_beside(volume, &hash),
+            std::slice::from_ref(&hash),
+            "no temp file stays"
+        );
+    });
+}
+
+#[test]
+fn the_pull_writer_keeps_the_same_commit_protocol() {
+    for_every_kind(|volume| {
+        let data = b"pulled from a peer".to_vec();
+        let hash = md5_hex(&data);
+        io::write_block_blocking(&volume.root, &hash, &data, 7).expect("blocking write");
+        assert_eq!(
+            get(volume, &hash).as_deref(),
+            Some(&data[..]),
+            "the request path reads it"
+        );
+        assert_eq!(
+            index(volume, &hash[..3]),
+            [(hash.clone(), data.len() as u64, index(volume, "")[0].2)]
+        );
+        assert_eq!(
+            names_beside(volume, &hash),
+            std::slice::from_ref(&hash),
+            "no temp file stays"
+        );
+        // A rewrite replaces the file whole.
+        io::write_block_blocking(&volume.root, &hash, &data, 8).expect("rewrite");
+        assert_eq!(names_beside(volume, &hash), [hash]);
+    });
+}
+
+#[test]
+fn write_errors_are_classified_alike_on_both_paths() {
+    for errno in [libc::ENOSPC, libc::EDQUOT] {
+        assert!(matches!(
+            WriteError::from(std::io::Error::from_raw_os_error(errno)),
+            WriteError::Full
+        ));
+    }
+    assert!(matches!(
+        WriteError::from(std::io::Error::from_raw_os_error(libc::EIO)),
+        WriteError::Failed(_)
+    ));
+    for_every_kind(|volume| {
+        // A block directory that is a file: both writers fail, and leave nothing behind.
+        let hash = md5_hex(b"cannot be written");
+        std::fs::write(layout::block_dir(&volume.root, &hash), b"in the way").expect("obstacle");
+        let blocking = io::write_block_blocking(&volume.root, &hash, b"cannot be written", 1);
+        assert!(matches!(blocking, Err(WriteError::Failed(_))), "{blocking:?}");
+        let root = volume.root.clone();
+        let hash_for_write = hash.clone();
+        let streamed = tokio_uring::start(async move {
+            io::write_block(&root, &hash_for_write, b"cannot be written".to_vec(), 2)
+                .await
+                .0
+        });
+        assert!(matches!(streamed, Err(WriteError::Failed(_))), "{streamed:?}");
+    });
+}
+
+#[test]
+fn the_index_lists_blocks_only_with_size_and_mtime() {
+    for_every_kind(|volume| {
+        let blocks: Vec<Vec<u8>> = (0..24u8).map(|seed| vec![seed; 100 + seed as usize]).collect();
+        let hashes: Vec<String> = blocks.iter().map(|data| put(volume, data)).collect();
+        let trashed = put(volume, b"trashed");
+        std::fs::rename(
+            layout::block_path(&volume.root, &trashed),
+            layout::trash_path(&volume.root, &trashed, 1),
+        )
+        .expect("trash by hand");
+        let temp = md5_hex(b"half written");
+        std::fs::create_dir_all(layout::block_dir(&volume.root, &temp)).expect("dir");
+        std::fs::write(layout::temp_path(&volume.root, &temp, 3), b"half").expect("temp file");
+        let listed = index(volume, "");
+        let mut expected: Vec<&String> = hashes.iter().collect();
+        expected.sort();
+        let mut listed_hashes: Vec<&String> = listed.iter().map(|(hash, _, _)| hash).collect();
+        listed_hashes.sort();
+        assert_eq!(listed_hashes, expected, "every block, once; no trash, no temp file");
+        for (hash, size, mtime_ns) in &listed {
+            let data = &blocks[hashes.iter().position(|known| known == hash).expect("known")];
+            assert_eq!(*size, data.len() as u64);
+            assert!(*mtime_ns > 0);
+        }
+        let prefix = &hashes[0][..2];
+        let under = index(volume, prefix);
+        assert!(!under.is_empty() && under.iter().all(|(hash, _, _)| hash.starts_with(prefix)));
+        let mut seen = 0;
+        let stopped = list_blocks(&volume.root, "", |_| {
+            seen += 1;
+            ControlFlow::Break(())
+        })
+        .expect("index");
+        assert!(!stopped && seen == 1, "the walk stops when asked");
+    });
+}
+
+#[test]
+fn trash_follows_the_signing_ttl_and_untrash_restores() {
+    let rules = TrashRules {
+        signing_ttl_secs: DAY_SECS,
+        lifetime_secs: 3600,
+    };
+    for_every_kind(|volume| {
+        let young = put(volume, b"written just now");
+        let now = SystemTime::now();
+        let kept = trash::trash_block(&volume.root, &young, now, &rules, None).expect("trash");
+        assert_eq!(kept, TrashOutcome::Kept, "younger than the signing TTL");
+        let old = put(volume, b"written long ago");
+        age(&layout::block_path(&volume.root, &old), 2 * DAY_SECS);
+        let listed_mtime = index(volume, &old)[0].2;
+        let wrong = Some(listed_mtime + 1);
+        let kept = trash::trash_block(&volume.root, &old, now, &rules, wrong).expect("trash");
+        assert_eq!(kept, TrashOutcome::Kept, "not at the mtime the trash list named");
+        let trashed = trash::trash_block(&volume.root, &old, now, &rules, Some(listed_mtime)).expect("trash");
+        assert_eq!(trashed, TrashOutcome::Trashed);
+        assert!(index(volume, &old).is_empty(), "trash is not listed");
+        assert_eq!(get(volume, &old), None, "nor read");
+        assert!(trash::untrash_block(&volume.root, &old).expect("untrash"));
+        assert_eq!(
+            index(volume, &old),
+            [(old.clone(), 16, listed_mtime)],
+            "back, mtime kept"
+        );
+        assert!(!trash::untrash_block(&volume.root, &old).expect("untrash again"));
+        let at_once = TrashRules {
+            lifetime_secs: 0,
+            ..rules
+        };
+        let deleted = trash::trash_block(&volume.root, &old, now, &at_once, None).expect("delete");
+        assert_eq!(deleted, TrashOutcome::Deleted);
+        assert!(names_beside(volume, &old).is_empty());
+    });
+}
+
+#[test]
+fn touch_makes_a_block_young_again() {
+    for_every_kind(|volume| {
+        let hash = put(volume, b"touched");
+        let path = layout::block_path(&volume.root, &hash);
+        age(&path, 2 * DAY_SECS);
+        let before = index(volume, &hash)[0].2;
+        io::touch(&path).expect("touch");
+        let after = index(volume, &hash)[0].2;
+        let now_ns = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_nanos() as i128;
+        assert!(after > before && now_ns - after < 60_000_000_000, "{before} → {after}");
+    });
+}
+
+#[test]
+fn the_emptier_deletes_expired_trash_and_dead_temp_files_only() {
+    for_every_kind(|volume| {
+        let now_secs = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs();
+        let expired = md5_hex(b"expired");
+        let pending = md5_hex(b"pending");
+        for (hash, deadline) in [(&expired, now_secs - 10), (&pending, now_secs + 3600)] {
+            std::fs::create_dir_all(layout::block_dir(&volume.root, hash)).expect("dir");
+            std::fs::write(layout::trash_path(&volume.root, hash, deadline), b"x").expect("trash");
+        }
+        let live = put(volume, b"a live block");
+        let swept = trash::sweep_volume(&volume.root, now_secs, true, false, 3).expect("sweep");
+        assert_eq!(swept.trash, 1);
+        assert!(names_beside(volume, &expired).is_empty());
+        assert_eq!(names_beside(volume, &pending).len(), 1);
+        assert_eq!(get(volume, &live).as_deref(), Some(&b"a live block"[..]));
+    });
+}
+
+#[test]
+fn free_space_is_reported_and_failure_takes_a_volume_out_for_a_while() {
+    for_every_kind(|volume| {
+        assert!(io::free_bytes(&volume.root).expect("free space") > 0);
+        assert!(volume.accepts_writes());
+        volume.mark_failed();
+        assert!(!volume.accepts_writes(), "out of the write rotation");
+        volume.mark_healthy();
+        assert!(volume.accepts_writes());
+    });
+    let dir = tempfile::tempdir().expect("temp dir");
+    let options = VolumeOptions {
+        read_only: true,
+        ..VolumeOptions::default()
+    };
+    let read_only = Volume::open(dir.path(), &options).expect("open");
+    assert!(!read_only.accepts_writes() && !read_only.allow_trash);
+    let trash_allowed = VolumeOptions {
+        trash_when_read_only: true,
+        ..options
+    };
+    let volume = Volume::open(dir.path(), &trash_allowed).expect("open");
+    assert!(!volume.allow_write && volume.allow_trash, "AllowTrashWhenReadOnly");
+}
