@@ -12,16 +12,13 @@ use std::time::{Duration, Instant};
 
 use crate::error::RequestError;
 use crate::limits::{
-    BACKGROUND_BUDGET_POLL_MS, BUFFER_WAIT_MS_MAX, CHUNK_BYTES, FREE_CHUNKS_PER_WORKER_MAX, RESPONSE_HEAD_BYTES_MAX,
-    SPARE_BODY_BUFFERS_MAX, SPARE_BODY_BYTES_MIN,
+    BACKGROUND_BUDGET_POLL_MS, BUDGET_SLOTS, BUFFER_WAIT_MS_MAX, CHUNK_BYTES, FREE_CHUNKS_PER_WORKER_MAX,
+    RESPONSE_HEAD_BYTES_MAX, SPARE_BODY_BUFFERS_MAX, SPARE_BODY_BYTES_MIN,
 };
 
 /// Capacity of one chunk buffer: a response head plus one chunk of block data.
 pub const CHUNK_BUFFER_BYTES: usize = RESPONSE_HEAD_BYTES_MAX + CHUNK_BYTES;
 
-/// Processes that can share one budget at once (an old one draining, a new one serving,
-/// and room for a restart that fails half-way).
-const BUDGET_SLOTS: usize = 16;
 const BUDGET_MAGIC: u64 = 0x6b65_6570_7269_6e67; // "keepring"
 /// A slot being freed by a reclaimer (no pid is this large).
 const SLOT_RECLAIMING: u32 = u32::MAX;

@@ -309,42 +309,10 @@ impl Config {
         let mut warnings = Vec::new();
         let (cluster, source) = cluster_settings(&cli, env, running, &mut warnings)?;
         let from_file = source.is_some();
-        let workers = match cli.workers {
-            Some(workers) => workers as usize,
-            None => std::thread::available_parallelism()
-                .map(|count| count.get())
-                .unwrap_or(1),
-        };
-        let mut fixed: Vec<(PathBuf, VolumeOptions)> = cli
-            .volumes
-            .iter()
-            .map(|dir| (dir.clone(), VolumeOptions::default()))
-            .collect();
-        fixed.extend(cluster.volumes);
-        let volume_flags = !cli.volumes.is_empty() || !cli.volume_roots.is_empty() || cli.discover_mounts;
-        if fixed.is_empty() && cli.volume_roots.is_empty() && !cli.discover_mounts {
-            if from_file || volume_flags {
-                return Err(no_volume_reason(cluster.service.as_ref()));
-            }
-            fixed.push((PathBuf::from(DEFAULT_VOLUME_DIR), VolumeOptions::default()));
-        }
-        let signing_key = match cli.blob_signing_key_file.as_deref() {
-            Some(path) => Some(read_secret(path)?),
-            None => cluster.signing_key,
-        };
+        let fixed = fixed_volumes(&cli, cluster.volumes, from_file, cluster.service.as_ref())?;
+        let signing_key = secret_or(cli.blob_signing_key_file.as_deref(), cluster.signing_key)?;
         check_signing_key(signing_key.as_deref(), from_file, cluster.enforce_signatures)?;
-        let listen = match (cli.listen, &cluster.service) {
-            (Some(listen), _) => listen,
-            (None, Some(chosen)) => chosen.address,
-            (None, None) if from_file => {
-                return Err(
-                    "no listen address: Services.Keepstore.InternalURLs is empty and --listen is not given".into(),
-                )
-            }
-            (None, None) => DEFAULT_LISTEN
-                .parse()
-                .map_err(|_| "bad built-in listen address".to_string())?,
-        };
+        let listen = listen_address(cli.listen, cluster.service.as_ref(), from_file)?;
         let trash_check_interval_secs = match (cli.trash_check_interval_secs, cluster.trash_check_interval_secs) {
             (Some(secs), _) => secs,
             (None, Some(secs)) => secs.max(0) as u64,
@@ -362,21 +330,15 @@ impl Config {
                 roots: cli.volume_roots,
                 discover_mounts: cli.discover_mounts,
             },
-            workers,
+            workers: worker_count(cli.workers),
             signing_key: signing_key.map(String::into_bytes),
             enforce_signatures: cluster.enforce_signatures,
             blob_signing_ttl_secs: cli
                 .blob_signing_ttl_secs
                 .or(cluster.blob_signing_ttl_secs)
                 .unwrap_or(BLOB_SIGNING_TTL_SECS_DEFAULT),
-            system_root_token: match cli.system_root_token_file.as_deref() {
-                Some(path) => Some(read_secret(path)?),
-                None => cluster.system_root_token,
-            },
-            management_token: match cli.management_token_file.as_deref() {
-                Some(path) => Some(read_secret(path)?),
-                None => cluster.management_token,
-            },
+            system_root_token: secret_or(cli.system_root_token_file.as_deref(), cluster.system_root_token)?,
+            management_token: secret_or(cli.management_token_file.as_deref(), cluster.management_token)?,
             max_buffers: cli
                 .max_buffers
                 .or(cluster.max_buffers)
@@ -411,6 +373,61 @@ impl Config {
     /// `BlobDeleteConcurrency` above 0)?
     pub fn empties_trash(&self) -> bool {
         self.blob_trash && self.trash_check_interval_secs > 0 && self.delete_concurrency > 0
+    }
+}
+
+fn worker_count(flag: Option<u16>) -> usize {
+    match flag {
+        Some(workers) => workers as usize,
+        None => std::thread::available_parallelism()
+            .map(|count| count.get())
+            .unwrap_or(1),
+    }
+}
+
+/// `--volume` flags and the config's volumes for this node; the embedded
+/// `./keepring-data` only when neither a config nor any volume flag was given.
+fn fixed_volumes(
+    cli: &Cli,
+    configured: Vec<(PathBuf, VolumeOptions)>,
+    from_file: bool,
+    service: Option<&Chosen>,
+) -> Result<Vec<(PathBuf, VolumeOptions)>, String> {
+    let mut fixed: Vec<(PathBuf, VolumeOptions)> = cli
+        .volumes
+        .iter()
+        .map(|dir| (dir.clone(), VolumeOptions::default()))
+        .collect();
+    fixed.extend(configured);
+    let live_sources = !cli.volume_roots.is_empty() || cli.discover_mounts;
+    if fixed.is_empty() && !live_sources {
+        if from_file {
+            return Err(no_volume_reason(service));
+        }
+        fixed.push((PathBuf::from(DEFAULT_VOLUME_DIR), VolumeOptions::default()));
+    }
+    Ok(fixed)
+}
+
+/// `--listen`, else this node's InternalURL, else (no config) the embedded default.
+fn listen_address(flag: Option<SocketAddr>, service: Option<&Chosen>, from_file: bool) -> Result<SocketAddr, String> {
+    match (flag, service) {
+        (Some(listen), _) => Ok(listen),
+        (None, Some(chosen)) => Ok(chosen.address),
+        (None, None) if from_file => {
+            Err("no listen address: Services.Keepstore.InternalURLs is empty and --listen is not given".into())
+        }
+        (None, None) => DEFAULT_LISTEN
+            .parse()
+            .map_err(|_| "bad built-in listen address".to_string()),
+    }
+}
+
+/// The flag's file when given, else the config's value.
+fn secret_or(file: Option<&Path>, configured: Option<String>) -> Result<Option<String>, String> {
+    match file {
+        Some(path) => read_secret(path).map(Some),
+        None => Ok(configured),
     }
 }
 

@@ -36,6 +36,31 @@ pub const CONNECTIONS_PER_WORKER_MAX: usize = 4096;
 /// refreshes its request gauges every second too).
 pub const ACTIVITY_COUNT_MS: u64 = 1_000;
 
+/// Submission queue entries per ring: enough for every connection of a busy worker to have
+/// an operation queued between two submissions.
+pub const RING_ENTRIES: u32 = 1024;
+
+/// How long workers get to build their rings and start accepting.
+pub const WORKERS_READY_TIMEOUT_MS: u64 = 10_000;
+
+/// Most descriptors one hand-over carries (listeners of up to 1024 workers + the budget).
+pub const FDS_MAX: usize = 1025;
+
+/// Bounds on a hand-over conversation (lifecycle::handover): text size and time.
+pub const HANDOVER_PAYLOAD_BYTES_MAX: usize = 64 * 1024;
+pub const HANDOVER_TIMEOUT_MS: u64 = 5_000;
+
+/// Events waiting for the watcher; more are dropped (a rescan covers them all).
+pub const WATCHER_INBOX_EVENTS_MAX: usize = 64;
+
+/// Processes that can share one budget at once (an old one draining, a new one serving,
+/// and room for a restart that fails half-way).
+pub const BUDGET_SLOTS: usize = 16;
+
+/// Chunk sizes above this are refused outright (no block is larger than 64 MiB anyway;
+/// the caller enforces the body limit on the running total).
+pub const CHUNK_SIZE_DIGITS_MAX: u8 = 15;
+
 /// Backlog of each listening socket.
 pub const LISTEN_BACKLOG: i32 = 1024;
 

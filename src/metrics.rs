@@ -735,6 +735,27 @@ fn render_gauges(out: &mut String, gauges: &Gauges) {
 /// its own (keepring's own version is in `keepring_build_info`).
 pub const ARVADOS_VERSION: &str = "3.2.1";
 
+/// `arvados_config_{source,load}_timestamp_seconds{sha256}`: the config file in force.
+fn render_config(out: &mut String, (sha256, modified, loaded): &(String, f64, f64)) {
+    let sha256 = label(sha256);
+    let timestamps = [
+        (
+            "arvados_config_source_timestamp_seconds",
+            "Timestamp of config file when it was loaded.",
+            modified,
+        ),
+        (
+            "arvados_config_load_timestamp_seconds",
+            "Time when config file was loaded.",
+            loaded,
+        ),
+    ];
+    for (name, help, value) in timestamps {
+        family(out, name, "gauge", help);
+        let _ = writeln!(out, "{name}{{sha256=\"{sha256}\"}} {value}");
+    }
+}
+
 /// Series every Arvados service exports, with keepstore's names and labels: the request
 /// limiter's (`queue="api"`), the age of the oldest request, the config in force, the
 /// version.
@@ -782,24 +803,8 @@ fn render_service(out: &mut String, threads: &[Arc<Counters>], gauges: &Gauges) 
         "Age of oldest active request",
     );
     let _ = writeln!(out, "arvados_max_active_request_age_seconds {}", seconds(age_micros));
-    if let Some((sha256, modified, loaded)) = &gauges.config {
-        let sha256 = label(sha256);
-        let timestamps = [
-            (
-                "arvados_config_source_timestamp_seconds",
-                "Timestamp of config file when it was loaded.",
-                modified,
-            ),
-            (
-                "arvados_config_load_timestamp_seconds",
-                "Time when config file was loaded.",
-                loaded,
-            ),
-        ];
-        for (name, help, value) in timestamps {
-            family(out, name, "gauge", help);
-            let _ = writeln!(out, "{name}{{sha256=\"{sha256}\"}} {value}");
-        }
+    if let Some(config) = &gauges.config {
+        render_config(out, config);
     }
     family(out, "arvados_version_running", "gauge", "Indicated version is running.");
     let _ = writeln!(out, "arvados_version_running{{version=\"{ARVADOS_VERSION}\"}} 1");

@@ -25,14 +25,12 @@ use crate::lifecycle::handover::{self, ControlSocket};
 use crate::lifecycle::listeners::{self, Source};
 use crate::lifecycle::Phase;
 use crate::limits::BUFFER_UNIT_BYTES;
+use crate::limits::WORKERS_READY_TIMEOUT_MS;
 use crate::node::{Node, NodeState};
 use crate::server::runtime::{self, WorkerExit, WorkerStart};
 use crate::signature::SigningKey;
 use crate::volumes::watcher::{self, WatchEvent, WatcherHandle};
 use crate::volumes::VolumeSet;
-
-/// How long workers get to build their rings and start accepting.
-const WORKERS_READY_TIMEOUT_MS: u64 = 10_000;
 
 /// Exit code when the drain timed out and cut requests.
 pub const EXIT_DRAIN_CUT: u8 = 3;

@@ -3,6 +3,7 @@
 //! trailers are skipped. Pure, so the framing is tested without sockets.
 
 use crate::error::RequestError;
+use crate::limits::CHUNK_SIZE_DIGITS_MAX;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -22,10 +23,6 @@ enum State {
 pub struct ChunkedDecoder {
     state: State,
 }
-
-/// Chunk sizes above this are refused outright (no block is larger than 64 MiB anyway;
-/// the caller enforces the body limit on the running total).
-const CHUNK_SIZE_DIGITS_MAX: u8 = 15;
 
 impl Default for ChunkedDecoder {
     fn default() -> Self {

@@ -5,8 +5,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 
-/// Most descriptors one hand-over carries (listeners of up to 1024 workers + the budget).
-pub const FDS_MAX: usize = 1025;
+use crate::limits::FDS_MAX;
 
 /// Send `payload` with `fds` attached to its first byte.
 pub fn send_with_fds(socket: &UnixStream, payload: &[u8], fds: &[RawFd]) -> io::Result<()> {

@@ -29,12 +29,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::lifecycle::fdpass;
+use crate::limits::{HANDOVER_PAYLOAD_BYTES_MAX, HANDOVER_TIMEOUT_MS};
 
 pub const REQUEST: &[u8] = b"keepring-handover/1\n";
 const VERSION: &str = "keepring-handover/1";
-/// Bounds on a hand-over conversation: text size and time.
-const PAYLOAD_BYTES_MAX: usize = 64 * 1024;
-const HANDOVER_TIMEOUT_MS: u64 = 5_000;
 
 /// What a running process offers and a new one receives.
 #[derive(Debug, Default)]
@@ -115,10 +113,10 @@ pub fn request(path: &Path) -> io::Result<Option<Handover>> {
     socket.set_read_timeout(timeout)?;
     socket.set_write_timeout(timeout)?;
     (&socket).write_all(REQUEST)?;
-    let (mut payload, fds) = fdpass::recv_with_fds(&socket, PAYLOAD_BYTES_MAX)?;
+    let (mut payload, fds) = fdpass::recv_with_fds(&socket, HANDOVER_PAYLOAD_BYTES_MAX)?;
     // The sender closes after its one message: read the rest of the text to EOF, bounded.
     (&socket)
-        .take((PAYLOAD_BYTES_MAX - payload.len()) as u64)
+        .take((HANDOVER_PAYLOAD_BYTES_MAX - payload.len()) as u64)
         .read_to_end(&mut payload)?;
     decode(&payload, fds).map(Some)
 }

@@ -18,116 +18,129 @@ use crate::server::worker::{Answered, LiveConnection, Worker};
 
 /// Serve requests on one connection until it closes.
 pub async fn serve(stream: TcpStream, worker: &Worker, live: &LiveConnection) {
-    let mut connection = Session::new(stream, Rc::clone(&worker.gate));
-    let mut linger = false;
-    loop {
-        let head = match connection.read_head().await {
+    let mut session = Session::new(stream, Rc::clone(&worker.gate));
+    let linger = loop {
+        let head = match session.read_head().await {
             Ok(Some(head)) => head,
-            Ok(None) | Err(RequestError::ClientGone) => break,
-            Err(error) => {
-                connection.begin_request(&Head::default(), worker.new_request_id(), worker.http_date(), true);
-                linger = answer_error(&mut connection, &error).await.is_ok();
-                let status = error.reply().status;
-                worker.log_request(&Answered {
-                    head: &Head::default(),
-                    peer: Some(live.peer),
-                    status,
-                    bytes_in: 0,
-                    bytes_out: 0,
-                    started: Instant::now(),
-                    request_id: &connection.request_id,
-                });
-                break;
-            }
+            Ok(None) | Err(RequestError::ClientGone) => break false,
+            Err(error) => break refuse_head(worker, live, &mut session, &error).await,
         };
-        let started = Instant::now();
-        let request_id = head.request_id.clone().unwrap_or_else(|| worker.new_request_id());
-        connection.begin_request(&head, request_id, worker.http_date(), worker.gate.began().is_some());
-        {
-            use std::fmt::Write;
-            let mut text = live.request.borrow_mut();
-            let _ = write!(text, "{} {} {}", head.method, head.path, connection.request_id);
-        }
-        // keepstore's limiter: /metrics and the health check are never held back.
-        let exempt = !worker.core.services.limiter.is_limited()
-            || matches!(api::route(&head.method, &head.path), Route::Metrics | Route::HealthPing);
-        let admitted = match exempt {
-            true => Ok(None),
-            false => worker.core.services.limiter.admit().await.map(Some),
-        };
-        live.admitted.set(Some(started));
-        let outcome = match &admitted {
-            Ok(_) => dispatch(worker, &mut connection, &head).await,
-            Err(Rejected) => {
-                // An empty 503 at once, as keepstore's; an unread body closes the connection.
-                live.admitted.set(None);
-                connection.continue_pending = false;
-                Ok(Reply::empty(503))
-            }
-        };
-        let aborted = outcome.is_err() && connection.response_started;
-        let (status, bytes_out) = match outcome {
-            Ok(Reply::Full(response)) => {
-                // An unread body makes the connection unusable for the next request.
-                connection.close_after |= !connection.body_complete();
-                connection.send(response).await.unwrap_or((499, 0))
-            }
-            Ok(Reply::Sent { status, bytes_out }) => (status, bytes_out),
-            Err(error) if connection.response_started => {
-                connection.close_after = true;
-                (error.reply().status, 0)
-            }
-            Err(error) => {
-                connection.close_after |= !connection.body_complete() || matches!(error, RequestError::ClientGone);
-                answer_error(&mut connection, &error).await.unwrap_or((499, 0))
-            }
-        };
-        worker.log_request(&Answered {
-            head: &head,
-            peer: Some(live.peer),
-            status,
-            bytes_in: connection.body_bytes_in,
-            bytes_out,
-            started,
-            request_id: &connection.request_id,
-        });
-        live.request.borrow_mut().clear();
-        live.admitted.set(None);
-        drop(admitted);
-        if !connection.buffered().is_empty() {
+        let (status, aborted) = serve_one(worker, live, &mut session, &head).await;
+        if !session.buffered().is_empty() {
             // A pipelined request is already here and may be served without waiting on
             // anything: let the core's other tasks in first.
             tokio::task::yield_now().await;
         }
-        if connection.close_after {
+        if session.close_after {
             // A cut stream must look cut (no FIN after a complete-looking body): no linger.
-            linger = status != 499 && !aborted;
-            break;
+            break status != 499 && !aborted;
         }
-    }
+    };
     if linger {
-        connection.linger_close().await;
+        session.linger_close().await;
     } else {
-        connection.shutdown();
+        session.shutdown();
     }
 }
 
-async fn dispatch(worker: &Worker, connection: &mut Session, head: &Head) -> Result<Reply, RequestError> {
+/// A head that could not be read or parsed: answer it, log it; linger if answered.
+async fn refuse_head(worker: &Worker, live: &LiveConnection, session: &mut Session, error: &RequestError) -> bool {
+    session.begin_request(&Head::default(), worker.new_request_id(), worker.http_date(), true);
+    let answered = answer_error(session, error).await.is_ok();
+    worker.log_request(&Answered {
+        head: &Head::default(),
+        peer: Some(live.peer),
+        status: error.reply().status,
+        bytes_in: 0,
+        bytes_out: 0,
+        started: Instant::now(),
+        request_id: &session.request_id,
+    });
+    answered
+}
+
+/// One request, head read: admit, route, answer, log. Returns its status and whether
+/// its response was cut short.
+async fn serve_one(worker: &Worker, live: &LiveConnection, session: &mut Session, head: &Head) -> (u16, bool) {
+    let started = Instant::now();
+    let request_id = head.request_id.clone().unwrap_or_else(|| worker.new_request_id());
+    session.begin_request(head, request_id, worker.http_date(), worker.gate.began().is_some());
+    {
+        use std::fmt::Write;
+        let mut text = live.request.borrow_mut();
+        let _ = write!(text, "{} {} {}", head.method, head.path, session.request_id);
+    }
+    // keepstore's limiter: /metrics and the health check are never held back.
+    let limiter = &worker.core.services.limiter;
+    let exempt =
+        !limiter.is_limited() || matches!(api::route(&head.method, &head.path), Route::Metrics | Route::HealthPing);
+    let admitted = match exempt {
+        true => Ok(None),
+        false => limiter.admit().await.map(Some),
+    };
+    let outcome = match &admitted {
+        Ok(_) => {
+            live.admitted.set(Some(started));
+            dispatch(worker, session, head).await
+        }
+        Err(Rejected) => {
+            // An empty 503 at once, as keepstore's; an unread body closes the connection.
+            session.continue_pending = false;
+            Ok(Reply::empty(503))
+        }
+    };
+    let aborted = outcome.is_err() && session.response_started;
+    let (status, bytes_out) = finish(session, outcome).await;
+    worker.log_request(&Answered {
+        head,
+        peer: Some(live.peer),
+        status,
+        bytes_in: session.body_bytes_in,
+        bytes_out,
+        started,
+        request_id: &session.request_id,
+    });
+    live.request.borrow_mut().clear();
+    live.admitted.set(None);
+    (status, aborted)
+}
+
+/// Write what the handler left to write; returns the status and body bytes sent.
+async fn finish(session: &mut Session, outcome: Result<Reply, RequestError>) -> (u16, u64) {
+    match outcome {
+        Ok(Reply::Full(response)) => {
+            // An unread body makes the connection unusable for the next request.
+            session.close_after |= !session.body_complete();
+            session.send(response).await.unwrap_or((499, 0))
+        }
+        Ok(Reply::Sent { status, bytes_out }) => (status, bytes_out),
+        Err(error) if session.response_started => {
+            session.close_after = true;
+            (error.reply().status, 0)
+        }
+        Err(error) => {
+            session.close_after |= !session.body_complete() || matches!(error, RequestError::ClientGone);
+            answer_error(session, &error).await.unwrap_or((499, 0))
+        }
+    }
+}
+
+async fn dispatch(worker: &Worker, session: &mut Session, head: &Head) -> Result<Reply, RequestError> {
     // Only PUT carries a block; any other body is read and dropped (small) or refused.
     if head.method != "PUT" && head.framing.is_some() {
         // No `100 Continue`: nothing but a PUT body is wanted. A small body is dropped so
         // the connection can go on; a large one is not read at all and the connection
         // closes after the answer.
-        connection.continue_pending = false;
+        session.continue_pending = false;
         match head.framing {
-            Some(Framing::Length(length)) if length > READ_BUFFER_BYTES as u64 => connection.close_after = true,
-            _ => connection.discard_body(READ_BUFFER_BYTES).await?,
+            Some(Framing::Length(length)) if length > READ_BUFFER_BYTES as u64 => session.close_after = true,
+            _ => session.discard_body(READ_BUFFER_BYTES).await?,
         }
     }
-    api::handle(&worker.core, connection, head).await
+    api::handle(&worker.core, session, head).await
 }
 
-async fn answer_error(connection: &mut Session, error: &RequestError) -> Result<(u16, u64), RequestError> {
+async fn answer_error(session: &mut Session, error: &RequestError) -> Result<(u16, u64), RequestError> {
     let reply = error.reply();
     if matches!(error, RequestError::ClientGone) {
         return Ok((reply.status, 0));
@@ -139,11 +152,11 @@ async fn answer_error(connection: &mut Session, error: &RequestError) -> Result<
         body: reply.body.into_bytes(),
         cors: reply.cors,
     };
-    if connection.vary_signature {
+    if session.vary_signature {
         response.extra.push("Vary: X-Keep-Signature".into());
     }
     if reply.nosniff {
         response.extra.push("X-Content-Type-Options: nosniff".into());
     }
-    connection.send(response).await
+    session.send(response).await
 }

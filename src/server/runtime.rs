@@ -16,13 +16,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::api::context::Services;
+use crate::limits::RING_ENTRIES;
 use crate::limits::{ACTIVITY_COUNT_MS, CONNECTIONS_PER_WORKER_MAX};
 use crate::server::connection;
 use crate::server::worker::{redact_signatures, LiveConnection, Worker};
-
-/// Submission queue entries per ring: enough for every connection of a busy worker to have
-/// an operation queued between two submissions.
-const RING_ENTRIES: u32 = 1024;
 
 /// How a worker ended: connections its drain had to cut at the deadline.
 #[derive(Debug, Default)]

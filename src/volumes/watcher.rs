@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use inotify::{Inotify, WatchMask};
 
+use crate::limits::WATCHER_INBOX_EVENTS_MAX;
 use crate::volume::Volume;
 use crate::volumes::discovery::{self, Candidate, VolumeSources};
 use crate::volumes::VolumeSet;
@@ -39,14 +40,11 @@ pub struct WatcherInbox {
     wake: std::io::PipeReader,
 }
 
-/// Events waiting for the watcher; more are dropped (a rescan covers them all).
-const INBOX_EVENTS_MAX: usize = 64;
-
 pub fn channel() -> io::Result<(WatcherHandle, WatcherInbox)> {
     let (reader, writer) = std::io::pipe()?;
     set_nonblocking(reader.as_raw_fd())?;
     set_nonblocking(writer.as_raw_fd())?;
-    let (sender, receiver) = crossbeam_channel::bounded(INBOX_EVENTS_MAX);
+    let (sender, receiver) = crossbeam_channel::bounded(WATCHER_INBOX_EVENTS_MAX);
     Ok((
         WatcherHandle {
             sender,
