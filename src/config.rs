@@ -82,6 +82,11 @@ pub struct Cli {
     /// Default: the config's SystemLogs.LogLevel, else info.
     #[arg(long)]
     pub log_level: Option<tracing::Level>,
+    /// Client connections open at once (per process, shared evenly by the workers); at
+    /// the limit the least recently used idle keep-alive connection is closed to admit a
+    /// new client. Default: 4096 per worker, at most half the open-files limit.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: Option<u64>,
     /// Requests served at once; more wait (up to --max-queued-requests) or get 503.
     /// 0: no limit. Default: the config's API.MaxConcurrentRequests (64), else 0.
     #[arg(long)]
@@ -191,6 +196,8 @@ pub struct Config {
     /// Requests served at once (0: no limit) and waiting beyond that before a 503.
     pub max_concurrent_requests: usize,
     pub max_queued_requests: usize,
+    /// `--max-connections`; None: the default from the open-files limit at start.
+    pub max_connections: Option<u64>,
     pub verified_cache_entries: usize,
     /// Things worth a warning once logging is up (the config is read before).
     pub warnings: Vec<String>,
@@ -364,6 +371,7 @@ impl Config {
             replicate_concurrency: cluster.replicate_concurrency.max(1),
             max_concurrent_requests,
             max_queued_requests: cli.max_queued_requests.unwrap_or(cluster.max_queued_requests),
+            max_connections: cli.max_connections,
             verified_cache_entries: cli.verified_cache_entries as usize,
             warnings,
         })

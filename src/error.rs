@@ -45,8 +45,8 @@ pub enum RequestError {
     MetricsForbidden,
     /// `PUT /pull` whose first locator has no size (keep-protocol.md §3.5).
     UnsizedPullList,
-    /// A pull or trash list that is not JSON: keepstore 3.2.1 answers 500 with the
-    /// decoder's message (keepstore-observed.md).
+    /// A pull or trash list that is not JSON: the client's error, 400 with the decoder's
+    /// message on one line (keepstore 3.2.1 answers 500; issue 15).
     UnreadableList(String),
     /// A volume error that fits no class above (keepstore: 500).
     Internal(String),
@@ -102,7 +102,7 @@ impl RequestError {
                     .into(),
                 false,
             ),
-            UnreadableList(reason) => (500, reason.clone(), false),
+            UnreadableList(reason) => (400, format!("unreadable list: {}", reason.replace('\n', " ")), false),
             Internal(reason) => (500, reason.clone(), false),
             ClientGone => (499, String::new(), false),
         };

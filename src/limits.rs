@@ -28,9 +28,18 @@ pub const IDLE_TIMEOUT_MS: u64 = 65_000;
 /// makes progress every second, so only a stalled peer trips it.
 pub const IO_STALL_TIMEOUT_MS: u64 = 60_000;
 
-/// Connections one worker serves at once; past it the worker stops accepting until one
-/// closes (the kernel's accept queue holds the rest).
-pub const CONNECTIONS_PER_WORKER_MAX: usize = 4096;
+/// `--max-connections` default: 4096 per worker, and at most half the open-files limit
+/// (raised at start to its hard limit), which leaves the other half for block files,
+/// volume watches and rings. At the limit a worker closes its least recently used idle
+/// keep-alive connection to admit the new client; with all busy, it waits for one to end
+/// (the kernel's accept queue holds the rest).
+pub const CONNECTIONS_PER_WORKER_DEFAULT_MAX: usize = 4096;
+
+/// Share of the open-files limit connections may take by default (1/N).
+pub const OPEN_FILES_PER_CONNECTION_SHARE: u64 = 2;
+
+/// A worker at its connection limit warns at most this often (counters count each time).
+pub const LIMIT_WARNING_INTERVAL_MS: u64 = 10_000;
 
 /// How often each worker counts its requests in progress for `/metrics` (keepstore
 /// refreshes its request gauges every second too).
@@ -92,6 +101,11 @@ pub const WRITE_STEP_BYTES: usize = 512 * 1024;
 /// for 64 MiB; a drain waits 5 minutes by default); a day leaves room for clock jumps
 /// and suspended machines, since the age is mtime against the wall clock.
 pub const TEMP_FILE_STALE_SECS: u64 = 24 * 3600;
+
+/// A temp file no writer holds (its lock: `volume::io::lock_for_writing`) and untouched
+/// this long is a dead write's: removed at the next sweep. The age only covers the
+/// microseconds between a writer's create and its lock.
+pub const TEMP_FILE_UNLOCKED_STALE_SECS: u64 = 60;
 
 /// How often the temp files of dead writes are looked for (also once at start). Apart
 /// from the trash emptier's schedule: it deletes nothing a client or an operator could

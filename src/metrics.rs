@@ -148,6 +148,11 @@ pub struct Counters {
     /// microseconds; 0: none), as last counted (a worker counts every second).
     active_requests: AtomicU64,
     oldest_active_micros: AtomicU64,
+    /// Connections open on this thread (counted with the activity), times its connection
+    /// limit was reached, and idle connections it closed to admit new ones.
+    open_connections: AtomicU64,
+    connection_limit_hits: AtomicU64,
+    idle_connections_closed: AtomicU64,
 }
 
 impl Counters {
@@ -161,6 +166,9 @@ impl Counters {
             volumes: Mutex::new(Vec::new()),
             active_requests: AtomicU64::new(0),
             oldest_active_micros: AtomicU64::new(0),
+            open_connections: AtomicU64::new(0),
+            connection_limit_hits: AtomicU64::new(0),
+            idle_connections_closed: AtomicU64::new(0),
         }
     }
 }
@@ -230,6 +238,17 @@ impl Recorder {
             .store(oldest_started_micros, Ordering::Relaxed);
     }
 
+    /// Connections open on this thread now.
+    pub fn set_open_connections(&self, open: u64) {
+        self.counters.open_connections.store(open, Ordering::Relaxed);
+    }
+
+    /// The connection limit was reached; `closed` idle connections were closed for room.
+    pub fn connection_limit_reached(&self, closed: u64) {
+        add(&self.counters.connection_limit_hits, 1);
+        add(&self.counters.idle_connections_closed, closed);
+    }
+
     /// This thread's counters for `volume`, registered on first use.
     pub fn volume(&self, volume: &Volume) -> Arc<VolumeCounters> {
         if let Some(found) = self.volumes.borrow().get(&volume.uuid) {
@@ -274,6 +293,7 @@ pub fn render(registry: &Registry, gauges: &Gauges) -> String {
     render_volumes(&mut out, &threads, gauges);
     render_gauges(&mut out, gauges);
     render_service(&mut out, &threads, gauges);
+    render_connections(&mut out, &threads);
     out
 }
 
@@ -759,6 +779,39 @@ fn render_config(out: &mut String, (sha256, modified, loaded): &(String, f64, f6
 /// Series every Arvados service exports, with keepstore's names and labels: the request
 /// limiter's (`queue="api"`), the age of the oldest request, the config in force, the
 /// version.
+/// Connections: open now, the limit reached, idle ones closed to admit new clients.
+fn render_connections(out: &mut String, threads: &[Arc<Counters>]) {
+    let sum = |field: fn(&Counters) -> &AtomicU64| threads.iter().map(|thread| get(field(thread))).sum::<u64>();
+    gauge(
+        out,
+        "keepring_open_connections",
+        "Client connections open (counted every second).",
+        sum(|counters| &counters.open_connections),
+    );
+    family(
+        out,
+        "keepring_connection_limit_reached_total",
+        "counter",
+        "Times a worker was at --max-connections when a client connected.",
+    );
+    let _ = writeln!(
+        out,
+        "keepring_connection_limit_reached_total {}",
+        sum(|counters| &counters.connection_limit_hits)
+    );
+    family(
+        out,
+        "keepring_idle_connections_closed_total",
+        "counter",
+        "Idle keep-alive connections closed (least recently used first) to admit new clients.",
+    );
+    let _ = writeln!(
+        out,
+        "keepring_idle_connections_closed_total {}",
+        sum(|counters| &counters.idle_connections_closed)
+    );
+}
+
 fn render_service(out: &mut String, threads: &[Arc<Counters>], gauges: &Gauges) {
     let active: u64 = threads.iter().map(|thread| get(&thread.active_requests)).sum();
     let oldest = threads

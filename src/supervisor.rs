@@ -24,8 +24,9 @@ use crate::config::{Cli, Config};
 use crate::lifecycle::handover::{self, ControlSocket};
 use crate::lifecycle::listeners::{self, Source};
 use crate::lifecycle::Phase;
-use crate::limits::BUFFER_UNIT_BYTES;
-use crate::limits::WORKERS_READY_TIMEOUT_MS;
+use crate::limits::{
+    BUFFER_UNIT_BYTES, CONNECTIONS_PER_WORKER_DEFAULT_MAX, OPEN_FILES_PER_CONNECTION_SHARE, WORKERS_READY_TIMEOUT_MS,
+};
 use crate::node::{Node, NodeState};
 use crate::server::runtime::{self, WorkerExit, WorkerStart};
 use crate::signature::SigningKey;
@@ -159,7 +160,13 @@ pub fn run(cli: Cli, config: Config) -> Result<u8, StartError> {
         offer_of(&sockets).map_err(|error| StartError::config(format!("cannot duplicate listeners: {error}")))?;
     let address = sockets.address;
     let source = sockets.source;
-    let workers = start_workers(&services, &config, std::mem::take(&mut sockets.per_worker))?;
+    let connections_max = connections_per_worker(&config);
+    let workers = start_workers(
+        &services,
+        &config,
+        std::mem::take(&mut sockets.per_worker),
+        connections_max,
+    )?;
     let control_path = config
         .control_socket
         .clone()
@@ -167,6 +174,7 @@ pub fn run(cli: Cli, config: Config) -> Result<u8, StartError> {
     let control = start_control_socket(&control_path, offer, &services.budget)?;
     tracing::info!(
         workers = config.workers,
+        max_connections = connections_max * config.workers,
         source = ?source,
         control_socket = %control_path.display(),
         "listening on {address}"
@@ -180,6 +188,44 @@ pub fn run(cli: Cli, config: Config) -> Result<u8, StartError> {
     let code = serve_until_drained(signals, workers, control, &services, reload);
     tracing::info!(code, "exiting");
     Ok(code)
+}
+
+/// Each worker's share of `--max-connections`, or of the default: 4096 per worker and at
+/// most half the open-files limit, raised first to its hard limit.
+fn connections_per_worker(config: &Config) -> usize {
+    let open_files = raise_open_files_limit();
+    let workers = config.workers.max(1) as u64;
+    let total = config.max_connections.unwrap_or_else(|| {
+        let by_files = open_files / OPEN_FILES_PER_CONNECTION_SHARE;
+        (CONNECTIONS_PER_WORKER_DEFAULT_MAX as u64 * workers)
+            .min(by_files)
+            .max(workers)
+    });
+    total.div_ceil(workers) as usize
+}
+
+/// Raise the soft RLIMIT_NOFILE to the hard one; returns the soft limit now in force.
+fn raise_open_files_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid out-pointer for getrlimit and a valid in-pointer below.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return 1024;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return raised.rlim_cur;
+        }
+        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot raise the open-files limit");
+    }
+    limit.rlim_cur
 }
 
 fn budget_of(config: &Config, shared: Option<OwnedFd>) -> Result<Arc<BufferBudget>, StartError> {
@@ -223,6 +269,7 @@ fn start_workers(
     services: &Arc<Services>,
     config: &Config,
     per_worker: Vec<Vec<std::net::TcpListener>>,
+    connections_max: usize,
 ) -> Result<Vec<std::thread::JoinHandle<WorkerExit>>, StartError> {
     let (ready_sender, ready_receiver) = crossbeam_channel::bounded(config.workers);
     let mut workers = Vec::new();
@@ -233,6 +280,7 @@ fn start_workers(
             listeners,
             ready: ready_sender.clone(),
             drain_timeout: Duration::from_secs(config.drain_timeout_secs),
+            connections_max,
         };
         let handle = std::thread::Builder::new()
             .name(format!("keepring-worker-{id}"))

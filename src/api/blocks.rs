@@ -235,7 +235,9 @@ pub async fn write(core: &Core, session: &mut Session, head: &Head, locator_text
     // A big body goes to its first volume while it arrives (the common case: no volume
     // holds the block yet); the others, and every fallback, are written from memory after.
     let mut streamed = match length {
-        Some(length) if length >= STREAMED_WRITE_BYTES_MIN => start_streamed_write(core, hash, &candidates).await,
+        Some(length) if length >= STREAMED_WRITE_BYTES_MIN => {
+            start_streamed_write(core, hash, length, &candidates).await
+        }
         _ => None,
     };
     let mut digest = BlockDigest::default();
@@ -324,7 +326,12 @@ impl StreamedWrite {
 /// The streamed write of a new block to the first candidate, unless a candidate already
 /// holds the block (`store` then touches or repairs that copy) or the file cannot be
 /// created (`store` then retries the volume and accounts for the failure).
-async fn start_streamed_write(core: &Core, hash: &str, candidates: &[Arc<Volume>]) -> Option<StreamedWrite> {
+async fn start_streamed_write(
+    core: &Core,
+    hash: &str,
+    length: u64,
+    candidates: &[Arc<Volume>],
+) -> Option<StreamedWrite> {
     for volume in candidates {
         match io::open_block(&volume.root, hash).await {
             Ok(None) => {}
@@ -332,7 +339,7 @@ async fn start_streamed_write(core: &Core, hash: &str, candidates: &[Arc<Volume>
         }
     }
     let volume = candidates.first()?.clone();
-    let writer = io::BlockWriter::create(&volume.root, hash, core.next_random())
+    let writer = io::BlockWriter::create(&volume, hash, core.next_random(), Some(length))
         .await
         .ok()?;
     Some(StreamedWrite {
@@ -446,7 +453,7 @@ impl WriteOutcome {
 
 /// Write one copy and account for it.
 async fn write_copy(core: &Core, volume: &Volume, hash: &str, body: Vec<u8>) -> (WriteOutcome, Vec<u8>) {
-    let (result, body) = io::write_block(&volume.root, hash, body, core.next_random()).await;
+    let (result, body) = io::write_block(volume, hash, body, core.next_random()).await;
     (account_write(core, volume, hash, result, body.len()), body)
 }
 

@@ -110,7 +110,7 @@ fn pull_one(context: &ChoreContext, recorder: &Recorder, item: &PullItem, random
             Ok(data) => {
                 let counters = recorder.volume(&target);
                 // The request path's commit protocol and failure rules (volume::io).
-                return match write_block_blocking(&target.root, locator.hash, &data, random) {
+                return match write_block_blocking(&target, locator.hash, &data, random) {
                     Ok(()) => {
                         target.mark_healthy();
                         counters.operation(VolumeOp::Write);

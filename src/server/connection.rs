@@ -63,6 +63,7 @@ async fn refuse_head(worker: &Worker, live: &LiveConnection, session: &mut Sessi
 /// its response was cut short.
 async fn serve_one(worker: &Worker, live: &LiveConnection, session: &mut Session, head: &Head) -> (u16, bool) {
     let started = Instant::now();
+    live.idle_since.set(None);
     let request_id = head.request_id.clone().unwrap_or_else(|| worker.new_request_id());
     session.begin_request(head, request_id, worker.http_date(), worker.gate.began().is_some());
     {
@@ -102,6 +103,9 @@ async fn serve_one(worker: &Worker, live: &LiveConnection, session: &mut Session
     });
     live.request.borrow_mut().clear();
     live.admitted.set(None);
+    // Idle from now on; the request's start stands for "now" (no second clock read): the
+    // least recently used connection is the one whose last request began longest ago.
+    live.idle_since.set(Some(started));
     (status, aborted)
 }
 

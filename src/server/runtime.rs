@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::api::context::Services;
 use crate::limits::RING_ENTRIES;
-use crate::limits::{ACTIVITY_COUNT_MS, CONNECTIONS_PER_WORKER_MAX};
+use crate::limits::{ACTIVITY_COUNT_MS, LIMIT_WARNING_INTERVAL_MS};
 use crate::server::connection;
 use crate::server::worker::{redact_signatures, LiveConnection, Worker};
 
@@ -36,6 +36,8 @@ pub struct WorkerStart {
     pub listeners: Vec<std::net::TcpListener>,
     pub ready: crossbeam_channel::Sender<usize>,
     pub drain_timeout: Duration,
+    /// Connections this worker serves at once.
+    pub connections_max: usize,
 }
 
 /// Build this thread's ring, serve until a drain completes (or times out).
@@ -52,7 +54,7 @@ pub fn run(start: WorkerStart) -> WorkerExit {
         .uring_builder(&ring)
         .start(async move {
             let services = start.services;
-            let worker = Rc::new(Worker::new(start.id, services.clone(), seed));
+            let worker = Rc::new(Worker::new(start.id, services.clone(), seed, start.connections_max));
             let mut accept_tasks = Vec::new();
             for listener in start.listeners {
                 match tokio::net::TcpListener::from_std(listener) {
@@ -90,6 +92,7 @@ async fn count_activity(worker: Rc<Worker>) {
             now.saturating_sub(oldest.elapsed().as_micros() as u64).max(1)
         });
         worker.core.metrics.set_activity(count, oldest_micros);
+        worker.core.metrics.set_open_connections(live.len() as u64);
     }
 }
 
@@ -131,10 +134,37 @@ impl Drop for Registered<'_> {
     }
 }
 
+/// At the limit, make room as nginx does with keep-alive connections: close the least
+/// recently used idle one, and say so (a warning at most every `LIMIT_WARNING_INTERVAL_MS`,
+/// counters always). With every connection busy, wait for one to end.
+async fn make_room(worker: &Worker) {
+    let mut closed = 0u64;
+    while worker.live.borrow().len() >= worker.connections_max {
+        let closing = worker.close_least_recently_used_idle();
+        closed += u64::from(closing);
+        worker.connection_closed.notified().await;
+    }
+    worker.core.metrics.connection_limit_reached(closed);
+    let now = Instant::now();
+    let quiet = worker
+        .limit_warned
+        .get()
+        .is_some_and(|last| now.duration_since(last) < Duration::from_millis(LIMIT_WARNING_INTERVAL_MS));
+    if !quiet {
+        worker.limit_warned.set(Some(now));
+        tracing::warn!(
+            worker = worker.id(),
+            limit = worker.connections_max,
+            closed_idle = closed,
+            "connection limit reached: closing idle keep-alive connections to admit new clients"
+        );
+    }
+}
+
 async fn accept_loop(listener: tokio::net::TcpListener, worker: Rc<Worker>) {
     loop {
-        while worker.live.borrow().len() >= CONNECTIONS_PER_WORKER_MAX {
-            worker.connection_closed.notified().await;
+        if worker.live.borrow().len() >= worker.connections_max {
+            make_room(&worker).await;
         }
         let (stream, peer) = match listener
             .accept()
@@ -159,6 +189,7 @@ async fn accept_loop(listener: tokio::net::TcpListener, worker: Rc<Worker>) {
             fd: stream.as_raw_fd(),
             request: RefCell::new(String::new()),
             admitted: Cell::new(None),
+            idle_since: Cell::new(Some(Instant::now())),
             peer,
         });
         worker.live.borrow_mut().insert(id, live.clone());

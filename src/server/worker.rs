@@ -25,6 +25,9 @@ pub struct LiveConnection {
     /// When the request being served arrived, once the limiter admitted it; None between
     /// requests and while one waits in the limiter's queue.
     pub admitted: Cell<Option<Instant>>,
+    /// Since when it waits for its next request (None while one is served): the least
+    /// recently used idle connection is closed first when the limit is reached.
+    pub idle_since: Cell<Option<Instant>>,
     pub peer: SocketAddr,
 }
 
@@ -38,11 +41,17 @@ pub struct Worker {
     pub(super) connection_closed: Notify,
     /// This core's drain gate; every session on the core holds it.
     pub gate: Rc<Gate>,
+    /// Connections this core serves at once (its share of `--max-connections`).
+    pub(super) connections_max: usize,
+    /// When this core last warned that its connection limit was reached.
+    pub(super) limit_warned: Cell<Option<Instant>>,
 }
 
 impl Worker {
-    pub fn new(id: usize, services: Arc<Services>, seed: u64) -> Self {
+    pub fn new(id: usize, services: Arc<Services>, seed: u64, connections_max: usize) -> Self {
         Worker {
+            connections_max: connections_max.max(1),
+            limit_warned: Cell::new(None),
             core: Core::new(id, services, seed),
             date_cache: RefCell::new((0, String::new())),
             live: RefCell::new(HashMap::new()),
@@ -54,6 +63,24 @@ impl Worker {
 
     pub fn id(&self) -> usize {
         self.core.id
+    }
+
+    /// At the connection limit: close the least recently used idle connection (shut down:
+    /// its pending read ends, its task frees the slot). False when every one is busy.
+    pub fn close_least_recently_used_idle(&self) -> bool {
+        let live = self.live.borrow();
+        let oldest = live
+            .values()
+            .filter_map(|connection| Some((connection.idle_since.get()?, connection)))
+            .min_by_key(|(since, _)| *since);
+        let Some((_, connection)) = oldest else {
+            return false;
+        };
+        // Chosen once: it is no longer idle in the eyes of the next eviction.
+        connection.idle_since.set(None);
+        // SAFETY: the fd stays open until its task drops the stream; shutdown only ends I/O.
+        unsafe { libc::shutdown(connection.fd, libc::SHUT_RDWR) };
+        true
     }
 
     /// `req-` + 20 of [0-9a-z], as keepstore generates them.

@@ -55,11 +55,9 @@ fn for_every_kind(check: impl Fn(&Volume)) {
 /// Write through the request path (io_uring).
 fn put(volume: &Volume, data: &[u8]) -> String {
     let hash = md5_hex(data);
-    let root = volume.root.clone();
     let owned = data.to_vec();
-    let hash_for_write = hash.clone();
-    tokio_uring::start(async move {
-        let (result, _) = io::write_block(&root, &hash_for_write, owned, 42).await;
+    tokio_uring::start(async {
+        let (result, _) = io::write_block(volume, &hash, owned, 42).await;
         result.map_err(|error| format!("{error:?}"))
     })
     .expect("write");
@@ -145,7 +143,7 @@ fn the_pull_writer_keeps_the_same_commit_protocol() {
     for_every_kind(|volume| {
         let data = b"pulled from a peer".to_vec();
         let hash = md5_hex(&data);
-        io::write_block_blocking(&volume.root, &hash, &data, 7).expect("blocking write");
+        io::write_block_blocking(volume, &hash, &data, 7).expect("blocking write");
         assert_eq!(
             get(volume, &hash).as_deref(),
             Some(&data[..]),
@@ -161,7 +159,7 @@ fn the_pull_writer_keeps_the_same_commit_protocol() {
             "no temp file stays"
         );
         // A rewrite replaces the file whole.
-        io::write_block_blocking(&volume.root, &hash, &data, 8).expect("rewrite");
+        io::write_block_blocking(volume, &hash, &data, 8).expect("rewrite");
         assert_eq!(names_beside(volume, &hash), [hash]);
     });
 }
@@ -182,15 +180,10 @@ fn write_errors_are_classified_alike_on_both_paths() {
         // A block directory that is a file: both writers fail, and leave nothing behind.
         let hash = md5_hex(b"cannot be written");
         std::fs::write(layout::block_dir(&volume.root, &hash), b"in the way").expect("obstacle");
-        let blocking = io::write_block_blocking(&volume.root, &hash, b"cannot be written", 1);
+        let blocking = io::write_block_blocking(volume, &hash, b"cannot be written", 1);
         assert!(matches!(blocking, Err(WriteError::Failed(_))), "{blocking:?}");
-        let root = volume.root.clone();
-        let hash_for_write = hash.clone();
-        let streamed = tokio_uring::start(async move {
-            io::write_block(&root, &hash_for_write, b"cannot be written".to_vec(), 2)
-                .await
-                .0
-        });
+        let streamed = tokio_uring::start(io::write_block(volume, &hash, b"cannot be written".to_vec(), 2));
+        let streamed = streamed.0;
         assert!(matches!(streamed, Err(WriteError::Failed(_))), "{streamed:?}");
     });
 }
@@ -327,4 +320,44 @@ fn free_space_is_reported_and_failure_takes_a_volume_out_for_a_while() {
     };
     let volume = Volume::open(dir.path(), &trash_allowed).expect("open");
     assert!(!volume.allow_write && volume.allow_trash, "AllowTrashWhenReadOnly");
+}
+
+#[test]
+fn the_sweep_spares_temp_files_a_writer_holds_and_removes_dead_ones() {
+    use std::os::fd::AsRawFd;
+    for_every_kind(|volume| {
+        let now_secs = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs();
+        let (held, dead) = (md5_hex(b"being written"), md5_hex(b"writer killed"));
+        let mut open_writer = None;
+        for hash in [&held, &dead] {
+            std::fs::create_dir_all(layout::block_dir(&volume.root, hash)).expect("dir");
+            let path = layout::temp_path(&volume.root, hash, 5);
+            let file = std::fs::File::create(&path).expect("temp file");
+            age(&path, 120);
+            if hash == &held {
+                io::lock_for_writing(file.as_raw_fd()).expect("lock");
+                open_writer = Some(file);
+            }
+        }
+        assert!(io::is_held_by_a_writer(&layout::temp_path(&volume.root, &held, 5)).expect("probe"));
+        let swept = trash::sweep_volume(&volume.root, now_secs, false, true, 1).expect("sweep");
+        assert_eq!(swept.temp, 1);
+        assert!(names_beside(volume, &dead).is_empty(), "the dead write's file goes");
+        assert_eq!(names_beside(volume, &held).len(), 1, "the live write's file stays");
+        drop(open_writer);
+        assert!(!io::is_held_by_a_writer(&layout::temp_path(&volume.root, &held, 5)).expect("probe"));
+    });
+}
+
+#[test]
+fn a_big_block_reserves_its_space_and_is_written_whole() {
+    for_every_kind(|volume| {
+        let data = vec![7u8; 3 * 1024 * 1024 + 5];
+        let hash = put(volume, &data);
+        assert_eq!(get(volume, &hash).as_deref(), Some(&data[..]));
+        let blocking = vec![9u8; 2 * 1024 * 1024 + 3];
+        let blocking_hash = md5_hex(&blocking);
+        io::write_block_blocking(volume, &blocking_hash, &blocking, 11).expect("blocking write");
+        assert_eq!(get(volume, &blocking_hash).as_deref(), Some(&blocking[..]));
+    });
 }

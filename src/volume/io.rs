@@ -17,9 +17,11 @@ use tokio_uring::fs::{File, OpenOptions};
 
 use crate::digest::FileIdentity;
 use crate::limits::{
-    BLOCK_BYTES_MAX, CHUNK_BYTES, VOLUME_FREE_BYTES_MIN, WRITEBACK_QUEUE_MAX, WRITEBACK_STEP_BYTES, WRITE_STEP_BYTES,
+    BLOCK_BYTES_MAX, CHUNK_BYTES, STREAMED_WRITE_BYTES_MIN, VOLUME_FREE_BYTES_MIN, WRITEBACK_QUEUE_MAX,
+    WRITEBACK_STEP_BYTES, WRITE_STEP_BYTES,
 };
-use crate::volume::layout;
+use crate::volume::{layout, Volume};
+use std::sync::atomic::Ordering;
 
 /// Why a write to one volume did not happen; decides between 507 and 503.
 #[derive(Debug)]
@@ -208,10 +210,10 @@ pub async fn stored_copy_equals(
     (Ok(true), scratch)
 }
 
-/// Store `data` as block `hash` on the volume at `root`, atomically and durably.
-pub async fn write_block(root: &Path, hash: &str, data: Vec<u8>, random: u64) -> (Result<(), WriteError>, Vec<u8>) {
+/// Store `data` as block `hash` on `volume`, atomically and durably.
+pub async fn write_block(volume: &Volume, hash: &str, data: Vec<u8>, random: u64) -> (Result<(), WriteError>, Vec<u8>) {
     debug_assert!(data.len() as u64 <= BLOCK_BYTES_MAX);
-    let mut writer = match BlockWriter::create(root, hash, random).await {
+    let mut writer = match BlockWriter::create(volume, hash, random, Some(data.len() as u64)).await {
         Ok(writer) => writer,
         Err(error) => return (Err(error), data),
     };
@@ -230,8 +232,9 @@ pub async fn write_block(root: &Path, hash: &str, data: Vec<u8>, random: u64) ->
 /// cores (the pull worker): free-space check, temp file in the block's directory,
 /// written, fdatasync'd, renamed onto the block name, directory fsync'd; on any failure
 /// the temp file is removed and the error classified as a request's is (`WriteError`).
-pub fn write_block_blocking(root: &Path, hash: &str, data: &[u8], random: u64) -> Result<(), WriteError> {
-    check_free_space(root)?;
+pub fn write_block_blocking(volume: &Volume, hash: &str, data: &[u8], random: u64) -> Result<(), WriteError> {
+    let root = volume.root.as_path();
+    let claim = claim_space(volume, data.len() as u64)?;
     let dir = layout::block_dir(root, hash);
     match std::fs::create_dir(&dir) {
         Ok(()) => {}
@@ -246,6 +249,9 @@ pub fn write_block_blocking(root: &Path, hash: &str, data: &[u8], random: u64) -
             .create_new(true)
             .mode(0o600)
             .open(&temp)?;
+        lock_for_writing(file.as_raw_fd())?;
+        reserve_blocking(&file, data.len() as u64)?;
+        drop(claim);
         file.write_all(data)?;
         file.sync_data()?;
         drop(file);
@@ -256,6 +262,36 @@ pub fn write_block_blocking(root: &Path, hash: &str, data: &[u8], random: u64) -
         let _ = std::fs::remove_file(&temp);
     }
     written.map_err(WriteError::from)
+}
+
+/// Mark a temp file as being written: an open-file-description write lock, held until
+/// the writer closes it or its process dies, whichever comes first. The sweep removes a
+/// temp file nobody holds (`is_held_by_a_writer`): a killed writer's leftovers go at the
+/// next sweep instead of a day later. A non-blocking fcntl on a file just created: it
+/// never waits.
+pub fn lock_for_writing(fd: RawFd) -> io::Result<()> {
+    // SAFETY: a zeroed flock is valid; fields set below.
+    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+    lock.l_type = libc::F_WRLCK as libc::c_short;
+    lock.l_whence = libc::SEEK_SET as libc::c_short;
+    // SAFETY: `fd` is open; `lock` is a valid flock for F_OFD_SETLK.
+    if unsafe { libc::fcntl(fd, libc::F_OFD_SETLK, &lock) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Does a live writer hold the temp file at `path` (`lock_for_writing`)?
+pub fn is_held_by_a_writer(path: &Path) -> io::Result<bool> {
+    let file = std::fs::File::open(path)?;
+    // SAFETY: as in `lock_for_writing`; F_OFD_GETLK only tests and fills `lock` in.
+    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+    lock.l_type = libc::F_WRLCK as libc::c_short;
+    lock.l_whence = libc::SEEK_SET as libc::c_short;
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_GETLK, &mut lock) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(lock.l_type != libc::F_UNLCK as libc::c_short)
 }
 
 /// One block being written: a temp file in the block's directory that becomes the block
@@ -273,8 +309,12 @@ pub struct BlockWriter {
 }
 
 impl BlockWriter {
-    pub async fn create(root: &Path, hash: &str, random: u64) -> Result<Self, WriteError> {
-        check_free_space(root)?;
+    /// A temp file for block `hash`; with the block's `length` when known, its space is
+    /// reserved at once (`fallocate`), so a volume too full for it says so now, before the
+    /// body, and other writes see the space taken (statvfs counts it).
+    pub async fn create(volume: &Volume, hash: &str, random: u64, length: Option<u64>) -> Result<Self, WriteError> {
+        let root = volume.root.as_path();
+        let claim = claim_space(volume, length.unwrap_or(0))?;
         let dir = layout::block_dir(root, hash);
         if let Err(error) = tokio_uring::fs::create_dir(&dir).await {
             if error.kind() != io::ErrorKind::AlreadyExists {
@@ -288,6 +328,17 @@ impl BlockWriter {
             .mode(0o600)
             .open(&temp)
             .await?;
+        let prepared = match lock_for_writing(file.as_raw_fd()) {
+            Ok(()) => reserve(&file, length).await,
+            Err(error) => Err(error),
+        };
+        // Reserved (or failed): statvfs now shows the space taken.
+        drop(claim);
+        if let Err(error) = prepared {
+            let _ = file.close().await;
+            let _ = tokio_uring::fs::remove_file(&temp).await;
+            return Err(error.into());
+        }
         Ok(BlockWriter {
             file: Some(file),
             temp,
@@ -426,11 +477,62 @@ async fn commit(temp: &Path, target: &Path, dir: &Path) -> io::Result<()> {
     synced.and(closed)
 }
 
-/// keepstore refuses writes to a volume with less than one block of free space.
-fn check_free_space(root: &Path) -> Result<(), WriteError> {
-    match free_bytes(root) {
-        Ok(free) if free < VOLUME_FREE_BYTES_MIN => Err(WriteError::Full),
-        Ok(_) => Ok(()),
+/// Blocks of at least this size have their space reserved before they are written.
+fn reserves_space(length: u64) -> bool {
+    length >= STREAMED_WRITE_BYTES_MIN
+}
+
+/// Reserve `length` bytes for the temp file (fallocate through the ring). A filesystem
+/// without fallocate is written without a reservation, as before.
+async fn reserve(file: &File, length: Option<u64>) -> io::Result<()> {
+    match length.filter(|length| reserves_space(*length)) {
+        Some(length) => match file.fallocate(0, length, 0).await {
+            Err(error) if error.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(()),
+            other => other,
+        },
+        None => Ok(()),
+    }
+}
+
+/// `reserve` with a blocking call (the pull worker's thread).
+fn reserve_blocking(file: &std::fs::File, length: u64) -> io::Result<()> {
+    if !reserves_space(length) {
+        return Ok(());
+    }
+    // SAFETY: the fd is open for writing; mode 0 allocates and extends the file.
+    let result = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, length as libc::off_t) };
+    match result {
+        0 => Ok(()),
+        _ => match io::Error::last_os_error() {
+            error if error.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(()),
+            error => Err(error),
+        },
+    }
+}
+
+/// A write's claim on a volume's free space, from its check until its fallocate is done;
+/// dropping it gives the claim back.
+pub struct SpaceClaim<'a> {
+    volume: &'a Volume,
+    bytes: u64,
+}
+
+impl Drop for SpaceClaim<'_> {
+    fn drop(&mut self) {
+        self.volume.claiming.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+/// keepstore refuses writes to a volume with less than one block of free space; a write
+/// of a known larger length needs that much, beyond what other writes have claimed and not
+/// yet reserved (concurrent fallocates can otherwise both fail where one fits).
+fn claim_space(volume: &Volume, length: u64) -> Result<SpaceClaim<'_>, WriteError> {
+    let bytes = if reserves_space(length) { length } else { 0 };
+    let claimed_before = volume.claiming.fetch_add(bytes, Ordering::AcqRel);
+    let claim = SpaceClaim { volume, bytes };
+    match free_bytes(&volume.root) {
+        Ok(free) if free.saturating_sub(claimed_before) < VOLUME_FREE_BYTES_MIN.max(length) => Err(WriteError::Full),
+        Ok(_) => Ok(claim),
         Err(error) => Err(WriteError::Failed(error)),
     }
 }

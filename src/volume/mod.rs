@@ -44,6 +44,9 @@ pub struct Volume {
     /// When a write last failed with an I/O error (ms since the epoch; 0: never). A failed
     /// volume leaves the write rotation for `VOLUME_RETRY_MS`, then is tried again.
     failed_at_ms: AtomicU64,
+    /// Bytes of writes between their free-space check and their fallocate on this volume
+    /// (`io::claim_space`): two writes racing for the last room see each other.
+    pub(crate) claiming: AtomicU64,
 }
 
 /// How a volume is to be served, from the command line or the cluster config.
@@ -120,6 +123,7 @@ impl Volume {
             device: metadata.dev(),
             options: options.clone(),
             failed_at_ms: AtomicU64::new(0),
+            claiming: AtomicU64::new(0),
             root,
         })
     }
@@ -138,6 +142,7 @@ impl Volume {
             device: 0,
             options: options.clone(),
             failed_at_ms: AtomicU64::new(0),
+            claiming: AtomicU64::new(0),
         }
     }
 

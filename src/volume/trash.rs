@@ -14,8 +14,9 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::limits::TEMP_FILE_STALE_SECS;
-use crate::volume::{io::is_missing, layout};
+use crate::limits::{TEMP_FILE_STALE_SECS, TEMP_FILE_UNLOCKED_STALE_SECS};
+use crate::volume::io::{is_held_by_a_writer, is_missing};
+use crate::volume::layout;
 
 /// What decides whether and how a block is trashed (keepstore's `BlobSigningTTL` and
 /// `BlobTrashLifetime`).
@@ -189,7 +190,8 @@ pub fn sweep_volume(root: &Path, now_secs: u64, trash: bool, temp: bool, workers
 
 fn sweep_dir(dir: &Path, now_secs: u64, trash: bool, temp: bool) -> io::Result<Swept> {
     let mut swept = Swept::default();
-    let stale_before = unix_nanos(UNIX_EPOCH + Duration::from_secs(now_secs.saturating_sub(TEMP_FILE_STALE_SECS)));
+    let at = |age_secs: u64| unix_nanos(UNIX_EPOCH + Duration::from_secs(now_secs.saturating_sub(age_secs)));
+    let (stale_before, unlocked_stale_before) = (at(TEMP_FILE_STALE_SECS), at(TEMP_FILE_UNLOCKED_STALE_SECS));
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         // Removed meanwhile (a volume going away): nothing left to sweep there.
@@ -202,12 +204,16 @@ fn sweep_dir(dir: &Path, now_secs: u64, trash: bool, temp: bool) -> io::Result<S
         let Some(name) = name.to_str() else { continue };
         let is_expired_trash =
             trash && layout::parse_trash_name(name).is_some_and(|(_, deadline)| deadline <= now_secs);
-        // An entry that cannot be looked at is left for the next sweep.
+        // A temp file is a dead write's when no writer holds its lock (a killed process
+        // releases it) and it is not brand new, or when it is very old whatever its lock
+        // says. An entry that cannot be looked at is left for the next sweep.
         let is_stale_temp = temp
             && layout::is_temp_name(name)
-            && entry
-                .metadata()
-                .is_ok_and(|metadata| mtime_nanos(&metadata) < stale_before);
+            && entry.metadata().is_ok_and(|metadata| {
+                let mtime = mtime_nanos(&metadata);
+                mtime < stale_before
+                    || (mtime < unlocked_stale_before && !is_held_by_a_writer(&entry.path()).unwrap_or(true))
+            });
         if !is_expired_trash && !is_stale_temp {
             continue;
         }
@@ -341,7 +347,8 @@ mod tests {
             file.set_modified(now - Duration::from_secs(age_secs)).unwrap();
         };
         aged(&format!("tmp{HASH}123"), TEMP_FILE_STALE_SECS + 60);
-        aged(&format!("tmp{HASH}456"), TEMP_FILE_STALE_SECS - 60);
+        // Unlocked but brand new: its writer may be between create and lock.
+        aged(&format!("tmp{HASH}456"), TEMP_FILE_UNLOCKED_STALE_SECS / 2);
         aged(&format!("tmp{HASH}.trash.1"), TEMP_FILE_STALE_SECS + 60);
         aged("tmpnothex", TEMP_FILE_STALE_SECS + 60);
         assert_eq!(

@@ -362,3 +362,48 @@ fn json_request_lines_use_keepstores_field_names() {
     assert!(value["timeTotal"].as_f64().is_some_and(|secs| secs >= 0.0), "{line}");
     assert!(value["PID"].as_u64().is_some() && value["time"].as_str().is_some_and(|time| time.ends_with('Z')));
 }
+
+#[test]
+fn at_the_connection_limit_idle_connections_make_room_for_new_clients() {
+    let server = ServerBuilder::new()
+        .arg("--workers")
+        .arg("1")
+        .arg("--max-connections")
+        .arg("8")
+        .start();
+    let locator = server.put_block(DATA);
+    // Eight keep-alive connections, each served once and then left idle, oldest first.
+    let mut idle: Vec<crate::support::client::Conn> = Vec::new();
+    for _ in 0..8 {
+        let mut conn = server.conn();
+        let response = conn.request(&Request::get(&format!("/{locator}")).token(USER_TOKEN));
+        assert_eq!(response.status, 200, "{}", response.summary());
+        idle.push(conn);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A ninth client is served at once, not after the 65 s idle timeout.
+    let started = std::time::Instant::now();
+    let response = server.get(&locator);
+    assert_eq!(response.status, 200, "{}", response.summary());
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    // The least recently used idle connection made room; the most recent one is still open.
+    assert!(
+        idle[0].closed_by_server_within(Duration::from_secs(5)),
+        "the oldest idle connection stays open"
+    );
+    let again = idle[7].request(&Request::get(&format!("/{locator}")).token(USER_TOKEN));
+    assert_eq!(again.status, 200, "the most recently used connection was closed");
+    let warned = server
+        .log
+        .wait_for(Duration::from_secs(5), |line| line.contains("connection limit reached"));
+    assert!(warned.is_some(), "no warning logged");
+    let metrics = server.request(Request::get("/metrics")).text();
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(value("keepring_idle_connections_closed_total ") >= 1.0, "{metrics}");
+    assert!(value("keepring_connection_limit_reached_total ") >= 1.0);
+}

@@ -252,47 +252,82 @@ fn trash_list_with_lifetime_zero_unlinks_and_bad_lists_are_refused() {
         "{:?}",
         block_dir_entries(server.volume(0), &hash)
     );
-    // keepstore 3.2.1 answers a list that is not JSON with 500 and the decoder's message.
+    // A list that is not JSON is the client's error: 400 and one line saying why (keepstore
+    // 3.2.1 answers 500).
     for target in ["/trash", "/pull"] {
         let response = put_list(&server, target, "[{nope");
-        assert_eq!(response.status, 500, "{target}: {}", response.summary());
-        assert!(response.text().ends_with('\n') && response.text().len() > 1);
+        assert_eq!(response.status, 400, "{target}: {}", response.summary());
+        let text = response.text();
+        assert!(
+            text.starts_with("unreadable list: ") && text.ends_with('\n'),
+            "{text:?}"
+        );
+        assert_eq!(text.lines().count(), 1, "{text:?}");
         assert_eq!(put_list(&server, target, "[]").status, 200, "{target} []");
     }
 }
 
+/// Hold an open-file-description write lock on `file`, as a live keepring writer does.
+fn hold_writer_lock(file: &std::fs::File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a zeroed flock is valid; the fd is open for the call.
+    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+    lock.l_type = libc::F_WRLCK as libc::c_short;
+    lock.l_whence = libc::SEEK_SET as libc::c_short;
+    let result = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &lock) };
+    assert_eq!(result, 0, "lock: {}", std::io::Error::last_os_error());
+}
+
 #[test]
 fn sweep_removes_temp_files_of_dead_writes_and_keeps_live_ones() {
-    // A write killed mid-body (crash, kill -9) leaves `tmp<hash><digits>`; the sweep removes
-    // such files once untouched for a day, and leaves a young one (a write in progress).
+    // A write killed mid-body (crash, kill -9) leaves `tmp<hash><digits>` and no lock on it:
+    // the sweep at start removes it once it is a minute old (one untouched for a day goes
+    // whatever its lock), and leaves those a live writer holds or just created.
     let dir = tempfile::tempdir().unwrap();
     let volume = dir.path().join("v0");
-    let dead = md5_hex(b"a write that died");
+    let ancient = md5_hex(b"a write that died long ago");
+    let killed = md5_hex(b"a write killed two minutes ago");
     let live = md5_hex(b"a write in progress");
-    for (hash, age) in [
-        (&dead, Duration::from_secs(25 * 3600)),
-        (&live, Duration::from_secs(60)),
+    let fresh = md5_hex(b"a write just created");
+    let mut held = Vec::new();
+    for (hash, age, locked) in [
+        (&ancient, Duration::from_secs(25 * 3600), false),
+        (&killed, Duration::from_secs(120), false),
+        (&live, Duration::from_secs(600), true),
+        (&fresh, Duration::from_secs(0), false),
     ] {
         let block_dir = volume.join(&hash[..3]);
         std::fs::create_dir_all(&block_dir).unwrap();
         let file = std::fs::File::create(block_dir.join(format!("tmp{hash}42"))).unwrap();
         file.set_modified(SystemTime::now() - age).unwrap();
+        if locked {
+            hold_writer_lock(&file);
+            held.push(file);
+        }
     }
-    let server = ServerBuilder::new()
-        .volume_paths(vec![volume.clone()])
-        .arg("--trash-check-interval-secs")
-        .arg("1")
-        .start();
-    assert!(
-        eventually(WORKER_WITHIN, || block_dir_entries(&volume, &dead).is_empty()),
-        "the dead write's temp file stays: {:?}",
-        block_dir_entries(&volume, &dead)
-    );
+    let server = ServerBuilder::new().volume_paths(vec![volume.clone()]).start();
+    for gone in [&ancient, &killed] {
+        assert!(
+            eventually(WORKER_WITHIN, || block_dir_entries(&volume, gone).is_empty()),
+            "a dead write's temp file stays: {:?}",
+            block_dir_entries(&volume, gone)
+        );
+    }
     assert!(server
         .log
         .wait_for(WORKER_WITHIN, |line| line.contains("stale temp files"))
         .is_some());
-    assert_eq!(block_dir_entries(&volume, &live), [format!("tmp{live}42")]);
+    assert_eq!(
+        block_dir_entries(&volume, &live),
+        [format!("tmp{live}42")],
+        "a held one stays"
+    );
+    assert_eq!(
+        block_dir_entries(&volume, &fresh),
+        [format!("tmp{fresh}42")],
+        "a new one stays"
+    );
+    drop(held);
 }
 
 #[test]

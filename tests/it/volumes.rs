@@ -426,10 +426,11 @@ fn full_tmpfs_sends_writes_on_then_507_with_nothing_partial() {
 }
 
 #[test]
-fn a_volume_that_fills_during_a_streamed_write_sends_the_block_to_the_next() {
-    // Two 40 MiB PUTs both pass the 64 MiB free-space check of a 66 MiB tmpfs before
-    // either body arrives; the second one's streamed copy runs out of space half-way and
-    // must end up, whole, on the other volume, with no temp file left on either.
+fn a_volume_too_full_for_a_streamed_write_says_so_before_the_body() {
+    // Two 40 MiB PUTs both prefer a 66 MiB tmpfs. The first reserves its 40 MiB there
+    // (fallocate) as soon as its head arrives; the second is refused there before its body
+    // (26 MiB left), so it never starts a copy it cannot finish, and ends up, whole, on the
+    // other volume, with no temp file left on either.
     let dir = tempfile::tempdir().unwrap();
     let small = dir.path().join("small");
     let Some(_mount) = mount_tmpfs(&small, 66) else {
@@ -481,21 +482,27 @@ fn a_volume_that_fills_during_a_streamed_write_sends_the_block_to_the_next() {
             .count()
     };
     assert!(
-        eventually(CHANGE_SEEN_WITHIN, || temps(&small) == 2),
-        "both PUTs should have started their copy on the small volume"
+        eventually(CHANGE_SEEN_WITHIN, || temps(&small) == 1),
+        "the first PUT should have reserved its copy on the small volume"
     );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(temps(&small), 1, "the second must not start a copy that cannot fit");
     for ((hash, data), conn) in blocks.iter().zip(conns.iter_mut()) {
         conn.write_raw(data).expect("write body");
         let response = conn.read_response("PUT").expect("PUT response");
         assert_eq!(response.status, 200, "{hash}: {}", response.summary());
     }
-    let (first, second) = (&blocks[0].0, &blocks[1].0);
-    assert!(
-        block_path(&small, first).is_file(),
-        "the first block fits on the small volume"
+    // Whichever head arrived first took the small volume; the other went whole to the other.
+    let on_small: Vec<usize> = (0..2)
+        .filter(|&index| block_path(&small, &blocks[index].0).is_file())
+        .collect();
+    assert_eq!(on_small.len(), 1, "exactly one block fits on the small volume");
+    let moved = 1 - on_small[0];
+    assert!(!block_path(&small, &blocks[moved].0).exists());
+    assert_eq!(
+        std::fs::read(block_path(&other, &blocks[moved].0)).unwrap(),
+        blocks[moved].1
     );
-    assert!(!block_path(&small, second).exists());
-    assert_eq!(std::fs::read(block_path(&other, second)).unwrap(), blocks[1].1);
     assert!(server
         .log
         .wait_for(CHANGE_SEEN_WITHIN, |line| line.contains("volume full"))
@@ -620,4 +627,48 @@ fn a_filesystem_mounted_read_only_is_served_read_only() {
     assert_eq!(read.status, 200);
     assert_eq!(read.body, data);
     assert_eq!(server.put(&test_bytes(778, 100)).status, 507, "no writable volume");
+}
+
+#[test]
+fn concurrent_big_writes_to_nearly_full_volumes_store_every_block_that_fits() {
+    // Three 64 MiB PUTs at once on two empty 100 MiB volumes: two fit (one on each), the
+    // third gets 507. Without reservations two writes could stream into the same volume,
+    // both hit ENOSPC and both fall back, storing one block where two fit.
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let Some(_mount_a) = mount_tmpfs(&a, 100) else {
+        return;
+    };
+    let Some(_mount_b) = mount_tmpfs(&b, 100) else {
+        return;
+    };
+    let server = ServerBuilder::new()
+        .volume_paths(vec![a.clone(), b.clone()])
+        .without_signing_key()
+        .start();
+    let blocks: Vec<Vec<u8>> = (0..3).map(|seed| test_bytes(6400 + seed, 64 * 1024 * 1024)).collect();
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        let puts: Vec<_> = blocks
+            .iter()
+            .map(|data| scope.spawn(|| server.put(data).status))
+            .collect();
+        puts.into_iter().map(|put| put.join().expect("PUT thread")).collect()
+    });
+    let mut sorted = statuses.clone();
+    sorted.sort();
+    assert_eq!(sorted, [200, 200, 507], "{statuses:?}");
+    let stored_on = |volume: &Path| {
+        blocks
+            .iter()
+            .filter(|data| block_path(volume, &md5_hex(data)).is_file())
+            .count()
+    };
+    assert_eq!((stored_on(&a), stored_on(&b)), (1, 1));
+    for volume in [&a, &b] {
+        let temps = walk_files(volume)
+            .into_iter()
+            .filter(|path| path.file_name().unwrap().to_string_lossy().starts_with("tmp"))
+            .count();
+        assert_eq!(temps, 0, "temp files left on {}", volume.display());
+    }
 }
