@@ -215,13 +215,25 @@ fn load_or_create_uuid(root: &Path) -> std::io::Result<String> {
         return Ok(uuid);
     }
     let uuid = format!("{UUID_CLUSTER_PREFIX}-nyw5e-{}", random_base36(15)?);
-    // Write then rename, so a crash never leaves a half-written identity.
-    let temp = root.join(format!(".{UUID_FILE_NAME}.tmp"));
+    // Written whole under a name of this process's, then linked to the real name, which
+    // fails if it exists: a crash never leaves a half-written identity, and of two
+    // processes opening a new volume at once (a restart's old and new one) the first
+    // identity stored is the one both use.
+    let temp = root.join(format!(".{UUID_FILE_NAME}.{}.{}", std::process::id(), random_base36(8)?));
     std::fs::write(&temp, format!("{uuid}\n"))?;
     std::fs::File::open(&temp)?.sync_all()?;
-    std::fs::rename(&temp, root.join(UUID_FILE_NAME))?;
-    std::fs::File::open(root)?.sync_all()?;
-    Ok(uuid)
+    let linked = std::fs::hard_link(&temp, root.join(UUID_FILE_NAME));
+    let _ = std::fs::remove_file(&temp);
+    match linked {
+        Ok(()) => {
+            std::fs::File::open(root)?.sync_all()?;
+            Ok(uuid)
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+            stored_uuid(root)?.ok_or_else(|| std::io::Error::other("volume UUID file vanished"))
+        }
+        Err(error) => Err(error),
+    }
 }
 
 /// `xxxxx-nyw5e-` + 15 of [0-9a-z].
@@ -261,6 +273,26 @@ mod tests {
         let second = Volume::open_directory(&dir.path().join("v")).unwrap();
         assert!(is_volume_uuid(&first.uuid), "{}", first.uuid);
         assert_eq!(first.uuid, second.uuid);
+    }
+
+    #[test]
+    fn volumes_opened_at_once_agree_on_one_uuid() {
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let root = dir.path().join("v");
+            let uuids: Vec<String> = std::thread::scope(|scope| {
+                let openers: Vec<_> = (0..4)
+                    .map(|_| scope.spawn(|| Volume::open_directory(&root).map(|volume| volume.uuid)))
+                    .collect();
+                openers
+                    .into_iter()
+                    .map(|opener| opener.join().unwrap().expect("every opener succeeds"))
+                    .collect()
+            });
+            assert!(uuids.iter().all(|uuid| *uuid == uuids[0]), "{uuids:?}");
+            let leftovers = std::fs::read_dir(&root).unwrap().count();
+            assert_eq!(leftovers, 1, "only the UUID file stays");
+        }
     }
 
     #[test]
