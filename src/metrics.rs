@@ -681,6 +681,11 @@ fn render_volumes(out: &mut String, threads: &[Arc<Counters>], gauges: &Gauges) 
     }
 }
 
+fn counter(out: &mut String, name: &str, help: &str, value: u64) {
+    family(out, name, "counter", help);
+    let _ = writeln!(out, "{name} {value}");
+}
+
 fn gauge(out: &mut String, name: &str, help: &str, value: u64) {
     family(out, name, "gauge", help);
     let _ = writeln!(out, "{name} {value}");
@@ -788,27 +793,17 @@ fn render_connections(out: &mut String, threads: &[Arc<Counters>]) {
         "Client connections open (counted every second).",
         sum(|counters| &counters.open_connections),
     );
-    family(
+    counter(
         out,
         "keepring_connection_limit_reached_total",
-        "counter",
         "Times a worker was at --max-connections when a client connected.",
+        sum(|counters| &counters.connection_limit_hits),
     );
-    let _ = writeln!(
-        out,
-        "keepring_connection_limit_reached_total {}",
-        sum(|counters| &counters.connection_limit_hits)
-    );
-    family(
+    counter(
         out,
         "keepring_idle_connections_closed_total",
-        "counter",
         "Idle keep-alive connections closed (least recently used first) to admit new clients.",
-    );
-    let _ = writeln!(
-        out,
-        "keepring_idle_connections_closed_total {}",
-        sum(|counters| &counters.idle_connections_closed)
+        sum(|counters| &counters.idle_connections_closed),
     );
 }
 
