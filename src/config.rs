@@ -205,17 +205,33 @@ pub struct Config {
 
 /// The cluster config to read: `--config`, else (when no flag names a volume) the one
 /// keepstore would read: `$ARVADOS_CONFIG`, else the packaged path when it exists.
-fn config_path(cli: &Cli, env: &Environment) -> Option<PathBuf> {
+/// A SIGHUP re-read uses the file the running configuration came from (a file briefly
+/// missing must not turn a deployed node into the embedded default), and a successor
+/// (`--term-pid`) with no config and no volume flag must find one: it replaces a deployed
+/// node, never with `./keepring-data`.
+fn config_path(cli: &Cli, env: &Environment, running: Option<&Config>) -> Result<Option<PathBuf>, String> {
+    if let Some(running) = running {
+        return Ok(running.config_file.clone());
+    }
     if cli.config.is_some() {
-        return cli.config.clone();
+        return Ok(cli.config.clone());
     }
     let volume_flags = !cli.volumes.is_empty() || !cli.volume_roots.is_empty() || cli.discover_mounts;
     if volume_flags {
-        return None;
+        return Ok(None);
     }
-    env.arvados_config
+    let found = env
+        .arvados_config
         .clone()
-        .or_else(|| env.default_config.is_file().then(|| env.default_config.clone()))
+        .or_else(|| env.default_config.is_file().then(|| env.default_config.clone()));
+    match found {
+        None if cli.term_pid.is_some() => Err(format!(
+            "--term-pid replaces a running node but no config was found ({} missing, $ARVADOS_CONFIG unset) \
+             and no volume flag was given",
+            env.default_config.display()
+        )),
+        found => Ok(found),
+    }
 }
 
 fn load_cluster(path: &Path) -> Result<(ClusterFile, ConfigSource), String> {
@@ -284,7 +300,7 @@ fn cluster_settings(
     running: Option<&Config>,
     warnings: &mut Vec<String>,
 ) -> Result<(ClusterSettings, Option<ConfigSource>), String> {
-    let Some(path) = config_path(cli, env) else {
+    let Some(path) = config_path(cli, env, running)? else {
         let defaults = ClusterSettings {
             enforce_signatures: true,
             blob_trash: true,
@@ -574,6 +590,20 @@ mod tests {
             ..bare()
         };
         assert!(run(&[], &missing).unwrap_err().contains("absent.yml"));
+        let error = run(&["--term-pid", "4242"], &bare()).unwrap_err();
+        assert!(
+            error.contains("no config was found"),
+            "a successor never runs on the embedded default: {error}"
+        );
+        // A SIGHUP re-read keeps to the running file, even when the environment changed.
+        let running = run(&["--listen", "127.0.0.1:0"], &env).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let cli = Cli::parse_from(["keepring", "--listen", "127.0.0.1:0"]);
+        let error = Config::resolve(cli, &bare(), Some(&running)).unwrap_err();
+        assert!(
+            error.contains("config.yml"),
+            "a missing file is an error, not the default: {error}"
+        );
     }
 
     #[test]

@@ -95,6 +95,14 @@ pub fn choose(
 }
 
 fn among_several(candidates: Vec<Chosen>, term_pid: Option<u32>, probe: &dyn HostProbe) -> Result<Chosen, String> {
+    // A wildcard listen address binds on every host: it says nothing of whose entry it is.
+    if let Some(wildcard) = candidates.iter().find(|chosen| chosen.address.ip().is_unspecified()) {
+        return Err(format!(
+            "{} listens on a wildcard address, which matches every host; name this node's \
+             Services.Keepstore.InternalURLs entry with ARVADOS_SERVICE_INTERNAL_URL",
+            wildcard.entry.internal
+        ));
+    }
     if let Some(pid) = term_pid {
         let held: HashSet<SocketAddr> = probe.listening_of(pid).into_iter().collect();
         if let Some(found) = candidates.iter().find(|chosen| held.contains(&chosen.address)) {
@@ -315,6 +323,31 @@ mod tests {
             "http://127.0.0.1:25108/"
         );
         assert!(chosen(&entries, None, Some(99), &both_busy).starts_with("error"));
+    }
+
+    #[test]
+    fn wildcard_listen_urls_among_several_entries_are_ambiguous() {
+        let wildcard = |internal: &str| ServiceEntry {
+            internal: ServiceUrl::parse(internal).unwrap(),
+            listen: ServiceUrl::parse("http://0.0.0.0:25107/").unwrap(),
+        };
+        let entries = [
+            wildcard("http://keep0.example:25107/"),
+            wildcard("http://keep1.example:25107/"),
+        ];
+        let machine = host(&["0.0.0.0"], &[]);
+        let error = chosen(&entries, None, None, &machine);
+        assert!(
+            error.contains("wildcard") && error.contains("ARVADOS_SERVICE_INTERNAL_URL"),
+            "{error}"
+        );
+        let named = chosen(&entries, Some("http://keep1.example:25107"), None, &machine);
+        assert_eq!(named, "http://keep1.example:25107/");
+        assert_eq!(
+            chosen(&entries[..1], None, None, &machine),
+            "http://keep0.example:25107/",
+            "one entry: it"
+        );
     }
 
     #[test]

@@ -254,8 +254,9 @@ pub fn write_block_blocking(volume: &Volume, hash: &str, data: &[u8], random: u6
         drop(claim);
         file.write_all(data)?;
         file.sync_data()?;
-        drop(file);
+        // Renamed while still open and locked (see `BlockWriter::commit`).
         std::fs::rename(&temp, layout::block_path(root, hash))?;
+        drop(file);
         std::fs::File::open(&dir)?.sync_all()
     })();
     if written.is_err() {
@@ -276,7 +277,14 @@ pub fn lock_for_writing(fd: RawFd) -> io::Result<()> {
     lock.l_whence = libc::SEEK_SET as libc::c_short;
     // SAFETY: `fd` is open; `lock` is a valid flock for F_OFD_SETLK.
     if unsafe { libc::fcntl(fd, libc::F_OFD_SETLK, &lock) } != 0 {
-        return Err(io::Error::last_os_error());
+        let error = io::Error::last_os_error();
+        // A filesystem without locks (NFS without lockd): written unlocked, as before;
+        // the sweep then cannot tell, keeps it (see `is_held_by_a_writer`), and leaves it
+        // to the one-day rule.
+        return match error.raw_os_error() {
+            Some(libc::ENOLCK | libc::EOPNOTSUPP | libc::EINVAL) => Ok(()),
+            _ => Err(error),
+        };
     }
     Ok(())
 }
@@ -386,12 +394,14 @@ impl BlockWriter {
         let Some(file) = self.file.take() else {
             return Err(WriteError::Failed(io::ErrorKind::NotConnected.into()));
         };
-        let synced = file.sync_data().await;
-        let closed = file.close().await;
-        let result = match synced.and(closed) {
+        // Renamed while still open, so the temp file's lock (`lock_for_writing`) holds until
+        // it has its block name: the sweep can never take it in between.
+        let result = match file.sync_data().await {
             Ok(()) => commit(&self.temp, &self.target, &self.dir).await,
             Err(error) => Err(error),
         };
+        // The bytes were synced before the rename; a close error after it changes nothing.
+        let _ = file.close().await;
         if result.is_err() {
             // Nothing partial may stay visible or pile up; the block name was never touched.
             let _ = tokio_uring::fs::remove_file(&self.temp).await;

@@ -219,7 +219,11 @@ fn load_or_create_uuid(root: &Path) -> std::io::Result<String> {
     // fails if it exists: a crash never leaves a half-written identity, and of two
     // processes opening a new volume at once (a restart's old and new one) the first
     // identity stored is the one both use.
-    let temp = root.join(format!(".{UUID_FILE_NAME}.{}.{}", std::process::id(), random_base36(8)?));
+    let temp = root.join(format!(
+        ".{UUID_FILE_NAME}.{}.{}",
+        std::process::id(),
+        random_base36(8)?
+    ));
     std::fs::write(&temp, format!("{uuid}\n"))?;
     std::fs::File::open(&temp)?.sync_all()?;
     let linked = std::fs::hard_link(&temp, root.join(UUID_FILE_NAME));
