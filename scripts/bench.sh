@@ -484,7 +484,7 @@ else
     revision="unknown (not a git checkout)"
 fi
 notes=(
-    "keepring revision: $revision. Machine: $ncpu cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(uname -r), $(. /etc/os-release && echo "$PRETTY_NAME"); $("$nginx_bin" -v 2>&1 | sed 's/^nginx version: //'); $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2); volume on $(df -T "$work" | awk 'NR == 2 { print $2 }'); date $(date -u +%Y-%m-%dT%H:%MZ)."
+    "keepring revision: $revision. Machine: $ncpu cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'); SIMD: $(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -E '^(sse4_2|avx|avx2|avx512f|avx512bw|avx512vl|avx512_vbmi2|sha_ni)$' | tr '\n' ' ' | sed 's/ $//')), $(uname -r), $(. /etc/os-release && echo "$PRETTY_NAME"); $("$nginx_bin" -v 2>&1 | sed 's/^nginx version: //'); $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2); volume on $(df -T "$work" | awk 'NR == 2 { print $2 }'); date $(date -u +%Y-%m-%dT%H:%MZ)."
     "$rounds rounds of ${duration}s per case and server, interleaved; medians shown. Servers pinned to cores 0..W-1; wrk/hey to the next core when there is one, else to all cores (W=2 on a 2-core machine: the client competes with the servers); servers and clients at nice $nice_level."
     "Connections: GET/HEAD 4 KiB 16×W, GET/PUT 1 MiB 4×W, GET/PUT 64 MiB 2×W; beside case: 8 connections of 4 KiB GETs plus W of 64 MiB GETs. HEAD is driven by hey (wrk cannot do HEAD); everything else by wrk. keepring has no signing key (GETs unsigned, every GET MD5-verified, except in the *verified-copy cache* cases, served by a second keepring with --verified-cache-entries 100000); nginx: worker_processes W, sendfile on, access_log off."
 )
