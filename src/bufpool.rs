@@ -351,6 +351,14 @@ impl Lease {
     pub fn bytes(&self) -> u64 {
         self.bytes
     }
+
+    /// A lease of nothing on the same budget (to move a real one out of a struct).
+    pub fn empty(like: &Lease) -> Lease {
+        Lease {
+            budget: like.budget.clone(),
+            bytes: 0,
+        }
+    }
 }
 
 impl Drop for Lease {

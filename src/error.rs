@@ -30,6 +30,9 @@ pub enum RequestError {
     ChecksumMismatch,
     /// No buffer budget within `BUFFER_WAIT_MS_MAX`.
     Busy,
+    /// A body arriving too slowly was cut so that another request could have its share
+    /// of the buffer budget (`api::body::SlowBodies`).
+    BodyTooSlow,
     /// Every write failed, not all for lack of space.
     VolumeUnavailable,
     /// Every candidate volume full, none writable, or a requested class absent.
@@ -88,6 +91,11 @@ impl RequestError {
             ),
             ChecksumMismatch => (502, "checksum mismatch in stored data".into(), false),
             Busy => (503, "server busy: no block buffer free, retry later".into(), false),
+            BodyTooSlow => (
+                408,
+                "request body too slow: cut to free its buffer for others".into(),
+                false,
+            ),
             VolumeUnavailable => (503, "volume unavailable".into(), false),
             InsufficientStorage => (507, "insufficient storage".into(), false),
             RemoteLocator => (400, "remote cluster locators are not served by this node".into(), false),

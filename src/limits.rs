@@ -219,3 +219,11 @@ const _: () = assert!(LIST_BODY_BYTES_MAX <= BLOCK_BYTES_MAX);
 /// RequestTimeout. Past it the connection is closed and the body's buffer lease returned.
 pub const BODY_GRACE_MS: u64 = 60_000;
 pub const BODY_RATE_BYTES_PER_SEC_MIN: u64 = 256 * 1024;
+
+/// When a request waits for buffer budget, every this often it cuts (408) the slowest
+/// body of 1 MiB or more in progress whose average rate is below
+/// `BODY_RATE_BYTES_PER_SEC_MIN` after `SLOW_BODY_AGE_MIN_MS`: a trickling client gives
+/// way instead of an honest one waiting for it (the no-hold-and-wait property of whole
+/// leases stays: the slowest always yields).
+pub const SLOW_BODY_CHECK_MS: u64 = 100;
+pub const SLOW_BODY_AGE_MIN_MS: u64 = 2_000;

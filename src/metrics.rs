@@ -27,8 +27,8 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 const METHODS: [&str; 7] = ["GET", "HEAD", "PUT", "DELETE", "TOUCH", "OPTIONS", "other"];
 
 /// Statuses keepring answers (error.rs); anything else is counted under `other`.
-const STATUSES: [u16; 17] = [
-    200, 400, 401, 403, 404, 405, 411, 413, 422, 431, 499, 500, 501, 502, 503, 507, 0,
+const STATUSES: [u16; 18] = [
+    200, 400, 401, 403, 404, 405, 408, 411, 413, 422, 431, 499, 500, 501, 502, 503, 507, 0,
 ];
 
 /// Upper bounds of the request duration histogram, in microseconds: 0.1 ms (a cached

@@ -3,9 +3,14 @@
 //! two half-received bodies each wait for the other's share: hold-and-wait); a chunked
 //! body is leased a chunk ahead of what arrived. A client that trickles cannot hold its
 //! lease for long: the whole body must arrive by `BODY_GRACE_MS` plus its length at
-//! `BODY_RATE_BYTES_PER_SEC_MIN` (keepstore bounds a request at 5 minutes).
+//! `BODY_RATE_BYTES_PER_SEC_MIN` (keepstore bounds a request at 5 minutes), and while
+//! another request waits for budget, the slowest big body below that rate is cut (408)
+//! to make room (`SlowBodies`): trickling clients cannot hold the budget from honest ones.
 
 use std::ops::Range;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::api::context::Core;
@@ -13,7 +18,10 @@ use crate::bufpool::{Lease, CHUNK_BUFFER_BYTES};
 use crate::error::RequestError;
 use crate::http::request::{Framing, Head};
 use crate::http::session::Session;
-use crate::limits::{BLOCK_BYTES_MAX, BODY_GRACE_MS, BODY_RATE_BYTES_PER_SEC_MIN, CHUNK_BYTES};
+use crate::limits::{
+    BLOCK_BYTES_MAX, BODY_GRACE_MS, BODY_RATE_BYTES_PER_SEC_MIN, CHUNK_BYTES, SLOW_BODY_AGE_MIN_MS, SLOW_BODY_CHECK_MS,
+    STREAMED_WRITE_BYTES_MIN,
+};
 
 /// The body's announced length: `None` for chunked, 0 when there is no body.
 pub fn announced_length(head: &Head) -> Option<u64> {
@@ -40,6 +48,91 @@ pub async fn read_leased(
     Ok(reader.finish())
 }
 
+/// A big body in progress, as any core sees it.
+pub struct BodyInFlight {
+    fd: RawFd,
+    started: Instant,
+    received: AtomicU64,
+    cut: AtomicBool,
+}
+
+/// Every big body in progress in this process (bodies of 1 MiB or more: what holds the
+/// budget), so a request waiting for budget can cut the slowest. Its lock is taken when a
+/// big body starts and ends and while a request waits for budget, never per piece.
+#[derive(Default)]
+pub struct SlowBodies {
+    bodies: Mutex<Vec<Arc<BodyInFlight>>>,
+}
+
+impl SlowBodies {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Arc<BodyInFlight>>> {
+        // A panic while holding it leaves a Vec that is still whole.
+        self.bodies.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn register(&self, fd: RawFd) -> Arc<BodyInFlight> {
+        let body = Arc::new(BodyInFlight {
+            fd,
+            started: Instant::now(),
+            received: AtomicU64::new(0),
+            cut: AtomicBool::new(false),
+        });
+        self.lock().push(body.clone());
+        body
+    }
+
+    fn deregister(&self, body: &Arc<BodyInFlight>) {
+        self.lock().retain(|other| !Arc::ptr_eq(other, body));
+    }
+
+    /// Cut the slowest body older than `SLOW_BODY_AGE_MIN_MS` whose average rate is below
+    /// `BODY_RATE_BYTES_PER_SEC_MIN`: its socket stops reading (its request answers 408
+    /// and gives its lease back). False when no body is that slow.
+    pub fn cut_slowest(&self) -> bool {
+        let bodies = self.lock();
+        let now = Instant::now();
+        let rate = |body: &BodyInFlight| {
+            let secs = now.duration_since(body.started).as_secs_f64().max(1e-3);
+            body.received.load(Ordering::Relaxed) as f64 / secs
+        };
+        let slowest = bodies
+            .iter()
+            .filter(|body| !body.cut.load(Ordering::Relaxed))
+            .filter(|body| now.duration_since(body.started) >= Duration::from_millis(SLOW_BODY_AGE_MIN_MS))
+            .map(|body| (rate(body), body))
+            .filter(|(rate, _)| *rate < BODY_RATE_BYTES_PER_SEC_MIN as f64)
+            .min_by(|a, b| a.0.total_cmp(&b.0));
+        let Some((rate, body)) = slowest else {
+            return false;
+        };
+        body.cut.store(true, Ordering::Relaxed);
+        tracing::warn!(
+            bytes_per_sec = rate as u64,
+            "cutting the slowest request body to free buffer budget"
+        );
+        // SAFETY: the fd is open: its body deregisters (under this lock) before its
+        // connection can close. SHUT_RD ends the pending read; the 408 can still be written.
+        unsafe { libc::shutdown(body.fd, libc::SHUT_RD) };
+        true
+    }
+}
+
+/// Lease `bytes`, cutting the slowest trickling body every `SLOW_BODY_CHECK_MS` while the
+/// budget is short, until the lease is granted or the wait gives up (503).
+async fn lease_giving_way(core: &Core, bytes: u64) -> Result<Lease, RequestError> {
+    let lease = core.pool.lease(bytes);
+    tokio::pin!(lease);
+    loop {
+        tokio::select! {
+            biased;
+            result = &mut lease => return result,
+            _ = tokio::time::sleep(Duration::from_millis(SLOW_BODY_CHECK_MS)) => {
+                core.services.slow_bodies.cut_slowest();
+            }
+        }
+    }
+}
+
 /// A request body arriving into one leased buffer, a piece (at most one chunk) per step,
 /// so the caller can hash, and write, each piece before the next one is read.
 pub struct BodyReader {
@@ -48,6 +141,16 @@ pub struct BodyReader {
     length: Option<u64>,
     bytes_max: u64,
     leased_body_bytes: u64,
+    /// A big body's entry in `SlowBodies` (removed when the reader is dropped).
+    tracked: Option<(Arc<BodyInFlight>, Arc<crate::api::context::Services>)>,
+}
+
+impl Drop for BodyReader {
+    fn drop(&mut self) {
+        if let Some((body, services)) = &self.tracked {
+            services.slow_bodies.deregister(body);
+        }
+    }
 }
 
 impl BodyReader {
@@ -60,7 +163,11 @@ impl BodyReader {
         bytes_max: u64,
     ) -> Result<Self, RequestError> {
         let announced = length.unwrap_or(0).min(bytes_max);
-        let lease = core.pool.lease(CHUNK_BUFFER_BYTES as u64 + announced).await?;
+        let lease = lease_giving_way(core, CHUNK_BUFFER_BYTES as u64 + announced).await?;
+        let tracked = (announced >= STREAMED_WRITE_BYTES_MIN).then(|| {
+            let services = core.services.clone();
+            (services.slow_bodies.register(session.raw_fd()), services)
+        });
         let body = core.body_buffer(length.unwrap_or(CHUNK_BYTES as u64).min(bytes_max) as usize);
         let expected_bytes = length.unwrap_or(BLOCK_BYTES_MAX);
         let allowed = Duration::from_millis(BODY_GRACE_MS + expected_bytes * 1000 / BODY_RATE_BYTES_PER_SEC_MIN);
@@ -71,6 +178,7 @@ impl BodyReader {
             length,
             bytes_max,
             leased_body_bytes: announced,
+            tracked,
         })
     }
 
@@ -89,6 +197,12 @@ impl BodyReader {
             .read_body_some(std::mem::take(&mut self.body), CHUNK_BYTES, self.bytes_max as usize + 1)
             .await;
         self.body = returned;
+        if let Some((body, _)) = &self.tracked {
+            body.received.store(self.body.len() as u64, Ordering::Relaxed);
+            if result.is_err() && body.cut.load(Ordering::Relaxed) {
+                return Err(RequestError::BodyTooSlow);
+            }
+        }
         if result? == 0 {
             return Ok(None);
         }
@@ -114,7 +228,10 @@ impl BodyReader {
         self.body = body;
     }
 
-    pub fn finish(self) -> (Vec<u8>, Lease) {
-        (self.body, self.lease)
+    pub fn finish(mut self) -> (Vec<u8>, Lease) {
+        let body = std::mem::take(&mut self.body);
+        let empty = Lease::empty(&self.lease);
+        let lease = std::mem::replace(&mut self.lease, empty);
+        (body, lease)
     }
 }

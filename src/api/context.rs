@@ -11,6 +11,7 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
 
+use crate::api::body::SlowBodies;
 use crate::api::limiter::RequestLimiter;
 use crate::bufpool::{BufferBudget, BufferPool};
 use crate::chores::{ChoreSettings, Chores};
@@ -35,6 +36,8 @@ pub struct Services {
     pub drain: Arc<Drain>,
     /// Size of each worker's verified-copy cache; 0 hashes every read (the default).
     pub verified_cache_entries: usize,
+    /// Big request bodies in progress, so a request short of budget can cut the slowest.
+    pub slow_bodies: SlowBodies,
 }
 
 impl Services {
@@ -50,6 +53,7 @@ impl Services {
             limiter: RequestLimiter::unlimited(),
             drain: Arc::new(Drain::default()),
             verified_cache_entries: 0,
+            slow_bodies: SlowBodies::default(),
         }
     }
 }

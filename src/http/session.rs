@@ -401,6 +401,11 @@ impl Session {
         Ok((response.status, body_bytes))
     }
 
+    /// The socket's descriptor (for a cut from another core: `api::body::SlowBodies`).
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        self.stream.as_raw_fd()
+    }
+
     pub fn shutdown(&self) {
         let _ = self.stream.shutdown(Shutdown::Both);
     }

@@ -743,9 +743,12 @@ fn an_exhausted_buffer_budget_answers_503_after_a_bounded_wait_then_recovers() {
     let put_head =
         |hash: &str| format!("PUT /{hash} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {BLOCK_BYTES_MAX}\r\n\r\n");
     // A 64 MiB PUT whose body has started: it holds (almost) the whole budget until it ends.
+    // 3 MiB sent: over the next 5 s its average stays above the rate below which a body
+    // waiting for budget would cut it (BODY_RATE_BYTES_PER_SEC_MIN, 256 KiB/s).
+    let sent = 3 * 1024 * 1024;
     let mut holder = server.conn();
     holder.write_raw(put_head(&big_hash).as_bytes()).expect("write head");
-    holder.write_raw(&big[..1024 * 1024]).expect("write some body");
+    holder.write_raw(&big[..sent]).expect("write some body");
     std::thread::sleep(std::time::Duration::from_millis(300));
     // A second 64 MiB PUT cannot get its buffer: it waits the bounded time, then 503.
     let other = test_bytes(17, BLOCK_BYTES_MAX);
@@ -768,7 +771,7 @@ fn an_exhausted_buffer_budget_answers_503_after_a_bounded_wait_then_recovers() {
         "answered after {waited:?}, not after the wait"
     );
     // The holder finishes; the budget comes back and the refused block can be stored.
-    holder.write_raw(&big[1024 * 1024..]).expect("write the rest");
+    holder.write_raw(&big[sent..]).expect("write the rest");
     let stored = holder.read_response("PUT").expect("big PUT answer");
     assert_eq!(stored.status, 200, "{}", stored.summary());
     let retried = server.put(&other);
@@ -806,4 +809,54 @@ fn buffers_are_returned_after_successes_and_failures() {
     let get = server.get(&locator);
     assert_eq!(get.status, 200, "{}", get.summary());
     assert_eq!(get.body, data);
+}
+
+#[test]
+fn trickling_bodies_give_way_to_an_honest_put_when_the_budget_runs_out() {
+    // Two uploads announce 64 MiB, send three bytes and stall: with --max-buffers 2 they
+    // hold the whole budget. An honest 64 MiB PUT must not wait them out (it used to get
+    // 503 after 5 s, for as long as they trickled): the slowest is cut with 408.
+    let server = ServerBuilder::new()
+        .without_signing_key()
+        .arg("--max-buffers")
+        .arg("2")
+        .start();
+    let big = 64 * 1024 * 1024;
+    let mut tricklers: Vec<crate::support::client::Conn> = (0u8..2)
+        .map(|seed| {
+            let mut conn = server.conn();
+            let head = format!(
+                "PUT /{} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {big}\r\n\r\n",
+                md5_hex(&[seed])
+            );
+            conn.write_raw(head.as_bytes()).expect("head");
+            conn.write_raw(b"abc").expect("three bytes");
+            conn
+        })
+        .collect();
+    // Older than the age a body must reach before it can be judged too slow.
+    std::thread::sleep(Duration::from_millis(2500));
+    let data = test_bytes(77, big);
+    let started = std::time::Instant::now();
+    let response = server.put(&data);
+    assert_eq!(response.status, 200, "{}", response.summary());
+    assert!(
+        started.elapsed() < Duration::from_millis(4500),
+        "the honest PUT waited {:?}",
+        started.elapsed()
+    );
+    let mut cut = 0;
+    for conn in &mut tricklers {
+        conn.stream()
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("read timeout");
+        if let Ok(answer) = conn.read_response("PUT") {
+            assert_eq!(answer.status, 408, "{}", answer.summary());
+            assert!(answer.text().starts_with("request body too slow"), "{}", answer.text());
+            cut += 1;
+        }
+    }
+    assert_eq!(cut, 1, "exactly the one needed gives way");
+    let stored = server.get(&format!("{}+{big}", md5_hex(&data)));
+    assert_eq!(stored.status, 200);
 }
