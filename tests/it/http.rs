@@ -407,3 +407,47 @@ fn at_the_connection_limit_idle_connections_make_room_for_new_clients() {
     assert!(value("keepring_idle_connections_closed_total ") >= 1.0, "{metrics}");
     assert!(value("keepring_connection_limit_reached_total ") >= 1.0);
 }
+
+/// Raise this process's soft open-files limit to its hard one; returns it.
+fn raise_open_files() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid out- and in-pointers to an rlimit.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        limit.rlim_cur = limit.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+    }
+    limit.rlim_cur
+}
+
+#[test]
+fn ten_thousand_idle_connections_do_not_lock_out_new_clients() {
+    // The attack of issue 15: more idle connections than the default limit (4096 per worker,
+    // at most half the open-files limit); new clients must be served within a second.
+    let open_files = raise_open_files();
+    if open_files < 12_000 {
+        eprintln!("skipped: the open-files hard limit ({open_files}) cannot hold 10,000 connections here");
+        return;
+    }
+    let server = ServerBuilder::new().arg("--workers").arg("2").start();
+    let locator = server.put_block(DATA);
+    let idle: Vec<std::net::TcpStream> = (0..10_000)
+        .filter_map(|_| std::net::TcpStream::connect(server.addr).ok())
+        .collect();
+    assert!(idle.len() >= 9_000, "only {} connections opened", idle.len());
+    std::thread::sleep(Duration::from_millis(500));
+    for client in 0..48 {
+        let started = std::time::Instant::now();
+        let response = server.get(&locator);
+        assert_eq!(response.status, 200, "client {client}: {}", response.summary());
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "client {client} waited {:?}",
+            started.elapsed()
+        );
+    }
+    drop(idle);
+}
