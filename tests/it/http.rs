@@ -451,3 +451,120 @@ fn ten_thousand_idle_connections_do_not_lock_out_new_clients() {
     }
     drop(idle);
 }
+
+#[test]
+fn a_table_of_malformed_requests_gets_clean_answers_and_the_server_keeps_serving() {
+    let server = TestServer::start();
+    let locator = server.put_block(DATA);
+    let hash = md5_hex(DATA);
+    let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+        (
+            "root path",
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+            400,
+            "Bad Request",
+        ),
+        (
+            "20 KB request line",
+            [b"GET /".as_slice(), &[b'a'; 20_000], b" HTTP/1.1\r\nHost: x\r\n\r\n"].concat(),
+            431,
+            "request header fields too large",
+        ),
+        (
+            "non-numeric Content-Length",
+            format!("PUT /{hash} HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n").into_bytes(),
+            400,
+            "invalid Content-Length",
+        ),
+        (
+            "two Content-Lengths (smuggling)",
+            format!("PUT /{hash} HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello")
+                .into_bytes(),
+            400,
+            "conflicting Content-Length headers",
+        ),
+        (
+            "gzip Transfer-Encoding",
+            format!("PUT /{hash} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n").into_bytes(),
+            400,
+            "unsupported Transfer-Encoding",
+        ),
+        (
+            "a body over 64 MiB",
+            format!("PUT /{hash} HTTP/1.1\r\nHost: x\r\nContent-Length: 67108865\r\n\r\n").into_bytes(),
+            413,
+            "request entity too large",
+        ),
+        (
+            "path traversal",
+            b"GET /../../etc/passwd HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+            400,
+            "Bad Request",
+        ),
+        (
+            "bad chunk size",
+            format!("PUT /{hash} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n").into_bytes(),
+            400,
+            "malformed chunked body",
+        ),
+        (
+            "unknown method",
+            format!("BREW /{hash} HTTP/1.1\r\nHost: x\r\n\r\n").into_bytes(),
+            400,
+            "Bad Request",
+        ),
+        (
+            "header without a colon",
+            b"GET / HTTP/1.1\r\nBadHeader\r\n\r\n".to_vec(),
+            400,
+            "malformed request head",
+        ),
+        (
+            "NUL in the path",
+            b"GET /\x00abc HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+            400,
+            "malformed request head",
+        ),
+        (
+            "HTTP/2 preface",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(),
+            400,
+            "malformed request head",
+        ),
+        (
+            "8 hex digits",
+            b"GET /6f09f2b3 HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+            400,
+            "Bad Request",
+        ),
+        (
+            "body not matching its hash",
+            format!("PUT /{hash} HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc").into_bytes(),
+            400,
+            "content hash 900150983cd24fb0d6963f7d28e17f72 did not match",
+        ),
+    ];
+    for (name, raw, status, reason) in &cases {
+        let mut conn = server.conn();
+        conn.write_raw(raw).expect("write");
+        let response = conn
+            .read_response("GET")
+            .unwrap_or_else(|error| panic!("{name}: no answer: {error}"));
+        assert_eq!(response.status, *status, "{name}: {}", response.summary());
+        let text = response.text();
+        assert!(text.starts_with(reason), "{name}: {text:?}");
+        assert_eq!(text.lines().count(), 1, "{name}: one line: {text:?}");
+        assert_eq!(
+            server.request(Request::new("OPTIONS", "/")).status,
+            200,
+            "serving after {name}"
+        );
+    }
+    assert_eq!(server.get(&locator).status, 200, "the stored block is untouched");
+    let volume = server.volume(0);
+    let stray: Vec<_> = std::fs::read_dir(volume.join(&hash[..3]))
+        .expect("block dir")
+        .map(|entry| entry.expect("entry").file_name())
+        .collect();
+    assert_eq!(stray, [std::ffi::OsString::from(&hash)], "nothing partial written");
+}
