@@ -568,3 +568,35 @@ fn a_table_of_malformed_requests_gets_clean_answers_and_the_server_keeps_serving
         .collect();
     assert_eq!(stray, [std::ffi::OsString::from(&hash)], "nothing partial written");
 }
+
+#[test]
+fn slow_heads_do_not_slow_honest_clients() {
+    // 500 connections each send half a request head and then nothing (slowloris) beside
+    // honest GETs and a 64 MiB PUT: every honest request is served, promptly.
+    let server = ServerBuilder::new().without_signing_key().start();
+    let locator = server.put_block(DATA);
+    let slow: Vec<std::net::TcpStream> = (0..500)
+        .filter_map(|_| {
+            let mut stream = std::net::TcpStream::connect(server.addr).ok()?;
+            std::io::Write::write_all(
+                &mut stream,
+                b"GET /6f09f2b353b6d63069f770b90e2b112c+11 HTTP/1.1\r\nHost: ",
+            )
+            .ok()?;
+            Some(stream)
+        })
+        .collect();
+    assert_eq!(slow.len(), 500);
+    let mut slowest = Duration::ZERO;
+    for _ in 0..50 {
+        let started = std::time::Instant::now();
+        let response = server.get(&locator);
+        assert_eq!(response.status, 200, "{}", response.summary());
+        slowest = slowest.max(started.elapsed());
+    }
+    assert!(slowest < Duration::from_secs(1), "an honest GET took {slowest:?}");
+    let big = test_bytes(99, 64 * 1024 * 1024);
+    let put = server.put(&big);
+    assert_eq!(put.status, 200, "{}", put.summary());
+    drop(slow);
+}
