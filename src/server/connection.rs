@@ -53,7 +53,7 @@ async fn refuse_head(worker: &Worker, live: &LiveConnection, session: &mut Sessi
         status: error.reply().status,
         bytes_in: 0,
         bytes_out: 0,
-        started: Instant::now(),
+        elapsed: std::time::Duration::ZERO,
         request_id: &session.request_id,
     });
     answered
@@ -92,20 +92,20 @@ async fn serve_one(worker: &Worker, live: &LiveConnection, session: &mut Session
     };
     let aborted = outcome.is_err() && session.response_started;
     let (status, bytes_out) = finish(session, outcome).await;
+    // One clock read serves the log line and the connection's place in the idle order.
+    let finished = Instant::now();
     worker.log_request(&Answered {
         head,
         peer: Some(live.peer),
         status,
         bytes_in: session.body_bytes_in,
         bytes_out,
-        started,
+        elapsed: finished.duration_since(started),
         request_id: &session.request_id,
     });
     live.request.borrow_mut().clear();
     live.admitted.set(None);
-    // Idle from now on; the request's start stands for "now" (no second clock read): the
-    // least recently used connection is the one whose last request began longest ago.
-    live.idle_since.set(Some(started));
+    live.idle_since.set(Some(finished));
     (status, aborted)
 }
 

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::Notify;
 
@@ -115,7 +115,7 @@ impl Worker {
 
     /// The one place a request is logged and counted.
     pub fn log_request(&self, answered: &Answered<'_>) {
-        let micros = answered.started.elapsed().as_micros() as u64;
+        let micros = answered.elapsed.as_micros() as u64;
         let head = answered.head;
         let method = if head.method.is_empty() {
             "-"
@@ -156,7 +156,8 @@ pub struct Answered<'a> {
     pub bytes_in: u64,
     /// Response body bytes.
     pub bytes_out: u64,
-    pub started: Instant,
+    /// From the head's arrival to the answer's last byte.
+    pub elapsed: Duration,
     pub request_id: &'a str,
 }
 
