@@ -392,12 +392,6 @@ impl Config {
             warnings,
         })
     }
-
-    /// Does the trash emptier run (keepstore: `BlobTrash`, an interval above 0 and
-    /// `BlobDeleteConcurrency` above 0)?
-    pub fn empties_trash(&self) -> bool {
-        self.blob_trash && self.trash_check_interval_secs > 0 && self.delete_concurrency > 0
-    }
 }
 
 fn worker_count(flag: Option<u16>) -> usize {
@@ -466,9 +460,7 @@ fn no_volume_reason(service: Option<&Chosen>) -> String {
 /// keepstore refuses to start with signatures on and no key to check them with.
 fn check_signing_key(key: Option<&str>, from_file: bool, enforce: bool) -> Result<(), String> {
     if let Some(key) = key {
-        if !key.bytes().all(|byte| byte.is_ascii_alphanumeric()) {
-            return Err("blob signing key: unacceptable characters (only a-z, A-Z, 0-9 are acceptable)".into());
-        }
+        cluster_config::check_secret("blob signing key", key)?;
     } else if from_file && enforce {
         return Err("cannot enable Collections.BlobSigning with no Collections.BlobSigningKey".into());
     }
@@ -629,25 +621,5 @@ mod tests {
         std::fs::write(&bad_key, "has spaces in it\n").unwrap();
         let error = resolve(&["--blob-signing-key-file", bad_key.to_str().unwrap()]).unwrap_err();
         assert!(error.contains("unacceptable characters"), "{error}");
-    }
-
-    #[test]
-    fn the_trash_emptier_follows_keepstore() {
-        let dir = tempfile::tempdir().unwrap();
-        let with = |collections: &str| {
-            let path = write_config(dir.path(), &format!("{KEY}{collections}{}", volume_at(dir.path())));
-            resolve(&["--listen", "127.0.0.1:0", "--config", path.to_str().unwrap()]).unwrap()
-        };
-        let config = with("");
-        assert!(config.empties_trash());
-        assert_eq!(config.trash_check_interval_secs, 86_400);
-        assert!(!with("      BlobTrashCheckInterval: 0s\n").empties_trash());
-        assert!(!with("      BlobTrashCheckInterval: -1s\n").empties_trash());
-        assert!(!with("      BlobTrash: false\n").empties_trash());
-        assert!(!with("      BlobDeleteConcurrency: 0\n").empties_trash());
-        let config = with("      BlobTrashCheckInterval: 2400h\n      BlobReplicateConcurrency: 0\n");
-        assert_eq!(config.trash_check_interval_secs, 8_640_000);
-        assert_eq!(config.replicate_concurrency, 1, "at least one pull worker");
-        assert!(!resolve(&["--trash-check-interval-secs", "0"]).unwrap().empties_trash());
     }
 }

@@ -54,12 +54,6 @@ impl Node {
         self.generation.load(Ordering::Acquire)
     }
 
-    /// Replace the state; workers pick it up on their next request.
-    pub fn publish(&self, state: NodeState) {
-        self.state.store(Arc::new(state));
-        self.generation.fetch_add(1, Ordering::AcqRel);
-    }
-
     /// Replace the state by a function of the current one, retried if another writer
     /// published meanwhile (the watcher changes volumes, SIGHUP keys: neither may undo
     /// the other's change).

@@ -259,4 +259,54 @@ mod tests {
         queue.replace(vec![42]);
         assert_eq!(waiter.join().unwrap(), 42);
     }
+
+    /// A config read as the process reads it, from `collections` lines under
+    /// `Collections:` (no environment, no packaged file).
+    fn config_with(dir: &std::path::Path, collections: &str, args: &[&str]) -> crate::config::Config {
+        use clap::Parser;
+        let path = dir.join("config.yml");
+        let text = format!(
+            "Clusters:\n  zzzzz:\n    Collections:\n      BlobSigningKey: abcdefghijklmnopqrstuvwxyz0123456789\n{collections}\
+             \x20   Volumes:\n      zzzzz-nyw5e-000000000000000:\n        Driver: Directory\n        \
+             DriverParameters: {{Root: {}}}\n",
+            dir.display()
+        );
+        std::fs::write(&path, text).unwrap();
+        let mut argv = vec![
+            "keepring",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            path.to_str().unwrap(),
+        ];
+        argv.extend_from_slice(args);
+        let env = crate::config::Environment {
+            arvados_config: None,
+            service_internal_url: None,
+            default_config: "/nonexistent/arvados/config.yml".into(),
+        };
+        crate::config::Config::resolve(crate::config::Cli::parse_from(argv), &env, None).unwrap()
+    }
+
+    #[test]
+    fn the_trash_emptier_follows_keepstore() {
+        let dir = tempfile::tempdir().unwrap();
+        let with = |collections: &str| config_with(dir.path(), collections, &[]);
+        let empties = |config: &crate::config::Config| ChoreSettings::from_config(config).empties_trash();
+        let config = with("");
+        assert!(empties(&config));
+        assert_eq!(config.trash_check_interval_secs, 86_400);
+        assert!(!empties(&with("      BlobTrashCheckInterval: 0s\n")));
+        assert!(!empties(&with("      BlobTrashCheckInterval: -1s\n")));
+        assert!(!empties(&with("      BlobTrash: false\n")));
+        assert!(!empties(&with("      BlobDeleteConcurrency: 0\n")));
+        let config = with("      BlobTrashCheckInterval: 2400h\n      BlobReplicateConcurrency: 0\n");
+        assert_eq!(config.trash_check_interval_secs, 8_640_000);
+        assert_eq!(config.replicate_concurrency, 1, "at least one pull worker");
+        assert!(!empties(&config_with(
+            dir.path(),
+            "",
+            &["--trash-check-interval-secs", "0"]
+        )));
+    }
 }

@@ -258,13 +258,19 @@ fn check_secrets(cluster: &Cluster) -> Result<(), String> {
         ("Collections.BlobSigningKey", &cluster.collections.blob_signing_key),
     ];
     for (name, value) in secrets {
-        if !value.bytes().all(|byte| byte.is_ascii_alphanumeric()) {
-            return Err(format!(
-                "{name}: unacceptable characters in token (only a-z, A-Z, 0-9 are acceptable)"
-            ));
-        }
+        check_secret(name, value)?;
     }
     Ok(())
+}
+
+/// The characters keepstore accepts in a token or key, wherever it comes from.
+pub fn check_secret(name: &str, value: &str) -> Result<(), String> {
+    match value.bytes().all(|byte| byte.is_ascii_alphanumeric()) {
+        true => Ok(()),
+        false => Err(format!(
+            "{name}: unacceptable characters in token (only a-z, A-Z, 0-9 are acceptable)"
+        )),
+    }
 }
 
 /// keepring has no TLS listener yet: an https listen URL is refused rather than served as

@@ -5,11 +5,10 @@
 
 use std::io;
 use std::ops::ControlFlow;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use crate::locator::is_hash;
-use crate::volume::layout;
+use crate::volume::{layout, mtime_nanos};
 
 /// One stored block, as listed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,11 +46,10 @@ pub fn list_blocks(root: &Path, prefix: &str, mut each: impl FnMut(Listed<'_>) -
             if !metadata.is_file() {
                 continue;
             }
-            let mtime_ns = metadata.mtime() as i128 * 1_000_000_000 + metadata.mtime_nsec() as i128;
             let listed = Listed {
                 hash,
                 size: metadata.len(),
-                mtime_ns,
+                mtime_ns: mtime_nanos(&metadata),
             };
             if each(listed).is_break() {
                 return Ok(false);

@@ -271,10 +271,7 @@ pub fn write_block_blocking(volume: &Volume, hash: &str, data: &[u8], random: u6
 /// next sweep instead of a day later. A non-blocking fcntl on a file just created: it
 /// never waits.
 pub fn lock_for_writing(fd: RawFd) -> io::Result<()> {
-    // SAFETY: a zeroed flock is valid; fields set below.
-    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
-    lock.l_type = libc::F_WRLCK as libc::c_short;
-    lock.l_whence = libc::SEEK_SET as libc::c_short;
+    let lock = whole_file_write_lock();
     // SAFETY: `fd` is open; `lock` is a valid flock for F_OFD_SETLK.
     if unsafe { libc::fcntl(fd, libc::F_OFD_SETLK, &lock) } != 0 {
         let error = io::Error::last_os_error();
@@ -289,13 +286,20 @@ pub fn lock_for_writing(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
-/// Does a live writer hold the temp file at `path` (`lock_for_writing`)?
-pub fn is_held_by_a_writer(path: &Path) -> io::Result<bool> {
-    let file = std::fs::File::open(path)?;
-    // SAFETY: as in `lock_for_writing`; F_OFD_GETLK only tests and fills `lock` in.
+/// A write lock over the whole file (length 0: to its end, whatever it grows to).
+fn whole_file_write_lock() -> libc::flock {
+    // SAFETY: a zeroed flock is valid; the fields that matter are set below.
     let mut lock: libc::flock = unsafe { std::mem::zeroed() };
     lock.l_type = libc::F_WRLCK as libc::c_short;
     lock.l_whence = libc::SEEK_SET as libc::c_short;
+    lock
+}
+
+/// Does a live writer hold the temp file at `path` (`lock_for_writing`)?
+pub fn is_held_by_a_writer(path: &Path) -> io::Result<bool> {
+    let file = std::fs::File::open(path)?;
+    let mut lock = whole_file_write_lock();
+    // SAFETY: the fd is open; F_OFD_GETLK only tests and fills `lock` in.
     if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_GETLK, &mut lock) } != 0 {
         return Err(io::Error::last_os_error());
     }
@@ -522,7 +526,7 @@ fn reserve_blocking(file: &std::fs::File, length: u64) -> io::Result<()> {
 
 /// A write's claim on a volume's free space, from its check until its fallocate is done;
 /// dropping it gives the claim back.
-pub struct SpaceClaim<'a> {
+struct SpaceClaim<'a> {
     volume: &'a Volume,
     bytes: u64,
 }

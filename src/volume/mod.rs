@@ -76,6 +76,12 @@ impl Default for VolumeOptions {
     }
 }
 
+/// A file's mtime in nanoseconds since the epoch, as `/index` and trash lists carry it.
+pub fn mtime_nanos(metadata: &std::fs::Metadata) -> i128 {
+    use std::os::unix::fs::MetadataExt;
+    metadata.mtime() as i128 * 1_000_000_000 + metadata.mtime_nsec() as i128
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -9,14 +9,13 @@
 //! is never trashed, because a client may still hold a valid signature for it.
 
 use std::io;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::limits::{TEMP_FILE_STALE_SECS, TEMP_FILE_UNLOCKED_STALE_SECS};
 use crate::volume::io::{is_held_by_a_writer, is_missing};
-use crate::volume::layout;
+use crate::volume::{layout, mtime_nanos};
 
 /// What decides whether and how a block is trashed (keepstore's `BlobSigningTTL` and
 /// `BlobTrashLifetime`).
@@ -45,10 +44,6 @@ pub fn unix_nanos(time: SystemTime) -> i128 {
         Ok(after) => after.as_nanos() as i128,
         Err(before) => -(before.duration().as_nanos() as i128),
     }
-}
-
-fn mtime_nanos(metadata: &std::fs::Metadata) -> i128 {
-    metadata.mtime() as i128 * 1_000_000_000 + metadata.mtime_nsec() as i128
 }
 
 /// Trash block `hash` on the volume at `root` if it is older than the signing TTL and,
