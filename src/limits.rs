@@ -95,17 +95,23 @@ pub const WRITEBACK_QUEUE_MAX: usize = 256;
 /// 1 MiB; 4 KiB GETs beside one PUT stream kept p99 at 2.7-3.3 ms in all three.
 pub const WRITE_STEP_BYTES: usize = 512 * 1024;
 
-/// A temp file (`tmp<hash><digits>`) untouched this long belongs to a write that died (a
-/// crash, a kill mid-body): the sweep removes it. A live write's temp file lives minutes
-/// at most (a body must arrive within 60 s plus its length at 256 KiB/s: about 5 minutes
-/// for 64 MiB; a drain waits 5 minutes by default); a day leaves room for clock jumps
-/// and suspended machines, since the age is mtime against the wall clock.
+/// On a filesystem without locks, where the sweep cannot tell a live writer's temp file
+/// (`volume::temp`) from a dead one's, one untouched this long is a dead write's: a live
+/// write's temp file lives minutes at most (a body must arrive within 60 s plus its length
+/// at 256 KiB/s: about 5 minutes for 64 MiB; a drain waits 5 minutes by default); a day
+/// leaves room for clock jumps and suspended machines, since the age is mtime against the
+/// wall clock. Where locks work, the lock alone decides, whatever the age.
 pub const TEMP_FILE_STALE_SECS: u64 = 24 * 3600;
 
-/// A temp file no writer holds (its lock: `volume::io::lock_for_writing`) and untouched
-/// this long is a dead write's: removed at the next sweep. The age only covers the
-/// microseconds between a writer's create and its lock.
-pub const TEMP_FILE_UNLOCKED_STALE_SECS: u64 = 60;
+/// A writer whose new temp file a sweep removed before the writer could lock it
+/// (`volume::temp::claim`) creates another under the next name; that happening this many
+/// times in a row means something else is wrong (a sweep running in a loop), and the write
+/// fails instead of spinning. One retry is the most a single sweep can cause.
+pub const TEMP_CREATE_ATTEMPTS_MAX: u64 = 4;
+
+/// How often the temp sweep looks whether the process it replaced has exited before its
+/// first pass: a fifth of a second costs nothing and delays that pass by no more.
+pub const PREDECESSOR_EXIT_POLL_MS: u64 = 200;
 
 /// How often the temp files of dead writes are looked for (also once at start). Apart
 /// from the trash emptier's schedule: it deletes nothing a client or an operator could

@@ -256,6 +256,7 @@ fn start_background(services: &Arc<Services>, config: &Config, inbox: watcher::W
         chores: services.chores.clone(),
         registry: services.registry.clone(),
         budget: services.budget.clone(),
+        predecessor_pid: config.term_pid,
     });
     crate::chores::start(&context)
         .map_err(|error| StartError::config(format!("cannot start the chore threads: {error}")))?;

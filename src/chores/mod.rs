@@ -190,6 +190,8 @@ pub struct ChoreContext {
     pub registry: Arc<Registry>,
     /// Pulled blocks are leased from the buffer budget like a request's.
     pub budget: Arc<BufferBudget>,
+    /// The process this one replaces (`--term-pid`): the temp sweep starts after it exits.
+    pub predecessor_pid: Option<u32>,
 }
 
 impl ChoreContext {

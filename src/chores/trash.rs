@@ -4,12 +4,12 @@
 
 use std::io;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
 
 use crate::chores::{ChoreContext, ChoreSettings};
-use crate::limits::TEMP_SWEEP_INTERVAL_SECS;
+use crate::limits::{PREDECESSOR_EXIT_POLL_MS, TEMP_SWEEP_INTERVAL_SECS};
 use crate::locator::Locator;
 use crate::metrics::{Recorder, VolumeErrorKind, VolumeOp};
 use crate::volume::trash::{sweep_volume, trash_block, unix_nanos, TrashOutcome};
@@ -123,11 +123,30 @@ pub fn run_empty_trash(context: Arc<ChoreContext>) {
 /// The temp-file sweep, on its own schedule (at start, then every
 /// `TEMP_SWEEP_INTERVAL_SECS`): it deletes nothing recoverable, only the temp files of
 /// writes that died, on every writable volume.
+///
+/// After a hand-over the first sweep waits for the predecessor to exit (at most one
+/// interval): a binary from before temp-file locks writes unlocked, and its last writes
+/// must not look dead to this one.
 pub fn run_temp_sweep(context: Arc<ChoreContext>) {
     let recorder = context.registry.register();
+    if let Some(pid) = context.predecessor_pid {
+        let waited_since = Instant::now();
+        let interval = Duration::from_secs(TEMP_SWEEP_INTERVAL_SECS);
+        while is_running(pid) && waited_since.elapsed() < interval {
+            std::thread::sleep(Duration::from_millis(PREDECESSOR_EXIT_POLL_MS));
+        }
+    }
     loop {
         sweep_all(&context, &recorder, false, 1);
         std::thread::sleep(Duration::from_secs(TEMP_SWEEP_INTERVAL_SECS));
+    }
+}
+
+fn is_running(pid: u32) -> bool {
+    // A zombie still has its /proc entry but no live writers: its state is Z.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')),
+        Err(_) => false,
     }
 }
 

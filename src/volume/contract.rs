@@ -16,6 +16,7 @@ use tempfile::TempDir;
 
 use crate::volume::index::list_blocks;
 use crate::volume::io::{self, WriteError};
+use crate::volume::temp;
 use crate::volume::trash::{self, TrashOutcome, TrashRules};
 use crate::volume::{layout, Volume, VolumeOptions};
 
@@ -335,17 +336,17 @@ fn the_sweep_spares_temp_files_a_writer_holds_and_removes_dead_ones() {
             let file = std::fs::File::create(&path).expect("temp file");
             age(&path, 120);
             if hash == &held {
-                io::lock_for_writing(file.as_raw_fd()).expect("lock");
+                assert_eq!(temp::claim(file.as_raw_fd()).expect("lock"), temp::Claim::Owned);
                 open_writer = Some(file);
             }
         }
-        assert!(io::is_held_by_a_writer(&layout::temp_path(&volume.root, &held, 5)).expect("probe"));
+        assert!(temp::is_held_by_a_writer(&layout::temp_path(&volume.root, &held, 5)).expect("probe"));
         let swept = trash::sweep_volume(&volume.root, now_secs, false, true, 1).expect("sweep");
         assert_eq!(swept.temp, 1);
         assert!(names_beside(volume, &dead).is_empty(), "the dead write's file goes");
         assert_eq!(names_beside(volume, &held).len(), 1, "the live write's file stays");
         drop(open_writer);
-        assert!(!io::is_held_by_a_writer(&layout::temp_path(&volume.root, &held, 5)).expect("probe"));
+        assert!(!temp::is_held_by_a_writer(&layout::temp_path(&volume.root, &held, 5)).expect("probe"));
     });
 }
 

@@ -17,9 +17,10 @@ use tokio_uring::fs::{File, OpenOptions};
 
 use crate::digest::FileIdentity;
 use crate::limits::{
-    BLOCK_BYTES_MAX, CHUNK_BYTES, STREAMED_WRITE_BYTES_MIN, VOLUME_FREE_BYTES_MIN, WRITEBACK_QUEUE_MAX,
-    WRITEBACK_STEP_BYTES, WRITE_STEP_BYTES,
+    BLOCK_BYTES_MAX, CHUNK_BYTES, STREAMED_WRITE_BYTES_MIN, TEMP_CREATE_ATTEMPTS_MAX, VOLUME_FREE_BYTES_MIN,
+    WRITEBACK_QUEUE_MAX, WRITEBACK_STEP_BYTES, WRITE_STEP_BYTES,
 };
+use crate::volume::temp::{self, Claim};
 use crate::volume::{layout, Volume};
 use std::sync::atomic::Ordering;
 
@@ -241,15 +242,9 @@ pub fn write_block_blocking(volume: &Volume, hash: &str, data: &[u8], random: u6
         Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {}
         Err(error) => return Err(error.into()),
     }
-    let temp = layout::temp_path(root, hash, random);
+    let (mut file, temp) = create_temp_blocking(root, hash, random)?;
     let written = (|| {
         use std::io::Write;
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&temp)?;
-        lock_for_writing(file.as_raw_fd())?;
         reserve_blocking(&file, data.len() as u64)?;
         drop(claim);
         file.write_all(data)?;
@@ -263,47 +258,6 @@ pub fn write_block_blocking(volume: &Volume, hash: &str, data: &[u8], random: u6
         let _ = std::fs::remove_file(&temp);
     }
     written.map_err(WriteError::from)
-}
-
-/// Mark a temp file as being written: an open-file-description write lock, held until
-/// the writer closes it or its process dies, whichever comes first. The sweep removes a
-/// temp file nobody holds (`is_held_by_a_writer`): a killed writer's leftovers go at the
-/// next sweep instead of a day later. A non-blocking fcntl on a file just created: it
-/// never waits.
-pub fn lock_for_writing(fd: RawFd) -> io::Result<()> {
-    let lock = whole_file_write_lock();
-    // SAFETY: `fd` is open; `lock` is a valid flock for F_OFD_SETLK.
-    if unsafe { libc::fcntl(fd, libc::F_OFD_SETLK, &lock) } != 0 {
-        let error = io::Error::last_os_error();
-        // A filesystem without locks (NFS without lockd): written unlocked, as before;
-        // the sweep then cannot tell, keeps it (see `is_held_by_a_writer`), and leaves it
-        // to the one-day rule.
-        return match error.raw_os_error() {
-            Some(libc::ENOLCK | libc::EOPNOTSUPP | libc::EINVAL) => Ok(()),
-            _ => Err(error),
-        };
-    }
-    Ok(())
-}
-
-/// A write lock over the whole file (length 0: to its end, whatever it grows to).
-fn whole_file_write_lock() -> libc::flock {
-    // SAFETY: a zeroed flock is valid; the fields that matter are set below.
-    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
-    lock.l_type = libc::F_WRLCK as libc::c_short;
-    lock.l_whence = libc::SEEK_SET as libc::c_short;
-    lock
-}
-
-/// Does a live writer hold the temp file at `path` (`lock_for_writing`)?
-pub fn is_held_by_a_writer(path: &Path) -> io::Result<bool> {
-    let file = std::fs::File::open(path)?;
-    let mut lock = whole_file_write_lock();
-    // SAFETY: the fd is open; F_OFD_GETLK only tests and fills `lock` in.
-    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_GETLK, &mut lock) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(lock.l_type != libc::F_UNLCK as libc::c_short)
 }
 
 /// One block being written: a temp file in the block's directory that becomes the block
@@ -333,17 +287,8 @@ impl BlockWriter {
                 return Err(error.into());
             }
         }
-        let temp = layout::temp_path(root, hash, random);
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&temp)
-            .await?;
-        let prepared = match lock_for_writing(file.as_raw_fd()) {
-            Ok(()) => reserve(&file, length).await,
-            Err(error) => Err(error),
-        };
+        let (file, temp) = create_temp(root, hash, random).await?;
+        let prepared = reserve(&file, length).await;
         // Reserved (or failed): statvfs now shows the space taken.
         drop(claim);
         if let Err(error) = prepared {
@@ -398,7 +343,7 @@ impl BlockWriter {
         let Some(file) = self.file.take() else {
             return Err(WriteError::Failed(io::ErrorKind::NotConnected.into()));
         };
-        // Renamed while still open, so the temp file's lock (`lock_for_writing`) holds until
+        // Renamed while still open, so the temp file's lock (`temp::claim`) holds until
         // it has its block name: the sweep can never take it in between.
         let result = match file.sync_data().await {
             Ok(()) => commit(&self.temp, &self.target, &self.dir).await,
@@ -480,6 +425,57 @@ fn writeback_thread() -> Option<&'static SyncSender<(OwnedFd, u64, u64)>> {
             }
         })
         .as_ref()
+}
+
+/// A new temp file for block `hash`, created exclusively and claimed (`temp::claim`):
+/// locked, so no sweep removes it until it is renamed or closed.
+async fn create_temp(root: &Path, hash: &str, random: u64) -> io::Result<(File, PathBuf)> {
+    for attempt in 0..TEMP_CREATE_ATTEMPTS_MAX {
+        let path = layout::temp_path(root, hash, random.wrapping_add(attempt));
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .await?;
+        let claimed = temp::claim(file.as_raw_fd());
+        if let Ok(Claim::Owned | Claim::Unlocked) = claimed {
+            return Ok((file, path));
+        }
+        let _ = file.close().await;
+        if let Err(error) = claimed {
+            let _ = tokio_uring::fs::remove_file(&path).await;
+            return Err(error);
+        }
+        // Lost to a sweep between create and lock: the sweep removes that one.
+    }
+    Err(temp_files_lost())
+}
+
+/// `create_temp` with blocking calls (the pull worker's thread).
+fn create_temp_blocking(root: &Path, hash: &str, random: u64) -> io::Result<(std::fs::File, PathBuf)> {
+    for attempt in 0..TEMP_CREATE_ATTEMPTS_MAX {
+        let path = layout::temp_path(root, hash, random.wrapping_add(attempt));
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)?;
+        match temp::claim(file.as_raw_fd()) {
+            Ok(Claim::Owned | Claim::Unlocked) => return Ok((file, path)),
+            Ok(Claim::Lost) => {}
+            Err(error) => {
+                drop(file);
+                let _ = std::fs::remove_file(&path);
+                return Err(error);
+            }
+        }
+    }
+    Err(temp_files_lost())
+}
+
+fn temp_files_lost() -> io::Error {
+    io::Error::other("every new temp file was swept before its writer could lock it")
 }
 
 async fn commit(temp: &Path, target: &Path, dir: &Path) -> io::Result<()> {

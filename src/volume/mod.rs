@@ -10,6 +10,7 @@ mod contract;
 pub mod index;
 pub mod io;
 pub mod layout;
+pub mod temp;
 pub mod trash;
 
 use std::path::{Path, PathBuf};

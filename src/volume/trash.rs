@@ -13,8 +13,9 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::limits::{TEMP_FILE_STALE_SECS, TEMP_FILE_UNLOCKED_STALE_SECS};
-use crate::volume::io::{is_held_by_a_writer, is_missing};
+use crate::limits::TEMP_FILE_STALE_SECS;
+use crate::volume::io::is_missing;
+use crate::volume::temp::{self, Sweep};
 use crate::volume::{layout, mtime_nanos};
 
 /// What decides whether and how a block is trashed (keepstore's `BlobSigningTTL` and
@@ -133,15 +134,14 @@ pub fn untrash_block(root: &Path, hash: &str) -> io::Result<bool> {
 pub struct Swept {
     /// Trashed copies past their deadline.
     pub trash: u64,
-    /// Temp files of writes that died (a crash or a kill mid-PUT), untouched for
-    /// `TEMP_FILE_STALE_SECS`.
+    /// Temp files of writes that died (a crash or a kill mid-PUT): no writer held them.
     pub temp: u64,
 }
 
 /// Sweep one volume, descending only into all-hex directories (as keepstore): delete every
-/// trashed file whose deadline is ≤ `now_secs` (when `trash`), and every temp file not
-/// modified for `TEMP_FILE_STALE_SECS` (when `temp`; no live write leaves its file alone
-/// that long: a body has minutes at most). `workers` threads share the directories
+/// trashed file whose deadline is ≤ `now_secs` (when `trash`), and every temp file whose
+/// writer is gone (when `temp`; the lock rule of `volume::temp`, whatever the file's age,
+/// or a day untouched where the filesystem has no locks). `workers` threads share the directories
 /// (keepstore's `BlobDeleteConcurrency`).
 pub fn sweep_volume(root: &Path, now_secs: u64, trash: bool, temp: bool, workers: usize) -> io::Result<Swept> {
     let mut dirs = Vec::new();
@@ -185,8 +185,7 @@ pub fn sweep_volume(root: &Path, now_secs: u64, trash: bool, temp: bool, workers
 
 fn sweep_dir(dir: &Path, now_secs: u64, trash: bool, temp: bool) -> io::Result<Swept> {
     let mut swept = Swept::default();
-    let at = |age_secs: u64| unix_nanos(UNIX_EPOCH + Duration::from_secs(now_secs.saturating_sub(age_secs)));
-    let (stale_before, unlocked_stale_before) = (at(TEMP_FILE_STALE_SECS), at(TEMP_FILE_UNLOCKED_STALE_SECS));
+    let stale_before = unix_nanos(UNIX_EPOCH + Duration::from_secs(now_secs.saturating_sub(TEMP_FILE_STALE_SECS)));
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         // Removed meanwhile (a volume going away): nothing left to sweep there.
@@ -197,29 +196,40 @@ fn sweep_dir(dir: &Path, now_secs: u64, trash: bool, temp: bool) -> io::Result<S
         let entry = entry?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        let is_expired_trash =
-            trash && layout::parse_trash_name(name).is_some_and(|(_, deadline)| deadline <= now_secs);
-        // A temp file is a dead write's when no writer holds its lock (a killed process
-        // releases it) and it is not brand new, or when it is very old whatever its lock
-        // says. An entry that cannot be looked at is left for the next sweep.
-        let is_stale_temp = temp
-            && layout::is_temp_name(name)
-            && entry.metadata().is_ok_and(|metadata| {
-                let mtime = mtime_nanos(&metadata);
-                mtime < stale_before
-                    || (mtime < unlocked_stale_before && !is_held_by_a_writer(&entry.path()).unwrap_or(true))
-            });
-        if !is_expired_trash && !is_stale_temp {
-            continue;
-        }
-        match std::fs::remove_file(entry.path()) {
-            Ok(()) if is_expired_trash => swept.trash += 1,
-            Ok(()) => swept.temp += 1,
-            Err(error) if is_missing(&error) => {}
-            Err(error) => return Err(error),
+        if trash && layout::parse_trash_name(name).is_some_and(|(_, deadline)| deadline <= now_secs) {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => swept.trash += 1,
+                Err(error) if is_missing(&error) => {}
+                Err(error) => return Err(error),
+            }
+        } else if temp && layout::is_temp_name(name) && sweep_temp(&entry, stale_before)? {
+            swept.temp += 1;
         }
     }
     Ok(swept)
+}
+
+/// Remove one temp file if its write is dead: no writer holds its lock (`volume::temp`),
+/// or, where the filesystem has no locks, it is untouched since `stale_before`.
+fn sweep_temp(entry: &std::fs::DirEntry, stale_before: i128) -> io::Result<bool> {
+    match temp::remove_if_abandoned(&entry.path())? {
+        Sweep::Removed => Ok(true),
+        Sweep::Kept => Ok(false),
+        Sweep::Unknown => {
+            // An entry that cannot be looked at is left for the next sweep.
+            if !entry
+                .metadata()
+                .is_ok_and(|metadata| mtime_nanos(&metadata) < stale_before)
+            {
+                return Ok(false);
+            }
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => Ok(true),
+                Err(error) if is_missing(&error) => Ok(false),
+                Err(error) => Err(error),
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -342,10 +352,19 @@ mod tests {
             file.set_modified(now - Duration::from_secs(age_secs)).unwrap();
         };
         aged(&format!("tmp{HASH}123"), TEMP_FILE_STALE_SECS + 60);
-        // Unlocked but brand new: its writer may be between create and lock.
-        aged(&format!("tmp{HASH}456"), TEMP_FILE_UNLOCKED_STALE_SECS / 2);
+        // Brand new and unlocked: its writer died (or will find it gone: `temp::claim`).
+        aged(&format!("tmp{HASH}456"), 0);
         aged(&format!("tmp{HASH}.trash.1"), TEMP_FILE_STALE_SECS + 60);
         aged("tmpnothex", TEMP_FILE_STALE_SECS + 60);
+        // Held by a live writer: kept however old it looks.
+        let held_path = block_dir.join(format!("tmp{HASH}789"));
+        let held = File::create_new(&held_path).unwrap();
+        assert_eq!(
+            crate::volume::temp::claim(std::os::fd::AsRawFd::as_raw_fd(&held)).unwrap(),
+            crate::volume::temp::Claim::Owned
+        );
+        held.set_modified(now - Duration::from_secs(TEMP_FILE_STALE_SECS * 2))
+            .unwrap();
         assert_eq!(
             sweep_volume(dir.path(), now_secs, false, false, 1).unwrap(),
             Swept::default(),
@@ -353,16 +372,17 @@ mod tests {
         );
         assert_eq!(
             sweep_volume(dir.path(), now_secs, false, true, 2).unwrap(),
-            Swept { trash: 0, temp: 1 }
+            Swept { trash: 0, temp: 2 }
         );
         assert_eq!(
             names(dir.path()),
             [
                 HASH.to_string(),
                 format!("tmp{HASH}.trash.1"),
-                format!("tmp{HASH}456"),
+                format!("tmp{HASH}789"),
                 "tmpnothex".to_string()
             ]
         );
+        drop(held);
     }
 }

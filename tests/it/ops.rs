@@ -281,20 +281,22 @@ fn hold_writer_lock(file: &std::fs::File) {
 #[test]
 fn sweep_removes_temp_files_of_dead_writes_and_keeps_live_ones() {
     // A write killed mid-body (crash, kill -9) leaves `tmp<hash><digits>` and no lock on it:
-    // the sweep at start removes it once it is a minute old (one untouched for a day goes
-    // whatever its lock), and leaves those a live writer holds or just created.
+    // the sweep at start removes every such file whatever its age, and leaves those a live
+    // writer holds however old they look.
     let dir = tempfile::tempdir().unwrap();
     let volume = dir.path().join("v0");
     let ancient = md5_hex(b"a write that died long ago");
     let killed = md5_hex(b"a write killed two minutes ago");
+    let fresh = md5_hex(b"a write killed just now");
     let live = md5_hex(b"a write in progress");
-    let fresh = md5_hex(b"a write just created");
+    let stalled = md5_hex(b"a live write untouched for two days");
     let mut held = Vec::new();
     for (hash, age, locked) in [
         (&ancient, Duration::from_secs(25 * 3600), false),
         (&killed, Duration::from_secs(120), false),
-        (&live, Duration::from_secs(600), true),
         (&fresh, Duration::from_secs(0), false),
+        (&live, Duration::from_secs(600), true),
+        (&stalled, Duration::from_secs(48 * 3600), true),
     ] {
         let block_dir = volume.join(&hash[..3]);
         std::fs::create_dir_all(&block_dir).unwrap();
@@ -306,7 +308,7 @@ fn sweep_removes_temp_files_of_dead_writes_and_keeps_live_ones() {
         }
     }
     let server = ServerBuilder::new().volume_paths(vec![volume.clone()]).start();
-    for gone in [&ancient, &killed] {
+    for gone in [&ancient, &killed, &fresh] {
         assert!(
             eventually(WORKER_WITHIN, || block_dir_entries(&volume, gone).is_empty()),
             "a dead write's temp file stays: {:?}",
@@ -317,17 +319,63 @@ fn sweep_removes_temp_files_of_dead_writes_and_keeps_live_ones() {
         .log
         .wait_for(WORKER_WITHIN, |line| line.contains("stale temp files"))
         .is_some());
-    assert_eq!(
-        block_dir_entries(&volume, &live),
-        [format!("tmp{live}42")],
-        "a held one stays"
-    );
-    assert_eq!(
-        block_dir_entries(&volume, &fresh),
-        [format!("tmp{fresh}42")],
-        "a new one stays"
-    );
+    for kept in [&live, &stalled] {
+        assert_eq!(
+            block_dir_entries(&volume, kept),
+            [format!("tmp{kept}42")],
+            "a held one stays"
+        );
+    }
     drop(held);
+}
+
+/// Issue 15: a writer killed in the middle of a body leaves its temp file; the restarted
+/// server's first sweep removes it at once (no age rule), and no partial block is visible.
+#[test]
+fn a_write_killed_mid_body_leaves_no_temp_file_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let volume = dir.path().join("v0");
+    let mut server = ServerBuilder::new().volume_paths(vec![volume.clone()]).start();
+    let data = vec![0x5au8; 8 * 1024 * 1024];
+    let hash = md5_hex(&data);
+    let mut conn = server.conn();
+    let head = format!(
+        "PUT /{hash} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {ROOT_TOKEN}\r\nContent-Length: {}\r\n\r\n",
+        data.len()
+    );
+    conn.write_raw(head.as_bytes()).expect("send head");
+    conn.write_raw(&data[..data.len() / 2]).expect("send half the body");
+    let temp_name = format!("tmp{hash}");
+    assert!(
+        eventually(WORKER_WITHIN, || block_dir_entries(&volume, &hash)
+            .iter()
+            .any(|name| name.starts_with(&temp_name))),
+        "the write never made a temp file"
+    );
+    server.signal(libc::SIGKILL);
+    assert!(
+        server.wait_exit(Duration::from_secs(5)).is_some(),
+        "kill -9 did not end it"
+    );
+    let left = block_dir_entries(&volume, &hash);
+    assert!(
+        left.len() == 1 && left[0].starts_with(&temp_name),
+        "the killed write left {left:?}"
+    );
+    let restarted = ServerBuilder::new().volume_paths(vec![volume.clone()]).start();
+    assert!(
+        eventually(Duration::from_secs(5), || block_dir_entries(&volume, &hash).is_empty()),
+        "after the restart the killed write's temp file stays: {:?}",
+        block_dir_entries(&volume, &hash)
+    );
+    assert!(
+        restarted.volumes_holding(&hash).is_empty(),
+        "no partial block is visible"
+    );
+    let locator = restarted.put_block(&data);
+    assert!(locator.starts_with(&hash), "PUT answered {locator}");
+    assert_eq!(block_dir_entries(&volume, &hash), std::slice::from_ref(&hash));
+    assert_eq!(restarted.get(&locator).body, data);
 }
 
 #[test]
