@@ -1,4 +1,4 @@
-//! Counters for `GET /metrics` (keep-protocol.md §3.7) and their Prometheus text.
+//! Counters for `GET /metrics` (keep-protocol.md §3.7), as Prometheus text and as JSON.
 //!
 //! Every thread that serves or moves blocks (a core worker, a chore) owns a `Recorder`:
 //! its own `Counters` of `AtomicU64`s that only it writes (Relaxed: nothing is ordered by
@@ -11,6 +11,11 @@
 //! `request_duration_seconds`); keepring's own series are `keepring_*`. This module
 //! formats and sums; the gauges that live elsewhere (buffer budget, queues, drain flag,
 //! free space) are read by the caller and passed in as `Gauges`.
+//!
+//! A scrape builds every family once as data (`Family`: name, help, kind, and per series
+//! its labels and `Measure`) and writes that list either as the text exposition
+//! (`render`) or as keepstore's `/metrics.json` (`render_json`), so the two forms cannot
+//! drift apart and neither is parsed back.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -287,81 +292,236 @@ pub struct Gauges {
 
 /// The whole exposition: every family with `# HELP` and `# TYPE`, sums over threads.
 pub fn render(registry: &Registry, gauges: &Gauges) -> String {
-    let threads = registry.snapshot();
     let mut out = String::with_capacity(16 * 1024);
-    render_requests(&mut out, &threads);
-    render_volumes(&mut out, &threads, gauges);
-    render_gauges(&mut out, gauges);
-    render_service(&mut out, &threads, gauges);
-    render_connections(&mut out, &threads);
+    for family in families(registry, gauges) {
+        family.write_text(&mut out);
+    }
     out
 }
 
 /// The same families as `render`, as `/metrics.json` serves them in keepstore: a JSON
 /// array of Prometheus MetricFamily messages in protobuf's JSON mapping (what Go's jsonpb
-/// writes: lowerCamelCase fields, enum names, 64-bit counts as strings). Built from the
-/// text exposition, so both endpoints always carry the same families and values.
+/// writes: lowerCamelCase fields, enum names, 64-bit counts as strings). Both forms are
+/// written from one list of `Family`s, so they always carry the same families and values.
 pub fn render_json(registry: &Registry, gauges: &Gauges) -> String {
-    text_to_json(&render(registry, gauges)).to_string()
+    let families = families(registry, gauges);
+    serde_json::Value::Array(families.iter().map(Family::to_json).collect()).to_string()
 }
 
-type Labels = Vec<(String, String)>;
-
-/// One sample line of the text exposition: `name{labels} value`.
-struct Sample {
-    name: String,
-    labels: Labels,
-    value: f64,
+/// Every family of one scrape, in exposition order, summed over threads.
+fn families(registry: &Registry, gauges: &Gauges) -> Vec<Family> {
+    let threads = registry.snapshot();
+    let mut families = request_families(&threads);
+    families.extend(volume_families(&threads, gauges));
+    families.extend(gauge_families(gauges));
+    families.extend(service_families(&threads, gauges));
+    families.extend(connection_families(&threads));
+    families
 }
 
-/// One summary or histogram series being gathered: its labels (without `le`), its
-/// `sampleSum`/`sampleCount` so far, and its buckets.
-struct Series {
-    labels: Labels,
-    fields: serde_json::Map<String, serde_json::Value>,
-    buckets: Vec<serde_json::Value>,
+/// What a family measures: its `# TYPE` word (JSON's `type` is the same in upper case).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Counter,
+    Gauge,
+    Summary,
+    Histogram,
 }
 
-fn parse_sample(line: &str) -> Option<Sample> {
-    let (series, value) = line.rsplit_once(' ')?;
-    let value = match value {
-        "+Inf" => f64::INFINITY,
-        "-Inf" => f64::NEG_INFINITY,
-        other => other.parse().ok()?,
-    };
-    let (name, labels) = match series.split_once('{') {
-        None => (series, Vec::new()),
-        Some((name, rest)) => (name, parse_labels(rest.strip_suffix('}')?)?),
-    };
-    Some(Sample {
-        name: name.to_string(),
-        labels,
-        value,
-    })
-}
-
-/// `k="v",k2="v2"` with the exposition escapes (`\\`, `\"`, `\n`) undone.
-fn parse_labels(text: &str) -> Option<Labels> {
-    let mut labels = Vec::new();
-    let mut rest = text;
-    while !rest.is_empty() {
-        let (key, after) = rest.split_once("=\"")?;
-        let mut value = String::new();
-        let mut chars = after.char_indices();
-        let end = loop {
-            match chars.next()? {
-                (index, '"') => break index,
-                (_, '\\') => match chars.next()?.1 {
-                    'n' => value.push('\n'),
-                    other => value.push(other),
-                },
-                (_, other) => value.push(other),
-            }
-        };
-        labels.push((key.to_string(), value));
-        rest = after[end + 1..].strip_prefix(',').unwrap_or(&after[end + 1..]);
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Summary => "summary",
+            Kind::Histogram => "histogram",
+        }
     }
-    Some(labels)
+}
+
+/// A sample's value: a count, kept exact, or a measure (seconds, a timestamp) written in
+/// Rust's shortest round-trip form, so the text and the JSON carry the same `f64`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Number {
+    Count(u64),
+    Real(f64),
+}
+
+impl Number {
+    fn to_f64(self) -> f64 {
+        match self {
+            Number::Count(count) => count as f64,
+            Number::Real(real) => real,
+        }
+    }
+}
+
+/// The exposition's spelling: infinities are `+Inf` and `-Inf` (text format 0.0.4).
+impl std::fmt::Display for Number {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Number::Count(count) => write!(formatter, "{count}"),
+            Number::Real(real) if real == f64::INFINITY => formatter.write_str("+Inf"),
+            Number::Real(real) if real == f64::NEG_INFINITY => formatter.write_str("-Inf"),
+            Number::Real(real) => write!(formatter, "{real}"),
+        }
+    }
+}
+
+/// A series' labels, in the order the text writes them (JSON keeps that order).
+type Labels = Vec<(&'static str, String)>;
+
+/// What one series holds, by its family's kind.
+#[derive(Debug, Clone, PartialEq)]
+enum Measure {
+    /// A counter's or a gauge's one sample.
+    Single(Number),
+    /// `_sum` (seconds) and `_count`.
+    Summary { sum: f64, count: u64 },
+    /// `_bucket` per upper bound (cumulative; the last bound is +Inf), `_sum`, `_count`.
+    Histogram {
+        buckets: Vec<(f64, u64)>,
+        sum: f64,
+        count: u64,
+    },
+}
+
+impl Measure {
+    fn fits(&self, kind: Kind) -> bool {
+        match self {
+            Measure::Single(_) => matches!(kind, Kind::Counter | Kind::Gauge),
+            Measure::Summary { .. } => kind == Kind::Summary,
+            Measure::Histogram { .. } => kind == Kind::Histogram,
+        }
+    }
+}
+
+/// One series of a family.
+#[derive(Debug, Clone, PartialEq)]
+struct Metric {
+    labels: Labels,
+    measure: Measure,
+}
+
+/// One metric family, built once per scrape and written twice: as exposition text
+/// (`write_text`) and as a MetricFamily JSON message (`to_json`).
+#[derive(Debug, Clone, PartialEq)]
+struct Family {
+    name: &'static str,
+    help: &'static str,
+    kind: Kind,
+    metrics: Vec<Metric>,
+}
+
+impl Family {
+    fn new(name: &'static str, kind: Kind, help: &'static str) -> Self {
+        Family {
+            name,
+            help,
+            kind,
+            metrics: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, labels: Labels, measure: Measure) {
+        debug_assert!(measure.fits(self.kind), "{}: {measure:?}", self.name);
+        self.metrics.push(Metric { labels, measure });
+    }
+
+    fn with(mut self, labels: Labels, measure: Measure) -> Self {
+        self.push(labels, measure);
+        self
+    }
+
+    /// `# HELP`, `# TYPE`, then one line per sample; a histogram's `le` label comes last.
+    fn write_text(&self, out: &mut String) {
+        let name = self.name;
+        let _ = writeln!(out, "# HELP {name} {}", self.help);
+        let _ = writeln!(out, "# TYPE {name} {}", self.kind.name());
+        for Metric { labels, measure } in &self.metrics {
+            match measure {
+                Measure::Single(number) => write_sample(out, name, labels, None, *number),
+                Measure::Summary { sum, count } => {
+                    write_sample(out, &format!("{name}_sum"), labels, None, Number::Real(*sum));
+                    write_sample(out, &format!("{name}_count"), labels, None, Number::Count(*count));
+                }
+                Measure::Histogram { buckets, sum, count } => {
+                    let bucket_name = format!("{name}_bucket");
+                    for (bound, cumulative) in buckets {
+                        let le = Number::Real(*bound).to_string();
+                        write_sample(out, &bucket_name, labels, Some(&le), Number::Count(*cumulative));
+                    }
+                    write_sample(out, &format!("{name}_sum"), labels, None, Number::Real(*sum));
+                    write_sample(out, &format!("{name}_count"), labels, None, Number::Count(*count));
+                }
+            }
+        }
+    }
+
+    /// The MetricFamily message: counts as strings, infinite bounds as `"Infinity"`.
+    fn to_json(&self) -> serde_json::Value {
+        let metrics: Vec<serde_json::Value> = self.metrics.iter().map(|metric| metric.to_json(self.kind)).collect();
+        serde_json::json!({
+            "name": self.name,
+            "help": self.help,
+            "type": self.kind.name().to_ascii_uppercase(),
+            "metric": metrics,
+        })
+    }
+}
+
+impl Metric {
+    fn to_json(&self, kind: Kind) -> serde_json::Value {
+        use serde_json::{json, Map, Value};
+        let mut fields = Map::new();
+        match &self.measure {
+            Measure::Single(number) => {
+                fields.insert("value".into(), json_number(number.to_f64()));
+            }
+            Measure::Summary { sum, count } => {
+                fields.insert("sampleSum".into(), json_number(*sum));
+                fields.insert("sampleCount".into(), json!(count.to_string()));
+            }
+            Measure::Histogram { buckets, sum, count } => {
+                fields.insert("sampleSum".into(), json_number(*sum));
+                fields.insert("sampleCount".into(), json!(count.to_string()));
+                let buckets: Vec<Value> = buckets
+                    .iter()
+                    .map(|(bound, cumulative)| {
+                        json!({"cumulativeCount": cumulative.to_string(), "upperBound": json_number(*bound)})
+                    })
+                    .collect();
+                if !buckets.is_empty() {
+                    fields.insert("bucket".into(), Value::Array(buckets));
+                }
+            }
+        }
+        let mut metric = Map::new();
+        if !self.labels.is_empty() {
+            metric.insert("label".into(), json_labels(&self.labels));
+        }
+        metric.insert(kind.name().into(), Value::Object(fields));
+        Value::Object(metric)
+    }
+}
+
+/// `name{labels,le="bound"} value`, braces only when there is a label.
+fn write_sample(out: &mut String, name: &str, labels: &[(&'static str, String)], le: Option<&str>, value: Number) {
+    out.push_str(name);
+    let pairs = labels
+        .iter()
+        .map(|(key, value)| (*key, value.as_str()))
+        .chain(le.map(|bound| ("le", bound)));
+    let mut any = false;
+    for (key, value) in pairs {
+        out.push(if any { ',' } else { '{' });
+        let _ = write!(out, "{key}=\"{}\"", label(value));
+        any = true;
+    }
+    if any {
+        out.push('}');
+    }
+    let _ = writeln!(out, " {value}");
 }
 
 fn json_number(value: f64) -> serde_json::Value {
@@ -374,125 +534,32 @@ fn json_number(value: f64) -> serde_json::Value {
     }
 }
 
-fn json_labels(labels: &[(String, String)]) -> serde_json::Value {
+fn json_labels(labels: &[(&'static str, String)]) -> serde_json::Value {
     labels
         .iter()
         .map(|(name, value)| serde_json::json!({"name": name, "value": value}))
         .collect()
 }
 
-/// Text exposition → MetricFamily JSON. Summaries and histograms gather their `_sum`,
-/// `_count` and `_bucket` lines by label set (without `le`).
-fn text_to_json(text: &str) -> serde_json::Value {
-    use serde_json::{json, Map, Value};
-    let mut families: Vec<Value> = Vec::new();
-    let mut help = String::new();
-    let mut current: Option<(String, String, Vec<Sample>)> = None;
-    let finish = |families: &mut Vec<Value>, help: &str, family: Option<(String, String, Vec<Sample>)>| {
-        let Some((name, kind, samples)) = family else { return };
-        let metrics: Vec<Value> = match kind.as_str() {
-            "summary" | "histogram" => {
-                let mut groups: Vec<Series> = Vec::new();
-                for sample in samples {
-                    let labels: Labels = sample.labels.iter().filter(|(key, _)| key != "le").cloned().collect();
-                    let index = match groups.iter().position(|series| series.labels == labels) {
-                        Some(index) => index,
-                        None => {
-                            groups.push(Series {
-                                labels,
-                                fields: Map::new(),
-                                buckets: Vec::new(),
-                            });
-                            groups.len() - 1
-                        }
-                    };
-                    let Series { fields, buckets, .. } = &mut groups[index];
-                    let suffix = sample.name.strip_prefix(name.as_str()).unwrap_or("");
-                    match suffix {
-                        "_sum" => {
-                            fields.insert("sampleSum".into(), json_number(sample.value));
-                        }
-                        "_count" => {
-                            fields.insert("sampleCount".into(), json!((sample.value as u64).to_string()));
-                        }
-                        "_bucket" => {
-                            let bound = sample.labels.iter().find(|(key, _)| key == "le");
-                            let bound = bound.map_or(f64::INFINITY, |(_, value)| match value.as_str() {
-                                "+Inf" => f64::INFINITY,
-                                other => other.parse().unwrap_or(f64::INFINITY),
-                            });
-                            buckets.push(json!({
-                                "cumulativeCount": (sample.value as u64).to_string(),
-                                "upperBound": json_number(bound),
-                            }));
-                        }
-                        _ => {}
-                    }
-                }
-                groups
-                    .into_iter()
-                    .map(
-                        |Series {
-                             labels,
-                             mut fields,
-                             buckets,
-                         }| {
-                            if !buckets.is_empty() {
-                                fields.insert("bucket".into(), Value::Array(buckets));
-                            }
-                            let mut metric = Map::new();
-                            if !labels.is_empty() {
-                                metric.insert("label".into(), json_labels(&labels));
-                            }
-                            metric.insert(kind.clone(), Value::Object(fields));
-                            Value::Object(metric)
-                        },
-                    )
-                    .collect()
-            }
-            _ => samples
-                .iter()
-                .map(|sample| {
-                    let mut metric = Map::new();
-                    if !sample.labels.is_empty() {
-                        metric.insert("label".into(), json_labels(&sample.labels));
-                    }
-                    metric.insert(kind.clone(), json!({"value": json_number(sample.value)}));
-                    Value::Object(metric)
-                })
-                .collect(),
-        };
-        families.push(json!({
-            "name": name,
-            "help": help,
-            "type": kind.to_ascii_uppercase(),
-            "metric": metrics,
-        }));
-    };
-    for line in text.lines() {
-        if let Some(rest) = line.strip_prefix("# HELP ") {
-            finish(&mut families, &help, current.take());
-            help = rest.split_once(' ').map_or("", |(_, text)| text).to_string();
-        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
-            if let Some((name, kind)) = rest.split_once(' ') {
-                current = Some((name.to_string(), kind.to_string(), Vec::new()));
-            }
-        } else if let (Some((_, _, samples)), Some(sample)) = (current.as_mut(), parse_sample(line)) {
-            samples.push(sample);
-        }
-    }
-    finish(&mut families, &help, current.take());
-    Value::Array(families)
-}
-
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-}
-
 /// A label value with `\`, `"` and newlines escaped (exposition format rules).
 fn label(value: &str) -> String {
     value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+fn labels<const N: usize>(pairs: [(&'static str, &str); N]) -> Labels {
+    pairs.iter().map(|(key, value)| (*key, value.to_string())).collect()
+}
+
+fn count(value: u64) -> Measure {
+    Measure::Single(Number::Count(value))
+}
+
+fn counter(name: &'static str, help: &'static str, value: u64) -> Family {
+    Family::new(name, Kind::Counter, help).with(Vec::new(), count(value))
+}
+
+fn gauge(name: &'static str, help: &'static str, value: u64) -> Family {
+    Family::new(name, Kind::Gauge, help).with(Vec::new(), count(value))
 }
 
 fn status_label(status: u16) -> String {
@@ -503,84 +570,121 @@ fn status_label(status: u16) -> String {
     }
 }
 
-fn seconds(micros: u64) -> String {
-    format!("{}", micros as f64 / 1e6)
+fn seconds(micros: u64) -> f64 {
+    micros as f64 / 1e6
 }
 
-fn render_requests(out: &mut String, threads: &[Arc<Counters>]) {
-    let sum = |pick: &dyn Fn(&Counters) -> &AtomicU64| threads.iter().map(|counters| get(pick(counters))).sum::<u64>();
-    family(
-        out,
-        "keepring_requests_total",
-        "counter",
-        "Requests answered, by method and status.",
-    );
-    let mut seen = Vec::new();
+/// One counter summed over every thread.
+fn sum_over(threads: &[Arc<Counters>], pick: impl Fn(&Counters) -> &AtomicU64) -> u64 {
+    threads.iter().map(|counters| get(pick(counters))).sum()
+}
+
+/// One (method, status) that has answered requests, with its summed duration.
+struct RequestTotal {
+    method: &'static str,
+    code: String,
+    count: u64,
+    micros: u64,
+}
+
+fn request_totals(threads: &[Arc<Counters>]) -> Vec<RequestTotal> {
+    let mut totals = Vec::new();
     for (method_index, method) in METHODS.iter().enumerate() {
         for (status_index, status) in STATUSES.iter().enumerate() {
-            let count = sum(&|counters| &counters.requests[method_index][status_index]);
+            let count = sum_over(threads, |counters| &counters.requests[method_index][status_index]);
             if count > 0 {
-                let micros = sum(&|counters| &counters.duration_micros[method_index][status_index]);
-                seen.push((method, status_label(*status), count, micros));
-                let _ = writeln!(
-                    out,
-                    "keepring_requests_total{{method=\"{method}\",code=\"{}\"}} {count}",
-                    status_label(*status)
-                );
+                let micros = sum_over(threads, |counters| {
+                    &counters.duration_micros[method_index][status_index]
+                });
+                let code = status_label(*status);
+                totals.push(RequestTotal {
+                    method,
+                    code,
+                    count,
+                    micros,
+                });
             }
         }
     }
-    family(
-        out,
-        "request_duration_seconds",
-        "summary",
-        "Time from the request head to the last byte of the response, by code and method.",
+    totals
+}
+
+fn request_families(threads: &[Arc<Counters>]) -> Vec<Family> {
+    let totals = request_totals(threads);
+    vec![
+        requests_total(&totals),
+        request_duration_summary(&totals),
+        request_duration_histogram(threads, &totals),
+        counter_by_direction(
+            "keepring_http_bytes_total",
+            "Request body bytes read (in) and response body bytes written (out).",
+            sum_over(threads, |counters| &counters.bytes_in),
+            sum_over(threads, |counters| &counters.bytes_out),
+        ),
+    ]
+}
+
+fn requests_total(totals: &[RequestTotal]) -> Family {
+    let mut family = Family::new(
+        "keepring_requests_total",
+        Kind::Counter,
+        "Requests answered, by method and status.",
     );
-    for (method, code, count, micros) in &seen {
-        let labels = format!("code=\"{code}\",method=\"{}\"", method.to_ascii_lowercase());
-        let _ = writeln!(out, "request_duration_seconds_sum{{{labels}}} {}", seconds(*micros));
-        let _ = writeln!(out, "request_duration_seconds_count{{{labels}}} {count}");
-    }
-    family(
-        out,
-        "keepring_request_duration_seconds",
-        "histogram",
-        "Time from the request head to the last byte of the response.",
-    );
-    let mut cumulative = 0u64;
-    let mut total_micros = 0u64;
-    for bucket in 0..=DURATION_BUCKETS_MICROS.len() {
-        cumulative += sum(&|counters| &counters.duration_buckets[bucket]);
-        let bound = match DURATION_BUCKETS_MICROS.get(bucket) {
-            Some(micros) => seconds(*micros),
-            None => "+Inf".to_string(),
-        };
-        let _ = writeln!(
-            out,
-            "keepring_request_duration_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
+    for total in totals {
+        family.push(
+            labels([("method", total.method), ("code", &total.code)]),
+            count(total.count),
         );
     }
-    for (_, _, _, micros) in &seen {
-        total_micros += micros;
+    family
+}
+
+/// keepstore's summary: labelled `code` first and the method in lower case, as its own.
+fn request_duration_summary(totals: &[RequestTotal]) -> Family {
+    let mut family = Family::new(
+        "request_duration_seconds",
+        Kind::Summary,
+        "Time from the request head to the last byte of the response, by code and method.",
+    );
+    for total in totals {
+        let method = total.method.to_ascii_lowercase();
+        let measure = Measure::Summary {
+            sum: seconds(total.micros),
+            count: total.count,
+        };
+        family.push(labels([("code", &total.code), ("method", &method)]), measure);
     }
-    let _ = writeln!(out, "keepring_request_duration_seconds_sum {}", seconds(total_micros));
-    let _ = writeln!(out, "keepring_request_duration_seconds_count {cumulative}");
-    family(
-        out,
-        "keepring_http_bytes_total",
-        "counter",
-        "Request body bytes read (in) and response body bytes written (out).",
-    );
-    let _ = writeln!(
-        out,
-        "keepring_http_bytes_total{{direction=\"in\"}} {}",
-        sum(&|counters| &counters.bytes_in)
-    );
-    let _ = writeln!(
-        out,
-        "keepring_http_bytes_total{{direction=\"out\"}} {}",
-        sum(&|counters| &counters.bytes_out)
-    );
+    family
+}
+
+fn request_duration_histogram(threads: &[Arc<Counters>], totals: &[RequestTotal]) -> Family {
+    let mut buckets = Vec::with_capacity(DURATION_BUCKETS_MICROS.len() + 1);
+    let mut cumulative = 0u64;
+    for bucket in 0..=DURATION_BUCKETS_MICROS.len() {
+        cumulative += sum_over(threads, |counters| &counters.duration_buckets[bucket]);
+        let bound = DURATION_BUCKETS_MICROS
+            .get(bucket)
+            .map_or(f64::INFINITY, |micros| seconds(*micros));
+        buckets.push((bound, cumulative));
+    }
+    let total_micros = totals.iter().map(|total| total.micros).sum();
+    let measure = Measure::Histogram {
+        buckets,
+        sum: seconds(total_micros),
+        count: cumulative,
+    };
+    Family::new(
+        "keepring_request_duration_seconds",
+        Kind::Histogram,
+        "Time from the request head to the last byte of the response.",
+    )
+    .with(Vec::new(), measure)
+}
+
+fn counter_by_direction(name: &'static str, help: &'static str, bytes_in: u64, bytes_out: u64) -> Family {
+    Family::new(name, Kind::Counter, help)
+        .with(labels([("direction", "in")]), count(bytes_in))
+        .with(labels([("direction", "out")]), count(bytes_out))
 }
 
 /// Per-volume sums, keyed by device id (keepstore's label) and UUID.
@@ -592,7 +696,8 @@ struct VolumeTotals {
     bytes_out: u64,
 }
 
-fn render_volumes(out: &mut String, threads: &[Arc<Counters>], gauges: &Gauges) {
+/// Every current volume (zero until counted) and every volume a thread has counted.
+fn volume_totals(threads: &[Arc<Counters>], gauges: &Gauges) -> BTreeMap<(String, String), VolumeTotals> {
     let mut totals: BTreeMap<(String, String), VolumeTotals> = BTreeMap::new();
     for (uuid, device_id, _) in &gauges.volumes_free {
         totals.entry((device_id.clone(), uuid.clone())).or_default();
@@ -612,147 +717,128 @@ fn render_volumes(out: &mut String, threads: &[Arc<Counters>], gauges: &Gauges) 
             entry.bytes_out += get(&volume.bytes_out);
         }
     }
-    let labels = |device_id: &str, uuid: &str| format!("device_id=\"{}\",uuid=\"{}\"", label(device_id), label(uuid));
-    let per_volume = |out: &mut String,
-                      name: &str,
-                      help: &str,
-                      label_key: &str,
-                      names: &[&str],
-                      value: &dyn Fn(&VolumeTotals, usize) -> u64| {
-        family(out, name, "counter", help);
-        for ((device_id, uuid), total) in &totals {
-            for (index, kind) in names.iter().enumerate() {
-                let _ = writeln!(
-                    out,
-                    "{name}{{{},{label_key}=\"{kind}\"}} {}",
-                    labels(device_id, uuid),
-                    value(total, index)
-                );
-            }
+    totals
+}
+
+fn volume_families(threads: &[Arc<Counters>], gauges: &Gauges) -> Vec<Family> {
+    let totals = volume_totals(threads, gauges);
+    vec![
+        per_volume(
+            &totals,
+            ("arvados_keepstore_volume_operations", "Operations on each volume."),
+            ("operation", &VOLUME_OPS.map(|(_, name)| name)),
+            |total, index| total.operations[index],
+        ),
+        per_volume(
+            &totals,
+            ("arvados_keepstore_volume_errors", "Failed operations on each volume."),
+            ("error_type", &VOLUME_ERRORS.map(|(_, name)| name)),
+            |total, index| total.errors[index],
+        ),
+        per_volume(
+            &totals,
+            (
+                "arvados_keepstore_volume_io_bytes",
+                "Block bytes written to (in) and read from (out) each volume.",
+            ),
+            ("direction", &["in", "out"]),
+            |total, index| [total.bytes_in, total.bytes_out][index],
+        ),
+        volume_free(gauges),
+    ]
+}
+
+/// A counter with one series per volume and label value: `(label_key, label_values)`.
+fn per_volume(
+    totals: &BTreeMap<(String, String), VolumeTotals>,
+    (name, help): (&'static str, &'static str),
+    (label_key, label_values): (&'static str, &[&str]),
+    value: impl Fn(&VolumeTotals, usize) -> u64,
+) -> Family {
+    let mut family = Family::new(name, Kind::Counter, help);
+    for ((device_id, uuid), total) in totals {
+        for (index, label_value) in label_values.iter().enumerate() {
+            let series = labels([("device_id", device_id), ("uuid", uuid), (label_key, label_value)]);
+            family.push(series, count(value(total, index)));
         }
-    };
-    let op_names: Vec<&str> = VOLUME_OPS.iter().map(|(_, name)| *name).collect();
-    let error_names: Vec<&str> = VOLUME_ERRORS.iter().map(|(_, name)| *name).collect();
-    per_volume(
-        out,
-        "arvados_keepstore_volume_operations",
-        "Operations on each volume.",
-        "operation",
-        &op_names,
-        &|total, index| total.operations[index],
-    );
-    per_volume(
-        out,
-        "arvados_keepstore_volume_errors",
-        "Failed operations on each volume.",
-        "error_type",
-        &error_names,
-        &|total, index| total.errors[index],
-    );
-    family(
-        out,
-        "arvados_keepstore_volume_io_bytes",
-        "counter",
-        "Block bytes written to (in) and read from (out) each volume.",
-    );
-    for ((device_id, uuid), total) in &totals {
-        let labels = labels(device_id, uuid);
-        let _ = writeln!(
-            out,
-            "arvados_keepstore_volume_io_bytes{{{labels},direction=\"in\"}} {}",
-            total.bytes_in
-        );
-        let _ = writeln!(
-            out,
-            "arvados_keepstore_volume_io_bytes{{{labels},direction=\"out\"}} {}",
-            total.bytes_out
-        );
     }
-    family(
-        out,
+    family
+}
+
+/// Free space of each current volume whose `statvfs` answered.
+fn volume_free(gauges: &Gauges) -> Family {
+    let mut family = Family::new(
         "keepring_volume_free_bytes",
-        "gauge",
+        Kind::Gauge,
         "Bytes available to keepring on each volume's filesystem.",
     );
     for (uuid, device_id, free) in &gauges.volumes_free {
         if let Some(free) = free {
-            let _ = writeln!(out, "keepring_volume_free_bytes{{{}}} {free}", labels(device_id, uuid));
+            family.push(labels([("device_id", device_id), ("uuid", uuid)]), count(*free));
         }
     }
+    family
 }
 
-fn counter(out: &mut String, name: &str, help: &str, value: u64) {
-    family(out, name, "counter", help);
-    let _ = writeln!(out, "{name} {value}");
-}
-
-fn gauge(out: &mut String, name: &str, help: &str, value: u64) {
-    family(out, name, "gauge", help);
-    let _ = writeln!(out, "{name} {value}");
-}
-
-fn render_gauges(out: &mut String, gauges: &Gauges) {
+/// The buffer budget and the chore queues, read by the caller.
+fn gauge_families(gauges: &Gauges) -> Vec<Family> {
     let unit = gauges.buffer_unit_bytes.max(1);
-    gauge(
-        out,
-        "arvados_keepstore_bufferpool_allocated_bytes",
-        "Bytes of block buffers held by this process.",
-        gauges.buffer_own_bytes,
-    );
-    gauge(
-        out,
-        "arvados_keepstore_bufferpool_max_buffers",
-        "Block buffer budget, in 64 MiB units (--max-buffers).",
-        gauges.buffer_total_bytes / unit,
-    );
-    gauge(
-        out,
-        "arvados_keepstore_bufferpool_inuse_buffers",
-        "Block buffers in use by this process, in 64 MiB units, rounded up.",
-        gauges.buffer_own_bytes.div_ceil(unit),
-    );
-    gauge(
-        out,
-        "keepring_bufferpool_inuse_bytes",
-        "Bytes of the budget in use by every process sharing it (a restarting peer too).",
-        gauges.buffer_in_use_bytes,
-    );
-    gauge(
-        out,
-        "keepring_bufferpool_total_bytes",
-        "Bytes of the buffer budget.",
-        gauges.buffer_total_bytes,
-    );
-    gauge(
-        out,
-        "arvados_keepstore_trash_queue_pending_entries",
-        "Trash list items waiting.",
-        gauges.trash_pending,
-    );
-    gauge(
-        out,
-        "arvados_keepstore_trash_queue_inprogress_entries",
-        "Trash list items being processed.",
-        gauges.trash_in_progress,
-    );
-    gauge(
-        out,
-        "arvados_keepstore_pull_queue_pending_entries",
-        "Pull list items waiting.",
-        gauges.pull_pending,
-    );
-    gauge(
-        out,
-        "arvados_keepstore_pull_queue_inprogress_entries",
-        "Pull list items being processed.",
-        gauges.pull_in_progress,
-    );
-    gauge(
-        out,
-        "keepring_draining",
-        "1 once the process is draining (SIGTERM), else 0.",
-        u64::from(gauges.draining),
-    );
+    let table: [(&'static str, &'static str, u64); 10] = [
+        (
+            "arvados_keepstore_bufferpool_allocated_bytes",
+            "Bytes of block buffers held by this process.",
+            gauges.buffer_own_bytes,
+        ),
+        (
+            "arvados_keepstore_bufferpool_max_buffers",
+            "Block buffer budget, in 64 MiB units (--max-buffers).",
+            gauges.buffer_total_bytes / unit,
+        ),
+        (
+            "arvados_keepstore_bufferpool_inuse_buffers",
+            "Block buffers in use by this process, in 64 MiB units, rounded up.",
+            gauges.buffer_own_bytes.div_ceil(unit),
+        ),
+        (
+            "keepring_bufferpool_inuse_bytes",
+            "Bytes of the budget in use by every process sharing it (a restarting peer too).",
+            gauges.buffer_in_use_bytes,
+        ),
+        (
+            "keepring_bufferpool_total_bytes",
+            "Bytes of the buffer budget.",
+            gauges.buffer_total_bytes,
+        ),
+        (
+            "arvados_keepstore_trash_queue_pending_entries",
+            "Trash list items waiting.",
+            gauges.trash_pending,
+        ),
+        (
+            "arvados_keepstore_trash_queue_inprogress_entries",
+            "Trash list items being processed.",
+            gauges.trash_in_progress,
+        ),
+        (
+            "arvados_keepstore_pull_queue_pending_entries",
+            "Pull list items waiting.",
+            gauges.pull_pending,
+        ),
+        (
+            "arvados_keepstore_pull_queue_inprogress_entries",
+            "Pull list items being processed.",
+            gauges.pull_in_progress,
+        ),
+        (
+            "keepring_draining",
+            "1 once the process is draining (SIGTERM), else 0.",
+            u64::from(gauges.draining),
+        ),
+    ];
+    table
+        .into_iter()
+        .map(|(name, help, value)| gauge(name, help, value))
+        .collect()
 }
 
 /// The Arvados release whose keepstore protocol keepring speaks: `arvados_version_running`
@@ -761,107 +847,102 @@ fn render_gauges(out: &mut String, gauges: &Gauges) {
 pub const ARVADOS_VERSION: &str = "3.2.1";
 
 /// `arvados_config_{source,load}_timestamp_seconds{sha256}`: the config file in force.
-fn render_config(out: &mut String, (sha256, modified, loaded): &(String, f64, f64)) {
-    let sha256 = label(sha256);
-    let timestamps = [
-        (
+fn config_families((sha256, modified, loaded): &(String, f64, f64)) -> [Family; 2] {
+    let timestamp = |name, help, unix_seconds: f64| {
+        let measure = Measure::Single(Number::Real(unix_seconds));
+        Family::new(name, Kind::Gauge, help).with(labels([("sha256", sha256)]), measure)
+    };
+    [
+        timestamp(
             "arvados_config_source_timestamp_seconds",
             "Timestamp of config file when it was loaded.",
-            modified,
+            *modified,
         ),
-        (
+        timestamp(
             "arvados_config_load_timestamp_seconds",
             "Time when config file was loaded.",
-            loaded,
+            *loaded,
         ),
-    ];
-    for (name, help, value) in timestamps {
-        family(out, name, "gauge", help);
-        let _ = writeln!(out, "{name}{{sha256=\"{sha256}\"}} {value}");
-    }
+    ]
+}
+
+/// Connections: open now, the limit reached, idle ones closed to admit new clients.
+fn connection_families(threads: &[Arc<Counters>]) -> [Family; 3] {
+    [
+        gauge(
+            "keepring_open_connections",
+            "Client connections open (counted every second).",
+            sum_over(threads, |counters| &counters.open_connections),
+        ),
+        counter(
+            "keepring_connection_limit_reached_total",
+            "Times a worker was at --max-connections when a client connected.",
+            sum_over(threads, |counters| &counters.connection_limit_hits),
+        ),
+        counter(
+            "keepring_idle_connections_closed_total",
+            "Idle keep-alive connections closed (least recently used first) to admit new clients.",
+            sum_over(threads, |counters| &counters.idle_connections_closed),
+        ),
+    ]
 }
 
 /// Series every Arvados service exports, with keepstore's names and labels: the request
 /// limiter's (`queue="api"`), the age of the oldest request, the config in force, the
 /// version.
-/// Connections: open now, the limit reached, idle ones closed to admit new clients.
-fn render_connections(out: &mut String, threads: &[Arc<Counters>]) {
-    let sum = |field: fn(&Counters) -> &AtomicU64| threads.iter().map(|thread| get(field(thread))).sum::<u64>();
-    gauge(
-        out,
-        "keepring_open_connections",
-        "Client connections open (counted every second).",
-        sum(|counters| &counters.open_connections),
-    );
-    counter(
-        out,
-        "keepring_connection_limit_reached_total",
-        "Times a worker was at --max-connections when a client connected.",
-        sum(|counters| &counters.connection_limit_hits),
-    );
-    counter(
-        out,
-        "keepring_idle_connections_closed_total",
-        "Idle keep-alive connections closed (least recently used first) to admit new clients.",
-        sum(|counters| &counters.idle_connections_closed),
-    );
+fn service_families(threads: &[Arc<Counters>], gauges: &Gauges) -> Vec<Family> {
+    let mut families = limiter_families(threads, gauges);
+    families.extend(gauges.config.as_ref().map(config_families).into_iter().flatten());
+    let version_family =
+        |name, help, version| Family::new(name, Kind::Gauge, help).with(labels([("version", version)]), count(1));
+    families.push(version_family(
+        "arvados_version_running",
+        "Indicated version is running.",
+        ARVADOS_VERSION,
+    ));
+    families.push(version_family(
+        "keepring_build_info",
+        "keepring's own version.",
+        env!("CARGO_PKG_VERSION"),
+    ));
+    families
 }
 
-fn render_service(out: &mut String, threads: &[Arc<Counters>], gauges: &Gauges) {
-    let active: u64 = threads.iter().map(|thread| get(&thread.active_requests)).sum();
+/// The request limiter's series (`queue="api"`) and the age of the oldest request.
+fn limiter_families(threads: &[Arc<Counters>], gauges: &Gauges) -> Vec<Family> {
+    let active = sum_over(threads, |counters| &counters.active_requests);
     let oldest = threads
         .iter()
         .map(|thread| get(&thread.oldest_active_micros))
         .filter(|started| *started > 0)
         .min();
     let age_micros = oldest.map_or(0, |started| gauges.now_micros.saturating_sub(started));
-    let api_gauge = |out: &mut String, name: &str, help: &str, value: u64| {
-        family(out, name, "gauge", help);
-        let _ = writeln!(out, "{name}{{queue=\"api\"}} {value}");
-    };
-    api_gauge(
-        out,
-        "arvados_concurrent_requests",
-        "Number of requests in progress",
-        active,
-    );
-    api_gauge(
-        out,
-        "arvados_max_concurrent_requests",
-        "Maximum number of concurrent requests (0: no limit)",
-        gauges.max_concurrent_requests,
-    );
-    api_gauge(
-        out,
-        "arvados_max_queued_requests",
-        "Maximum number of queued requests",
-        gauges.max_queued_requests,
-    );
-    family(out, "arvados_queued_requests", "gauge", "Number of requests in queue");
+    let api_gauge =
+        |name, help, value| Family::new(name, Kind::Gauge, help).with(labels([("queue", "api")]), count(value));
+    let mut queued = Family::new("arvados_queued_requests", Kind::Gauge, "Number of requests in queue");
     for (priority, value) in [("high", 0), ("low", 0), ("normal", gauges.queued_requests)] {
-        let _ = writeln!(
-            out,
-            "arvados_queued_requests{{priority=\"{priority}\",queue=\"api\"}} {value}"
-        );
+        queued.push(labels([("priority", priority), ("queue", "api")]), count(value));
     }
-    family(
-        out,
-        "arvados_max_active_request_age_seconds",
-        "gauge",
-        "Age of oldest active request",
-    );
-    let _ = writeln!(out, "arvados_max_active_request_age_seconds {}", seconds(age_micros));
-    if let Some(config) = &gauges.config {
-        render_config(out, config);
-    }
-    family(out, "arvados_version_running", "gauge", "Indicated version is running.");
-    let _ = writeln!(out, "arvados_version_running{{version=\"{ARVADOS_VERSION}\"}} 1");
-    family(out, "keepring_build_info", "gauge", "keepring's own version.");
-    let _ = writeln!(
-        out,
-        "keepring_build_info{{version=\"{}\"}} 1",
-        env!("CARGO_PKG_VERSION")
-    );
+    vec![
+        api_gauge("arvados_concurrent_requests", "Number of requests in progress", active),
+        api_gauge(
+            "arvados_max_concurrent_requests",
+            "Maximum number of concurrent requests (0: no limit)",
+            gauges.max_concurrent_requests,
+        ),
+        api_gauge(
+            "arvados_max_queued_requests",
+            "Maximum number of queued requests",
+            gauges.max_queued_requests,
+        ),
+        queued,
+        Family::new(
+            "arvados_max_active_request_age_seconds",
+            Kind::Gauge,
+            "Age of oldest active request",
+        )
+        .with(Vec::new(), Measure::Single(Number::Real(seconds(age_micros)))),
+    ]
 }
 
 #[cfg(test)]
@@ -934,27 +1015,252 @@ mod tests {
     #[test]
     fn json_keeps_escaped_label_values_counts_and_infinite_bounds() {
         let value = "q\"uo\\te\nnl,}";
-        let text = format!(
-            "# HELP x A counter.\n# TYPE x counter\nx{{a=\"{}\",b=\"2\"}} 3\n\
-             # HELP h A histogram.\n# TYPE h histogram\nh_bucket{{le=\"0.5\"}} 1\nh_bucket{{le=\"+Inf\"}} 4\n\
-             h_sum 2.5\nh_count 4\n",
-            label(value)
+        let counter = Family::new("x", Kind::Counter, "A counter.").with(labels([("a", value), ("b", "2")]), count(3));
+        let histogram = Family::new("h", Kind::Histogram, "A histogram.").with(
+            Vec::new(),
+            Measure::Histogram {
+                buckets: vec![(0.5, 1), (f64::INFINITY, 4)],
+                sum: 2.5,
+                count: 4,
+            },
         );
-        let json = text_to_json(&text);
+        let mut text = String::new();
+        counter.write_text(&mut text);
+        histogram.write_text(&mut text);
         assert_eq!(
-            json[0],
+            text,
+            format!(
+                "# HELP x A counter.\n# TYPE x counter\nx{{a=\"{}\",b=\"2\"}} 3\n\
+                 # HELP h A histogram.\n# TYPE h histogram\nh_bucket{{le=\"0.5\"}} 1\nh_bucket{{le=\"+Inf\"}} 4\n\
+                 h_sum 2.5\nh_count 4\n",
+                label(value)
+            )
+        );
+        assert_eq!(
+            counter.to_json(),
             serde_json::json!({
                 "name": "x", "help": "A counter.", "type": "COUNTER",
                 "metric": [{"label": [{"name": "a", "value": value}, {"name": "b", "value": "2"}], "counter": {"value": 3.0}}]
             })
         );
         assert_eq!(
-            json[1]["metric"][0]["histogram"],
+            histogram.to_json()["metric"][0]["histogram"],
             serde_json::json!({
                 "sampleSum": 2.5, "sampleCount": "4",
                 "bucket": [{"cumulativeCount": "1", "upperBound": 0.5}, {"cumulativeCount": "4", "upperBound": "Infinity"}]
             })
         );
+    }
+
+    /// A scrape with every kind of series: requests of known and unknown methods and
+    /// statuses in every duration range, three threads, volumes counted on two threads,
+    /// one only configured, one whose `statvfs` failed, label values that need escaping,
+    /// a counter past 2^53, the config in force and requests in progress.
+    fn realistic_scrape() -> (Registry, Gauges) {
+        let registry = Registry::default();
+        let (first, second, chore) = (registry.register(), registry.register(), registry.register());
+        let requests: [(&str, u16, u64, u64, u64); 12] = [
+            ("GET", 200, 0, 67_108_864, 1_234),
+            ("GET", 200, 0, 4_096, 87),
+            ("GET", 404, 0, 0, 99),
+            ("GET", 499, 0, 1_000, 10_000_001),
+            ("HEAD", 200, 0, 0, 100),
+            ("PUT", 200, 67_108_864, 81, 2_500_001),
+            ("PUT", 507, 1_024, 0, 33_333),
+            ("DELETE", 200, 0, 0, 777),
+            ("TOUCH", 404, 0, 0, 250),
+            ("OPTIONS", 200, 0, 0, 1),
+            ("BREW", 418, 7, 0, 50),
+            ("PUT", 200, 3, 81, 123_456_789),
+        ];
+        for (index, (method, status, bytes_in, bytes_out, micros)) in requests.into_iter().enumerate() {
+            let recorder = [&first, &second][index % 2];
+            recorder.request(method, status, bytes_in, bytes_out, micros);
+        }
+        chore.request("PUT", 200, (1 << 60) + 12_345, 0, 5_000);
+        let plain = Volume::unchecked(
+            "zzzzz-nyw5e-000000000000000",
+            Path::new("/data/a"),
+            &VolumeOptions::default(),
+        );
+        let odd = Volume::unchecked(
+            "zzzzz-nyw5e-111111111111111",
+            Path::new("/q\"uo\\te\nnl,}"),
+            &VolumeOptions::default(),
+        );
+        for recorder in [&first, &second, &chore] {
+            let counters = recorder.volume(&plain);
+            counters.operation(VolumeOp::Read);
+            counters.operation(VolumeOp::Write);
+            counters.read(4_096);
+            counters.wrote(81);
+        }
+        second.volume(&odd).operation(VolumeOp::Trash);
+        second.volume(&odd).error(VolumeErrorKind::Io);
+        chore.volume(&odd).error(VolumeErrorKind::Checksum);
+        let now_micros = 1_765_000_000_000_000;
+        first.set_activity(3, now_micros - 1_500_000);
+        second.set_activity(1, now_micros - 250);
+        first.set_open_connections(7);
+        second.set_open_connections(2);
+        second.connection_limit_reached(3);
+        (registry, realistic_gauges(&plain, &odd, now_micros))
+    }
+
+    /// Gauges of a node with `plain` and `odd` counted, a third volume configured.
+    fn realistic_gauges(plain: &Volume, odd: &Volume, now_micros: u64) -> Gauges {
+        Gauges {
+            buffer_unit_bytes: 1 << 26,
+            buffer_total_bytes: 8 << 26,
+            buffer_in_use_bytes: 3 << 26,
+            buffer_own_bytes: (1 << 26) + 1,
+            trash_pending: 12,
+            trash_in_progress: 1,
+            pull_pending: 4,
+            pull_in_progress: 2,
+            draining: true,
+            volumes_free: vec![
+                (plain.uuid.clone(), plain.device_id.clone(), Some(123_456_789_012)),
+                (odd.uuid.clone(), odd.device_id.clone(), None),
+                ("zzzzz-nyw5e-222222222222222".into(), "/data/c".into(), Some(0)),
+            ],
+            max_concurrent_requests: 64,
+            max_queued_requests: 128,
+            queued_requests: 5,
+            config: Some(("a\"b\\sha".into(), 1_700_000_000.123_456, 1_700_000_100.5)),
+            now_micros,
+        }
+    }
+
+    /// One sample as a scraper sees it: the series name, its labels without `le`, the
+    /// histogram bound, the value.
+    type Seen = (String, Vec<(String, String)>, Option<f64>, f64);
+
+    /// `k="v",k2="v2"` with the exposition escapes (`\\`, `\"`, `\n`) undone.
+    fn parse_labels(text: &str) -> Vec<(String, String)> {
+        let mut labels = Vec::new();
+        let mut rest = text;
+        while !rest.is_empty() {
+            let (key, after) = rest.split_once("=\"").expect("key=\"");
+            let mut value = String::new();
+            let mut chars = after.char_indices();
+            let end = loop {
+                match chars.next().expect("a closing quote") {
+                    (index, '"') => break index,
+                    (_, '\\') => match chars.next().expect("an escaped character").1 {
+                        'n' => value.push('\n'),
+                        other => value.push(other),
+                    },
+                    (_, other) => value.push(other),
+                }
+            };
+            labels.push((key.to_string(), value));
+            rest = after[end + 1..].strip_prefix(',').unwrap_or(&after[end + 1..]);
+        }
+        labels
+    }
+
+    fn parse_float(text: &str) -> f64 {
+        match text {
+            "+Inf" => f64::INFINITY,
+            other => other.parse().unwrap_or_else(|_| panic!("a number: {other}")),
+        }
+    }
+
+    /// The text's `# HELP`/`# TYPE` lines and samples, in order, as a scraper reads them.
+    fn read_text(text: &str) -> (Vec<String>, Vec<Seen>) {
+        let mut headers = Vec::new();
+        let mut samples = Vec::new();
+        for line in text.lines() {
+            if line.starts_with('#') {
+                headers.push(line.to_string());
+                continue;
+            }
+            let (series, value) = line.rsplit_once(' ').expect("series and value");
+            let (name, mut labels) = match series.split_once('{') {
+                None => (series, Vec::new()),
+                Some((name, rest)) => (name, parse_labels(rest.strip_suffix('}').expect("}"))),
+            };
+            let le = labels.iter().position(|(key, _)| key == "le");
+            let bound = le.map(|index| parse_float(&labels.remove(index).1));
+            samples.push((name.to_string(), labels, bound, parse_float(value)));
+        }
+        (headers, samples)
+    }
+
+    fn json_float(value: &serde_json::Value) -> f64 {
+        match value {
+            serde_json::Value::String(text) if text == "Infinity" => f64::INFINITY,
+            serde_json::Value::String(count) => count.parse().expect("a count"),
+            number => number.as_f64().expect("a number"),
+        }
+    }
+
+    /// The same, read from the MetricFamily JSON (a summary's and a histogram's fields
+    /// become the `_sum`, `_count` and `_bucket` series the text shows).
+    fn read_json(json: &str) -> (Vec<String>, Vec<Seen>) {
+        let families: serde_json::Value = serde_json::from_str(json).expect("JSON");
+        let mut headers = Vec::new();
+        let mut samples = Vec::new();
+        for family in families.as_array().expect("an array") {
+            let (name, kind) = (
+                family["name"].as_str().expect("name"),
+                family["type"].as_str().expect("type"),
+            );
+            let kind = kind.to_ascii_lowercase();
+            headers.push(format!("# HELP {name} {}", family["help"].as_str().expect("help")));
+            headers.push(format!("# TYPE {name} {kind}"));
+            for metric in family["metric"].as_array().expect("metrics") {
+                let labels: Vec<(String, String)> = metric["label"]
+                    .as_array()
+                    .map_or(&[][..], Vec::as_slice)
+                    .iter()
+                    .map(|label| {
+                        (
+                            label["name"].as_str().expect("name").into(),
+                            label["value"].as_str().expect("value").into(),
+                        )
+                    })
+                    .collect();
+                let fields = &metric[kind.as_str()];
+                let mut seen = |suffix: &str, bound: Option<f64>, value: &serde_json::Value| {
+                    samples.push((format!("{name}{suffix}"), labels.clone(), bound, json_float(value)));
+                };
+                if matches!(kind.as_str(), "counter" | "gauge") {
+                    seen("", None, &fields["value"]);
+                    continue;
+                }
+                for bucket in fields["bucket"].as_array().map_or(&[][..], Vec::as_slice) {
+                    seen(
+                        "_bucket",
+                        Some(json_float(&bucket["upperBound"])),
+                        &bucket["cumulativeCount"],
+                    );
+                }
+                seen("_sum", None, &fields["sampleSum"]);
+                seen("_count", None, &fields["sampleCount"]);
+            }
+        }
+        (headers, samples)
+    }
+
+    #[test]
+    fn text_and_json_carry_the_same_families_and_samples() {
+        let (registry, gauges) = realistic_scrape();
+        let text = render(&registry, &gauges);
+        let (text_headers, text_samples) = read_text(&text);
+        let (json_headers, json_samples) = read_json(&render_json(&registry, &gauges));
+        assert_eq!(text_headers, json_headers);
+        assert_eq!(text_samples.len(), json_samples.len());
+        for (from_text, from_json) in text_samples.iter().zip(&json_samples) {
+            assert_eq!(from_text, from_json);
+        }
+        let families = families(&registry, &gauges);
+        assert!(families.iter().any(|family| family.kind == Kind::Summary));
+        assert!(families.iter().any(|family| family.kind == Kind::Histogram));
+        assert!(text.contains("keepring_requests_total{method=\"other\",code=\"other\"} 1\n"));
+        assert!(text.contains("arvados_config_load_timestamp_seconds{sha256=\"a\\\"b\\\\sha\"} 1700000100.5\n"));
+        assert!(text.contains("keepring_http_bytes_total{direction=\"in\"} 1152921504673969219\n"));
     }
 
     #[test]
