@@ -3,9 +3,11 @@
 //! (directory listing is blocking I/O) and streams its text back through a bounded channel.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::io::Write;
 use std::ops::ControlFlow;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -14,10 +16,9 @@ use tokio::sync::mpsc;
 use crate::api::auth;
 use crate::api::context::Core;
 use crate::error::RequestError;
-use crate::http::reply::{Reply, Response, TEXT_PLAIN};
+use crate::http::reply::{BodySource, Piece, Reply, Response, Streamed, TEXT_PLAIN};
 use crate::http::request::Head;
 use crate::http::response::BodyFraming;
-use crate::http::session::Session;
 use crate::limits::{INDEX_CHANNEL_CHUNKS_MAX, INDEX_CHUNK_BYTES};
 use crate::volume::{index, Volume};
 
@@ -31,7 +32,7 @@ struct MountJson<'a> {
     storage_classes: BTreeMap<&'a str, bool>,
 }
 
-pub fn mounts(core: &Core, head: &Head) -> Result<Reply, RequestError> {
+pub fn mounts(core: &Core, head: &Head) -> Result<Reply<'static>, RequestError> {
     let state = core.state();
     auth::require_root(&state, head)?;
     let mounts: Vec<MountJson> = state
@@ -57,7 +58,7 @@ pub fn mounts(core: &Core, head: &Head) -> Result<Reply, RequestError> {
     Ok(Reply::text(200, TEXT_PLAIN, body))
 }
 
-pub fn health(core: &Core, head: &Head) -> Result<Reply, RequestError> {
+pub fn health(core: &Core, head: &Head) -> Result<Reply<'static>, RequestError> {
     auth::require_management(&core.state(), head)?;
     Ok(Reply::Full(Response {
         status: 200,
@@ -73,11 +74,10 @@ type IndexPiece = Result<Vec<u8>, String>;
 
 pub async fn index(
     core: &Core,
-    session: &mut Session,
     head: &Head,
     uuid: Option<&str>,
     path_prefix: &str,
-) -> Result<Reply, RequestError> {
+) -> Result<Reply<'static>, RequestError> {
     let state = core.state();
     auth::require_root(&state, head)?;
     // `?prefix=` wins when it is not empty (keep-protocol.md §3.4).
@@ -89,50 +89,54 @@ pub async fn index(
         Some(uuid) => vec![state.volumes.by_uuid(uuid).ok_or(RequestError::NotFound)?.clone()],
         None => state.volumes.all().to_vec(),
     };
-    let (sender, mut receiver) = mpsc::channel::<IndexPiece>(INDEX_CHANNEL_CHUNKS_MAX);
+    let (sender, receiver) = mpsc::channel::<IndexPiece>(INDEX_CHANNEL_CHUNKS_MAX);
     let roots: Vec<PathBuf> = volumes.iter().map(|volume| volume.root.clone()).collect();
     std::thread::Builder::new()
         .name("keepring-index".into())
         .spawn(move || walk_index(&roots, &prefix, &sender))
         .map_err(|error| RequestError::Internal(format!("cannot start index walk: {error}")))?;
-
-    let mut out = Vec::with_capacity(1024);
-    let mut response_head = session.response_head(200, BodyFraming::Chunked);
-    response_head.content_type = Some(TEXT_PLAIN);
-    response_head.write_to(&mut out);
-    let mut bytes_out = 0u64;
-    let mut complete = false;
-    while let Some(piece) = receiver.recv().await {
-        match piece {
-            Ok(text) if text.is_empty() => complete = true,
-            Ok(text) => {
-                bytes_out += text.len() as u64;
-                let _ = write!(out, "{:x}\r\n", text.len());
-                out.extend_from_slice(&text);
-                out.extend_from_slice(b"\r\n");
-                out = send(session, out).await?;
-            }
-            Err(reason) => {
-                tracing::error!(reason, "index walk failed; the index ends without its blank line");
-                break;
-            }
-        }
-    }
-    if complete {
-        // The blank line that tells keep-balance the index is whole.
-        out.extend_from_slice(b"1\r\n\n\r\n");
-        bytes_out += 1;
-    }
-    out.extend_from_slice(b"0\r\n\r\n");
-    send(session, out).await?;
-    Ok(Reply::Sent { status: 200, bytes_out })
+    Ok(Reply::Stream(Streamed {
+        status: 200,
+        framing: BodyFraming::Chunked,
+        content_type: Some(TEXT_PLAIN),
+        extra: Vec::new(),
+        body: Box::new(IndexStream { receiver, ended: false }),
+    }))
 }
 
-async fn send(session: &mut Session, out: Vec<u8>) -> Result<Vec<u8>, RequestError> {
-    let (result, mut out) = session.write_raw(out).await;
-    result?;
-    out.clear();
-    Ok(out)
+/// The index text as the walk produces it, ending with the blank line that tells
+/// keep-balance the index is whole (left out when the walk failed).
+struct IndexStream {
+    receiver: mpsc::Receiver<IndexPiece>,
+    ended: bool,
+}
+
+impl BodySource for IndexStream {
+    fn next(&mut self, _spent: Vec<u8>) -> Pin<Box<dyn Future<Output = Result<Piece, RequestError>> + '_>> {
+        Box::pin(async move {
+            if self.ended {
+                return Ok(Piece::End);
+            }
+            match self.receiver.recv().await {
+                Some(Ok(text)) if text.is_empty() => {
+                    self.ended = true;
+                    Ok(Piece::Bytes {
+                        buffer: b"\n".to_vec(),
+                        from: 0,
+                    })
+                }
+                Some(Ok(text)) => Ok(Piece::Bytes { buffer: text, from: 0 }),
+                Some(Err(reason)) => {
+                    tracing::error!(reason, "index walk failed; the index ends without its blank line");
+                    Ok(Piece::End)
+                }
+                None => {
+                    tracing::error!("index walk stopped; the index ends without its blank line");
+                    Ok(Piece::End)
+                }
+            }
+        })
+    }
 }
 
 /// Runs on its own thread. Sends text pieces, then an empty piece when every volume was

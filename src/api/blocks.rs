@@ -1,7 +1,5 @@
-//! Block GET/HEAD, PUT and TOUCH (keep-protocol.md §3.1–3.3, §5). Reads stream the block
-//! a chunk at a time, hashing as they go and withholding the last chunk until the MD5 is
-//! right (the first chunk leaves with the head, later ones by sendfile from the page
-//! cache); writes take the whole body (at most 64 MiB, leased from the buffer budget),
+//! Block PUT and TOUCH (keep-protocol.md §3.2, §3.3, §5; GET and HEAD are `api::read`):
+//! writes take the whole body (at most 64 MiB, leased from the buffer budget),
 //! check its MD5, then store it on the first volume in placement order that takes it. A
 //! body of 1 MiB or more is also written to that first volume's temp file as it arrives
 //! (and its writeback started), so the disk works during the transfer: the temp file
@@ -13,15 +11,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::api::context::Core;
 use crate::api::{auth, body};
-use crate::bufpool::CHUNK_BUFFER_BYTES;
-use crate::digest::{BlockDigest, EMPTY_BLOCK_HASH};
+use crate::digest::BlockDigest;
 use crate::error::RequestError;
 use crate::http::reply::{Reply, TEXT_PLAIN};
 use crate::http::request::Head;
-use crate::http::response::BodyFraming;
 use crate::http::session::Session;
 use crate::http::token::tokens;
-use crate::limits::{BLOCK_BYTES_MAX, CHUNK_BYTES, HASH_HEX_LEN, STREAMED_WRITE_BYTES_MIN, WRITE_STEP_BYTES};
+use crate::limits::{BLOCK_BYTES_MAX, HASH_HEX_LEN, STREAMED_WRITE_BYTES_MIN, WRITE_STEP_BYTES};
 use crate::locator::Locator;
 use crate::metrics::{VolumeErrorKind, VolumeOp};
 use crate::volume::io::{self, WriteError};
@@ -34,176 +30,12 @@ pub fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
-/// How streaming one copy of a block ended badly.
-enum StreamError {
-    /// The stored bytes are not the block: try another copy if nothing was sent.
-    Corrupt,
-    Volume(std::io::Error),
-    Client(RequestError),
-}
-
-pub async fn read(
+pub async fn write(
     core: &Core,
     session: &mut Session,
     head: &Head,
     locator_text: &str,
-    send_body: bool,
-) -> Result<Reply, RequestError> {
-    session.vary_signature = true;
-    let locator = Locator::parse(locator_text).map_err(|_| RequestError::InvalidLocator)?;
-    // 3.x: without a size the server could not announce a length and then abort on a
-    // checksum mismatch, so GET needs one (HEAD does not).
-    if send_body && locator.size.unwrap_or(0) == 0 && locator.hash != EMPTY_BLOCK_HASH {
-        return Err(RequestError::MethodNotAllowed);
-    }
-    let has_hint = |letter: char| locator.hints().any(|hint| hint.starts_with(letter));
-    if has_hint('R') && !has_hint('A') {
-        return Err(RequestError::RemoteLocator);
-    }
-    let state = core.state();
-    auth::check_read_permission(&state, head, &locator, now_secs())?;
-    let _lease = core.pool.lease(CHUNK_BUFFER_BYTES as u64).await?;
-    let mut buffer = core.pool.chunk();
-    let mut failure = RequestError::NotFound;
-    for volume in state.volumes.ordered_for(locator.hash) {
-        let (file, identity) = match io::open_block_identified(&volume.root, locator.hash).await {
-            Ok(Some(opened)) => opened,
-            Ok(None) => continue,
-            Err(error) => {
-                tracing::warn!(volume = %volume.uuid, hash = locator.hash, error = %error, "block open failed");
-                failure = RequestError::Internal(format!("volume error: {error}"));
-                continue;
-            }
-        };
-        let size = identity.size;
-        if size > BLOCK_BYTES_MAX {
-            failure = RequestError::BodyTooLarge;
-            continue;
-        }
-        let verify = !core.verified.borrow().contains(locator.hash, identity);
-        let copy = CopyToSend {
-            file: &file,
-            size,
-            hash: locator.hash,
-            verify,
-            send_body,
-        };
-        let (outcome, returned) = stream_copy(session, copy, buffer).await;
-        buffer = returned;
-        match outcome {
-            Ok(bytes_out) => {
-                if verify {
-                    core.verified.borrow_mut().insert(locator.hash, identity);
-                }
-                let counters = core.metrics.volume(volume);
-                counters.operation(VolumeOp::Read);
-                counters.read(size);
-                core.pool.recycle(buffer);
-                return Ok(Reply::Sent { status: 200, bytes_out });
-            }
-            Err(StreamError::Client(error)) => return Err(error),
-            Err(StreamError::Corrupt) => {
-                tracing::error!(volume = %volume.uuid, hash = locator.hash, "stored copy fails its MD5 check");
-                core.metrics.volume(volume).error(VolumeErrorKind::Checksum);
-                failure = RequestError::ChecksumMismatch;
-            }
-            Err(StreamError::Volume(error)) => {
-                tracing::warn!(volume = %volume.uuid, hash = locator.hash, error = %error, "block read failed");
-                core.metrics.volume(volume).error(VolumeErrorKind::Io);
-                failure = RequestError::Internal(format!("volume error: {error}"));
-            }
-        }
-        if session.response_started {
-            // Part of the block left already: the only honest answer is a cut body.
-            return Err(failure);
-        }
-    }
-    core.pool.recycle(buffer);
-    Err(failure)
-}
-
-/// One stored copy about to be sent or checked.
-struct CopyToSend<'a> {
-    file: &'a tokio_uring::fs::File,
-    size: u64,
-    hash: &'a str,
-    /// Hash it (always, unless the verified cache vouches for this exact file state).
-    verify: bool,
-    /// GET sends the bytes; HEAD only checks them.
-    send_body: bool,
-}
-
-/// Send (GET) or just verify (HEAD) one stored copy. The head and the first chunk leave in
-/// one write; the last chunk leaves only once the whole copy hashed right.
-async fn stream_copy(
-    session: &mut Session,
-    copy: CopyToSend<'_>,
-    mut buffer: Vec<u8>,
-) -> (Result<u64, StreamError>, Vec<u8>) {
-    let CopyToSend {
-        file,
-        size,
-        hash,
-        verify,
-        send_body,
-    } = copy;
-    let mut digest = BlockDigest::default();
-    let mut offset = 0u64;
-    buffer.clear();
-    let mut response_head = session.response_head(200, BodyFraming::Length(size));
-    response_head.extra.push("Vary: X-Keep-Signature".to_string());
-    response_head.content_type = Some("application/octet-stream");
-    let mut head_bytes = Vec::new();
-    response_head.write_to(if send_body { &mut buffer } else { &mut head_bytes });
-    loop {
-        let want = (size - offset).min(CHUNK_BYTES as u64) as usize;
-        let start = buffer.len();
-        buffer.reserve(want);
-        let (result, returned) = if size <= CHUNK_BYTES as u64 {
-            io::read_small_into(file, buffer, start, start + want, offset).await
-        } else {
-            io::read_exact_into(file, buffer, start, start + want, offset).await
-        };
-        buffer = returned;
-        if let Err(error) = result {
-            return (Err(StreamError::Volume(error)), buffer);
-        }
-        if verify {
-            digest.update(&buffer[start..start + want]);
-        }
-        offset += want as u64;
-        let last = offset == size;
-        if last && verify && !digest.matches(hash) {
-            return (Err(StreamError::Corrupt), buffer);
-        }
-        if send_body {
-            // The first chunk leaves with the head in one write, the last one from the
-            // bytes just hashed; the ones between by sendfile from the page cache.
-            let (result, returned) = if start == 0 && !last {
-                session.write_file_chunk(file, offset - want as u64, buffer).await
-            } else {
-                session.write_raw(buffer).await
-            };
-            buffer = returned;
-            if let Err(error) = result {
-                return (Err(StreamError::Client(error)), buffer);
-            }
-            buffer.clear();
-        }
-        if last {
-            break;
-        }
-    }
-    if !send_body {
-        if let (Err(error), _) = session.write_raw(head_bytes).await {
-            return (Err(StreamError::Client(error)), buffer);
-        }
-        return (Ok(0), buffer);
-    }
-    (Ok(size), buffer)
-}
-
-pub async fn write(core: &Core, session: &mut Session, head: &Head, locator_text: &str) -> Result<Reply, RequestError> {
+) -> Result<Reply<'static>, RequestError> {
     let hash = &locator_text[..HASH_HEX_LEN];
     let length = body::announced_length(head);
     // Refused from the head alone: no `100 Continue`, no byte of the body read.
@@ -523,7 +355,7 @@ fn is_satisfied(stored: &[Arc<Volume>], wanted_classes: &[String]) -> bool {
         .all(|class| stored.iter().any(|volume| volume.has_class(class)))
 }
 
-fn write_reply(core: &Core, head: &Head, hash: &str, size: u64, stored: &[Arc<Volume>]) -> Reply {
+fn write_reply(core: &Core, head: &Head, hash: &str, size: u64, stored: &[Arc<Volume>]) -> Reply<'static> {
     let mut locator = format!("{hash}+{size}");
     if let (Some(key), Some(token)) = (core.state().signing_key.as_ref(), tokens(head).first()) {
         locator.push_str(&key.sign_hint(hash, token, now_secs()));
@@ -551,7 +383,7 @@ fn write_reply(core: &Core, head: &Head, hash: &str, size: u64, stored: &[Arc<Vo
 }
 
 /// TOUCH: set the mtime of the block on the first writable volume (UUID order) holding it.
-pub fn touch(core: &Core, head: &Head, locator_text: &str) -> Result<Reply, RequestError> {
+pub fn touch(core: &Core, head: &Head, locator_text: &str) -> Result<Reply<'static>, RequestError> {
     let state = core.state();
     auth::require_root(&state, head)?;
     let locator = Locator::parse(locator_text).map_err(|_| RequestError::InvalidLocator)?;

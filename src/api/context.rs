@@ -59,6 +59,12 @@ impl Services {
 }
 
 /// One worker's handler context. `!Send`: it never leaves its core.
+/// A worker's handle on the published state. The Rc around the Arc is deliberate: a
+/// request clones the Rc (a plain increment) instead of the Arc, whose shared refcount
+/// would bounce between cores.
+#[allow(clippy::redundant_allocation)]
+pub type StateRef = Rc<Arc<NodeState>>;
+
 pub struct Core {
     pub id: usize,
     pub services: Arc<Services>,
@@ -91,7 +97,7 @@ impl Core {
     /// The node state this request is served by: the worker's own copy, refreshed only
     /// when the published generation moved (one atomic load; no lock, no shared refcount).
     #[allow(clippy::redundant_allocation)]
-    pub fn state(&self) -> Rc<Arc<NodeState>> {
+    pub fn state(&self) -> StateRef {
         let generation = self.services.node.generation();
         let mut cache = self.state_cache.borrow_mut();
         if cache.0 != generation {

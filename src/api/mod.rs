@@ -12,6 +12,7 @@ pub mod body;
 pub mod context;
 pub mod limiter;
 pub mod ops;
+pub mod read;
 
 use crate::api::context::Core;
 use crate::error::RequestError;
@@ -131,17 +132,20 @@ pub fn is_prefix(text: &str) -> bool {
 
 /// Dispatch one request whose head has been read. The body, if any, is read by the
 /// handler through `connection`.
-pub async fn handle(core: &Core, session: &mut Session, head: &Head) -> Result<Reply, RequestError> {
+pub async fn handle<'a>(core: &'a Core, session: &mut Session, head: &'a Head) -> Result<Reply<'a>, RequestError> {
     match route(&head.method, &head.path) {
-        Route::BlockRead { locator, send_body } => blocks::read(core, session, head, locator, send_body).await,
+        Route::BlockRead { locator, send_body } => {
+            session.vary_signature = true;
+            read::read(core, head, locator, send_body).await
+        }
         Route::BlockWrite { locator } => blocks::write(core, session, head, locator).await,
         Route::BlockTouch { locator } => blocks::touch(core, head, locator),
         Route::BlockDelete { locator } => ops::delete(core, head, locator),
         Route::Untrash { locator } => ops::untrash(core, head, locator),
         Route::PullList => ops::pull_list(core, session, head).await,
         Route::TrashList => ops::trash_list(core, session, head).await,
-        Route::Index { prefix } => admin::index(core, session, head, None, prefix).await,
-        Route::MountBlocks { uuid, prefix } => admin::index(core, session, head, Some(uuid), prefix).await,
+        Route::Index { prefix } => admin::index(core, head, None, prefix).await,
+        Route::MountBlocks { uuid, prefix } => admin::index(core, head, Some(uuid), prefix).await,
         Route::Mounts => admin::mounts(core, head),
         Route::Options => Ok(Reply::empty(200)),
         Route::Metrics => ops::metrics(core, head),

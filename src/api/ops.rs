@@ -25,7 +25,7 @@ use crate::volume::trash::{trash_block, untrash_block, TrashOutcome};
 
 /// DELETE: trash the block on every trash-allowed volume where it is older than the blob
 /// signing TTL. 200 when some such volume has it (trashed or too young), else 404.
-pub fn delete(core: &Core, head: &Head, locator_text: &str) -> Result<Reply, RequestError> {
+pub fn delete(core: &Core, head: &Head, locator_text: &str) -> Result<Reply<'static>, RequestError> {
     let state = core.state();
     auth::require_root(&state, head)?;
     let settings = core.chore_settings();
@@ -62,7 +62,7 @@ pub fn delete(core: &Core, head: &Head, locator_text: &str) -> Result<Reply, Req
 }
 
 /// PUT /untrash: bring the first trashed copy back on every writable volume.
-pub fn untrash(core: &Core, head: &Head, locator_text: &str) -> Result<Reply, RequestError> {
+pub fn untrash(core: &Core, head: &Head, locator_text: &str) -> Result<Reply<'static>, RequestError> {
     let state = core.state();
     auth::require_root(&state, head)?;
     let locator = Locator::parse(locator_text).map_err(|_| RequestError::InvalidLocator)?;
@@ -91,7 +91,7 @@ pub fn untrash(core: &Core, head: &Head, locator_text: &str) -> Result<Reply, Re
 }
 
 /// PUT /trash: replace the trash queue.
-pub async fn trash_list(core: &Core, session: &mut Session, head: &Head) -> Result<Reply, RequestError> {
+pub async fn trash_list(core: &Core, session: &mut Session, head: &Head) -> Result<Reply<'static>, RequestError> {
     auth::require_root(&core.state(), head)?;
     let items: Vec<TrashItem> = read_list(core, session, head).await?;
     tracing::info!(items = items.len(), "trash list received");
@@ -100,7 +100,7 @@ pub async fn trash_list(core: &Core, session: &mut Session, head: &Head) -> Resu
 }
 
 /// PUT /pull: replace the pull queue.
-pub async fn pull_list(core: &Core, session: &mut Session, head: &Head) -> Result<Reply, RequestError> {
+pub async fn pull_list(core: &Core, session: &mut Session, head: &Head) -> Result<Reply<'static>, RequestError> {
     auth::require_root(&core.state(), head)?;
     let items: Vec<PullItem> = read_list(core, session, head).await?;
     if pull::first_item_lacks_size(&items) {
@@ -143,7 +143,7 @@ async fn read_list<T: DeserializeOwned + Send + 'static>(
 
 /// GET /metrics (Prometheus text) and /metrics.json: open when no management token is
 /// configured (keepstore-observed.md).
-pub fn metrics(core: &Core, head: &Head) -> Result<Reply, RequestError> {
+pub fn metrics(core: &Core, head: &Head) -> Result<Reply<'static>, RequestError> {
     let state = core.state();
     auth::require_metrics(&state, head)?;
     let services = &core.services;

@@ -1,5 +1,14 @@
-//! What a handler answers: a whole `Response` the session writes, or word that the
-//! handler streamed the answer itself through the session (`Reply::Sent`).
+//! What a handler answers: a whole `Response`, or a `Streamed` one whose body the
+//! connection loop pulls piece by piece from a `BodySource` and the session writes
+//! (length or chunked framing, the head leaving with the first piece). Handlers never
+//! write to the socket.
+
+use std::future::Future;
+use std::os::fd::RawFd;
+use std::pin::Pin;
+
+use crate::error::RequestError;
+use crate::http::response::BodyFraming;
 
 /// A whole response, written by the session.
 #[derive(Debug)]
@@ -12,19 +21,45 @@ pub struct Response {
     pub cors: bool,
 }
 
-/// What a handler did.
-#[derive(Debug)]
-pub enum Reply {
-    Full(Response),
-    /// The handler wrote head and body itself (a streamed block or index).
-    Sent {
-        status: u16,
-        bytes_out: u64,
-    },
+/// A response whose body is produced while it is sent (a block, an index).
+pub struct Streamed<'a> {
+    pub status: u16,
+    /// `Length` must be exactly what the source yields; `Chunked` is framed by the session.
+    pub framing: BodyFraming,
+    pub content_type: Option<&'static str>,
+    pub extra: Vec<String>,
+    pub body: Box<dyn BodySource + 'a>,
 }
 
-impl Reply {
-    pub fn empty(status: u16) -> Reply {
+/// One piece of a streamed body.
+pub enum Piece {
+    /// Send `buffer[from..]`. Bytes before `from` are room the session may write the
+    /// response head (or a chunk's size line) into, so both leave in one write.
+    Bytes { buffer: Vec<u8>, from: usize },
+    /// Send `buffer`, which holds the bytes of the file `fd` at `position`: the session
+    /// may take them from the page cache (sendfile) instead. `fd` stays open until the
+    /// source's next call.
+    File { fd: RawFd, position: u64, buffer: Vec<u8> },
+    /// The body is complete.
+    End,
+}
+
+/// Where a streamed body comes from.
+pub trait BodySource {
+    /// The next piece. `spent` is the buffer of the piece before, written and ready for
+    /// reuse (empty at the first call). An error before any byte left becomes an error
+    /// response; after, the body is cut (the connection closes mid-body).
+    fn next(&mut self, spent: Vec<u8>) -> Pin<Box<dyn Future<Output = Result<Piece, RequestError>> + '_>>;
+}
+
+/// What a handler did.
+pub enum Reply<'a> {
+    Full(Response),
+    Stream(Streamed<'a>),
+}
+
+impl Reply<'_> {
+    pub fn empty(status: u16) -> Self {
         Reply::Full(Response {
             status,
             content_type: None,
@@ -34,7 +69,7 @@ impl Reply {
         })
     }
 
-    pub fn text(status: u16, content_type: &'static str, body: Vec<u8>) -> Reply {
+    pub fn text(status: u16, content_type: &'static str, body: Vec<u8>) -> Self {
         Reply::Full(Response {
             status,
             content_type: Some(content_type),

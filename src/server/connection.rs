@@ -90,8 +90,7 @@ async fn serve_one(worker: &Worker, live: &LiveConnection, session: &mut Session
             Ok(Reply::empty(503))
         }
     };
-    let aborted = outcome.is_err() && session.response_started;
-    let (status, bytes_out) = finish(session, outcome).await;
+    let (status, bytes_out, aborted) = finish(session, outcome).await;
     // One clock read serves the log line and the connection's place in the idle order.
     let finished = Instant::now();
     worker.log_request(&Answered {
@@ -109,27 +108,39 @@ async fn serve_one(worker: &Worker, live: &LiveConnection, session: &mut Session
     (status, aborted)
 }
 
-/// Write what the handler left to write; returns the status and body bytes sent.
-async fn finish(session: &mut Session, outcome: Result<Reply, RequestError>) -> (u16, u64) {
-    match outcome {
+/// Write the handler's reply, or its error; returns the status, the body bytes sent and
+/// whether the response was cut short (an error after its head left).
+async fn finish(session: &mut Session, outcome: Result<Reply<'_>, RequestError>) -> (u16, u64, bool) {
+    let outcome = match outcome {
         Ok(Reply::Full(response)) => {
             // An unread body makes the connection unusable for the next request.
             session.close_after |= !session.body_complete();
-            session.send(response).await.unwrap_or((499, 0))
+            return match session.send(response).await {
+                Ok((status, bytes_out)) => (status, bytes_out, false),
+                Err(_) => (499, 0, false),
+            };
         }
-        Ok(Reply::Sent { status, bytes_out }) => (status, bytes_out),
+        Ok(Reply::Stream(streamed)) => {
+            session.close_after |= !session.body_complete();
+            session.send_stream(streamed).await
+        }
+        Err(error) => Err(error),
+    };
+    match outcome {
+        Ok((status, bytes_out)) => (status, bytes_out, false),
         Err(error) if session.response_started => {
             session.close_after = true;
-            (error.reply().status, 0)
+            (error.reply().status, 0, true)
         }
         Err(error) => {
             session.close_after |= !session.body_complete() || matches!(error, RequestError::ClientGone);
-            answer_error(session, &error).await.unwrap_or((499, 0))
+            let (status, bytes_out) = answer_error(session, &error).await.unwrap_or((499, 0));
+            (status, bytes_out, false)
         }
     }
 }
 
-async fn dispatch(worker: &Worker, session: &mut Session, head: &Head) -> Result<Reply, RequestError> {
+async fn dispatch<'a>(worker: &'a Worker, session: &mut Session, head: &'a Head) -> Result<Reply<'a>, RequestError> {
     // Only PUT carries a block; any other body is read and dropped (small) or refused.
     if head.method != "PUT" && head.framing.is_some() {
         // No `100 Continue`: nothing but a PUT body is wanted. A small body is dropped so
