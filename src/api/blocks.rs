@@ -43,26 +43,7 @@ pub async fn write(
         return Err(RequestError::BodyTooLarge);
     }
     let wanted_classes = head.requested_storage_classes();
-    let candidates: Vec<Arc<Volume>> = core
-        .state()
-        .volumes
-        .ordered_for(hash)
-        .into_iter()
-        .filter(|volume| volume.allow_write)
-        .filter(|volume| wanted_classes.is_empty() || wanted_classes.iter().any(|class| volume.has_class(class)))
-        .cloned()
-        .collect();
-    if candidates.is_empty() {
-        return Err(RequestError::InsufficientStorage);
-    }
-    // Volumes that failed recently sit out (they are retried after VOLUME_RETRY_MS).
-    let candidates: Vec<Arc<Volume>> = candidates
-        .into_iter()
-        .filter(|volume| volume.accepts_writes())
-        .collect();
-    if candidates.is_empty() {
-        return Err(RequestError::VolumeUnavailable);
-    }
+    let mut candidates = write_candidates(core, hash, &wanted_classes)?;
     let mut reader = body::BodyReader::start(core, session, length, BLOCK_BYTES_MAX).await?;
     // A big body goes to its first volume while it arrives (the common case: no volume
     // holds the block yet); the others, and every fallback, are written from memory after.
@@ -72,49 +53,16 @@ pub async fn write(
         }
         _ => None,
     };
-    let mut digest = BlockDigest::default();
-    let received = loop {
-        match reader.next(core, session).await {
-            Ok(Some(piece)) => digest.update(&reader.body()[piece]),
-            Ok(None) => break Ok(()),
-            Err(error) => break Err(error),
-        }
-        if let Some(write) = streamed.as_mut() {
-            if reader.body().len() - write.writer.written() >= WRITE_STEP_BYTES {
-                write.append(&mut reader).await;
-            }
-        }
-    };
-    let received = received.and_then(|()| match digest.matches(hash) {
-        true => Ok(()),
-        false => Err(RequestError::HashMismatch {
-            computed: digest.hex(),
-            path: locator_text.to_string(),
-        }),
-    });
-    if let Err(error) = received {
+    if let Err(error) = receive(core, session, &mut reader, &mut streamed, locator_text).await {
         if let Some(write) = streamed {
             write.give_up(core, hash).await;
         }
         return Err(error);
     }
     let mut progress = StoreProgress::default();
-    let mut candidates = candidates;
-    if let Some(mut write) = streamed {
-        write.append(&mut reader).await;
-        let result = match write.failure.take() {
-            Some(error) => {
-                write.writer.abandon().await;
-                Err(error.into())
-            }
-            None => write.writer.commit().await,
-        };
-        let size = reader.body().len();
-        progress.any_failed |=
-            account_write(core, &write.volume, hash, result, size).record(&write.volume, &mut progress.stored);
-        candidates.retain(|volume| volume.uuid != write.volume.uuid);
-        // The streamed write started only after finding no copy on any candidate.
-        progress.copies_absent = true;
+    if let Some(write) = streamed {
+        let volume = write.finish(core, hash, &mut reader, &mut progress).await;
+        candidates.retain(|candidate| candidate.uuid != volume.uuid);
     }
     let (mut body, lease) = reader.finish();
     let size = body.len() as u64;
@@ -123,6 +71,58 @@ pub async fn write(
     drop(lease);
     let stored = stored?;
     Ok(write_reply(core, head, hash, size, &stored))
+}
+
+/// The volumes a PUT may write to, in placement order: writable, of a wanted storage
+/// class, and not sitting out after a recent failure (retried after VOLUME_RETRY_MS).
+fn write_candidates(core: &Core, hash: &str, wanted_classes: &[String]) -> Result<Vec<Arc<Volume>>, RequestError> {
+    let state = core.state();
+    let writable: Vec<&Arc<Volume>> = state
+        .volumes
+        .ordered_for(hash)
+        .into_iter()
+        .filter(|volume| volume.allow_write)
+        .filter(|volume| wanted_classes.is_empty() || wanted_classes.iter().any(|class| volume.has_class(class)))
+        .collect();
+    if writable.is_empty() {
+        return Err(RequestError::InsufficientStorage);
+    }
+    let healthy: Vec<Arc<Volume>> = writable
+        .into_iter()
+        .filter(|volume| volume.accepts_writes())
+        .cloned()
+        .collect();
+    match healthy.is_empty() {
+        true => Err(RequestError::VolumeUnavailable),
+        false => Ok(healthy),
+    }
+}
+
+/// Read the whole body, hashing it and feeding the streamed write as it arrives; the
+/// body must hash to the locator's hash.
+async fn receive(
+    core: &Core,
+    session: &mut Session,
+    reader: &mut body::BodyReader,
+    streamed: &mut Option<StreamedWrite>,
+    locator_text: &str,
+) -> Result<(), RequestError> {
+    let mut digest = BlockDigest::default();
+    while let Some(piece) = reader.next(core, session).await? {
+        digest.update(&reader.body()[piece]);
+        if let Some(write) = streamed.as_mut() {
+            if reader.body().len() - write.writer.written() >= WRITE_STEP_BYTES {
+                write.append(reader).await;
+            }
+        }
+    }
+    match digest.matches(&locator_text[..HASH_HEX_LEN]) {
+        true => Ok(()),
+        false => Err(RequestError::HashMismatch {
+            computed: digest.hex(),
+            path: locator_text.to_string(),
+        }),
+    }
 }
 
 /// A PUT body being written to its first volume as it arrives.
@@ -142,6 +142,31 @@ impl StreamedWrite {
         if let Some(error) = self.failure {
             note_write_failure(core, &self.volume, hash, error.into());
         }
+    }
+
+    /// The body arrived whole and matched: write its rest and commit (or, after a
+    /// failure, abandon), and record the outcome; returns the volume written to.
+    async fn finish(
+        mut self,
+        core: &Core,
+        hash: &str,
+        reader: &mut body::BodyReader,
+        progress: &mut StoreProgress,
+    ) -> Arc<Volume> {
+        self.append(reader).await;
+        let result = match self.failure.take() {
+            Some(error) => {
+                self.writer.abandon().await;
+                Err(error.into())
+            }
+            None => self.writer.commit().await,
+        };
+        let size = reader.body().len();
+        progress.any_failed |=
+            account_write(core, &self.volume, hash, result, size).record(&self.volume, &mut progress.stored);
+        // The streamed write started only after finding no copy on any candidate.
+        progress.copies_absent = true;
+        self.volume
     }
 
     /// Write what arrived since the last call (nothing more once a write failed).
