@@ -48,6 +48,11 @@ pub fn parse_head(bytes: &[u8]) -> Result<Option<(Head, usize)>, RequestError> {
     if head_len > HEADER_BYTES_MAX {
         return Err(RequestError::HeadTooLarge);
     }
+    Ok(Some((head_from_request(&request)?, head_len)))
+}
+
+/// The owned `Head` of a completely parsed request head.
+fn head_from_request(request: &httparse::Request) -> Result<Head, RequestError> {
     let target = request.path.unwrap_or("/");
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let version_minor = request.version.unwrap_or(1);
@@ -67,55 +72,72 @@ pub fn parse_head(bytes: &[u8]) -> Result<Option<(Head, usize)>, RequestError> {
             .trim();
         let name = header.name;
         if name.eq_ignore_ascii_case("content-length") {
-            let parsed = parse_content_length(value)?;
-            if content_length.is_some_and(|previous| previous != parsed) {
-                return Err(RequestError::Malformed("conflicting Content-Length headers"));
-            }
-            content_length = Some(parsed);
+            content_length = Some(merge_content_length(content_length, value)?);
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             // Every Transfer-Encoding field counts, in order (RFC 9110 §5.3).
             transfer_codings.extend(value.split(',').map(|coding| coding.trim().to_ascii_lowercase()));
-        } else if name.eq_ignore_ascii_case("expect") {
-            head.expect_continue = value.eq_ignore_ascii_case("100-continue");
-        } else if name.eq_ignore_ascii_case("connection") {
-            for option in value.split(',').map(str::trim) {
-                if option.eq_ignore_ascii_case("close") {
-                    head.close = true;
-                } else if option.eq_ignore_ascii_case("keep-alive") && version_minor == 0 {
-                    head.close = false;
-                }
-            }
-        } else if name.eq_ignore_ascii_case("authorization") {
-            head.authorization.get_or_insert_with(|| value.to_string());
-        } else if name.eq_ignore_ascii_case("cookie") {
-            head.cookie.get_or_insert_with(|| value.to_string());
-        } else if name.eq_ignore_ascii_case("x-request-id") {
-            head.request_id.get_or_insert_with(|| value.to_string());
-        } else if name.eq_ignore_ascii_case("x-keep-storage-classes") {
-            head.storage_classes.get_or_insert_with(|| value.to_string());
-        } else if name.eq_ignore_ascii_case("host") {
-            head.host.get_or_insert_with(|| value.to_string());
-        } else if name.eq_ignore_ascii_case("x-forwarded-for") {
-            head.forwarded_for.get_or_insert_with(|| value.to_string());
+        } else {
+            apply_header(&mut head, name, value, version_minor);
         }
     }
-    head.framing = if transfer_codings.is_empty() {
-        content_length.map(Framing::Length)
-    } else {
-        // Only a body that is exactly chunked is understood: anything else (gzip, chunked
-        // not last, identity) is refused rather than framed differently from a proxy in
-        // front of us (request smuggling, RFC 9112 §6.1).
-        if transfer_codings != ["chunked"] {
-            return Err(RequestError::Malformed("unsupported Transfer-Encoding"));
+    head.framing = body_framing(&transfer_codings, content_length)?;
+    // RFC 9112 §6.3: a message with both Transfer-Encoding and Content-Length must not
+    // leave the connection open for a next request.
+    if head.framing == Some(Framing::Chunked) && content_length.is_some() {
+        head.close = true;
+    }
+    Ok(head)
+}
+
+/// The Content-Length of a request after one more such field: repeats must agree.
+fn merge_content_length(previous: Option<u64>, value: &str) -> Result<u64, RequestError> {
+    let parsed = parse_content_length(value)?;
+    if previous.is_some_and(|previous| previous != parsed) {
+        return Err(RequestError::Malformed("conflicting Content-Length headers"));
+    }
+    Ok(parsed)
+}
+
+/// Record one non-framing header field keepring acts on in `head` (the first of repeats wins).
+fn apply_header(head: &mut Head, name: &str, value: &str, version_minor: u8) {
+    if name.eq_ignore_ascii_case("expect") {
+        head.expect_continue = value.eq_ignore_ascii_case("100-continue");
+    } else if name.eq_ignore_ascii_case("connection") {
+        for option in value.split(',').map(str::trim) {
+            if option.eq_ignore_ascii_case("close") {
+                head.close = true;
+            } else if option.eq_ignore_ascii_case("keep-alive") && version_minor == 0 {
+                head.close = false;
+            }
         }
-        // RFC 9112 §6.3: Transfer-Encoding overrides Content-Length, and a message with
-        // both must not leave the connection open for a next request.
-        if content_length.is_some() {
-            head.close = true;
-        }
-        Some(Framing::Chunked)
-    };
-    Ok(Some((head, head_len)))
+    } else if name.eq_ignore_ascii_case("authorization") {
+        head.authorization.get_or_insert_with(|| value.to_string());
+    } else if name.eq_ignore_ascii_case("cookie") {
+        head.cookie.get_or_insert_with(|| value.to_string());
+    } else if name.eq_ignore_ascii_case("x-request-id") {
+        head.request_id.get_or_insert_with(|| value.to_string());
+    } else if name.eq_ignore_ascii_case("x-keep-storage-classes") {
+        head.storage_classes.get_or_insert_with(|| value.to_string());
+    } else if name.eq_ignore_ascii_case("host") {
+        head.host.get_or_insert_with(|| value.to_string());
+    } else if name.eq_ignore_ascii_case("x-forwarded-for") {
+        head.forwarded_for.get_or_insert_with(|| value.to_string());
+    }
+}
+
+/// How the body is delimited, from the Transfer-Encoding codings and the Content-Length.
+fn body_framing(transfer_codings: &[String], content_length: Option<u64>) -> Result<Option<Framing>, RequestError> {
+    if transfer_codings.is_empty() {
+        return Ok(content_length.map(Framing::Length));
+    }
+    // Only a body that is exactly chunked is understood: anything else (gzip, chunked
+    // not last, identity) is refused rather than framed differently from a proxy in
+    // front of us (request smuggling, RFC 9112 §6.1).
+    if transfer_codings != ["chunked"] {
+        return Err(RequestError::Malformed("unsupported Transfer-Encoding"));
+    }
+    // RFC 9112 §6.3: Transfer-Encoding overrides Content-Length.
+    Ok(Some(Framing::Chunked))
 }
 
 fn parse_content_length(value: &str) -> Result<u64, RequestError> {
@@ -243,6 +265,34 @@ mod tests {
         let mut huge = b"GET / HTTP/1.1\r\nX: ".to_vec();
         huge.resize(HEADER_BYTES_MAX + 10, b'a');
         assert!(matches!(parse_head(&huge), Err(RequestError::HeadTooLarge)));
+    }
+
+    #[test]
+    fn repeated_content_lengths_must_agree() {
+        assert_eq!(merge_content_length(None, "5").unwrap(), 5);
+        assert_eq!(merge_content_length(Some(5), "5").unwrap(), 5);
+        assert!(matches!(
+            merge_content_length(Some(5), "6"),
+            Err(RequestError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn keep_alive_reopens_only_an_http10_connection() {
+        let mut http10 = Head {
+            close: true,
+            ..Head::default()
+        };
+        apply_header(&mut http10, "Connection", "Keep-Alive", 0);
+        assert!(!http10.close);
+        apply_header(&mut http10, "connection", "keep-alive, close", 0);
+        assert!(http10.close);
+        let mut http11 = Head {
+            close: true,
+            ..Head::default()
+        };
+        apply_header(&mut http11, "Connection", "keep-alive", 1);
+        assert!(http11.close);
     }
 
     #[test]

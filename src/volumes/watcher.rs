@@ -7,10 +7,11 @@
 //! publishes it in a new state; workers pick it up on their next request without taking
 //! a lock).
 
+use std::collections::HashMap;
 use std::io::{self, Read, Seek, Write};
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use inotify::{Inotify, WatchMask};
@@ -164,7 +165,7 @@ struct Watcher {
     inotify: Inotify,
     mountinfo: std::fs::File,
     inbox: WatcherInbox,
-    fixed_devices: std::collections::HashMap<std::path::PathBuf, u64>,
+    fixed_devices: HashMap<PathBuf, u64>,
 }
 
 const DIR_EVENTS: WatchMask = WatchMask::CREATE
@@ -247,7 +248,35 @@ impl Watcher {
         let _ = self.inotify.watches().add(path, DIR_EVENTS);
     }
 
+    /// Watch every source again, work out the volumes to serve, and publish them if they changed.
     fn rescan(&mut self, reason: &str) {
+        self.watch_sources();
+        let mounts = read_mountinfo().unwrap_or_default();
+        if self.sources.discover_mounts {
+            self.watch_mount_points(&mounts);
+        }
+        let candidates = discovery::candidates(&self.sources, &mounts);
+        let current_set = self.publisher.current_volumes();
+        let current = current_set.all();
+        let next = self.next_volumes(&candidates, current);
+        if same_volumes(current, &next) {
+            return;
+        }
+        for old in removed_volumes(current, &next) {
+            tracing::info!(
+                target: "keepring::lifecycle",
+                volume = %old.uuid,
+                path = %old.root.display(),
+                reason,
+                "volume removed"
+            );
+        }
+        // Only the volumes are this thread's to change; keys and tokens stay as published.
+        self.publisher.publish_volumes(VolumeSet::from_shared(next));
+    }
+
+    /// Watch each volume root with its subdirectories, and each configured volume with its parent.
+    fn watch_sources(&mut self) {
         for root in self.sources.roots.clone() {
             self.watch(&root);
             for dir in discovery::root_subdirectories(&root) {
@@ -260,38 +289,33 @@ impl Watcher {
             }
             self.watch(&root);
         }
-        let mounts = read_mountinfo().unwrap_or_default();
-        if self.sources.discover_mounts {
-            // A drive usually arrives with its keep dir (mount table event); a fresh one
-            // gets it by mkdir, seen through a watch on its mount point.
-            for mount in mounts.iter().filter(|mount| mount.mount_point != Path::new("/")) {
-                self.watch(&mount.mount_point);
-            }
+    }
+
+    /// Watch every mount point but `/`.
+    fn watch_mount_points(&mut self, mounts: &[discovery::Mount]) {
+        // A drive usually arrives with its keep dir (mount table event); a fresh one
+        // gets it by mkdir, seen through a watch on its mount point.
+        for mount in mounts.iter().filter(|mount| mount.mount_point != Path::new("/")) {
+            self.watch(&mount.mount_point);
         }
-        let candidates = discovery::candidates(&self.sources, &mounts);
-        let current_set = self.publisher.current_volumes();
-        let current = current_set.all();
+    }
+
+    /// The volumes to serve for `candidates`: the current one where unchanged, a newly opened one otherwise.
+    fn next_volumes(&mut self, candidates: &[Candidate], current: &[Arc<Volume>]) -> Vec<Arc<Volume>> {
         let mut next: Vec<Arc<Volume>> = Vec::new();
-        for candidate in &candidates {
+        for candidate in candidates {
             let device = std::fs::metadata(&candidate.root).map(|metadata| metadata.dev()).ok();
-            if candidate.origin == "configured" {
-                let known = *self
-                    .fixed_devices
-                    .entry(candidate.root.clone())
-                    .or_insert(device.unwrap_or(0));
-                if Some(known) != device {
-                    tracing::warn!(
-                        target: "keepring::lifecycle",
-                        path = %candidate.root.display(),
-                        "configured volume is on another filesystem than before (drive unmounted?): not serving it"
-                    );
-                    continue;
-                }
+            if candidate.origin == "configured"
+                && !is_on_first_filesystem(&mut self.fixed_devices, &candidate.root, device)
+            {
+                tracing::warn!(
+                    target: "keepring::lifecycle",
+                    path = %candidate.root.display(),
+                    "configured volume is on another filesystem than before (drive unmounted?): not serving it"
+                );
+                continue;
             }
-            let same = current.iter().find(|volume| {
-                volume.root == candidate.root && Some(volume.device) == device && volume.options == candidate.options
-            });
-            match same {
+            match serving_volume(current, candidate, device) {
                 Some(volume) => next.push(volume.clone()),
                 None => match open_candidate(candidate, &next) {
                     Ok(volume) => next.push(volume),
@@ -299,26 +323,74 @@ impl Watcher {
                 },
             }
         }
-        let unchanged = next.len() == current.len()
-            && next
-                .iter()
-                .all(|volume| current.iter().any(|old| Arc::ptr_eq(old, volume)));
-        if unchanged {
-            return;
-        }
-        for old in current
+        next
+    }
+}
+
+/// Whether `root` is still on the filesystem it was first seen on (recording `device` at first sight).
+fn is_on_first_filesystem(fixed_devices: &mut HashMap<PathBuf, u64>, root: &Path, device: Option<u64>) -> bool {
+    let known = *fixed_devices.entry(root.to_path_buf()).or_insert(device.unwrap_or(0));
+    Some(known) == device
+}
+
+/// The current volume that already serves `candidate` on `device`, with the same options.
+fn serving_volume<'a>(
+    current: &'a [Arc<Volume>],
+    candidate: &Candidate,
+    device: Option<u64>,
+) -> Option<&'a Arc<Volume>> {
+    current.iter().find(|volume| {
+        volume.root == candidate.root && Some(volume.device) == device && volume.options == candidate.options
+    })
+}
+
+/// Whether `next` holds exactly the volumes of `current` (the same opened volumes).
+fn same_volumes(current: &[Arc<Volume>], next: &[Arc<Volume>]) -> bool {
+    next.len() == current.len()
+        && next
             .iter()
-            .filter(|old| !next.iter().any(|volume| Arc::ptr_eq(old, volume)))
-        {
-            tracing::info!(
-                target: "keepring::lifecycle",
-                volume = %old.uuid,
-                path = %old.root.display(),
-                reason,
-                "volume removed"
-            );
-        }
-        // Only the volumes are this thread's to change; keys and tokens stay as published.
-        self.publisher.publish_volumes(VolumeSet::from_shared(next));
+            .all(|volume| current.iter().any(|old| Arc::ptr_eq(old, volume)))
+}
+
+/// The volumes of `current` that `next` no longer holds.
+fn removed_volumes<'a>(current: &'a [Arc<Volume>], next: &'a [Arc<Volume>]) -> impl Iterator<Item = &'a Arc<Volume>> {
+    current
+        .iter()
+        .filter(|old| !next.iter().any(|volume| Arc::ptr_eq(old, volume)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configured_volume_is_served_only_on_its_first_filesystem() {
+        let mut fixed_devices = HashMap::new();
+        let root = Path::new("/data/keep");
+        assert!(is_on_first_filesystem(&mut fixed_devices, root, Some(7)));
+        assert!(is_on_first_filesystem(&mut fixed_devices, root, Some(7)));
+        assert!(
+            !is_on_first_filesystem(&mut fixed_devices, root, Some(8)),
+            "drive unmounted"
+        );
+        assert!(
+            !is_on_first_filesystem(&mut fixed_devices, root, None),
+            "directory gone"
+        );
+    }
+
+    #[test]
+    fn volume_sets_compare_by_opened_volume() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = |name: &str| Arc::new(Volume::open_directory(&dir.path().join(name)).unwrap());
+        let (first, second) = (open("a"), open("b"));
+        let reopened = open("a");
+        let current = vec![first.clone(), second.clone()];
+        assert!(same_volumes(&current, &[second.clone(), first.clone()]));
+        assert!(!same_volumes(&current, &[first.clone(), reopened.clone()]));
+        assert!(!same_volumes(&current, std::slice::from_ref(&first)));
+        let next = [first.clone(), reopened];
+        let removed: Vec<_> = removed_volumes(&current, &next).collect();
+        assert!(removed.len() == 1 && Arc::ptr_eq(removed[0], &second));
     }
 }
