@@ -331,6 +331,19 @@ impl Config {
     pub fn resolve(cli: Cli, env: &Environment, running: Option<&Config>) -> Result<Config, String> {
         let mut warnings = Vec::new();
         let (cluster, source) = cluster_settings(&cli, env, running, &mut warnings)?;
+        Config::from_settings(cli, cluster, source, warnings)
+    }
+
+    /// Flags over settings already taken from a config file (`source`: the file they came
+    /// from; None: there is none) over built-in defaults. Reads nothing but the files the
+    /// flags name and probes nothing, so the fuzz target `cluster_config` turns text into
+    /// a `Config` through it as `resolve` does.
+    pub fn from_settings(
+        cli: Cli,
+        cluster: ClusterSettings,
+        source: Option<ConfigSource>,
+        warnings: Vec<String>,
+    ) -> Result<Config, String> {
         let from_file = source.is_some();
         let fixed = fixed_volumes(&cli, cluster.volumes, from_file, cluster.service.as_ref())?;
         let signing_key = secret_or(cli.blob_signing_key_file.as_deref(), cluster.signing_key)?;

@@ -135,7 +135,7 @@ pub const MAX_QUEUED_REQUESTS_DEFAULT: usize = 128;
 
 /// What keepring takes from a cluster config for this node; `None` where the file is
 /// silent and keepring's own default (or a flag) decides.
-#[derive(Debug, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ClusterSettings {
     pub cluster_id: String,
     /// This node's `InternalURLs` entry and the address to bind for it.
@@ -361,18 +361,20 @@ fn node_volumes(cluster: &Cluster, this_url: Option<&ServiceUrl>) -> Result<Vec<
 }
 
 /// `None`: the volume is another node's. `Some(read_only)`: this node's, read-only for it
-/// when its `AccessViaHosts` entry says so.
+/// when its `AccessViaHosts` entry says so. Every key is parsed, also after this node's:
+/// a malformed one is refused on every node, as keepstore refuses the file at load.
 fn host_access(uuid: &str, entry: &VolumeEntry, this_url: Option<&ServiceUrl>) -> Result<Option<bool>, String> {
     if entry.access_via_hosts.is_empty() {
         return Ok(Some(false));
     }
+    let mut this_node = None;
     for (text, access) in &entry.access_via_hosts {
         let url = ServiceUrl::parse(text).map_err(|error| format!("volume {uuid}: AccessViaHosts: {error}"))?;
-        if Some(&url) == this_url {
-            return Ok(Some(access.as_ref().is_some_and(|access| access.read_only)));
+        if this_node.is_none() && Some(&url) == this_url {
+            this_node = Some(access.as_ref().is_some_and(|access| access.read_only));
         }
     }
-    Ok(None)
+    Ok(this_node)
 }
 
 /// Go duration syntax (`336h`, `1h30m`, `90s`, `1.5h`, `500ms`, `-1s`) → whole seconds.
@@ -580,6 +582,21 @@ Clusters:
             .contains("MaxKeepBlobBuffers"));
         let bad_level = EXAMPLE.replace("LogLevel: debug", "LogLevel: loud");
         assert!(settings_for(&bad_level, None).unwrap_err().contains("LogLevel"));
+    }
+
+    #[test]
+    fn a_malformed_access_via_hosts_key_is_refused_on_every_node() {
+        // Found by the cluster_config fuzz target: the node whose key came first in the
+        // map stopped parsing there and served; every other node refused the file.
+        let malformed = EXAMPLE.replace("\"http://127.0.0.1:25107\": {}\n", "\"http://127.@.0.1:25107\": {}\n");
+        assert_ne!(malformed, EXAMPLE);
+        for url in [None, Some("http://keep1.example:25107/")] {
+            let error = settings_for(&malformed, url).unwrap_err();
+            assert!(
+                error.contains("AccessViaHosts: URL \"http://127.@.0.1:25107\""),
+                "{url:?}: {error}"
+            );
+        }
     }
 
     #[test]
