@@ -1,0 +1,115 @@
+//! Sixteen MD5 lanes, one per 32-bit element of a zmm register (AVX-512F only). Each MD5
+//! round function is one `vpternlogd` (its immediate is the function's truth table over
+//! b, c, d) and each rotate one `vprold`, so a step is six instructions.
+//!
+//! Every lane reads its next block from a different buffer. The 16 blocks are loaded as
+//! 16 rows and transposed 16×16 (32-bit unpacks, 64-bit unpacks, two 128-bit shuffles:
+//! 64 shuffles per round of 16 blocks) so that vector `w` holds message word `w` of every
+//! lane. A gather (`vpgatherqd` from 16 bases: 32 gathers of 8 per round) was measured
+//! slower, see the module tests' note and the commit that brought this file.
+
+use std::arch::x86_64::*;
+
+use super::{md5_rounds, Messages, BLOCK_BYTES, FILLER_BLOCK};
+
+pub const LANES: usize = super::AVX512_LANES;
+
+/// Advances each of 16 states by `blocks` blocks of its message; a `None` lane reads a
+/// filler block and its state comes back changed but meaningless.
+#[target_feature(enable = "avx512f")]
+pub fn compress(states: &mut [[u32; 4]; LANES], messages: &Messages<LANES>, blocks: usize) {
+    for message in messages.iter().flatten() {
+        assert!(message.len() >= blocks, "a lane has fewer blocks than the round");
+    }
+    let mut a = load_words(&std::array::from_fn(|lane| states[lane][0]));
+    let mut b = load_words(&std::array::from_fn(|lane| states[lane][1]));
+    let mut c = load_words(&std::array::from_fn(|lane| states[lane][2]));
+    let mut d = load_words(&std::array::from_fn(|lane| states[lane][3]));
+    for block in 0..blocks {
+        let mut rows = [_mm512_setzero_si512(); LANES];
+        for (row, message) in rows.iter_mut().zip(messages) {
+            *row = load_block(message.map_or(&FILLER_BLOCK, |message| &message[block]));
+        }
+        let m = transpose(rows);
+        let (a0, b0, c0, d0) = (a, b, c, d);
+        md5_rounds!(step, a, b, c, d, m);
+        a = _mm512_add_epi32(a, a0);
+        b = _mm512_add_epi32(b, b0);
+        c = _mm512_add_epi32(c, c0);
+        d = _mm512_add_epi32(d, d0);
+    }
+    let words = [store_words(a), store_words(b), store_words(c), store_words(d)];
+    for (lane, state) in states.iter_mut().enumerate() {
+        *state = [words[0][lane], words[1][lane], words[2][lane], words[3][lane]];
+    }
+}
+
+/// `a = b + ((a + f(b, c, d) + m + k) <<< s)`, RFC 1321 §3.4. The `vpternlogd` immediate
+/// is the truth table of f with b, c, d as the index's bits 2, 1, 0:
+/// F = b ? c : d (0xca), G = d ? b : c (0xe4), H = b ^ c ^ d (0x96), I = c ^ (b | !d) (0x39).
+macro_rules! step {
+    ($function:ident, $a:ident, $b:ident, $c:ident, $d:ident, $m:expr, $k:literal, $s:literal) => {
+        let function = step!(@ $function, $b, $c, $d);
+        let sum = _mm512_add_epi32(_mm512_add_epi32($a, $m), _mm512_set1_epi32($k as u32 as i32));
+        $a = _mm512_add_epi32($b, _mm512_rol_epi32::<$s>(_mm512_add_epi32(sum, function)));
+    };
+    (@ F, $b:ident, $c:ident, $d:ident) => { _mm512_ternarylogic_epi32::<0xca>($b, $c, $d) };
+    (@ G, $b:ident, $c:ident, $d:ident) => { _mm512_ternarylogic_epi32::<0xe4>($b, $c, $d) };
+    (@ H, $b:ident, $c:ident, $d:ident) => { _mm512_ternarylogic_epi32::<0x96>($b, $c, $d) };
+    (@ I, $b:ident, $c:ident, $d:ident) => { _mm512_ternarylogic_epi32::<0x39>($b, $c, $d) };
+}
+use step;
+
+/// Rows of 16 words in, columns out: `columns[w]` holds word `w` of every row.
+#[target_feature(enable = "avx512f")]
+fn transpose(rows: [__m512i; 16]) -> [__m512i; 16] {
+    // Within each group of four rows, two rounds of unpacks leave in 128-bit lane k of
+    // `quads[group][j]` word 4k + j of the group's four rows.
+    let mut quads = [[_mm512_setzero_si512(); 4]; 4];
+    for (group, quad) in quads.iter_mut().enumerate() {
+        let r = &rows[4 * group..4 * group + 4];
+        let low01 = _mm512_unpacklo_epi32(r[0], r[1]);
+        let high01 = _mm512_unpackhi_epi32(r[0], r[1]);
+        let low23 = _mm512_unpacklo_epi32(r[2], r[3]);
+        let high23 = _mm512_unpackhi_epi32(r[2], r[3]);
+        *quad = [
+            _mm512_unpacklo_epi64(low01, low23),
+            _mm512_unpackhi_epi64(low01, low23),
+            _mm512_unpacklo_epi64(high01, high23),
+            _mm512_unpackhi_epi64(high01, high23),
+        ];
+    }
+    // Then word 4k + j is 128-bit lane k of quads[0..4][j]: a 4×4 transpose of 128-bit lanes.
+    let mut columns = [_mm512_setzero_si512(); 16];
+    for j in 0..4 {
+        let even01 = _mm512_shuffle_i32x4::<0x88>(quads[0][j], quads[1][j]);
+        let odd01 = _mm512_shuffle_i32x4::<0xdd>(quads[0][j], quads[1][j]);
+        let even23 = _mm512_shuffle_i32x4::<0x88>(quads[2][j], quads[3][j]);
+        let odd23 = _mm512_shuffle_i32x4::<0xdd>(quads[2][j], quads[3][j]);
+        columns[j] = _mm512_shuffle_i32x4::<0x88>(even01, even23);
+        columns[4 + j] = _mm512_shuffle_i32x4::<0x88>(odd01, odd23);
+        columns[8 + j] = _mm512_shuffle_i32x4::<0xdd>(even01, even23);
+        columns[12 + j] = _mm512_shuffle_i32x4::<0xdd>(odd01, odd23);
+    }
+    columns
+}
+
+#[target_feature(enable = "avx512f")]
+fn load_block(block: &[u8; BLOCK_BYTES]) -> __m512i {
+    // SAFETY: the reference covers the 64 bytes read; loadu has no alignment requirement.
+    unsafe { _mm512_loadu_si512(block.as_ptr().cast()) }
+}
+
+#[target_feature(enable = "avx512f")]
+fn load_words(words: &[u32; LANES]) -> __m512i {
+    // SAFETY: the reference covers the 64 bytes read; loadu has no alignment requirement.
+    unsafe { _mm512_loadu_si512(words.as_ptr().cast()) }
+}
+
+#[target_feature(enable = "avx512f")]
+fn store_words(vector: __m512i) -> [u32; LANES] {
+    let mut words = [0u32; LANES];
+    // SAFETY: `words` is 64 writable bytes; storeu has no alignment requirement.
+    unsafe { _mm512_storeu_si512(words.as_mut_ptr().cast(), vector) };
+    words
+}
