@@ -100,7 +100,7 @@ fn big_cases(kernels: &[Kernel]) -> Vec<Case> {
         let counts: &[usize] = if kernel == Kernel::Scalar {
             &[1, 4]
         } else {
-            &[1, 2, 4, 8, 16, 32]
+            &[1, 2, 4, 8, 16, 24, 32]
         };
         for &streams in counts {
             let data = many.clone();

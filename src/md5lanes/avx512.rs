@@ -10,37 +10,65 @@
 
 use std::arch::x86_64::*;
 
-use super::{md5_rounds, Messages, BLOCK_BYTES, FILLER_BLOCK};
+use super::{md5_rounds, BLOCK_BYTES, FILLER_BLOCK};
 
 pub const LANES: usize = super::AVX512_LANES;
 
-/// Advances each of 16 states by `blocks` blocks of its message; a `None` lane reads a
-/// filler block and its state comes back changed but meaningless.
+/// Advances each of `16 * GROUPS` states by `blocks` blocks of its message; a `None` lane
+/// reads a filler block and its state comes back changed but meaningless. With two groups
+/// the two 16-lane chains are independent, so one's steps fill the cycles the other waits
+/// on its four-instruction dependency (ternlog, add, rotate, add) per step.
 #[target_feature(enable = "avx512f")]
-pub fn compress(states: &mut [[u32; 4]; LANES], messages: &Messages<LANES>, blocks: usize) {
+pub fn compress<const GROUPS: usize>(
+    states: &mut [[u32; 4]],
+    messages: &[Option<&[[u8; BLOCK_BYTES]]>],
+    blocks: usize,
+) {
+    assert_eq!(states.len(), LANES * GROUPS);
+    assert_eq!(messages.len(), LANES * GROUPS);
     for message in messages.iter().flatten() {
         assert!(message.len() >= blocks, "a lane has fewer blocks than the round");
     }
-    let mut a = load_words(&std::array::from_fn(|lane| states[lane][0]));
-    let mut b = load_words(&std::array::from_fn(|lane| states[lane][1]));
-    let mut c = load_words(&std::array::from_fn(|lane| states[lane][2]));
-    let mut d = load_words(&std::array::from_fn(|lane| states[lane][3]));
+    let zero = _mm512_setzero_si512();
+    let (mut a, mut b, mut c, mut d) = ([zero; GROUPS], [zero; GROUPS], [zero; GROUPS], [zero; GROUPS]);
+    for group in 0..GROUPS {
+        let lanes = &states[LANES * group..LANES * (group + 1)];
+        a[group] = load_words(&std::array::from_fn(|lane| lanes[lane][0]));
+        b[group] = load_words(&std::array::from_fn(|lane| lanes[lane][1]));
+        c[group] = load_words(&std::array::from_fn(|lane| lanes[lane][2]));
+        d[group] = load_words(&std::array::from_fn(|lane| lanes[lane][3]));
+    }
     for block in 0..blocks {
-        let mut rows = [_mm512_setzero_si512(); LANES];
-        for (row, message) in rows.iter_mut().zip(messages) {
-            *row = load_block(message.map_or(&FILLER_BLOCK, |message| &message[block]));
+        // m[w][group]: message word w of the group's 16 lanes.
+        let mut m = [[zero; GROUPS]; 16];
+        for group in 0..GROUPS {
+            let mut rows = [zero; LANES];
+            for (row, message) in rows.iter_mut().zip(&messages[LANES * group..]) {
+                *row = load_block(message.map_or(&FILLER_BLOCK, |message| &message[block]));
+            }
+            for (word, column) in transpose(rows).into_iter().enumerate() {
+                m[word][group] = column;
+            }
         }
-        let m = transpose(rows);
         let (a0, b0, c0, d0) = (a, b, c, d);
         md5_rounds!(step, a, b, c, d, m);
-        a = _mm512_add_epi32(a, a0);
-        b = _mm512_add_epi32(b, b0);
-        c = _mm512_add_epi32(c, c0);
-        d = _mm512_add_epi32(d, d0);
+        for group in 0..GROUPS {
+            a[group] = _mm512_add_epi32(a[group], a0[group]);
+            b[group] = _mm512_add_epi32(b[group], b0[group]);
+            c[group] = _mm512_add_epi32(c[group], c0[group]);
+            d[group] = _mm512_add_epi32(d[group], d0[group]);
+        }
     }
-    let words = [store_words(a), store_words(b), store_words(c), store_words(d)];
-    for (lane, state) in states.iter_mut().enumerate() {
-        *state = [words[0][lane], words[1][lane], words[2][lane], words[3][lane]];
+    for group in 0..GROUPS {
+        let words = [
+            store_words(a[group]),
+            store_words(b[group]),
+            store_words(c[group]),
+            store_words(d[group]),
+        ];
+        for (lane, state) in states[LANES * group..LANES * (group + 1)].iter_mut().enumerate() {
+            *state = [words[0][lane], words[1][lane], words[2][lane], words[3][lane]];
+        }
     }
 }
 
@@ -49,14 +77,16 @@ pub fn compress(states: &mut [[u32; 4]; LANES], messages: &Messages<LANES>, bloc
 /// F = b ? c : d (0xca), G = d ? b : c (0xe4), H = b ^ c ^ d (0x96), I = c ^ (b | !d) (0x39).
 macro_rules! step {
     ($function:ident, $a:ident, $b:ident, $c:ident, $d:ident, $m:expr, $k:literal, $s:literal) => {
-        let function = step!(@ $function, $b, $c, $d);
-        let sum = _mm512_add_epi32(_mm512_add_epi32($a, $m), _mm512_set1_epi32($k as u32 as i32));
-        $a = _mm512_add_epi32($b, _mm512_rol_epi32::<$s>(_mm512_add_epi32(sum, function)));
+        for group in 0..$a.len() {
+            let function = step!(@ $function, $b[group], $c[group], $d[group]);
+            let sum = _mm512_add_epi32(_mm512_add_epi32($a[group], $m[group]), _mm512_set1_epi32($k as u32 as i32));
+            $a[group] = _mm512_add_epi32($b[group], _mm512_rol_epi32::<$s>(_mm512_add_epi32(sum, function)));
+        }
     };
-    (@ F, $b:ident, $c:ident, $d:ident) => { _mm512_ternarylogic_epi32::<0xca>($b, $c, $d) };
-    (@ G, $b:ident, $c:ident, $d:ident) => { _mm512_ternarylogic_epi32::<0xe4>($b, $c, $d) };
-    (@ H, $b:ident, $c:ident, $d:ident) => { _mm512_ternarylogic_epi32::<0x96>($b, $c, $d) };
-    (@ I, $b:ident, $c:ident, $d:ident) => { _mm512_ternarylogic_epi32::<0x39>($b, $c, $d) };
+    (@ F, $b:expr, $c:expr, $d:expr) => { _mm512_ternarylogic_epi32::<0xca>($b, $c, $d) };
+    (@ G, $b:expr, $c:expr, $d:expr) => { _mm512_ternarylogic_epi32::<0xe4>($b, $c, $d) };
+    (@ H, $b:expr, $c:expr, $d:expr) => { _mm512_ternarylogic_epi32::<0x96>($b, $c, $d) };
+    (@ I, $b:expr, $c:expr, $d:expr) => { _mm512_ternarylogic_epi32::<0x39>($b, $c, $d) };
 }
 use step;
 

@@ -34,6 +34,13 @@ pub const BLOCK_BYTES: usize = 64;
 pub const AVX512_LANES: usize = 16;
 pub const AVX2_LANES: usize = 8;
 
+/// Streams from which AVX-512 rounds run two 16-lane chains at once (32 lanes). Measured
+/// (benches/md5lanes.rs, 4 KiB messages in cache): a paired round costs 1.66 single
+/// rounds (2 × 5.27 / 6.34 GB/s), so with n streams pairing beats 16-lane turns (n / 16
+/// rounds) from n = 27; 28 leaves a margin. Over 64 MiB buffers memory bounds both (32
+/// streams 4.65 GB/s, 16 streams 4.67), so pairing neither helps nor hurts there.
+const AVX512_PAIR_STREAMS_MIN: usize = 28;
+
 /// The environment variable that forces a kernel (`avx512`, `avx2` or `scalar`).
 pub const KERNEL_ENV: &str = "KEEPRING_MD5_KERNEL";
 
@@ -372,9 +379,9 @@ impl Kernel {
     /// Hashes every lane's blocks into its job's state: the longest streams first, a
     /// kernel's width at a time, until at most one stream is left for the single path.
     fn advance(self, engine: SingleStream, jobs: &mut [(&mut LaneState, &[u8])], lanes: &mut Vec<Lane>) {
-        let width = self.lanes();
         loop {
             lanes.retain(|lane| !lane.blocks.is_empty());
+            let width = self.round_width(lanes.len());
             if lanes.len() <= 1 || width == 1 {
                 for lane in lanes.iter() {
                     engine.compress(&mut jobs[lane.job].0.state, lane.blocks);
@@ -388,21 +395,38 @@ impl Kernel {
         }
     }
 
+    /// Streams one round takes when `streams` have blocks left: AVX-512 runs two 16-lane
+    /// chains side by side once there are enough streams to fill most of both.
+    fn round_width(self, streams: usize) -> usize {
+        match self {
+            Kernel::Avx512 if streams >= AVX512_PAIR_STREAMS_MIN => 2 * AVX512_LANES,
+            _ => self.lanes(),
+        }
+    }
+
     /// Runs `blocks` blocks of each of `lanes` (at most the kernel's width) in one call.
     fn round(self, jobs: &mut [(&mut LaneState, &[u8])], lanes: &mut [Lane], blocks: usize) {
         match self {
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 => {
-                let (mut states, messages) = gather::<{ avx512::LANES }>(jobs, lanes, blocks);
+            Kernel::Avx512 if lanes.len() > AVX512_LANES => {
+                let (mut states, messages) = gather::<{ 2 * AVX512_LANES }>(jobs, lanes, blocks);
                 // SAFETY: `Kernel::Avx512` runs only where `is_available` saw avx512f:
                 // `detect`/`from_name` check it, and `best` picks only available kernels.
                 debug_assert!(self.is_available());
-                unsafe { avx512::compress(&mut states, &messages, blocks) };
+                unsafe { avx512::compress::<2>(&mut states, &messages, blocks) };
+                scatter(jobs, lanes, &states, blocks);
+            }
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => {
+                let (mut states, messages) = gather::<AVX512_LANES>(jobs, lanes, blocks);
+                // SAFETY: as above.
+                debug_assert!(self.is_available());
+                unsafe { avx512::compress::<1>(&mut states, &messages, blocks) };
                 scatter(jobs, lanes, &states, blocks);
             }
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 => {
-                let (mut states, messages) = gather::<{ avx2::LANES }>(jobs, lanes, blocks);
+                let (mut states, messages) = gather::<AVX2_LANES>(jobs, lanes, blocks);
                 // SAFETY: as above, `Kernel::Avx2` is only in hand where avx2 was detected.
                 debug_assert!(self.is_available());
                 unsafe { avx2::compress(&mut states, &messages, blocks) };
