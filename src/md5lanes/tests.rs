@@ -278,6 +278,10 @@ fn a_forced_kernel_is_named_checked_and_refused_when_missing() {
         }
     }
     assert_eq!(Kernel::from_name("scalar"), Ok(Kernel::Scalar));
+    assert_eq!(Kernel::from_setting(Some("scalar")), Ok(Kernel::Scalar));
+    assert_eq!(Kernel::from_setting(None), Ok(Kernel::best()));
+    assert_eq!(Kernel::from_setting(Some("")), Ok(Kernel::best()));
+    assert!(Kernel::from_setting(Some("AVX512")).is_err(), "names are exact");
     let unknown = Kernel::from_name("sse9").unwrap_err();
     assert!(unknown.to_string().contains("KEEPRING_MD5_KERNEL"), "{unknown}");
     assert!(Kernel::best().is_available());
