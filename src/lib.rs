@@ -15,6 +15,7 @@ pub mod lifecycle;
 pub mod limits;
 pub mod locator;
 pub mod logging;
+pub mod md5lanes;
 pub mod metrics;
 pub mod node;
 pub mod server;
