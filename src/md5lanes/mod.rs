@@ -422,9 +422,11 @@ impl Kernel {
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx512 if lanes.len() > AVX512_LANES => {
                 let (mut states, messages) = gather::<{ 2 * AVX512_LANES }>(jobs, lanes, blocks);
-                // SAFETY: `Kernel::Avx512` runs only where `is_available` saw avx512f:
+                // SAFETY: checked just below (a cached flag load): the enum is public, so a
+                // hand-built `Kernel::Avx512` on a CPU without it must stop, not run. Also
+                // `Kernel::Avx512` runs only where `is_available` saw avx512f:
                 // `detect`/`from_name` check it, and `best` picks only available kernels.
-                debug_assert!(self.is_available());
+                assert!(self.is_available(), "an MD5 kernel this CPU lacks");
                 unsafe { avx512::compress::<2>(&mut states, &messages, blocks) };
                 scatter(jobs, lanes, &states, blocks);
             }
@@ -432,7 +434,7 @@ impl Kernel {
             Kernel::Avx512 => {
                 let (mut states, messages) = gather::<AVX512_LANES>(jobs, lanes, blocks);
                 // SAFETY: as above.
-                debug_assert!(self.is_available());
+                assert!(self.is_available(), "an MD5 kernel this CPU lacks");
                 unsafe { avx512::compress::<1>(&mut states, &messages, blocks) };
                 scatter(jobs, lanes, &states, blocks);
             }
@@ -440,7 +442,7 @@ impl Kernel {
             Kernel::Avx2 => {
                 let (mut states, messages) = gather::<AVX2_LANES>(jobs, lanes, blocks);
                 // SAFETY: as above, `Kernel::Avx2` is only in hand where avx2 was detected.
-                debug_assert!(self.is_available());
+                assert!(self.is_available(), "an MD5 kernel this CPU lacks");
                 unsafe { avx2::compress(&mut states, &messages, blocks) };
                 scatter(jobs, lanes, &states, blocks);
             }
