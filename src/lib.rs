@@ -10,6 +10,7 @@ pub mod cluster_config;
 pub mod config;
 pub mod digest;
 pub mod error;
+pub mod hasher;
 pub mod http;
 pub mod lifecycle;
 pub mod limits;

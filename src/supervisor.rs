@@ -27,6 +27,7 @@ use crate::lifecycle::Phase;
 use crate::limits::{
     BUFFER_UNIT_BYTES, CONNECTIONS_PER_WORKER_DEFAULT_MAX, OPEN_FILES_PER_CONNECTION_SHARE, WORKERS_READY_TIMEOUT_MS,
 };
+use crate::md5lanes::Kernel;
 use crate::node::{Node, NodeState};
 use crate::server::runtime::{self, WorkerExit, WorkerStart};
 use crate::signature::SigningKey;
@@ -138,6 +139,13 @@ fn node_state(config: &Config, volumes: VolumeSet) -> NodeState {
 
 /// Run until drained; returns the process exit code.
 pub fn run(cli: Cli, config: Config) -> Result<u8, StartError> {
+    // Chosen once, before anything listens: a forced kernel this CPU lacks refuses to start.
+    let md5_kernel = Kernel::detect().map_err(|error| StartError::config(error.to_string()))?;
+    tracing::info!(
+        kernel = md5_kernel.name(),
+        lanes = md5_kernel.lanes(),
+        "MD5 hashing in SIMD lanes"
+    );
     let volumes = open_volumes(&config)?;
     log_phase(Phase::Starting);
     // Port 0 is a fresh ephemeral port: nobody to take over from, and the control socket
@@ -151,7 +159,10 @@ pub fn run(cli: Cli, config: Config) -> Result<u8, StartError> {
     let budget = budget_of(&config, sockets.budget_memory.take())?;
     let (watcher_handle, watcher_inbox) =
         watcher::channel().map_err(|error| StartError::config(format!("cannot set up the volume watcher: {error}")))?;
-    let services = Arc::new(services_of(&config, volumes, budget, watcher_handle.clone()));
+    let services = Arc::new(Services {
+        md5_kernel,
+        ..services_of(&config, volumes, budget, watcher_handle.clone())
+    });
     start_background(&services, &config, watcher_inbox)?;
     // Signals are handled from here on (a TERM during start-up then drains instead of killing).
     let signals =

@@ -11,7 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::api::context::Core;
 use crate::api::{auth, body};
-use crate::digest::BlockDigest;
+use crate::digest::state_matches;
 use crate::error::RequestError;
 use crate::http::reply::{Reply, TEXT_PLAIN};
 use crate::http::request::Head;
@@ -19,6 +19,7 @@ use crate::http::session::Session;
 use crate::http::token::tokens;
 use crate::limits::{BLOCK_BYTES_MAX, HASH_HEX_LEN, STREAMED_WRITE_BYTES_MIN, WRITE_STEP_BYTES};
 use crate::locator::Locator;
+use crate::md5lanes::LaneState;
 use crate::metrics::{VolumeErrorKind, VolumeOp};
 use crate::volume::io::{self, WriteError};
 use crate::volume::{layout, Volume};
@@ -107,19 +108,23 @@ async fn receive(
     streamed: &mut Option<StreamedWrite>,
     locator_text: &str,
 ) -> Result<(), RequestError> {
-    let mut digest = BlockDigest::default();
+    let mut digest = LaneState::new();
     while let Some(piece) = reader.next(core, session).await? {
-        digest.update(&reader.body()[piece]);
+        // Hashed with every other chunk pending on this core (`hasher`).
+        let body = reader.lend();
+        let (advanced, body) = core.hasher.update(digest, body, piece).await;
+        reader.put_back(body);
+        digest = advanced;
         if let Some(write) = streamed.as_mut() {
             if reader.body().len() - write.writer.written() >= WRITE_STEP_BYTES {
                 write.append(reader).await;
             }
         }
     }
-    match digest.matches(&locator_text[..HASH_HEX_LEN]) {
+    match state_matches(&digest, &locator_text[..HASH_HEX_LEN]) {
         true => Ok(()),
         false => Err(RequestError::HashMismatch {
-            computed: digest.hex(),
+            computed: crate::signature::hex(&digest.finish()),
             path: locator_text.to_string(),
         }),
     }

@@ -16,7 +16,9 @@ use crate::api::limiter::RequestLimiter;
 use crate::bufpool::{BufferBudget, BufferPool};
 use crate::chores::{ChoreSettings, Chores};
 use crate::digest::VerifiedCache;
+use crate::hasher::Hasher;
 use crate::lifecycle::drain::Drain;
+use crate::md5lanes::Kernel;
 use crate::metrics::{Recorder, Registry};
 use crate::node::{Node, NodeState};
 use crate::volumes::watcher::{WatchEvent, WatcherHandle};
@@ -38,6 +40,8 @@ pub struct Services {
     pub verified_cache_entries: usize,
     /// Big request bodies in progress, so a request short of budget can cut the slowest.
     pub slow_bodies: SlowBodies,
+    /// The MD5 kernel every core's hasher runs (`md5lanes::Kernel::detect`).
+    pub md5_kernel: Kernel,
 }
 
 impl Services {
@@ -54,6 +58,7 @@ impl Services {
             drain: Arc::new(Drain::default()),
             verified_cache_entries: 0,
             slow_bodies: SlowBodies::default(),
+            md5_kernel: Kernel::best(),
         }
     }
 }
@@ -79,6 +84,8 @@ pub struct Core {
     pub verified: RefCell<VerifiedCache>,
     /// This worker's metric counters (written only here, summed at scrape).
     pub metrics: Recorder,
+    /// This core's batched MD5 hasher (its task runs beside the connections).
+    pub hasher: Rc<Hasher>,
 }
 
 impl Core {
@@ -90,6 +97,7 @@ impl Core {
             state_cache: RefCell::new((services.node.generation(), Rc::new(services.node.state()))),
             verified: RefCell::new(VerifiedCache::new(services.verified_cache_entries)),
             metrics: services.registry.register(),
+            hasher: Hasher::new(services.md5_kernel),
             services,
         }
     }

@@ -18,13 +18,14 @@ use crate::api::auth;
 use crate::api::blocks::now_secs;
 use crate::api::context::{Core, StateRef};
 use crate::bufpool::{Lease, CHUNK_BUFFER_BYTES};
-use crate::digest::{BlockDigest, FileIdentity, EMPTY_BLOCK_HASH};
+use crate::digest::{state_matches, FileIdentity, EMPTY_BLOCK_HASH};
 use crate::error::RequestError;
 use crate::http::reply::{BodySource, Piece, Reply, Streamed};
 use crate::http::request::Head;
 use crate::http::response::BodyFraming;
 use crate::limits::{BLOCK_BYTES_MAX, CHUNK_BYTES, RESPONSE_HEAD_BYTES_MAX};
 use crate::locator::Locator;
+use crate::md5lanes::LaneState;
 use crate::metrics::{VolumeErrorKind, VolumeOp};
 use crate::volume::io;
 use crate::volume::Volume;
@@ -109,7 +110,7 @@ struct BlockStream<'a> {
     /// Bytes read (and hashed) so far.
     offset: u64,
     /// `None` when the verified-copy cache vouches for this file state.
-    digest: Option<BlockDigest>,
+    digest: Option<LaneState>,
     /// The first chunk, read before the answer was chosen.
     first: Option<Piece>,
     /// The budget the chunk buffer is counted against, held while the body is sent.
@@ -148,7 +149,7 @@ impl<'a> BlockStream<'a> {
             identity,
             size: identity.size,
             offset: 0,
-            digest: verify.then(BlockDigest::default),
+            digest: verify.then(LaneState::new),
             first: None,
             lease: None,
         }))
@@ -181,8 +182,11 @@ impl<'a> BlockStream<'a> {
             self.core.metrics.volume(self.volume()).error(VolumeErrorKind::Io);
             return Err((RequestError::Internal(format!("volume error: {error}")), buffer));
         }
-        if let Some(digest) = self.digest.as_mut() {
-            digest.update(&buffer[room..room + want]);
+        if let Some(digest) = self.digest.take() {
+            // Hashed with every other chunk pending on this core (`hasher`).
+            let (digest, returned) = self.core.hasher.update(digest, buffer, room..room + want).await;
+            self.digest = Some(digest);
+            buffer = returned;
         }
         let position = self.offset;
         self.offset += want as u64;
@@ -196,7 +200,11 @@ impl<'a> BlockStream<'a> {
                 _ => Piece::Bytes { buffer, from: room },
             });
         }
-        if self.digest.as_ref().is_some_and(|digest| !digest.matches(self.hash())) {
+        if self
+            .digest
+            .as_ref()
+            .is_some_and(|digest| !state_matches(digest, self.hash()))
+        {
             tracing::error!(volume = %self.volume().uuid, hash = self.hash(), "stored copy fails its MD5 check");
             self.core.metrics.volume(self.volume()).error(VolumeErrorKind::Checksum);
             return Err((RequestError::ChecksumMismatch, buffer));

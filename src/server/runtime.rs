@@ -63,6 +63,7 @@ pub fn run(start: WorkerStart) -> WorkerExit {
                 }
             }
             let activity = tokio_uring::spawn(count_activity(worker.clone()));
+            let hasher = tokio_uring::spawn(worker.core.hasher.clone().run());
             let _ = start.ready.send(start.id);
             services.drain.begun().await;
             worker.gate.open();
@@ -71,7 +72,9 @@ pub fn run(start: WorkerStart) -> WorkerExit {
                 task.abort();
             }
             activity.abort();
-            finish_drain(&worker, start.drain_timeout).await
+            let exit = finish_drain(&worker, start.drain_timeout).await;
+            hasher.abort();
+            exit
         })
 }
 

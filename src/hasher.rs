@@ -1,0 +1,225 @@
+//! The per-core batched MD5 hasher (issue 16): every request on a worker's core hands it
+//! its stream state and its next chunk, and within the same ring tick it advances every
+//! pending chunk together, in SIMD lanes (`md5lanes::Kernel`: 16 with AVX-512, 8 with
+//! AVX2), then wakes the requests. A lone chunk takes the fastest single-stream path, so a
+//! quiet node hashes as fast as before and a busy one hashes many streams for the price
+//! of about one.
+//!
+//! How a tick is gathered: a request's `update` queues its job and wakes the hasher's own
+//! task, which the current-thread scheduler runs after the tasks already woken in this tick
+//! (each io_uring completion of the tick wakes its request before any of them runs); so
+//! the hasher sees every chunk those requests hand it before it runs once. A job owns its
+//! state and buffer while queued, as an io_uring operation does: a request dropped while
+//! waiting leaves them to the hasher, which drops them after its batch.
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::ops::Range;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+
+use tokio::sync::Notify;
+
+use crate::md5lanes::{Kernel, LaneState};
+
+/// One queued chunk: the stream it advances and the bytes (`buffer[range]`).
+struct Job {
+    state: LaneState,
+    buffer: Vec<u8>,
+    range: Range<usize>,
+    done: bool,
+    waker: Option<Waker>,
+}
+
+/// One core's hasher. `!Send`: it lives and runs on its worker's thread.
+pub struct Hasher {
+    kernel: Kernel,
+    pending: RefCell<Vec<Rc<RefCell<Job>>>>,
+    wake: Notify,
+    /// Batches run and chunks hashed in them, for `/metrics`.
+    batches: Cell<u64>,
+    chunks: Cell<u64>,
+}
+
+impl Hasher {
+    pub fn new(kernel: Kernel) -> Rc<Hasher> {
+        Rc::new(Hasher {
+            kernel,
+            pending: RefCell::new(Vec::new()),
+            wake: Notify::new(),
+            batches: Cell::new(0),
+            chunks: Cell::new(0),
+        })
+    }
+
+    pub fn kernel(&self) -> Kernel {
+        self.kernel
+    }
+
+    /// Batches run and chunks hashed so far on this core.
+    pub fn counts(&self) -> (u64, u64) {
+        (self.batches.get(), self.chunks.get())
+    }
+
+    /// The hasher's task: spawn it once on the worker's runtime; it runs until the
+    /// runtime ends.
+    pub async fn run(self: Rc<Self>) {
+        loop {
+            self.wake.notified().await;
+            self.run_batch();
+        }
+    }
+
+    /// Advance `state` by `buffer[range]`, batched with every other chunk pending on this
+    /// core; the state and the buffer come back.
+    pub async fn update(&self, state: LaneState, buffer: Vec<u8>, range: Range<usize>) -> (LaneState, Vec<u8>) {
+        assert!(range.end <= buffer.len(), "a hash range past its buffer");
+        let job = Rc::new(RefCell::new(Job {
+            state,
+            buffer,
+            range,
+            done: false,
+            waker: None,
+        }));
+        self.pending.borrow_mut().push(Rc::clone(&job));
+        self.wake.notify_one();
+        Finished { job }.await
+    }
+
+    /// Hash every pending chunk in one batch and wake their requests.
+    fn run_batch(&self) {
+        let jobs = std::mem::take(&mut *self.pending.borrow_mut());
+        if jobs.is_empty() {
+            return;
+        }
+        let mut borrowed: Vec<_> = jobs.iter().map(|job| job.borrow_mut()).collect();
+        {
+            let mut batch: Vec<(&mut LaneState, &[u8])> = borrowed
+                .iter_mut()
+                .map(|job| {
+                    let Job {
+                        state, buffer, range, ..
+                    } = &mut **job;
+                    (state, &buffer[range.clone()])
+                })
+                .collect();
+            self.kernel.update_batch(&mut batch);
+        }
+        self.batches.set(self.batches.get() + 1);
+        self.chunks.set(self.chunks.get() + borrowed.len() as u64);
+        for job in borrowed.iter_mut() {
+            job.done = true;
+            if let Some(waker) = job.waker.take() {
+                waker.wake();
+            }
+        }
+    }
+}
+
+/// Waits for a job's batch, then takes its state and buffer back.
+struct Finished {
+    job: Rc<RefCell<Job>>,
+}
+
+impl Future for Finished {
+    type Output = (LaneState, Vec<u8>);
+
+    fn poll(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut job = self.job.borrow_mut();
+        if !job.done {
+            job.waker = Some(context.waker().clone());
+            return Poll::Pending;
+        }
+        let state = std::mem::take(&mut job.state);
+        let buffer = std::mem::take(&mut job.buffer);
+        Poll::Ready((state, buffer))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use md5::{Digest, Md5};
+
+    /// Each finished stream's message and digest.
+    type Digests = Rc<RefCell<Vec<(Vec<u8>, [u8; 16])>>>;
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    }
+
+    /// Many streams on one core, fed in ragged pieces, joining and leaving at different
+    /// times, through every kernel this CPU has: each digest equals md-5's.
+    #[test]
+    fn concurrent_streams_hash_as_one_stream_each() {
+        for kernel in Kernel::ALL.into_iter().filter(|kernel| kernel.is_available()) {
+            let hasher = Hasher::new(kernel);
+            let local = tokio::task::LocalSet::new();
+            let results: Digests = Rc::default();
+            local.spawn_local(Rc::clone(&hasher).run());
+            for stream in 0..40usize {
+                let hasher = Rc::clone(&hasher);
+                let results = Rc::clone(&results);
+                local.spawn_local(async move {
+                    let length = (stream * 7919) % 300_000 + stream;
+                    let message: Vec<u8> = (0..length).map(|i| (i * 31 + stream) as u8).collect();
+                    for _ in 0..stream % 5 {
+                        tokio::task::yield_now().await;
+                    }
+                    let mut state = LaneState::new();
+                    let mut buffer = message.clone();
+                    let mut offset = 0;
+                    let mut piece = 1 + stream * 13;
+                    while offset < length {
+                        let end = (offset + piece).min(length);
+                        (state, buffer) = hasher.update(state, buffer, offset..end).await;
+                        offset = end;
+                        piece = piece * 3 % 70_001 + 1;
+                    }
+                    results.borrow_mut().push((message, state.finish()));
+                });
+            }
+            runtime().block_on(local.run_until(async {
+                while results.borrow().len() < 40 {
+                    tokio::task::yield_now().await;
+                }
+            }));
+            for (message, digest) in results.borrow().iter() {
+                assert_eq!(digest[..], Md5::digest(message)[..], "{}", kernel.name());
+            }
+            let (batches, chunks) = hasher.counts();
+            assert!(
+                batches < chunks,
+                "{}: chunks were batched ({batches} batches, {chunks} chunks)",
+                kernel.name()
+            );
+        }
+    }
+
+    /// A request dropped while its chunk waits: the hasher still runs the batch safely and
+    /// the others get their digests.
+    #[test]
+    fn a_dropped_request_does_not_disturb_the_batch() {
+        let hasher = Hasher::new(Kernel::best());
+        let local = tokio::task::LocalSet::new();
+        local.spawn_local(Rc::clone(&hasher).run());
+        let kept = local.block_on(&runtime(), async {
+            let mut dropped = Box::pin(hasher.update(LaneState::new(), vec![1u8; 100_000], 0..100_000));
+            // Polled once: its job is queued with its buffer, then the request goes away.
+            std::future::poll_fn(|context| {
+                assert!(dropped.as_mut().poll(context).is_pending());
+                Poll::Ready(())
+            })
+            .await;
+            drop(dropped);
+            assert_eq!(hasher.pending.borrow().len(), 1);
+            hasher.update(LaneState::new(), b"hello keep\n".to_vec(), 0..11).await
+        });
+        assert_eq!(kept.0.finish()[..], Md5::digest(b"hello keep\n")[..]);
+        assert_eq!(kept.1, b"hello keep\n");
+    }
+}
