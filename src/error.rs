@@ -187,4 +187,14 @@ mod tests {
         assert_eq!(RequestError::NotFound.reply().body, "file does not exist\n");
         assert!(RequestError::Forbidden.reply().nosniff);
     }
+
+    #[test]
+    fn a_full_helper_queue_is_a_503_and_a_lost_job_a_500() {
+        let busy = RequestError::from(PoolError::Full).reply();
+        assert_eq!(
+            (busy.status, busy.body.as_str()),
+            (503, "server busy: helper queue full, retry later\n")
+        );
+        assert_eq!(RequestError::from(PoolError::Lost).reply().status, 500);
+    }
 }
