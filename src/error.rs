@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use crate::blocking::PoolError;
+
 #[derive(Debug)]
 pub enum RequestError {
     /// No route for this method and path (keepstore: Go's router, `Bad Request`).
@@ -30,6 +32,9 @@ pub enum RequestError {
     ChecksumMismatch,
     /// No buffer budget within `BUFFER_WAIT_MS_MAX`.
     Busy,
+    /// The helper pool's queue is full (`HELPER_QUEUE_JOBS_MAX`): the blocking part of the
+    /// request was not started.
+    HelpersBusy,
     /// A body arriving too slowly was cut so that another request could have its share
     /// of the buffer budget (`api::body::SlowBodies`).
     BodyTooSlow,
@@ -91,6 +96,7 @@ impl RequestError {
             ),
             ChecksumMismatch => (502, "checksum mismatch in stored data".into(), false),
             Busy => (503, "server busy: no block buffer free, retry later".into(), false),
+            HelpersBusy => (503, "server busy: helper queue full, retry later".into(), false),
             BodyTooSlow => (
                 408,
                 "request body too slow: cut to free its buffer for others".into(),
@@ -134,6 +140,15 @@ impl fmt::Display for RequestError {
 
 impl std::error::Error for RequestError {}
 
+impl From<PoolError> for RequestError {
+    fn from(error: PoolError) -> Self {
+        match error {
+            PoolError::Full => RequestError::HelpersBusy,
+            PoolError::Lost => RequestError::Internal("a helper job failed".into()),
+        }
+    }
+}
+
 /// Reason phrase for a status line.
 pub fn reason_phrase(status: u16) -> &'static str {
     match status {
@@ -171,5 +186,15 @@ mod tests {
         assert_eq!(reply.body, "content hash a did not match specified locator b\n");
         assert_eq!(RequestError::NotFound.reply().body, "file does not exist\n");
         assert!(RequestError::Forbidden.reply().nosniff);
+    }
+
+    #[test]
+    fn a_full_helper_queue_is_a_503_and_a_lost_job_a_500() {
+        let busy = RequestError::from(PoolError::Full).reply();
+        assert_eq!(
+            (busy.status, busy.body.as_str()),
+            (503, "server busy: helper queue full, retry later\n")
+        );
+        assert_eq!(RequestError::from(PoolError::Lost).reply().status, 500);
     }
 }

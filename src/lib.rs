@@ -4,6 +4,7 @@
 //! on which module may use which) and each module's `//!` tells its part.
 
 pub mod api;
+pub mod blocking;
 pub mod bufpool;
 pub mod chores;
 pub mod cluster_config;

@@ -151,15 +151,46 @@ pub const HASH_HEX_LEN: usize = 32;
 /// A volume with less free space than this is full for writes (keepstore: one block).
 pub const VOLUME_FREE_BYTES_MIN: u64 = BLOCK_BYTES_MAX;
 
-/// Text of an index response is produced off the cores in pieces of about this size, and
-/// at most `INDEX_CHANNEL_CHUNKS_MAX` of them wait to be sent.
+/// Text of an index response is listed off the cores (a helper job, `blocking`) in pieces
+/// of about this size (a piece ends after the block directory that reaches it), or of
+/// `INDEX_PIECE_DIRS_MAX` block directories, whichever comes first; one piece is listed
+/// while the one before it is sent, so a stream holds two at most. The directory bound is
+/// 1/64 of a full volume's 4,096: a helper thread stays on one walk for at most that many
+/// directory reads (a few ms from the page cache, ~0.6 s of seeks on a cold disk) before
+/// the queue's other jobs (a DELETE, a touch) get their turn.
 pub const INDEX_CHUNK_BYTES: usize = 64 * 1024;
-pub const INDEX_CHANNEL_CHUNKS_MAX: usize = 16;
+pub const INDEX_PIECE_DIRS_MAX: usize = 64;
+
+/// Threads of the helper pool (`blocking`), the one way blocking work leaves the cores:
+/// trash and untrash, touch, free-space readings, index pieces, list parsing. Their work
+/// waits on disks, not on CPUs, so the count is set by how many disks should be kept busy
+/// at once, not by cores: 8 lets every volume of an 8-disk node list its index for
+/// keep-balance (which asks each mount at once) or serve a DELETE at the same time. Idle,
+/// each costs a parked thread (its stack is touched only as deep as a job goes).
+pub const HELPER_THREADS: usize = 8;
+
+/// Helper jobs waiting for a thread; one more is refused at once with 503 (the core never
+/// waits for room). An index stream keeps one job queued at most (its next piece) and the
+/// other requests one each while they wait, so 1,024 covers that many admin requests in
+/// flight, far more than keep-balance and the operators send; a queued job is a boxed
+/// closure of a few hundred bytes plus what it carries (a walk's remaining directory
+/// names: ~4,096 short strings, ~130 KiB, at most).
+pub const HELPER_QUEUE_JOBS_MAX: usize = 1024;
+
+/// A PUT checks a volume's free space against its last statvfs reading, not a statvfs of
+/// its own (which can wait: a hung disk, NFS), less what this process's writes have taken
+/// since (`volume::io::FreeSpace`). A reading older than this is refreshed on the helper
+/// pool, and the write that notices goes on with the old one; the fallocate of a big write
+/// (and ENOSPC of a small one) stays the final word, so a stale reading costs only where
+/// the refusal comes from.
+pub const FREE_SPACE_READING_AGE_MS_MAX: u64 = 1_000;
 
 const _: () = assert!(HEADER_BYTES_MAX <= READ_BUFFER_BYTES);
 const _: () = assert!(CHUNK_BYTES as u64 <= BLOCK_BYTES_MAX);
 const _: () = assert!(BLOCK_BYTES_MAX.is_multiple_of(CHUNK_BYTES as u64));
 const _: () = assert!(RESPONSE_HEAD_BYTES_MAX < CHUNK_BYTES);
+const _: () = assert!(HELPER_THREADS > 0 && HELPER_QUEUE_JOBS_MAX >= HELPER_THREADS);
+const _: () = assert!(INDEX_PIECE_DIRS_MAX > 0);
 
 /// PUT body buffers smaller than this are not kept as the budget's spare (the allocator
 /// reuses small ones by itself; a fresh 64 MiB one costs 16,384 page faults, ~14% of a

@@ -18,6 +18,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1};
 
 use crate::api::context::Services;
 use crate::api::limiter::RequestLimiter;
+use crate::blocking;
 use crate::bufpool::BufferBudget;
 use crate::chores::{ChoreContext, ChoreSettings, Chores};
 use crate::config::{Cli, Config};
@@ -25,7 +26,8 @@ use crate::lifecycle::handover::{self, ControlSocket};
 use crate::lifecycle::listeners::{self, Source};
 use crate::lifecycle::Phase;
 use crate::limits::{
-    BUFFER_UNIT_BYTES, CONNECTIONS_PER_WORKER_DEFAULT_MAX, OPEN_FILES_PER_CONNECTION_SHARE, WORKERS_READY_TIMEOUT_MS,
+    BUFFER_UNIT_BYTES, CONNECTIONS_PER_WORKER_DEFAULT_MAX, HELPER_QUEUE_JOBS_MAX, HELPER_THREADS,
+    OPEN_FILES_PER_CONNECTION_SHARE, WORKERS_READY_TIMEOUT_MS,
 };
 use crate::md5lanes::Kernel;
 use crate::node::{Node, NodeState};
@@ -159,9 +161,11 @@ pub fn run(cli: Cli, config: Config) -> Result<u8, StartError> {
     let budget = budget_of(&config, sockets.budget_memory.take())?;
     let (watcher_handle, watcher_inbox) =
         watcher::channel().map_err(|error| StartError::config(format!("cannot set up the volume watcher: {error}")))?;
+    let helpers = blocking::Pool::start(HELPER_THREADS, HELPER_QUEUE_JOBS_MAX)
+        .map_err(|error| StartError::config(format!("cannot start the helper threads: {error}")))?;
     let services = Arc::new(Services {
         md5_kernel,
-        ..services_of(&config, volumes, budget, watcher_handle.clone())
+        ..services_of(&config, volumes, budget, watcher_handle.clone(), helpers)
     });
     start_background(&services, &config, watcher_inbox)?;
     // Signals are handled from here on (a TERM during start-up then drains instead of killing).
@@ -249,14 +253,20 @@ fn budget_of(config: &Config, shared: Option<OwnedFd>) -> Result<Arc<BufferBudge
 }
 
 /// What every core shares, from the configuration.
-fn services_of(config: &Config, volumes: VolumeSet, budget: Arc<BufferBudget>, watcher: WatcherHandle) -> Services {
+fn services_of(
+    config: &Config,
+    volumes: VolumeSet,
+    budget: Arc<BufferBudget>,
+    watcher: WatcherHandle,
+    helpers: blocking::Pool,
+) -> Services {
     let node = Arc::new(Node::new(node_state(config, volumes)));
     Services {
         chores: Arc::new(Chores::new(ChoreSettings::from_config(config))),
         watcher: Some(watcher),
         limiter: RequestLimiter::new(config.max_concurrent_requests, config.max_queued_requests),
         verified_cache_entries: config.verified_cache_entries,
-        ..Services::new(node, budget)
+        ..Services::new(node, budget, helpers)
     }
 }
 

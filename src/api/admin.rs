@@ -1,25 +1,25 @@
 //! Admin and status endpoints: `/index`, `/mounts`, `/mounts/<uuid>/blocks`,
-//! `/_health/ping` (keep-protocol.md §3.4, §3.7). The index walk runs on its own thread
-//! (directory listing is blocking I/O) and streams its text back through a bounded channel.
+//! `/_health/ping` (keep-protocol.md §3.4, §3.7). The index is listed on the helper pool
+//! (directory listing is blocking I/O) a piece at a time: the next piece is listed while
+//! this one is sent, and no helper thread waits for a slow client.
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::Write;
-use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use serde::Serialize;
-use tokio::sync::mpsc;
 
 use crate::api::auth;
 use crate::api::context::Core;
+use crate::blocking::{Pending, Pool};
 use crate::error::RequestError;
 use crate::http::reply::{BodySource, Piece, Reply, Response, Streamed, TEXT_PLAIN};
 use crate::http::request::Head;
 use crate::http::response::BodyFraming;
-use crate::limits::{INDEX_CHANNEL_CHUNKS_MAX, INDEX_CHUNK_BYTES};
+use crate::limits::{INDEX_CHUNK_BYTES, INDEX_PIECE_DIRS_MAX};
 use crate::volume::{index, Volume};
 
 #[derive(Serialize)]
@@ -69,8 +69,11 @@ pub fn health(core: &Core, head: &Head) -> Result<Reply<'static>, RequestError> 
     }))
 }
 
-/// One piece of index text, or the reason the walk stopped early.
-type IndexPiece = Result<Vec<u8>, String>;
+/// One piece of index text, with the walk to continue from (`None`: it is over).
+struct IndexPiece {
+    text: Vec<u8>,
+    rest: Option<index::Walk>,
+}
 
 pub async fn index(
     core: &Core,
@@ -89,88 +92,81 @@ pub async fn index(
         Some(uuid) => vec![state.volumes.by_uuid(uuid).ok_or(RequestError::NotFound)?.clone()],
         None => state.volumes.all().to_vec(),
     };
-    let (sender, receiver) = mpsc::channel::<IndexPiece>(INDEX_CHANNEL_CHUNKS_MAX);
     let roots: Vec<PathBuf> = volumes.iter().map(|volume| volume.root.clone()).collect();
-    std::thread::Builder::new()
-        .name("keepring-index".into())
-        .spawn(move || walk_index(&roots, &prefix, &sender))
-        .map_err(|error| RequestError::Internal(format!("cannot start index walk: {error}")))?;
+    let walk = index::Walk::new(roots, prefix);
+    // Asked before the head is sent: a full helper queue is a 503, not a cut index.
+    let listing = core.helpers.submit(move || list_piece(walk))?;
     Ok(Reply::Stream(Streamed {
         status: 200,
         framing: BodyFraming::Chunked,
         content_type: Some(TEXT_PLAIN),
         extra: Vec::new(),
-        body: Box::new(IndexStream { receiver, ended: false }),
+        body: Box::new(IndexStream {
+            helpers: core.helpers.clone(),
+            listing: Some(listing),
+        }),
     }))
 }
 
-/// The index text as the walk produces it, ending with the blank line that tells
-/// keep-balance the index is whole (left out when the walk failed).
+/// The index text as helper jobs list it, ending with the blank line that tells
+/// keep-balance the index is whole (left out when the walk failed or was refused).
 struct IndexStream {
-    receiver: mpsc::Receiver<IndexPiece>,
-    ended: bool,
+    helpers: Pool,
+    /// The piece being listed; `None` once the walk is over or stopped.
+    listing: Option<Pending<std::io::Result<IndexPiece>>>,
 }
 
 impl BodySource for IndexStream {
     fn next(&mut self, _spent: Vec<u8>) -> Pin<Box<dyn Future<Output = Result<Piece, RequestError>> + '_>> {
         Box::pin(async move {
-            if self.ended {
-                return Ok(Piece::End);
+            // A piece may hold no block (directories without any under the prefix): an
+            // empty chunk would end the body, so wait for one with text or the end.
+            while let Some(listing) = self.listing.take() {
+                let IndexPiece { mut text, rest } = match listing.wait().await {
+                    Ok(Ok(piece)) => piece,
+                    Ok(Err(error)) => return Ok(cut_short(&error)),
+                    Err(error) => return Ok(cut_short(&error)),
+                };
+                match rest {
+                    // The next piece is listed while this one is on its way.
+                    Some(walk) => match self.helpers.submit(move || list_piece(walk)) {
+                        Ok(next) => self.listing = Some(next),
+                        Err(error) => {
+                            cut_short(&error);
+                        }
+                    },
+                    None => text.push(b'\n'),
+                }
+                if !text.is_empty() {
+                    return Ok(Piece::Bytes { buffer: text, from: 0 });
+                }
             }
-            match self.receiver.recv().await {
-                Some(Ok(text)) if text.is_empty() => {
-                    self.ended = true;
-                    Ok(Piece::Bytes {
-                        buffer: b"\n".to_vec(),
-                        from: 0,
-                    })
-                }
-                Some(Ok(text)) => Ok(Piece::Bytes { buffer: text, from: 0 }),
-                Some(Err(reason)) => {
-                    tracing::error!(reason, "index walk failed; the index ends without its blank line");
-                    Ok(Piece::End)
-                }
-                None => {
-                    tracing::error!("index walk stopped; the index ends without its blank line");
-                    Ok(Piece::End)
-                }
-            }
+            Ok(Piece::End)
         })
     }
 }
 
-/// Runs on its own thread. Sends text pieces, then an empty piece when every volume was
-/// listed, or an error; stops early if the client went away (the receiver closed).
-fn walk_index(roots: &[PathBuf], prefix: &str, sender: &mpsc::Sender<IndexPiece>) {
-    let mut text = Vec::with_capacity(INDEX_CHUNK_BYTES + 128);
-    for root in roots {
-        if let Err(error) = walk_volume(root, prefix, &mut text, sender) {
-            let _ = sender.blocking_send(Err(format!("{}: {error}", root.display())));
-            return;
-        }
-    }
-    if !text.is_empty() && sender.blocking_send(Ok(std::mem::take(&mut text))).is_err() {
-        return;
-    }
-    let _ = sender.blocking_send(Ok(Vec::new()));
+/// Log why an index stops before its end; it goes out without its blank line, so
+/// keep-balance knows it is not whole.
+fn cut_short(reason: &dyn std::fmt::Display) -> Piece {
+    tracing::error!(reason = %reason, "index walk failed; the index ends without its blank line");
+    Piece::End
 }
 
-fn walk_volume(
-    root: &std::path::Path,
-    prefix: &str,
-    text: &mut Vec<u8>,
-    sender: &mpsc::Sender<IndexPiece>,
-) -> std::io::Result<()> {
-    let complete = index::list_blocks(root, prefix, |block| {
-        let _ = writeln!(text, "{}+{} {}", block.hash, block.size, block.mtime_ns);
-        let full = text.len() >= INDEX_CHUNK_BYTES;
-        match full && sender.blocking_send(Ok(std::mem::take(text))).is_err() {
-            true => ControlFlow::Break(()),
-            false => ControlFlow::Continue(()),
+/// Runs on a helper thread: list `walk` on until the text reaches `INDEX_CHUNK_BYTES` or
+/// `INDEX_PIECE_DIRS_MAX` steps are taken, whichever is first.
+fn list_piece(mut walk: index::Walk) -> std::io::Result<IndexPiece> {
+    let mut text = Vec::with_capacity(INDEX_CHUNK_BYTES + 4 * 1024);
+    for _ in 0..INDEX_PIECE_DIRS_MAX {
+        let more = walk.step(|block| {
+            let _ = writeln!(text, "{}+{} {}", block.hash, block.size, block.mtime_ns);
+        })?;
+        if !more {
+            return Ok(IndexPiece { text, rest: None });
         }
-    })?;
-    match complete {
-        true => Ok(()),
-        false => Err(std::io::Error::other("client went away")),
+        if text.len() >= INDEX_CHUNK_BYTES {
+            break;
+        }
     }
+    Ok(IndexPiece { text, rest: Some(walk) })
 }

@@ -201,7 +201,7 @@ async fn start_streamed_write(
         }
     }
     let volume = candidates.first()?.clone();
-    let writer = io::BlockWriter::create(&volume, hash, core.next_random(), Some(length))
+    let writer = io::BlockWriter::create(&volume, hash, core.next_random(), Some(length), &core.helpers)
         .await
         .ok()?;
     Some(StreamedWrite {
@@ -254,12 +254,14 @@ async fn store(
         scratch = returned;
         drop(file);
         if matches!(same, Ok(true)) {
-            match io::touch(&layout::block_path(&volume.root, hash)) {
-                Ok(()) => {
+            match touch_copy(core, volume, hash).await {
+                Ok(Ok(())) => {
                     core.metrics.volume(volume).operation(VolumeOp::Touch);
                     stored.push(volume.clone());
                 }
-                // Trashed since it was compared: not stored, so pass 2 writes it again.
+                // Trashed since it was compared (or the helper queue was full): not
+                // stored, so pass 2 writes it again.
+                Ok(Err(error)) => tracing::warn!(volume = %volume.uuid, hash, error = %error, "touch failed"),
                 Err(error) => tracing::warn!(volume = %volume.uuid, hash, error = %error, "touch failed"),
             }
         } else {
@@ -315,7 +317,7 @@ impl WriteOutcome {
 
 /// Write one copy and account for it.
 async fn write_copy(core: &Core, volume: &Volume, hash: &str, body: Vec<u8>) -> (WriteOutcome, Vec<u8>) {
-    let (result, body) = io::write_block(volume, hash, body, core.next_random()).await;
+    let (result, body) = io::write_block(volume, hash, body, core.next_random(), &core.helpers).await;
     (account_write(core, volume, hash, result, body.len()), body)
 }
 
@@ -412,13 +414,19 @@ fn write_reply(core: &Core, head: &Head, hash: &str, size: u64, stored: &[Arc<Vo
     Reply::Full(response)
 }
 
+/// Set a stored copy's mtime to now, on the helper pool (io_uring has no utimensat).
+async fn touch_copy(core: &Core, volume: &Volume, hash: &str) -> Result<std::io::Result<()>, RequestError> {
+    let path = layout::block_path(&volume.root, hash);
+    Ok(core.helpers.run(move || io::touch(&path)).await?)
+}
+
 /// TOUCH: set the mtime of the block on the first writable volume (UUID order) holding it.
-pub fn touch(core: &Core, head: &Head, locator_text: &str) -> Result<Reply<'static>, RequestError> {
+pub async fn touch(core: &Core, head: &Head, locator_text: &str) -> Result<Reply<'static>, RequestError> {
     let state = core.state();
     auth::require_root(&state, head)?;
     let locator = Locator::parse(locator_text).map_err(|_| RequestError::InvalidLocator)?;
     for volume in state.volumes.all().iter().filter(|volume| volume.allow_write) {
-        match io::touch(&layout::block_path(&volume.root, locator.hash)) {
+        match touch_copy(core, volume, locator.hash).await? {
             Ok(()) => {
                 core.metrics.volume(volume).operation(VolumeOp::Touch);
                 return Ok(Reply::empty(200));

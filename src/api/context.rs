@@ -2,9 +2,10 @@
 //!
 //! `Services` is what every core shares, built once by the supervisor: the published
 //! node state, the buffer budget, the chore queues, the metrics registry, the volume
-//! watcher's nudge, the request limiter and the drain signal. `Core` is one worker's own
-//! handler context: its copy of the published state, its buffer pool, its verified-copy
-//! cache, its metric recorder and its random numbers. Handlers take a `&Core`, the
+//! watcher's nudge, the request limiter, the drain signal and the helper pool that takes
+//! blocking work off the cores. `Core` is one worker's own handler context: its copy of
+//! the published state, its buffer pool, its verified-copy cache, its metric recorder,
+//! its handle on the helper pool and its random numbers. Handlers take a `&Core`, the
 //! request head and the `http::session::Session`, and return a `Reply`.
 
 use std::cell::{Cell, RefCell};
@@ -13,6 +14,7 @@ use std::sync::Arc;
 
 use crate::api::body::SlowBodies;
 use crate::api::limiter::RequestLimiter;
+use crate::blocking;
 use crate::bufpool::{BufferBudget, BufferPool};
 use crate::chores::{ChoreSettings, Chores};
 use crate::digest::VerifiedCache;
@@ -42,12 +44,14 @@ pub struct Services {
     pub slow_bodies: SlowBodies,
     /// The MD5 kernel every core's hasher runs (`md5lanes::Kernel::detect`).
     pub md5_kernel: Kernel,
+    /// The helper threads: every blocking call a handler needs runs there.
+    pub helpers: blocking::Pool,
 }
 
 impl Services {
     /// Services around `node` with defaults: an unlimited limiter, no watcher, default
     /// chore settings, no verified-copy cache (tests and benchmarks).
-    pub fn new(node: Arc<Node>, budget: Arc<BufferBudget>) -> Services {
+    pub fn new(node: Arc<Node>, budget: Arc<BufferBudget>, helpers: blocking::Pool) -> Services {
         Services {
             node,
             budget,
@@ -59,6 +63,7 @@ impl Services {
             verified_cache_entries: 0,
             slow_bodies: SlowBodies::default(),
             md5_kernel: Kernel::best(),
+            helpers,
         }
     }
 }
@@ -86,6 +91,8 @@ pub struct Core {
     pub metrics: Recorder,
     /// This core's batched MD5 hasher (its task runs beside the connections).
     pub hasher: Rc<Hasher>,
+    /// This worker's handle on the helper pool (`Services::helpers`).
+    pub helpers: blocking::Pool,
 }
 
 impl Core {
@@ -98,6 +105,7 @@ impl Core {
             verified: RefCell::new(VerifiedCache::new(services.verified_cache_entries)),
             metrics: services.registry.register(),
             hasher: Hasher::new(services.md5_kernel),
+            helpers: services.helpers.clone(),
             services,
         }
     }

@@ -139,16 +139,16 @@ pub async fn handle<'a>(core: &'a Core, session: &mut Session, head: &'a Head) -
             read::read(core, head, locator, send_body).await
         }
         Route::BlockWrite { locator } => blocks::write(core, session, head, locator).await,
-        Route::BlockTouch { locator } => blocks::touch(core, head, locator),
-        Route::BlockDelete { locator } => ops::delete(core, head, locator),
-        Route::Untrash { locator } => ops::untrash(core, head, locator),
+        Route::BlockTouch { locator } => blocks::touch(core, head, locator).await,
+        Route::BlockDelete { locator } => ops::delete(core, head, locator).await,
+        Route::Untrash { locator } => ops::untrash(core, head, locator).await,
         Route::PullList => ops::pull_list(core, session, head).await,
         Route::TrashList => ops::trash_list(core, session, head).await,
         Route::Index { prefix } => admin::index(core, head, None, prefix).await,
         Route::MountBlocks { uuid, prefix } => admin::index(core, head, Some(uuid), prefix).await,
         Route::Mounts => admin::mounts(core, head),
         Route::Options => Ok(Reply::empty(200)),
-        Route::Metrics => ops::metrics(core, head),
+        Route::Metrics => ops::metrics(core, head).await,
         Route::HealthPing => admin::health(core, head),
         Route::Miss => Err(RequestError::RouteMiss),
     }

@@ -1,9 +1,11 @@
 //! Operations endpoints (keep-protocol.md §3.3, §3.5, §3.7): `DELETE /<locator>` and
-//! `PUT /untrash/<locator>` (short metadata operations done here, with blocking calls:
-//! admin requests, rare), `PUT /trash` and `PUT /pull` (the list is read here, parsed on a
-//! helper thread and handed to the chore threads, which do the work off the cores), and
-//! `GET /metrics` (the sum of every thread's counters, in Prometheus text).
+//! `PUT /untrash/<locator>` (the volume's trash rule, run on the helper pool: one job per
+//! request for all its volumes), `PUT /trash` and `PUT /pull` (the list is read here,
+//! parsed on the helper pool and handed to the chore threads, which do the work off the
+//! cores), and `GET /metrics` (the sum of every thread's counters, in Prometheus text,
+//! with free space read on the helper pool).
 
+use std::io;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -20,12 +22,12 @@ use crate::http::session::Session;
 use crate::limits::{BUFFER_UNIT_BYTES, LIST_BODY_BYTES_MAX, LIST_ITEMS_MAX};
 use crate::locator::Locator;
 use crate::metrics::{self, Gauges, VolumeErrorKind, VolumeOp};
-use crate::volume::io::free_bytes;
 use crate::volume::trash::{trash_block, untrash_block, TrashOutcome};
+use crate::volume::Volume;
 
 /// DELETE: trash the block on every trash-allowed volume where it is older than the blob
 /// signing TTL. 200 when some such volume has it (trashed or too young), else 404.
-pub fn delete(core: &Core, head: &Head, locator_text: &str) -> Result<Reply<'static>, RequestError> {
+pub async fn delete(core: &Core, head: &Head, locator_text: &str) -> Result<Reply<'static>, RequestError> {
     let state = core.state();
     auth::require_root(&state, head)?;
     let settings = core.chore_settings();
@@ -34,16 +36,23 @@ pub fn delete(core: &Core, head: &Head, locator_text: &str) -> Result<Reply<'sta
     }
     let locator = Locator::parse(locator_text).map_err(|_| RequestError::InvalidLocator)?;
     let now = SystemTime::now();
+    let rules = settings.trash_rules();
+    let results = on_each_volume(
+        core,
+        locator.hash,
+        |volume| volume.allow_trash,
+        move |root, hash| trash_block(root, hash, now, &rules, None),
+    )
+    .await?;
     let mut found = false;
     let mut failure = None;
-    for volume in state.volumes.all().iter().filter(|volume| volume.allow_trash) {
-        let result = trash_block(&volume.root, locator.hash, now, &settings.trash_rules(), None);
-        trash::record(&core.metrics, volume, &result);
+    for (volume, result) in &results {
+        trash::record(&core.metrics, volume, result);
         match result {
             Ok(TrashOutcome::Missing) => {}
             Ok(outcome) => {
                 found = true;
-                if outcome != TrashOutcome::Kept {
+                if *outcome != TrashOutcome::Kept {
                     tracing::info!(volume = %volume.uuid, hash = locator.hash, ?outcome, "block trashed");
                 }
             }
@@ -62,15 +71,16 @@ pub fn delete(core: &Core, head: &Head, locator_text: &str) -> Result<Reply<'sta
 }
 
 /// PUT /untrash: bring the first trashed copy back on every writable volume.
-pub fn untrash(core: &Core, head: &Head, locator_text: &str) -> Result<Reply<'static>, RequestError> {
+pub async fn untrash(core: &Core, head: &Head, locator_text: &str) -> Result<Reply<'static>, RequestError> {
     let state = core.state();
     auth::require_root(&state, head)?;
     let locator = Locator::parse(locator_text).map_err(|_| RequestError::InvalidLocator)?;
+    let results = on_each_volume(core, locator.hash, |volume| volume.allow_write, untrash_block).await?;
     let mut restored = false;
     let mut failure = None;
-    for volume in state.volumes.all().iter().filter(|volume| volume.allow_write) {
-        let counters = core.metrics.volume(volume);
-        match untrash_block(&volume.root, locator.hash) {
+    for (volume, result) in results {
+        let counters = core.metrics.volume(&volume);
+        match result {
             Ok(true) => {
                 counters.operation(VolumeOp::Untrash);
                 restored = true;
@@ -88,6 +98,33 @@ pub fn untrash(core: &Core, head: &Head, locator_text: &str) -> Result<Reply<'st
         (false, Some(error)) => Err(error),
         (false, None) => Err(RequestError::NotFound),
     }
+}
+
+/// Run `operation` (a volume's blocking trash rule) for block `hash` on every volume
+/// `chosen` picks, all in one helper job; each volume with its result.
+async fn on_each_volume<T: Send + 'static>(
+    core: &Core,
+    hash: &str,
+    chosen: impl Fn(&Volume) -> bool,
+    operation: impl Fn(&std::path::Path, &str) -> io::Result<T> + Send + 'static,
+) -> Result<Vec<(Arc<Volume>, io::Result<T>)>, RequestError> {
+    let volumes: Vec<Arc<Volume>> = core
+        .state()
+        .volumes
+        .all()
+        .iter()
+        .filter(|volume| chosen(volume))
+        .cloned()
+        .collect();
+    let hash = hash.to_string();
+    let job = move || {
+        let each = volumes.into_iter().map(|volume| {
+            let result = operation(&volume.root, &hash);
+            (volume, result)
+        });
+        each.collect()
+    };
+    Ok(core.helpers.run(job).await?)
 }
 
 /// PUT /trash: replace the trash queue.
@@ -111,8 +148,9 @@ pub async fn pull_list(core: &Core, session: &mut Session, head: &Head) -> Resul
     Ok(Reply::empty(200))
 }
 
-/// Read a JSON list body (bounded, leased from the buffer budget) and parse it on a helper
-/// thread: a 64 MiB list takes a few hundred ms to parse, which must not stall the core.
+/// Read a JSON list body (bounded, leased from the buffer budget) and parse it on the
+/// helper pool: a 64 MiB list takes a few hundred ms to parse, which must not stall the
+/// core.
 async fn read_list<T: DeserializeOwned + Send + 'static>(
     core: &Core,
     session: &mut Session,
@@ -123,16 +161,8 @@ async fn read_list<T: DeserializeOwned + Send + 'static>(
         return Err(RequestError::BodyTooLarge);
     }
     let (body, lease) = body::read_leased(core, session, length, LIST_BODY_BYTES_MAX, |_| {}).await?;
-    let (sender, receiver) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("keepring-list".into())
-        .spawn(move || {
-            let _ = sender.send(serde_json::from_slice::<Vec<T>>(&body).map_err(|error| error.to_string()));
-        })
-        .map_err(|error| RequestError::Internal(format!("cannot start the list parser: {error}")))?;
-    let parsed = receiver
-        .await
-        .map_err(|_| RequestError::Internal("the list parser stopped".into()))?;
+    let parse = move || serde_json::from_slice::<Vec<T>>(&body).map_err(|error| error.to_string());
+    let parsed = core.helpers.run(parse).await?;
     drop(lease);
     let items = parsed.map_err(RequestError::UnreadableList)?;
     if items.len() > LIST_ITEMS_MAX {
@@ -143,9 +173,10 @@ async fn read_list<T: DeserializeOwned + Send + 'static>(
 
 /// GET /metrics (Prometheus text) and /metrics.json: open when no management token is
 /// configured (keepstore-observed.md).
-pub fn metrics(core: &Core, head: &Head) -> Result<Reply<'static>, RequestError> {
+pub async fn metrics(core: &Core, head: &Head) -> Result<Reply<'static>, RequestError> {
     let state = core.state();
     auth::require_metrics(&state, head)?;
+    let volumes_free = volumes_free(core, state.volumes.all()).await;
     let services = &core.services;
     let gauges = Gauges {
         buffer_unit_bytes: BUFFER_UNIT_BYTES,
@@ -157,7 +188,7 @@ pub fn metrics(core: &Core, head: &Head) -> Result<Reply<'static>, RequestError>
         pull_pending: services.chores.pull.pending(),
         pull_in_progress: services.chores.pull.in_progress(),
         draining: services.drain.is_draining(),
-        volumes_free: volumes_free(state.volumes.all()),
+        volumes_free,
         max_concurrent_requests: services.limiter.max_active() as u64,
         max_queued_requests: services.limiter.max_queued() as u64,
         queued_requests: services.limiter.queued() as u64,
@@ -182,12 +213,22 @@ pub fn metrics(core: &Core, head: &Head) -> Result<Reply<'static>, RequestError>
     }))
 }
 
-fn volumes_free(volumes: &[Arc<crate::volume::Volume>]) -> Vec<(String, String, Option<u64>)> {
+/// Each volume's free space, read now on the helper pool (which also refreshes the
+/// readings writes check); with the pool's queue full, the last readings: a scrape is
+/// answered whatever the admin traffic.
+async fn volumes_free(core: &Core, volumes: &[Arc<Volume>]) -> Vec<(String, String, Option<u64>)> {
+    let spaces: Vec<_> = volumes.iter().map(|volume| volume.free_space.clone()).collect();
+    let read_now = core
+        .helpers
+        .run(move || spaces.iter().map(|space| space.read().ok()).collect::<Vec<_>>())
+        .await;
+    let free: Vec<Option<u64>> = match read_now {
+        Ok(free) => free,
+        Err(_) => volumes.iter().map(|volume| volume.free_space.bytes()).collect(),
+    };
     volumes
         .iter()
-        .map(|volume| {
-            let free = free_bytes(&volume.root).ok();
-            (volume.uuid.clone(), volume.device_id.clone(), free)
-        })
+        .zip(free)
+        .map(|(volume, free)| (volume.uuid.clone(), volume.device_id.clone(), free))
         .collect()
 }

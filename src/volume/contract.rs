@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tempfile::TempDir;
 
+use crate::blocking::Pool;
 use crate::volume::index::list_blocks;
 use crate::volume::io::{self, WriteError};
 use crate::volume::temp;
@@ -53,12 +54,18 @@ fn for_every_kind(check: impl Fn(&Volume)) {
     }
 }
 
+/// The helper pool the request path is given (one for the whole suite).
+fn helpers() -> &'static Pool {
+    static HELPERS: std::sync::OnceLock<Pool> = std::sync::OnceLock::new();
+    HELPERS.get_or_init(|| Pool::start(2, 16).expect("helper pool"))
+}
+
 /// Write through the request path (io_uring).
 fn put(volume: &Volume, data: &[u8]) -> String {
     let hash = md5_hex(data);
     let owned = data.to_vec();
     tokio_uring::start(async {
-        let (result, _) = io::write_block(volume, &hash, owned, 42).await;
+        let (result, _) = io::write_block(volume, &hash, owned, 42, helpers()).await;
         result.map_err(|error| format!("{error:?}"))
     })
     .expect("write");
@@ -183,7 +190,13 @@ fn write_errors_are_classified_alike_on_both_paths() {
         std::fs::write(layout::block_dir(&volume.root, &hash), b"in the way").expect("obstacle");
         let blocking = io::write_block_blocking(volume, &hash, b"cannot be written", 1);
         assert!(matches!(blocking, Err(WriteError::Failed(_))), "{blocking:?}");
-        let streamed = tokio_uring::start(io::write_block(volume, &hash, b"cannot be written".to_vec(), 2));
+        let streamed = tokio_uring::start(io::write_block(
+            volume,
+            &hash,
+            b"cannot be written".to_vec(),
+            2,
+            helpers(),
+        ));
         let streamed = streamed.0;
         assert!(matches!(streamed, Err(WriteError::Failed(_))), "{streamed:?}");
     });
@@ -301,7 +314,20 @@ fn the_emptier_deletes_expired_trash_and_dead_temp_files_only() {
 #[test]
 fn free_space_is_reported_and_failure_takes_a_volume_out_for_a_while() {
     for_every_kind(|volume| {
-        assert!(io::free_bytes(&volume.root).expect("free space") > 0);
+        let free = io::free_bytes(&volume.root).expect("free space");
+        assert!(free > 0);
+        let reading = volume.free_space.bytes().expect("read when opened");
+        assert!(reading > 0 && reading.abs_diff(free) < free / 10, "{reading} vs {free}");
+        // A fresh reading, then a write: the write takes its length off it at once (the
+        // next statvfs, a second away, is not waited for).
+        let before = volume.free_space.read().expect("read again");
+        let written = vec![5u8; 2 * 1024 * 1024];
+        put(volume, &written);
+        let after = volume.free_space.bytes().expect("still read");
+        assert!(
+            after <= before - written.len() as u64,
+            "a write takes its length off the reading: {before} → {after}"
+        );
         assert!(volume.accepts_writes());
         volume.mark_failed();
         assert!(!volume.accepts_writes(), "out of the write rotation");

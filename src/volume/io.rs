@@ -9,19 +9,21 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::mpsc::SyncSender;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::fs::{File, OpenOptions};
 
+use crate::blocking::Pool;
 use crate::digest::FileIdentity;
 use crate::limits::{
-    BLOCK_BYTES_MAX, CHUNK_BYTES, STREAMED_WRITE_BYTES_MIN, TEMP_CREATE_ATTEMPTS_MAX, VOLUME_FREE_BYTES_MIN,
-    WRITEBACK_QUEUE_MAX, WRITEBACK_STEP_BYTES, WRITE_STEP_BYTES,
+    BLOCK_BYTES_MAX, CHUNK_BYTES, FREE_SPACE_READING_AGE_MS_MAX, STREAMED_WRITE_BYTES_MIN, TEMP_CREATE_ATTEMPTS_MAX,
+    VOLUME_FREE_BYTES_MIN, WRITEBACK_QUEUE_MAX, WRITEBACK_STEP_BYTES, WRITE_STEP_BYTES,
 };
 use crate::volume::temp::{self, Claim};
-use crate::volume::{layout, Volume};
+use crate::volume::{layout, now_ms, Volume};
 use std::sync::atomic::Ordering;
 
 /// Why a write to one volume did not happen; decides between 507 and 503.
@@ -212,9 +214,15 @@ pub async fn stored_copy_equals(
 }
 
 /// Store `data` as block `hash` on `volume`, atomically and durably.
-pub async fn write_block(volume: &Volume, hash: &str, data: Vec<u8>, random: u64) -> (Result<(), WriteError>, Vec<u8>) {
+pub async fn write_block(
+    volume: &Volume,
+    hash: &str,
+    data: Vec<u8>,
+    random: u64,
+    helpers: &Pool,
+) -> (Result<(), WriteError>, Vec<u8>) {
     debug_assert!(data.len() as u64 <= BLOCK_BYTES_MAX);
-    let mut writer = match BlockWriter::create(volume, hash, random, Some(data.len() as u64)).await {
+    let mut writer = match BlockWriter::create(volume, hash, random, Some(data.len() as u64), helpers).await {
         Ok(writer) => writer,
         Err(error) => return (Err(error), data),
     };
@@ -235,6 +243,8 @@ pub async fn write_block(volume: &Volume, hash: &str, data: Vec<u8>, random: u64
 /// the temp file is removed and the error classified as a request's is (`WriteError`).
 pub fn write_block_blocking(volume: &Volume, hash: &str, data: &[u8], random: u64) -> Result<(), WriteError> {
     let root = volume.root.as_path();
+    // Off the cores a fresh reading costs nothing that matters.
+    volume.free_space.read().map_err(WriteError::Failed)?;
     let claim = claim_space(volume, data.len() as u64)?;
     let dir = layout::block_dir(root, hash);
     match std::fs::create_dir(&dir) {
@@ -264,8 +274,9 @@ pub fn write_block_blocking(volume: &Volume, hash: &str, data: &[u8], random: u6
 /// only on `commit` (fdatasync, rename, directory fsync). Bytes may be appended while the
 /// body still arrives; writeback of each `WRITEBACK_STEP_BYTES` starts as soon as it is
 /// written, so the final fdatasync finds little left to do. A writer dropped before
-/// `commit` or `abandon` (a request cut short) removes its temp file.
+/// `commit` or `abandon` (a request cut short) has a helper thread remove its temp file.
 pub struct BlockWriter {
+    helpers: Pool,
     file: Option<File>,
     temp: PathBuf,
     dir: PathBuf,
@@ -278,8 +289,15 @@ impl BlockWriter {
     /// A temp file for block `hash`; with the block's `length` when known, its space is
     /// reserved at once (`fallocate`), so a volume too full for it says so now, before the
     /// body, and other writes see the space taken (statvfs counts it).
-    pub async fn create(volume: &Volume, hash: &str, random: u64, length: Option<u64>) -> Result<Self, WriteError> {
+    pub async fn create(
+        volume: &Volume,
+        hash: &str,
+        random: u64,
+        length: Option<u64>,
+        helpers: &Pool,
+    ) -> Result<Self, WriteError> {
         let root = volume.root.as_path();
+        volume.free_space.refresh_if_old(helpers);
         let claim = claim_space(volume, length.unwrap_or(0))?;
         let dir = layout::block_dir(root, hash);
         if let Err(error) = tokio_uring::fs::create_dir(&dir).await {
@@ -297,6 +315,7 @@ impl BlockWriter {
             return Err(error.into());
         }
         Ok(BlockWriter {
+            helpers: helpers.clone(),
             file: Some(file),
             temp,
             dir,
@@ -371,9 +390,18 @@ impl BlockWriter {
 
 impl Drop for BlockWriter {
     fn drop(&mut self) {
-        if !self.temp.as_os_str().is_empty() {
-            // A request future dropped mid-body: a plain unlink, as no await is possible.
-            let _ = std::fs::remove_file(&self.temp);
+        if self.temp.as_os_str().is_empty() {
+            return;
+        }
+        // A request future dropped mid-body: no await is possible here, so a helper thread
+        // unlinks. With the helper queue full the file stays, unlocked once closed, and the
+        // next temp sweep removes it (`temp`: the lock alone decides).
+        let temp = std::mem::take(&mut self.temp);
+        let unlinked = self.helpers.detach(move || {
+            let _ = std::fs::remove_file(temp);
+        });
+        if let Err(error) = unlinked {
+            tracing::warn!(error = %error, "a cut-short write's temp file is left to the sweep");
         }
     }
 }
@@ -521,33 +549,117 @@ fn reserve_blocking(file: &std::fs::File, length: u64) -> io::Result<()> {
 }
 
 /// A write's claim on a volume's free space, from its check until its fallocate is done;
-/// dropping it gives the claim back.
+/// dropping it gives the claim back and takes the write's length off the volume's last
+/// free-space reading, which knows nothing of it until its next refresh.
 struct SpaceClaim<'a> {
     volume: &'a Volume,
     bytes: u64,
+    length: u64,
 }
 
 impl Drop for SpaceClaim<'_> {
     fn drop(&mut self) {
+        self.volume.free_space.take(self.length);
         self.volume.claiming.fetch_sub(self.bytes, Ordering::AcqRel);
     }
 }
 
 /// keepstore refuses writes to a volume with less than one block of free space; a write
 /// of a known larger length needs that much, beyond what other writes have claimed and not
-/// yet reserved (concurrent fallocates can otherwise both fail where one fits).
+/// yet reserved (concurrent fallocates can otherwise both fail where one fits). Checked
+/// against the last reading (`FreeSpace`): no statvfs on the core. A volume never read yet
+/// (a test's unchecked volume) is not refused: its writes' own ENOSPC decides.
 fn claim_space(volume: &Volume, length: u64) -> Result<SpaceClaim<'_>, WriteError> {
     let bytes = if reserves_space(length) { length } else { 0 };
     let claimed_before = volume.claiming.fetch_add(bytes, Ordering::AcqRel);
-    let claim = SpaceClaim { volume, bytes };
-    match free_bytes(&volume.root) {
-        Ok(free) if free.saturating_sub(claimed_before) < VOLUME_FREE_BYTES_MIN.max(length) => Err(WriteError::Full),
-        Ok(_) => Ok(claim),
-        Err(error) => Err(WriteError::Failed(error)),
+    let mut claim = SpaceClaim { volume, bytes, length };
+    match volume.free_space.bytes() {
+        Some(free) if free.saturating_sub(claimed_before) < VOLUME_FREE_BYTES_MIN.max(length) => {
+            claim.length = 0;
+            Err(WriteError::Full)
+        }
+        _ => Ok(claim),
     }
 }
 
-/// Bytes available to an unprivileged writer on the volume's filesystem.
+/// A volume's last free-space reading (statvfs), shared by every core and refreshed on the
+/// helper pool when older than `FREE_SPACE_READING_AGE_MS_MAX`. Writes take their length
+/// off it as their claims end, so back-to-back writes see each other before the next
+/// reading does. A refresh that read statvfs just before a write's fallocate and stores
+/// just after its claim ended loses that write until the following refresh: the fallocate
+/// itself (or ENOSPC) still refuses what does not fit.
+#[derive(Debug)]
+pub struct FreeSpace {
+    root: PathBuf,
+    /// Bytes free at the last reading, less writes since; `NEVER_READ` before the first.
+    bytes: AtomicU64,
+    read_at_ms: AtomicU64,
+    /// A refresh is queued or running.
+    refreshing: AtomicBool,
+}
+
+const NEVER_READ: u64 = u64::MAX;
+
+impl FreeSpace {
+    /// Not read yet: `read` (blocking) or `refresh_if_old` (on the pool) fills it in.
+    pub fn unread(root: &Path) -> FreeSpace {
+        FreeSpace {
+            root: root.to_path_buf(),
+            bytes: AtomicU64::new(NEVER_READ),
+            read_at_ms: AtomicU64::new(0),
+            refreshing: AtomicBool::new(false),
+        }
+    }
+
+    /// The last reading less the writes since; None before the first reading.
+    pub fn bytes(&self) -> Option<u64> {
+        Some(self.bytes.load(Ordering::Acquire)).filter(|bytes| *bytes != NEVER_READ)
+    }
+
+    /// Read statvfs now and keep it (blocking: a helper thread, the pull worker, start-up).
+    pub fn read(&self) -> io::Result<u64> {
+        let result = free_bytes(&self.root);
+        // A failed reading is retried at the next refresh, not at every write: the
+        // write's own calls meet the same failing filesystem and say so.
+        self.read_at_ms.store(now_ms().max(1), Ordering::Release);
+        if let Ok(free) = result {
+            self.bytes.store(free.min(NEVER_READ - 1), Ordering::Release);
+        }
+        result
+    }
+
+    /// Queue a fresh reading on the helper pool if the last one is too old and none is
+    /// queued; never waits (a full queue skips it: the next write asks again).
+    pub fn refresh_if_old(self: &Arc<Self>, helpers: &Pool) {
+        let age_ms = now_ms().saturating_sub(self.read_at_ms.load(Ordering::Acquire));
+        if age_ms < FREE_SPACE_READING_AGE_MS_MAX || self.refreshing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let space = self.clone();
+        let queued = helpers.detach(move || {
+            if let Err(error) = space.read() {
+                tracing::warn!(volume = %space.root.display(), error = %error, "statvfs failed");
+            }
+            space.refreshing.store(false, Ordering::Release);
+        });
+        if queued.is_err() {
+            self.refreshing.store(false, Ordering::Release);
+        }
+    }
+
+    /// Take `bytes` a write is about to use off the reading.
+    fn take(&self, bytes: u64) {
+        if bytes == 0 {
+            return;
+        }
+        let _ = self.bytes.fetch_update(Ordering::AcqRel, Ordering::Acquire, |free| {
+            (free != NEVER_READ).then(|| free.saturating_sub(bytes))
+        });
+    }
+}
+
+/// Bytes available to an unprivileged writer on the volume's filesystem (blocking: a
+/// helper thread's call, or the pull worker's; the cores use `FreeSpace`).
 pub fn free_bytes(root: &Path) -> io::Result<u64> {
     let path = c_path(root)?;
     let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
@@ -559,6 +671,7 @@ pub fn free_bytes(root: &Path) -> io::Result<u64> {
 }
 
 /// Set a stored block's mtime (and atime) to now: the block was written again or touched.
+/// Blocking (io_uring has no utimensat): the handlers run it on the helper pool.
 pub fn touch(path: &Path) -> io::Result<()> {
     let path = c_path(path)?;
     // SAFETY: a NULL `times` means "now" for both timestamps; `path` is NUL-terminated.

@@ -3,7 +3,9 @@
 //! marking (`Volume`), the pure path rules (`layout`), reads and the one commit protocol
 //! for writes, on the cores through io_uring and off them for the pull worker (`io`),
 //! trash, untrash and the sweeps (`trash`), the index walk (`index`). `contract` is the
-//! test suite every volume kind must pass.
+//! test suite every volume kind must pass. What io_uring cannot do without waiting
+//! (trash, untrash, touch, statvfs, directory listings) is plain blocking code here, run
+//! by the callers on the helper pool (`blocking`) or on their own threads (chores).
 
 #[cfg(test)]
 mod contract;
@@ -15,6 +17,7 @@ pub mod trash;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::limits::VOLUME_RETRY_MS;
@@ -48,6 +51,8 @@ pub struct Volume {
     /// Bytes of writes between their free-space check and their fallocate on this volume
     /// (`io::claim_space`): two writes racing for the last room see each other.
     pub(crate) claiming: AtomicU64,
+    /// The last free-space reading, which writes check on the cores instead of statvfs.
+    pub free_space: Arc<io::FreeSpace>,
 }
 
 /// How a volume is to be served, from the command line or the cluster config.
@@ -83,7 +88,7 @@ pub fn mtime_nanos(metadata: &std::fs::Metadata) -> i128 {
     metadata.mtime() as i128 * 1_000_000_000 + metadata.mtime_nsec() as i128
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|elapsed| elapsed.as_millis() as u64)
@@ -119,6 +124,10 @@ impl Volume {
             None if read_only => stored_uuid(&root)?.unwrap_or_else(|| derived_uuid(&device_id)),
             None => load_or_create_uuid(&root)?,
         };
+        let free_space = Arc::new(io::FreeSpace::unread(&root));
+        // Opened off the cores (start-up, the watcher): the first reading is taken here;
+        // a failure leaves it unread, and the first write asks the pool again.
+        let _ = free_space.read();
         Ok(Volume {
             uuid,
             device_id,
@@ -131,6 +140,7 @@ impl Volume {
             options: options.clone(),
             failed_at_ms: AtomicU64::new(0),
             claiming: AtomicU64::new(0),
+            free_space,
             root,
         })
     }
@@ -150,6 +160,7 @@ impl Volume {
             options: options.clone(),
             failed_at_ms: AtomicU64::new(0),
             claiming: AtomicU64::new(0),
+            free_space: Arc::new(io::FreeSpace::unread(root)),
         }
     }
 

@@ -3,10 +3,12 @@
 //! endpoints (their behaviour is in ops.rs), TOUCH, and `/_health/ping`.
 
 use std::collections::BTreeSet;
+use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
+use crate::support::client::Conn;
 use crate::support::*;
 
 fn admin_get(server: &TestServer, target: &str) -> Response {
@@ -441,4 +443,89 @@ fn health_ping_with_management_token() {
     assert_eq!(none.text(), "authorization required\n");
     let wrong = server.request(Request::get("/_health/ping").token(ROOT_TOKEN));
     assert_eq!(wrong.status, 403, "{}", wrong.summary());
+}
+
+/// Threads of process `pid`, without the kernel's io_uring workers (`iou-wrk-*`), which
+/// the kernel starts and ends by itself for the rings' own operations.
+fn threads_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("list the server's threads")
+        .flatten()
+        .filter(|task| {
+            let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            !name.starts_with("iou-")
+        })
+        .count()
+}
+
+/// A connection whose receive buffer is as small as the kernel allows, so a response it
+/// does not read stays on the server's side.
+fn tight_connection(server: &TestServer) -> Conn {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    socket
+        .connect_timeout(&server.addr.into(), Duration::from_secs(5))
+        .expect("connect");
+    Conn::from_stream(socket.into())
+}
+
+#[test]
+fn concurrent_index_requests_share_the_helper_pool_instead_of_a_thread_each() {
+    // 50 index requests at once, none read past its first byte until the server's threads
+    // are counted. Each index is ~1.6 MiB of text, more than a response's socket buffers
+    // hold: a walk with a thread of its own would keep it (blocked on its client) and the
+    // server would count 50 more; a walk listed a piece at a time on the helper pool waits
+    // between pieces without a thread.
+    const REQUESTS: usize = 50;
+    const BLOCKS: usize = 30_000;
+    // 30,000 files are made in a blink on tmpfs, in seconds on a busy disk.
+    let shm = Path::new("/dev/shm");
+    let dir = match shm.is_dir() {
+        true => tempfile::tempdir_in(shm),
+        false => tempfile::tempdir(),
+    }
+    .expect("volume dir");
+    let volume = dir.path().join("volume");
+    for index in 0..BLOCKS {
+        let hash = md5_hex(&(index as u64).to_le_bytes());
+        let block_dir = volume.join(&hash[..3]);
+        if !block_dir.is_dir() {
+            std::fs::create_dir_all(&block_dir).expect("block dir");
+        }
+        std::fs::File::create(block_dir.join(&hash)).expect("block file");
+    }
+    let server = ServerBuilder::new().volume_paths(vec![volume]).start();
+    let whole = admin_get(&server, "/index");
+    assert_eq!(parse_index(&whole).len(), BLOCKS);
+    let baseline = threads_of(server.pid());
+    let mut conns: Vec<Conn> = (0..REQUESTS)
+        .map(|_| {
+            let mut conn = tight_connection(&server);
+            conn.send(&Request::get("/index").token(ROOT_TOKEN)).expect("send");
+            conn
+        })
+        .collect();
+    // Every request is being answered (its first bytes wait in the socket).
+    for conn in &conns {
+        conn.stream().peek(&mut [0u8; 1]).expect("an answer begins");
+    }
+    let mut most = baseline;
+    for _ in 0..50 {
+        most = most.max(threads_of(server.pid()));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    eprintln!("server threads: {baseline} before, at most {most} with {REQUESTS} index requests in flight");
+    assert!(
+        most <= baseline + keepring::limits::HELPER_THREADS,
+        "{most} threads with {REQUESTS} index requests in flight, {baseline} before"
+    );
+    for conn in &mut conns {
+        // Room again, so the rest of the text arrives in few round trips.
+        let socket = socket2::SockRef::from(conn.stream());
+        socket.set_recv_buffer_size(4 * 1024 * 1024).expect("SO_RCVBUF");
+        let response = conn.read_response("GET").expect("index response");
+        assert_eq!(response.status, 200, "{}", response.summary());
+        assert!(response.body == whole.body, "every index whole and the same");
+    }
 }

@@ -148,6 +148,11 @@ impl Conn {
     pub fn connect(addr: SocketAddr) -> Conn {
         let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
             .unwrap_or_else(|error| panic!("cannot connect to {addr}: {error}"));
+        Conn::from_stream(stream)
+    }
+
+    /// A connection made by the test itself (socket options set before connecting).
+    pub fn from_stream(stream: TcpStream) -> Conn {
         stream.set_read_timeout(Some(READ_TIMEOUT)).expect("set read timeout");
         stream
             .set_write_timeout(Some(Duration::from_secs(30)))
