@@ -288,6 +288,8 @@ pub struct Gauges {
     pub config: Option<(String, f64, f64)>,
     /// Unix microseconds now, to age the oldest request.
     pub now_micros: u64,
+    /// The MD5 kernel's name and its lane count (`md5lanes::Kernel`).
+    pub md5_kernel: (&'static str, u64),
 }
 
 /// The whole exposition: every family with `# HELP` and `# TYPE`, sums over threads.
@@ -905,6 +907,15 @@ fn service_families(threads: &[Arc<Counters>], gauges: &Gauges) -> Vec<Family> {
         "keepring's own version.",
         env!("CARGO_PKG_VERSION"),
     ));
+    let (kernel, lanes) = gauges.md5_kernel;
+    families.push(
+        Family::new(
+            "keepring_md5_lanes",
+            Kind::Gauge,
+            "MD5 streams one kernel call advances at once, by the kernel chosen at start.",
+        )
+        .with(labels([("kernel", kernel)]), count(lanes)),
+    );
     families
 }
 
@@ -1129,6 +1140,7 @@ mod tests {
             queued_requests: 5,
             config: Some(("a\"b\\sha".into(), 1_700_000_000.123_456, 1_700_000_100.5)),
             now_micros,
+            md5_kernel: ("avx512", 16),
         }
     }
 

@@ -143,11 +143,6 @@ fn node_state(config: &Config, volumes: VolumeSet) -> NodeState {
 pub fn run(cli: Cli, config: Config) -> Result<u8, StartError> {
     // Chosen once, before anything listens: a forced kernel this CPU lacks refuses to start.
     let md5_kernel = Kernel::detect().map_err(|error| StartError::config(error.to_string()))?;
-    tracing::info!(
-        kernel = md5_kernel.name(),
-        lanes = md5_kernel.lanes(),
-        "MD5 hashing in SIMD lanes"
-    );
     let volumes = open_volumes(&config)?;
     log_phase(Phase::Starting);
     // Port 0 is a fresh ephemeral port: nobody to take over from, and the control socket
@@ -168,6 +163,11 @@ pub fn run(cli: Cli, config: Config) -> Result<u8, StartError> {
         ..services_of(&config, volumes, budget, watcher_handle.clone(), helpers)
     });
     start_background(&services, &config, watcher_inbox)?;
+    tracing::info!(
+        kernel = md5_kernel.name(),
+        lanes = md5_kernel.lanes(),
+        "MD5 hashing in SIMD lanes"
+    );
     // Signals are handled from here on (a TERM during start-up then drains instead of killing).
     let signals =
         signal_events().map_err(|error| StartError::config(format!("cannot install signal handlers: {error}")))?;

@@ -197,6 +197,7 @@ pub async fn metrics(core: &Core, head: &Head) -> Result<Reply<'static>, Request
             .as_ref()
             .map(|source| (source.sha256.clone(), source.modified_secs, source.loaded_secs)),
         now_micros: crate::metrics::unix_micros(std::time::SystemTime::now()),
+        md5_kernel: (services.md5_kernel.name(), services.md5_kernel.lanes() as u64),
     };
     // keepstore serves the same registry as JSON MetricFamily messages at /metrics.json.
     let json = head.path.split('?').next() == Some("/metrics.json");

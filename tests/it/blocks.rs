@@ -860,3 +860,85 @@ fn trickling_bodies_give_way_to_an_honest_put_when_the_budget_runs_out() {
     let stored = server.get(&format!("{}+{big}", md5_hex(&data)));
     assert_eq!(stored.status, 200);
 }
+
+/// Issue 16: every MD5 kernel the CPU has (forced with `KEEPRING_MD5_KERNEL`) stores and
+/// serves blocks of ragged sizes from many clients at once, checks every byte (a corrupt
+/// copy is 502, a body that does not match its locator 400 naming its real MD5), and a kernel the CPU lacks
+/// or a name that is none refuses to start with one line.
+#[test]
+fn every_md5_kernel_stores_serves_and_checks_blocks_under_concurrency() {
+    let flags = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let has = |flag: &str| flags.split_whitespace().any(|word| word == flag);
+    let kernels = [("scalar", true), ("avx2", has("avx2")), ("avx512", has("avx512f"))];
+    for (kernel, available) in kernels {
+        if !available {
+            let output = std::process::Command::new(crate::support::server::binary_path())
+                .args(["--listen", "127.0.0.1:0", "--volume", "/nonexistent-keepring-test"])
+                .env("KEEPRING_MD5_KERNEL", kernel)
+                .output()
+                .expect("run keepring");
+            assert_eq!(output.status.code(), Some(2), "{kernel} on a CPU without it");
+            eprintln!("[{kernel}] not on this CPU: refused at start, as it should");
+            continue;
+        }
+        let server = ServerBuilder::new()
+            .arg("--workers")
+            .arg("1")
+            .env("KEEPRING_MD5_KERNEL", kernel)
+            .start();
+        assert!(server
+            .log
+            .wait_for(Duration::from_secs(5), |line| line
+                .contains("MD5 hashing in SIMD lanes")
+                && line.contains(kernel))
+            .is_some());
+        let lanes = match kernel {
+            "avx512" => 16,
+            "avx2" => 8,
+            _ => 1,
+        };
+        let metrics = server.request(Request::get("/metrics")).text();
+        let series = format!("keepring_md5_lanes{{kernel=\"{kernel}\"}} {lanes}\n");
+        assert!(metrics.contains(&series), "[{kernel}] no {series:?} in /metrics");
+        let sizes = [0, 1, 55, 56, 64, 4096, 65_537, MIB + 3, 3 * MIB - 1];
+        let blocks: Vec<Vec<u8>> = (0..24)
+            .map(|i| test_bytes(100 + i as u64, sizes[i % sizes.len()]))
+            .collect();
+        let locators: Vec<String> = std::thread::scope(|scope| {
+            let puts: Vec<_> = blocks
+                .iter()
+                .map(|data| scope.spawn(|| server.put_block(data)))
+                .collect();
+            puts.into_iter().map(|put| put.join().expect("PUT thread")).collect()
+        });
+        let server_ref = &server;
+        std::thread::scope(|scope| {
+            for (locator, data) in locators.iter().zip(&blocks) {
+                let server = server_ref;
+                scope.spawn(move || {
+                    let get = server.get(locator);
+                    assert_eq!(get.status, 200, "[{kernel}] {}", get.summary());
+                    assert!(get.body == *data, "[{kernel}] {locator} came back different");
+                });
+            }
+        });
+        let wrong = server.request(Request::put(&format!("/{}", md5_hex(b"other")), b"not that block"));
+        assert_eq!(wrong.status, 400, "[{kernel}] {}", wrong.summary());
+        assert!(
+            wrong.text().contains(&md5_hex(b"not that block")),
+            "[{kernel}] the computed hash"
+        );
+        let (data, locator) = (&blocks[4], &locators[4]);
+        std::fs::write(block_path(server.volume(0), &md5_hex(data)), corrupted(data)).expect("corrupt");
+        assert_eq!(server.get(locator).status, 502, "[{kernel}] a corrupt copy");
+    }
+    let output = std::process::Command::new(crate::support::server::binary_path())
+        .args(["--listen", "127.0.0.1:0", "--volume", "/nonexistent-keepring-test"])
+        .env("KEEPRING_MD5_KERNEL", "sse9")
+        .output()
+        .expect("run keepring");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("KEEPRING_MD5_KERNEL"), "{stderr}");
+}
