@@ -198,6 +198,8 @@ put_list() { # $1 = size, $2 = count → list file path
 }
 put_list_1m=$(put_list 1048576 $((4 * max_workers + 2)))
 put_list_64m=$(put_list 67108864 $((2 * max_workers + 2)))
+# Eight PUTs at once per worker (issue 16): its own, longer list.
+put_list_64m_x8=$(put_list 67108864 $((8 * max_workers + 2)))
 
 # ---------------------------------------------------------------------------- servers
 kport=$(free_port)
@@ -362,10 +364,13 @@ measure() {
         get_64m_cached) size=67108864 conns=$((2 * workers)) ;;
         get_1m) size=1048576 conns=$((4 * workers)) ;;
         get_64m) size=67108864 conns=$((2 * workers)) ;;
+        get_64m_x16) size=67108864 conns=$((16 * workers)) ;;
+        get_4k_x64) size=4096 conns=$((64 * workers)) ;;
         head_4k) size=4096 conns=$((16 * workers)) tool=hey method=HEAD ;;
         get_4k_beside_64m) size=4096 conns=8 threads=1 ;;
         put_1m) size=1048576 conns=$((4 * workers)) threads=1 put_list=$put_list_1m method=PUT ;;
         put_64m) size=67108864 conns=$((2 * workers)) threads=1 put_list=$put_list_64m method=PUT ;;
+        put_64m_x8) size=67108864 conns=$((8 * workers)) threads=1 put_list=$put_list_64m_x8 method=PUT ;;
     esac
     ((conns >= threads)) || threads=$conns
     local url=http://127.0.0.1:$port/${hash_of[$size]}+$size
@@ -456,13 +461,17 @@ for workers in $workers_list; do
     start_keepring_cached "$workers" "$server_cores"
     start_nginx "$workers" "$server_cores"
     check_servers
-    for case in get_4k get_1m get_64m head_4k get_4k_beside_64m get_4k_cached get_64m_cached; do
+    if [[ -z ${md5_lanes:-} ]]; then
+        md5_lanes=$(curl -s "http://127.0.0.1:$kport/metrics" | grep -m1 '^keepring_md5_lanes' || true)
+        echo "MD5 lanes: ${md5_lanes:-unknown}"
+    fi
+    for case in get_4k get_1m get_64m head_4k get_4k_beside_64m get_4k_cached get_64m_cached get_64m_x16 get_4k_x64; do
         for round in $(seq "$rounds"); do
             measure "$case" "$workers" keepring "$round"
             measure "$case" "$workers" nginx "$round"
         done
     done
-    for case in put_1m put_64m; do
+    for case in put_1m put_64m put_64m_x8; do
         for round in $(seq "$rounds"); do
             measure "$case" "$workers" keepring "$round"
         done
@@ -486,7 +495,8 @@ fi
 notes=(
     "keepring revision: $revision. Machine: $ncpu cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'); SIMD: $(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -E '^(sse4_2|avx|avx2|avx512f|avx512bw|avx512vl|avx512_vbmi2|sha_ni)$' | tr '\n' ' ' | sed 's/ $//')), $(uname -r), $(. /etc/os-release && echo "$PRETTY_NAME"); $("$nginx_bin" -v 2>&1 | sed 's/^nginx version: //'); $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2); volume on $(df -T "$work" | awk 'NR == 2 { print $2 }'); date $(date -u +%Y-%m-%dT%H:%MZ)."
     "$rounds rounds of ${duration}s per case and server, interleaved; medians shown. Servers pinned to cores 0..W-1; wrk/hey to the next core when there is one, else to all cores (W=2 on a 2-core machine: the client competes with the servers); servers and clients at nice $nice_level."
-    "Connections: GET/HEAD 4 KiB 16×W, GET/PUT 1 MiB 4×W, GET/PUT 64 MiB 2×W; beside case: 8 connections of 4 KiB GETs plus W of 64 MiB GETs. HEAD is driven by hey (wrk cannot do HEAD); everything else by wrk. keepring has no signing key (GETs unsigned, every GET MD5-verified, except in the *verified-copy cache* cases, served by a second keepring with --verified-cache-entries 100000); nginx: worker_processes W, sendfile on, access_log off."
+    "MD5: ${md5_lanes:-lane count unknown} (keepring's /metrics: the kernel its per-core hasher runs, streams per kernel call); single-stream MD5 rate ${md5_mbs} MB/s (${md5_source})."
+    "Connections: GET/HEAD 4 KiB 16×W, GET/PUT 1 MiB 4×W, GET/PUT 64 MiB 2×W; many-stream cases (issue 16): GET 64 MiB 16×W, GET 4 KiB 64×W, PUT 64 MiB 8×W; beside case: 8 connections of 4 KiB GETs plus W of 64 MiB GETs. HEAD is driven by hey (wrk cannot do HEAD); everything else by wrk. keepring has no signing key (GETs unsigned, every GET MD5-verified, except in the *verified-copy cache* cases, served by a second keepring with --verified-cache-entries 100000); nginx: worker_processes W, sendfile on, access_log off."
 )
 note_args=()
 for note in "${notes[@]}"; do note_args+=(--note "$note"); done

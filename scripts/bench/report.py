@@ -25,12 +25,15 @@ CASES = [
     ("get_64m_cached", "GET 64 MiB, verified-copy cache"),
     ("put_1m", "PUT 1 MiB"),
     ("put_64m", "PUT 64 MiB"),
+    ("get_64m_x16", "GET 64 MiB × 16 clients"),
+    ("get_4k_x64", "GET 4 KiB × 64 connections"),
+    ("put_64m_x8", "PUT 64 MiB × 8 clients"),
 ]
 LABEL = dict(CASES)
 # Verified cases and their block size, for the floor table (HEAD hashes the block too).
 FLOOR_CASES = [("get_4k", 4096), ("head_4k", 4096), ("get_1m", 1 << 20), ("get_64m", 64 << 20)]
 # Cases whose keepring rate is compared with the single-core MD5 rate (per worker).
-MD5_CASES = {"get_1m", "get_64m", "put_1m", "put_64m", "get_64m_cached"}
+MD5_CASES = {"get_1m", "get_64m", "put_1m", "put_64m", "get_64m_cached", "get_64m_x16", "put_64m_x8"}
 
 
 def number(text):
@@ -200,6 +203,7 @@ def main():
     if 1 in workers_seen and 2 in workers_seen:
         value = ratio(get("get_1m", 2, "keepring", "req_s"), get("get_1m", 1, "keepring", "req_s"))
         target("GET 1 MiB: workers 2 ≥ 1.8× workers 1", value, lambda v: v >= 1.8, fmt(value, 2, "×"))
+    many_stream_targets(get, target, args, workers_seen)
     out("")
 
     # The floor of a verified GET on this machine: what nginx spends to send the block
@@ -280,6 +284,32 @@ def main():
     with open(os.path.join(args.chart_dir, "workers.txt"), "w") as handle:
         handle.write(" ".join(str(w) for w in workers_seen) + "\n")
 
+
+
+def many_stream_targets(get, target, args, workers_seen):
+    """Issue 16's targets: many streams per worker, hashed together in SIMD lanes."""
+    if 1 in workers_seen:
+        k_mbs, n_mbs = get("get_64m_x16", 1, "keepring", "mb_s"), get("get_64m_x16", 1, "nginx", "mb_s")
+        value = ratio(k_mbs, n_mbs)
+        target("GET 64 MiB × 16 clients ≥ 1.0× nginx MB/s (workers 1)", value, lambda v: v >= 1.0,
+               f"{fmt(value, 2, '×')} ({fmt(k_mbs)} vs {fmt(n_mbs)} MB/s)")
+        value = ratio(k_mbs, args.md5_mbs)
+        target("GET 64 MiB × 16 clients ≥ 3× the single-stream MD5 rate (workers 1)", value,
+               lambda v: v >= 3.0, f"{fmt(value, 2, '×')}")
+        p_mbs = get("put_64m_x8", 1, "keepring", "mb_s")
+        floor = min(2.0 * args.md5_mbs, 0.9 * args.disk_mbs) if args.disk_mbs else 2.0 * args.md5_mbs
+        value = ratio(p_mbs, floor)
+        target("PUT 64 MiB × 8 clients ≥ 2× MD5 rate, or ≥ 0.9× the disk's write+fdatasync rate where lower (workers 1)",
+               value, lambda v: v >= 1.0,
+               f"{fmt(p_mbs)} MB/s against {fmt(floor)} MB/s (MD5 {fmt(args.md5_mbs)}, disk {fmt(args.disk_mbs)})")
+        value = ratio(get("get_4k_x64", 1, "keepring", "cpu_us_per_req"), get("get_4k_x64", 1, "nginx", "cpu_us_per_req"))
+        target("GET 4 KiB × 64 connections: server CPU/req ≤ 0.9× nginx (workers 1)", value, lambda v: v <= 0.9,
+               f"{fmt(value, 2, '×')} ({fmt(get('get_4k_x64', 1, 'keepring', 'cpu_us_per_req'), 1)} vs "
+               f"{fmt(get('get_4k_x64', 1, 'nginx', 'cpu_us_per_req'), 1)} µs)")
+    if 1 in workers_seen and 2 in workers_seen:
+        value = ratio(get("get_64m_x16", 2, "keepring", "mb_s"), get("get_64m_x16", 1, "keepring", "mb_s"))
+        target("GET 64 MiB × 16 clients: workers 2 ≥ 1.8× workers 1 (on 2 cores the client shares them)",
+               value, lambda v: v >= 1.8, fmt(value, 2, "×"))
 
 if __name__ == "__main__":
     main()
