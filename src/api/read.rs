@@ -27,8 +27,8 @@ use crate::limits::{BLOCK_BYTES_MAX, CHUNK_BYTES, RESPONSE_HEAD_BYTES_MAX};
 use crate::locator::Locator;
 use crate::md5lanes::LaneState;
 use crate::metrics::{VolumeErrorKind, VolumeOp};
-use crate::volume::io;
 use crate::volume::Volume;
+use crate::volume::{io, quarantine};
 use crate::volumes::placement;
 
 pub async fn read<'a>(
@@ -207,6 +207,7 @@ impl<'a> BlockStream<'a> {
         {
             tracing::error!(volume = %self.volume().uuid, hash = self.hash(), "stored copy fails its MD5 check");
             self.core.metrics.volume(self.volume()).error(VolumeErrorKind::Checksum);
+            self.quarantine();
             return Err((RequestError::ChecksumMismatch, buffer));
         }
         self.completed();
@@ -226,6 +227,28 @@ impl<'a> BlockStream<'a> {
             };
         }
         Ok(buffer)
+    }
+
+    /// Move this copy aside, off the core (`volume::quarantine`): it failed its MD5 check,
+    /// so `/index` must stop offering it and keep-balance will have a good copy pulled.
+    fn quarantine(&self) {
+        let volume = self.volume();
+        let (root, uuid, hash, identity) = (
+            volume.root.clone(),
+            volume.uuid.clone(),
+            self.hash().to_string(),
+            self.identity,
+        );
+        let job = move || match quarantine::quarantine_block(&root, &hash, identity, now_secs()) {
+            Ok(Some(path)) => {
+                tracing::error!(volume = %uuid, hash, path = %path.display(), "copy failed its MD5 check: quarantined")
+            }
+            Ok(None) => {}
+            Err(error) => tracing::warn!(volume = %uuid, hash, error = %error, "cannot quarantine a bad copy"),
+        };
+        if self.core.helpers.detach(job).is_err() {
+            tracing::warn!(volume = %volume.uuid, hash = self.hash(), "helper queue full: the bad copy stays until read again");
+        }
     }
 
     /// The whole copy was read and matched: remember it and count the read.

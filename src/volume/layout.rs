@@ -41,6 +41,15 @@ pub fn trash_path(root: &Path, hash: &str, deadline_secs: u64) -> PathBuf {
     block_dir(root, hash).join(format!("{hash}{TRASH_INFIX}{deadline_secs}"))
 }
 
+/// Infix of a quarantined copy's name (`volume::quarantine`).
+pub const CORRUPT_INFIX: &str = ".corrupt.";
+
+/// Where a copy of `hash` that failed its MD5 check is kept, renamed at `unix_secs`:
+/// beside the block, out of every listing (not a hash, not trash, not a temp file).
+pub fn corrupt_path(root: &Path, hash: &str, unix_secs: u64) -> PathBuf {
+    block_dir(root, hash).join(format!("{hash}{CORRUPT_INFIX}{unix_secs}"))
+}
+
 /// `^[0-9a-f]{32}\.trash\.\d+$` → (hash, deadline secs); anything else → None.
 pub fn parse_trash_name(name: &str) -> Option<(&str, u64)> {
     let (hash, deadline) = name.split_once(TRASH_INFIX)?;

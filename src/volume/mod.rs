@@ -12,6 +12,7 @@ mod contract;
 pub mod index;
 pub mod io;
 pub mod layout;
+pub mod quarantine;
 pub mod temp;
 pub mod trash;
 

@@ -581,8 +581,17 @@ fn corrupt_small_block_is_not_served_as_good() {
     let get = server.get(&locator);
     assert_eq!(get.status, 502, "{}", get.summary());
     assert_eq!(get.text(), "checksum mismatch in stored data\n");
+    // The bad copy is then quarantined (issue 14): the block is no longer here, and a
+    // HEAD says so (404) or, if it came first, checks the copy and refuses it too (502).
     let head = server.request(Request::head(&format!("/{locator}")).token(USER_TOKEN));
-    assert_eq!(head.status, 502, "{}", head.summary());
+    assert!(matches!(head.status, 502 | 404), "{}", head.summary());
+    let quarantined = eventually(Duration::from_secs(10), || {
+        block_dir_entries(server.volume(0), &hash)
+            .iter()
+            .any(|name| name.starts_with(&format!("{hash}.corrupt.")))
+    });
+    assert!(quarantined, "{:?}", block_dir_entries(server.volume(0), &hash));
+    assert_eq!(server.get(&locator).status, 404, "no copy left here");
 }
 
 #[test]
@@ -941,4 +950,62 @@ fn every_md5_kernel_stores_serves_and_checks_blocks_under_concurrency() {
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("KEEPRING_MD5_KERNEL"), "{stderr}");
+}
+
+/// Issue 14 (its first part): a GET that meets a copy failing its MD5 check serves the good
+/// copy on the other volume and renames the bad one to `<hash>.corrupt.<secs>`, same bytes,
+/// so `/index` no longer lists it; the good copy stays, and the GET after is served too.
+#[test]
+fn a_copy_failing_its_md5_on_a_get_is_quarantined_and_leaves_the_index() {
+    let server = ServerBuilder::new().volumes(2).start();
+    let data = test_bytes(21, 3000);
+    let hash = md5_hex(&data);
+    // The corrupt copy goes where the server looks first: placement's order, lowest
+    // md5(hash + the volume UUID without its first 12 characters).
+    let weight = |index: usize| {
+        let uuid = std::fs::read_to_string(server.volume(index).join("keepring-volume-uuid")).expect("volume uuid");
+        let uuid = uuid.trim();
+        Md5::digest(format!("{hash}{}", &uuid[12..]).as_bytes())
+    };
+    let (first, second) = if weight(0) < weight(1) { (0, 1) } else { (1, 0) };
+    write_block_file(server.volume(first), &hash, &corrupted(&data));
+    write_block_file(server.volume(second), &hash, &data);
+    let get = server.get(&signed_locator_for(&data));
+    assert_eq!(get.status, 200, "{}", get.summary());
+    assert_eq!(get.body, data, "wrong bytes served");
+    let block_dir = server.volume(first).join(&hash[..3]);
+    let aside = || -> Vec<String> {
+        block_dir_entries(server.volume(first), &hash)
+            .into_iter()
+            .filter(|name| name.starts_with(&format!("{hash}.corrupt.")))
+            .collect()
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || !aside().is_empty()),
+        "not quarantined: {:?}",
+        block_dir_entries(server.volume(first), &hash)
+    );
+    assert_eq!(aside().len(), 1);
+    assert_eq!(
+        std::fs::read(block_dir.join(&aside()[0])).expect("kept"),
+        corrupted(&data),
+        "kept with its bytes"
+    );
+    assert_eq!(
+        server.volumes_holding(&hash),
+        [second],
+        "the good copy stays, the bad one left its name"
+    );
+    let index_text = server.request(Request::get("/index").token(ROOT_TOKEN)).text();
+    assert_eq!(
+        index_text.lines().filter(|line| line.starts_with(&hash)).count(),
+        1,
+        "only the good copy is listed:\n{index_text}"
+    );
+    assert!(server
+        .log
+        .wait_for(Duration::from_secs(5), |line| line.contains("quarantined")
+            && line.contains(&hash))
+        .is_some());
+    assert_eq!(server.get(&signed_locator_for(&data)).body, data);
 }

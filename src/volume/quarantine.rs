@@ -1,0 +1,152 @@
+//! A stored copy that fails its MD5 check is renamed aside, never deleted (issue 14): to
+//! `<hash>.corrupt.<unix seconds>` in its directory, so `/index`, keep-balance and GETs no
+//! longer see it (keep-balance then counts one replica fewer and has it pulled again from
+//! a good copy), and an operator can still inspect it.
+//!
+//! Only the exact file that was read and found bad is moved: a PUT may have renamed a new
+//! copy onto the block's name since. The file at the name must be the one read (device,
+//! inode, size, mtime); the rename never replaces anything; and if the file moved turns
+//! out not to be the one read (a PUT won the race between the check and the rename), it
+//! is put back under the block's name.
+
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use crate::digest::FileIdentity;
+use crate::volume::io::is_missing;
+use crate::volume::layout;
+
+/// Names tried when a copy of the same block was already quarantined in the same second.
+const CORRUPT_NAME_ATTEMPTS_MAX: u64 = 8;
+
+/// Move the copy of `hash` on the volume at `root` aside if it is still the file `seen`
+/// identified; returns where it went, or `None` when the file changed or went meanwhile.
+pub fn quarantine_block(root: &Path, hash: &str, seen: FileIdentity, now_secs: u64) -> io::Result<Option<PathBuf>> {
+    let path = layout::block_path(root, hash);
+    match std::fs::symlink_metadata(&path) {
+        Ok(metadata) if is_file_seen(&metadata, seen) => {}
+        Ok(_) => return Ok(None),
+        Err(error) if is_missing(&error) => return Ok(None),
+        Err(error) => return Err(error),
+    }
+    let mut moved_to = None;
+    for attempt in 0..CORRUPT_NAME_ATTEMPTS_MAX {
+        let target = layout::corrupt_path(root, hash, now_secs + attempt);
+        match rename_without_replacing(&path, &target) {
+            Ok(()) => {
+                moved_to = Some(target);
+                break;
+            }
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(error) if is_missing(&error) => return Ok(None),
+            Err(error) => return Err(error),
+        }
+    }
+    let Some(target) = moved_to else {
+        return Err(io::Error::other("no free quarantine name"));
+    };
+    if !std::fs::symlink_metadata(&target).is_ok_and(|metadata| is_file_seen(&metadata, seen)) {
+        // A PUT's new copy took the name between the check and the rename: it is not known
+        // to be bad, so it goes back (unless an even newer one holds the name by now).
+        let _ = rename_without_replacing(&target, &path);
+        return Ok(None);
+    }
+    Ok(Some(target))
+}
+
+/// The same file as `seen` (a rename changes only its ctime).
+fn is_file_seen(metadata: &std::fs::Metadata, seen: FileIdentity) -> bool {
+    let mtime_ns = metadata.mtime() as i128 * 1_000_000_000 + metadata.mtime_nsec() as i128;
+    metadata.dev() == seen.device
+        && metadata.ino() == seen.inode
+        && metadata.size() == seen.size
+        && mtime_ns == seen.mtime_ns
+}
+
+/// rename(2) that fails with `AlreadyExists` instead of replacing the target.
+fn rename_without_replacing(from: &Path, to: &Path) -> io::Result<()> {
+    let c_path = |path: &Path| {
+        std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+    };
+    let (from, to) = (c_path(from)?, c_path(to)?);
+    // SAFETY: both paths are NUL-terminated and live across the call.
+    let result = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    match result {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    const HASH: &str = "6f09f2b353b6d63069f770b90e2b112c";
+
+    fn identity_of(path: &Path) -> FileIdentity {
+        let metadata = std::fs::metadata(path).expect("stat");
+        FileIdentity {
+            device: metadata.dev(),
+            inode: metadata.ino(),
+            size: metadata.size(),
+            mtime_ns: metadata.mtime() as i128 * 1_000_000_000 + metadata.mtime_nsec() as i128,
+            ctime_ns: 0,
+        }
+    }
+
+    fn stored(root: &Path, bytes: &[u8]) -> PathBuf {
+        std::fs::create_dir_all(layout::block_dir(root, HASH)).expect("dir");
+        let path = layout::block_path(root, HASH);
+        std::fs::write(&path, bytes).expect("write");
+        path
+    }
+
+    #[test]
+    fn the_copy_read_is_renamed_aside_and_a_second_one_the_same_second_too() {
+        let dir = tempfile::tempdir().expect("dir");
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs();
+        let path = stored(dir.path(), b"rotten");
+        let moved = quarantine_block(dir.path(), HASH, identity_of(&path), now).expect("quarantine");
+        assert_eq!(moved, Some(layout::corrupt_path(dir.path(), HASH, now)));
+        assert!(!path.exists());
+        assert_eq!(
+            std::fs::read(layout::corrupt_path(dir.path(), HASH, now)).expect("kept"),
+            b"rotten"
+        );
+        let again = stored(dir.path(), b"rotten again");
+        let moved = quarantine_block(dir.path(), HASH, identity_of(&again), now).expect("quarantine");
+        assert_eq!(
+            moved,
+            Some(layout::corrupt_path(dir.path(), HASH, now + 1)),
+            "never replaces one"
+        );
+    }
+
+    #[test]
+    fn a_copy_rewritten_since_it_was_read_stays() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = stored(dir.path(), b"rotten");
+        let seen = identity_of(&path);
+        // A PUT renames a fresh copy over the name (a new inode).
+        let fresh = dir.path().join("fresh");
+        std::fs::write(&fresh, b"good bytes").expect("write");
+        std::fs::rename(&fresh, &path).expect("rename");
+        assert_eq!(quarantine_block(dir.path(), HASH, seen, 1).expect("quarantine"), None);
+        assert_eq!(std::fs::read(&path).expect("still there"), b"good bytes");
+        assert_eq!(
+            quarantine_block(dir.path(), "0123456789abcdef0123456789abcdef", seen, 1).expect("absent"),
+            None
+        );
+    }
+}
