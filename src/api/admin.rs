@@ -69,6 +69,24 @@ pub fn health(core: &Core, head: &Head) -> Result<Reply<'static>, RequestError> 
     }))
 }
 
+/// `GET /mounts/<uuid>/quarantine` (root token): the copies on that volume set aside after
+/// failing their MD5 check, one line each: `<hash>+<size> <unix seconds set aside>`.
+pub async fn quarantine(core: &Core, head: &Head, uuid: &str) -> Result<Reply<'static>, RequestError> {
+    let state = core.state();
+    auth::require_root(&state, head)?;
+    let root = state.volumes.by_uuid(uuid).ok_or(RequestError::NotFound)?.root.clone();
+    let listed = core
+        .helpers
+        .run(move || crate::volume::quarantine::list(&root))
+        .await?
+        .map_err(|error| RequestError::Internal(format!("cannot list quarantined copies: {error}")))?;
+    let mut body = Vec::new();
+    for copy in listed {
+        let _ = writeln!(body, "{}+{} {}", copy.hash, copy.size, copy.unix_secs);
+    }
+    Ok(Reply::text(200, TEXT_PLAIN, body))
+}
+
 /// One piece of index text, with the walk to continue from (`None`: it is over).
 struct IndexPiece {
     text: Vec<u8>,

@@ -50,6 +50,10 @@ pub enum Route<'a> {
         uuid: &'a str,
         prefix: &'a str,
     },
+    /// `GET /mounts/<uuid>/quarantine`: the copies set aside after failing their MD5.
+    MountQuarantine {
+        uuid: &'a str,
+    },
     PullList,
     TrashList,
     Options,
@@ -112,6 +116,12 @@ fn get_route(path: &str) -> Route<'_> {
         };
     }
     if let Some(rest) = path.strip_prefix("/mounts/") {
+        if let Some(uuid) = rest
+            .strip_suffix("/quarantine")
+            .filter(|uuid| !uuid.is_empty() && !uuid.contains('/'))
+        {
+            return Route::MountQuarantine { uuid };
+        }
         if let Some((uuid, tail)) = rest.split_once("/blocks") {
             let prefix = match tail {
                 "" | "/" => Some(""),
@@ -146,6 +156,7 @@ pub async fn handle<'a>(core: &'a Core, session: &mut Session, head: &'a Head) -
         Route::TrashList => ops::trash_list(core, session, head).await,
         Route::Index { prefix } => admin::index(core, head, None, prefix).await,
         Route::MountBlocks { uuid, prefix } => admin::index(core, head, Some(uuid), prefix).await,
+        Route::MountQuarantine { uuid } => admin::quarantine(core, head, uuid).await,
         Route::Mounts => admin::mounts(core, head),
         Route::Options => Ok(Reply::empty(200)),
         Route::Metrics => ops::metrics(core, head).await,
@@ -209,6 +220,12 @@ mod tests {
             route("GET", &format!("/mounts/{uuid}/blocks/ab")),
             Route::MountBlocks { uuid, prefix: "ab" }
         );
+        assert_eq!(
+            route("GET", &format!("/mounts/{uuid}/quarantine")),
+            Route::MountQuarantine { uuid }
+        );
+        assert_eq!(route("GET", "/mounts//quarantine"), Route::Miss);
+        assert_eq!(route("PUT", &format!("/mounts/{uuid}/quarantine")), Route::Miss);
         assert_eq!(route("GET", "/status.json"), Route::Miss);
         assert_eq!(route("OPTIONS", "/anything"), Route::Options);
     }

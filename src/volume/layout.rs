@@ -50,6 +50,15 @@ pub fn corrupt_path(root: &Path, hash: &str, unix_secs: u64) -> PathBuf {
     block_dir(root, hash).join(format!("{hash}{CORRUPT_INFIX}{unix_secs}"))
 }
 
+/// `^[0-9a-f]{32}\.corrupt\.\d+$` → (hash, unix secs); anything else → None.
+pub fn parse_corrupt_name(name: &str) -> Option<(&str, u64)> {
+    let (hash, secs) = name.split_once(CORRUPT_INFIX)?;
+    if !crate::locator::is_hash(hash) || secs.is_empty() || !secs.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((hash, secs.parse().ok()?))
+}
+
 /// `^[0-9a-f]{32}\.trash\.\d+$` → (hash, deadline secs); anything else → None.
 pub fn parse_trash_name(name: &str) -> Option<(&str, u64)> {
     let (hash, deadline) = name.split_once(TRASH_INFIX)?;

@@ -56,6 +56,43 @@ pub fn quarantine_block(root: &Path, hash: &str, seen: FileIdentity, now_secs: u
     Ok(Some(target))
 }
 
+/// One quarantined copy: its block, when it was set aside, its size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quarantined {
+    pub hash: String,
+    pub unix_secs: u64,
+    pub size: u64,
+}
+
+/// Every quarantined copy on the volume at `root`, by hash then time (blocking: a walk of
+/// the block directories, for a helper thread).
+pub fn list(root: &Path) -> io::Result<Vec<Quarantined>> {
+    let mut found = Vec::new();
+    for dir in std::fs::read_dir(root)? {
+        let dir = dir?;
+        let is_block_dir = dir.file_name().to_str().is_some_and(layout::is_index_dir_name);
+        if !is_block_dir || !dir.file_type()?.is_dir() {
+            continue;
+        }
+        for entry in std::fs::read_dir(dir.path())? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some((hash, secs)) = name.to_str().and_then(layout::parse_corrupt_name) else {
+                continue;
+            };
+            if let Ok(metadata) = entry.metadata() {
+                found.push(Quarantined {
+                    hash: hash.to_string(),
+                    unix_secs: secs,
+                    size: metadata.len(),
+                });
+            }
+        }
+    }
+    found.sort_by(|left, right| (&left.hash, left.unix_secs).cmp(&(&right.hash, right.unix_secs)));
+    Ok(found)
+}
+
 /// The same file as `seen` (a rename changes only its ctime).
 fn is_file_seen(metadata: &std::fs::Metadata, seen: FileIdentity) -> bool {
     let mtime_ns = metadata.mtime() as i128 * 1_000_000_000 + metadata.mtime_nsec() as i128;
@@ -131,6 +168,11 @@ mod tests {
             Some(layout::corrupt_path(dir.path(), HASH, now + 1)),
             "never replaces one"
         );
+        std::fs::write(dir.path().join(&HASH[..3]).join(format!("{HASH}.trash.5")), b"x").expect("trash");
+        let listed = list(dir.path()).expect("list");
+        let found: Vec<(u64, u64)> = listed.iter().map(|copy| (copy.unix_secs, copy.size)).collect();
+        assert_eq!(found, [(now, 6), (now + 1, 12)], "{listed:?}");
+        assert!(listed.iter().all(|copy| copy.hash == HASH));
     }
 
     #[test]

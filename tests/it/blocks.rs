@@ -1008,4 +1008,20 @@ fn a_copy_failing_its_md5_on_a_get_is_quarantined_and_leaves_the_index() {
             && line.contains(&hash))
         .is_some());
     assert_eq!(server.get(&signed_locator_for(&data)).body, data);
+    // Listed for the operator on its volume (root token only), not on the other.
+    let uuid_of = |index: usize| {
+        std::fs::read_to_string(server.volume(index).join("keepring-volume-uuid"))
+            .expect("volume uuid")
+            .trim()
+            .to_string()
+    };
+    let listing = |index: usize, token: &str| {
+        server.request(Request::get(&format!("/mounts/{}/quarantine", uuid_of(index))).token(token))
+    };
+    let secs = aside()[0].rsplit('.').next().expect("secs").to_string();
+    let listed = listing(first, ROOT_TOKEN);
+    assert_eq!(listed.status, 200, "{}", listed.summary());
+    assert_eq!(listed.text(), format!("{hash}+{} {secs}\n", data.len()));
+    assert_eq!(listing(second, ROOT_TOKEN).text(), "");
+    assert_ne!(listing(first, USER_TOKEN).status, 200, "root only");
 }
