@@ -681,6 +681,6 @@ pub fn touch(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
-fn c_path(path: &Path) -> io::Result<std::ffi::CString> {
+pub(crate) fn c_path(path: &Path) -> io::Result<std::ffi::CString> {
     std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
 }

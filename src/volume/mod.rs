@@ -84,6 +84,20 @@ impl Default for VolumeOptions {
 }
 
 /// A file's mtime in nanoseconds since the epoch, as `/index` and trash lists carry it.
+/// The volume's block directories (all-hex names, as keepstore descends into), for the
+/// walks that look at every file: the sweeps and the quarantine listing.
+pub(crate) fn block_dirs(root: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+    let mut dirs = Vec::new();
+    for dir in std::fs::read_dir(root)? {
+        let dir = dir?;
+        let is_block_dir = dir.file_name().to_str().is_some_and(layout::is_index_dir_name);
+        if is_block_dir && dir.file_type()?.is_dir() {
+            dirs.push(dir.path());
+        }
+    }
+    Ok(dirs)
+}
+
 pub fn mtime_nanos(metadata: &std::fs::Metadata) -> i128 {
     use std::os::unix::fs::MetadataExt;
     metadata.mtime() as i128 * 1_000_000_000 + metadata.mtime_nsec() as i128

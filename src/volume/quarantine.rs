@@ -10,13 +10,12 @@
 //! is put back under the block's name.
 
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::digest::FileIdentity;
-use crate::volume::io::is_missing;
-use crate::volume::layout;
+use crate::volume::io::{c_path, is_missing};
+use crate::volume::{block_dirs, layout, mtime_nanos};
 
 /// Names tried when a copy of the same block was already quarantined in the same second.
 const CORRUPT_NAME_ATTEMPTS_MAX: u64 = 8;
@@ -68,13 +67,8 @@ pub struct Quarantined {
 /// the block directories, for a helper thread).
 pub fn list(root: &Path) -> io::Result<Vec<Quarantined>> {
     let mut found = Vec::new();
-    for dir in std::fs::read_dir(root)? {
-        let dir = dir?;
-        let is_block_dir = dir.file_name().to_str().is_some_and(layout::is_index_dir_name);
-        if !is_block_dir || !dir.file_type()?.is_dir() {
-            continue;
-        }
-        for entry in std::fs::read_dir(dir.path())? {
+    for dir in block_dirs(root)? {
+        for entry in std::fs::read_dir(dir)? {
             let entry = entry?;
             let name = entry.file_name();
             let Some((hash, secs)) = name.to_str().and_then(layout::parse_corrupt_name) else {
@@ -95,18 +89,14 @@ pub fn list(root: &Path) -> io::Result<Vec<Quarantined>> {
 
 /// The same file as `seen` (a rename changes only its ctime).
 fn is_file_seen(metadata: &std::fs::Metadata, seen: FileIdentity) -> bool {
-    let mtime_ns = metadata.mtime() as i128 * 1_000_000_000 + metadata.mtime_nsec() as i128;
     metadata.dev() == seen.device
         && metadata.ino() == seen.inode
         && metadata.size() == seen.size
-        && mtime_ns == seen.mtime_ns
+        && mtime_nanos(metadata) == seen.mtime_ns
 }
 
 /// rename(2) that fails with `AlreadyExists` instead of replacing the target.
 fn rename_without_replacing(from: &Path, to: &Path) -> io::Result<()> {
-    let c_path = |path: &Path| {
-        std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
-    };
     let (from, to) = (c_path(from)?, c_path(to)?);
     // SAFETY: both paths are NUL-terminated and live across the call.
     let result = unsafe {
@@ -137,7 +127,7 @@ mod tests {
             device: metadata.dev(),
             inode: metadata.ino(),
             size: metadata.size(),
-            mtime_ns: metadata.mtime() as i128 * 1_000_000_000 + metadata.mtime_nsec() as i128,
+            mtime_ns: mtime_nanos(&metadata),
             ctime_ns: 0,
         }
     }

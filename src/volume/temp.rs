@@ -93,8 +93,9 @@ pub fn remove_if_abandoned(path: &Path) -> io::Result<Sweep> {
     // `file` closes here, releasing the lock on an inode that no longer has a name.
 }
 
-/// Does a live writer hold the temp file at `path`? (Tests and diagnostics; the sweep
-/// uses `remove_if_abandoned`, which decides and removes under one lock.)
+/// Does a live writer hold the temp file at `path`? (Tests only: the sweep uses
+/// `remove_if_abandoned`, which decides and removes under one lock.)
+#[cfg(test)]
 pub fn is_held_by_a_writer(path: &Path) -> io::Result<bool> {
     let file = std::fs::File::open(path)?;
     let mut lock = whole_file_write_lock();

@@ -144,14 +144,7 @@ pub struct Swept {
 /// or a day untouched where the filesystem has no locks). `workers` threads share the directories
 /// (keepstore's `BlobDeleteConcurrency`).
 pub fn sweep_volume(root: &Path, now_secs: u64, trash: bool, temp: bool, workers: usize) -> io::Result<Swept> {
-    let mut dirs = Vec::new();
-    for dir in std::fs::read_dir(root)? {
-        let dir = dir?;
-        let is_block_dir = dir.file_name().to_str().is_some_and(layout::is_index_dir_name);
-        if is_block_dir && dir.file_type()?.is_dir() {
-            dirs.push(dir.path());
-        }
-    }
+    let dirs = crate::volume::block_dirs(root)?;
     let next = AtomicUsize::new(0);
     let sweep_some = || -> io::Result<Swept> {
         let mut swept = Swept::default();
