@@ -10,8 +10,8 @@ use clap::{Parser, ValueEnum};
 use crate::cluster_config::this_host::{self, Chosen, SystemProbe};
 use crate::cluster_config::{self, ClusterFile, ClusterSettings};
 use crate::limits::{
-    BLOB_SIGNING_TTL_SECS_DEFAULT, DRAIN_TIMEOUT_SECS_DEFAULT, MAX_BUFFERS_DEFAULT, TRASH_CHECK_INTERVAL_SECS_DEFAULT,
-    TRASH_LIFETIME_SECS_DEFAULT,
+    BLOB_SIGNING_TTL_SECS_DEFAULT, DRAIN_TIMEOUT_SECS_DEFAULT, MAX_BUFFERS_DEFAULT, SCRUB_INTERVAL_SECS_DEFAULT,
+    SCRUB_RATE_MB_DEFAULT, TRASH_CHECK_INTERVAL_SECS_DEFAULT, TRASH_LIFETIME_SECS_DEFAULT,
 };
 use crate::volume::VolumeOptions;
 use crate::volumes::discovery::VolumeSources;
@@ -124,6 +124,15 @@ pub struct Cli {
     /// as keepstore does. See README "Verified-copy cache" for the trade-off.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=10_000_000))]
     pub verified_cache_entries: u64,
+    /// Seconds between full scrub passes over every volume: each stored copy is read at
+    /// `--scrub-rate-mb` and its MD5 checked; a bad copy is quarantined. 0 turns the
+    /// scrubber off. See README "Scrubber".
+    #[arg(long, default_value_t = SCRUB_INTERVAL_SECS_DEFAULT)]
+    pub scrub_interval_secs: u64,
+    /// Scrub reads per volume, in MB/s (10^6 bytes); 0: as fast as the disk and the
+    /// core allow.
+    #[arg(long, default_value_t = SCRUB_RATE_MB_DEFAULT)]
+    pub scrub_rate_mb: u64,
 }
 
 /// Where the process looks for a cluster config and its own service URL: the
@@ -199,6 +208,9 @@ pub struct Config {
     /// `--max-connections`; None: the default from the open-files limit at start.
     pub max_connections: Option<u64>,
     pub verified_cache_entries: usize,
+    /// `--scrub-interval-secs` (0: off) and `--scrub-rate-mb` (0: unbounded).
+    pub scrub_interval_secs: u64,
+    pub scrub_rate_mb: u64,
     /// Things worth a warning once logging is up (the config is read before).
     pub warnings: Vec<String>,
 }
@@ -402,6 +414,8 @@ impl Config {
             max_queued_requests: cli.max_queued_requests.unwrap_or(cluster.max_queued_requests),
             max_connections: cli.max_connections,
             verified_cache_entries: cli.verified_cache_entries as usize,
+            scrub_interval_secs: cli.scrub_interval_secs,
+            scrub_rate_mb: cli.scrub_rate_mb,
             warnings,
         })
     }

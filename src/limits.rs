@@ -264,3 +264,21 @@ pub const BODY_RATE_BYTES_PER_SEC_MIN: u64 = 256 * 1024;
 /// leases stays: the slowest always yields).
 pub const SLOW_BODY_CHECK_MS: u64 = 100;
 pub const SLOW_BODY_AGE_MIN_MS: u64 = 2_000;
+
+/// A full scrub pass of every volume this often by default (`--scrub-interval-secs`):
+/// monthly, as Ceph's deep scrub is weekly on far larger pools and a disk's own patrol
+/// read is monthly to weekly. At the default rate a 16 TB drive takes about 3.7 days.
+pub const SCRUB_INTERVAL_SECS_DEFAULT: u64 = 30 * 24 * 3600;
+/// Scrub reads per volume, MB/s by default (`--scrub-rate-mb`): about a third of what
+/// one spinning disk streams, a few percent of an NVMe drive's, and a tenth of a core's
+/// single-stream MD5.
+pub const SCRUB_RATE_MB_DEFAULT: u64 = 50;
+/// The first pass after start waits this long (or one interval, if shorter), so a
+/// restart's own work (handover, temp sweep) is over before the volumes are read.
+pub const SCRUB_START_DELAY_SECS: u64 = 60;
+/// Where a pass stands is saved at most this often, and when it ends: a restart re-reads
+/// at most this many seconds of scrubbing.
+pub const SCRUB_STATE_SAVE_SECS: u64 = 5;
+/// How often each worker looks for volumes to start or stop scrubbing (hot-added and
+/// removed drives), and how often a scrub waiting for its next pass checks its volume.
+pub const SCRUB_RECHECK_MS: u64 = 1_000;

@@ -105,7 +105,25 @@ pub struct VolumeCounters {
     errors: [AtomicU64; VOLUME_ERRORS.len()],
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
+    scrub: [AtomicU64; SCRUB_COUNTS],
+    /// How long the last full scrub pass took, in seconds (a gauge: the last one stored).
+    scrub_pass_secs: AtomicU64,
 }
+
+/// The scrubber's counters per volume, and copies quarantined by anyone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScrubCount {
+    /// Bytes the scrubber read and hashed.
+    Bytes,
+    /// Stored copies it checked.
+    Blocks,
+    /// Copies it found failing their MD5.
+    Corrupt,
+    /// Copies set aside (`volume::quarantine`), by the scrubber or a GET.
+    Quarantined,
+}
+
+const SCRUB_COUNTS: usize = 4;
 
 impl VolumeCounters {
     fn new(volume: &Volume) -> Self {
@@ -116,7 +134,18 @@ impl VolumeCounters {
             errors: zeroes(),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
+            scrub: zeroes(),
+            scrub_pass_secs: AtomicU64::new(0),
         }
+    }
+
+    pub fn scrub(&self, count: ScrubCount, amount: u64) {
+        add(&self.scrub[count as usize], amount);
+    }
+
+    /// A full scrub pass of the volume ended; it took `secs`.
+    pub fn scrub_pass(&self, secs: u64) {
+        self.scrub_pass_secs.store(secs, Ordering::Relaxed);
     }
 
     pub fn operation(&self, op: VolumeOp) {
@@ -696,6 +725,8 @@ struct VolumeTotals {
     errors: [u64; VOLUME_ERRORS.len()],
     bytes_in: u64,
     bytes_out: u64,
+    scrub: [u64; SCRUB_COUNTS],
+    scrub_pass_secs: u64,
 }
 
 /// Every current volume (zero until counted) and every volume a thread has counted.
@@ -717,6 +748,12 @@ fn volume_totals(threads: &[Arc<Counters>], gauges: &Gauges) -> BTreeMap<(String
             }
             entry.bytes_in += get(&volume.bytes_in);
             entry.bytes_out += get(&volume.bytes_out);
+            for (index, counter) in volume.scrub.iter().enumerate() {
+                entry.scrub[index] += get(counter);
+            }
+            // One thread scrubs a volume at a time; a volume moved between threads keeps
+            // the latest pass any of them finished (passes only get stored, never reset).
+            entry.scrub_pass_secs = entry.scrub_pass_secs.max(get(&volume.scrub_pass_secs));
         }
     }
     totals
@@ -747,7 +784,67 @@ fn volume_families(threads: &[Arc<Counters>], gauges: &Gauges) -> Vec<Family> {
             |total, index| [total.bytes_in, total.bytes_out][index],
         ),
         volume_free(gauges),
+        scrub_family(
+            &totals,
+            ScrubCount::Bytes,
+            "keepring_scrub_bytes_total",
+            "Bytes the scrubber read and hashed on each volume.",
+        ),
+        scrub_family(
+            &totals,
+            ScrubCount::Blocks,
+            "keepring_scrub_blocks_total",
+            "Stored copies the scrubber checked on each volume.",
+        ),
+        scrub_family(
+            &totals,
+            ScrubCount::Corrupt,
+            "keepring_scrub_corrupt_blocks_total",
+            "Copies the scrubber found failing their MD5 on each volume.",
+        ),
+        scrub_family(
+            &totals,
+            ScrubCount::Quarantined,
+            "keepring_quarantined_blocks_total",
+            "Copies set aside as <hash>.corrupt.<time> on each volume (by the scrubber or a GET).",
+        ),
+        scrub_pass_seconds(&totals),
     ]
+}
+
+/// One scrub counter per volume.
+fn scrub_family(
+    totals: &BTreeMap<(String, String), VolumeTotals>,
+    which: ScrubCount,
+    name: &'static str,
+    help: &'static str,
+) -> Family {
+    let mut family = Family::new(name, Kind::Counter, help);
+    for ((device_id, uuid), total) in totals {
+        family.push(
+            labels([("device_id", device_id), ("uuid", uuid)]),
+            count(total.scrub[which as usize]),
+        );
+    }
+    family
+}
+
+/// How long each volume's last full scrub pass took (volumes with none yet are left out).
+fn scrub_pass_seconds(totals: &BTreeMap<(String, String), VolumeTotals>) -> Family {
+    let mut family = Family::new(
+        "keepring_scrub_pass_seconds",
+        Kind::Gauge,
+        "Duration of the last full scrub pass of each volume.",
+    );
+    for ((device_id, uuid), total) in totals {
+        if total.scrub_pass_secs > 0 {
+            family.push(
+                labels([("device_id", device_id), ("uuid", uuid)]),
+                count(total.scrub_pass_secs),
+            );
+        }
+    }
+    family
 }
 
 /// A counter with one series per volume and label value: `(label_key, label_values)`.

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1};
 
-use crate::api::context::Services;
+use crate::api::context::{ScrubSettings, Services};
 use crate::api::limiter::RequestLimiter;
 use crate::blocking;
 use crate::bufpool::BufferBudget;
@@ -266,6 +266,11 @@ fn services_of(
         watcher: Some(watcher),
         limiter: RequestLimiter::new(config.max_concurrent_requests, config.max_queued_requests),
         verified_cache_entries: config.verified_cache_entries,
+        scrub: ScrubSettings {
+            interval_secs: config.scrub_interval_secs,
+            rate_bytes_per_sec: config.scrub_rate_mb.saturating_mul(1_000_000),
+            workers: config.workers,
+        },
         ..Services::new(node, budget, helpers)
     }
 }

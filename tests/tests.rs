@@ -49,6 +49,11 @@ mod volumes;
 #[path = "it/ops.rs"]
 mod ops;
 
+// The background scrubber: rotted copies found, quarantined, repaired by PUT and pull;
+// a pass resumed after a restart.
+#[path = "it/scrub.rs"]
+mod scrub;
+
 // Deployment from one shared cluster config.yml: each node's URL and volumes, settings
 // that fail closed, the trash emptier's schedule.
 #[path = "it/deploy.rs"]

@@ -46,6 +46,27 @@ pub struct Services {
     pub md5_kernel: Kernel,
     /// The helper threads: every blocking call a handler needs runs there.
     pub helpers: blocking::Pool,
+    /// What the background scrubber (`crate::scrub`) runs by.
+    pub scrub: ScrubSettings,
+}
+
+/// `--scrub-interval-secs`, `--scrub-rate-mb` and how many workers share the volumes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScrubSettings {
+    /// 0: the scrubber does not run.
+    pub interval_secs: u64,
+    /// Per volume; 0: no bound.
+    pub rate_bytes_per_sec: u64,
+    /// Each volume is scrubbed by one worker of this many (by its UUID).
+    pub workers: usize,
+}
+
+impl ScrubSettings {
+    pub const OFF: ScrubSettings = ScrubSettings {
+        interval_secs: 0,
+        rate_bytes_per_sec: 0,
+        workers: 1,
+    };
 }
 
 impl Services {
@@ -64,6 +85,7 @@ impl Services {
             slow_bodies: SlowBodies::default(),
             md5_kernel: Kernel::best(),
             helpers,
+            scrub: ScrubSettings::OFF,
         }
     }
 }

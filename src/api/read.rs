@@ -26,7 +26,7 @@ use crate::http::response::BodyFraming;
 use crate::limits::{BLOCK_BYTES_MAX, CHUNK_BYTES, RESPONSE_HEAD_BYTES_MAX};
 use crate::locator::Locator;
 use crate::md5lanes::LaneState;
-use crate::metrics::{VolumeErrorKind, VolumeOp};
+use crate::metrics::{ScrubCount, VolumeErrorKind, VolumeOp};
 use crate::volume::Volume;
 use crate::volume::{io, quarantine};
 use crate::volumes::placement;
@@ -232,22 +232,16 @@ impl<'a> BlockStream<'a> {
     /// Move this copy aside, off the core (`volume::quarantine`): it failed its MD5 check,
     /// so `/index` must stop offering it and keep-balance will have a good copy pulled.
     fn quarantine(&self) {
-        let volume = self.volume();
-        let (root, uuid, hash, identity) = (
-            volume.root.clone(),
-            volume.uuid.clone(),
-            self.hash().to_string(),
-            self.identity,
-        );
-        let job = move || match quarantine::quarantine_block(&root, &hash, identity, now_secs()) {
-            Ok(Some(path)) => {
-                tracing::error!(volume = %uuid, hash, path = %path.display(), "copy failed its MD5 check: quarantined")
+        let volume = self.volume().clone();
+        let counters = self.core.metrics.volume(&volume);
+        let (hash, identity) = (self.hash().to_string(), self.identity);
+        let job = move || {
+            if quarantine::set_aside(&volume, &hash, identity, now_secs()) {
+                counters.scrub(ScrubCount::Quarantined, 1);
             }
-            Ok(None) => {}
-            Err(error) => tracing::warn!(volume = %uuid, hash, error = %error, "cannot quarantine a bad copy"),
         };
         if self.core.helpers.detach(job).is_err() {
-            tracing::warn!(volume = %volume.uuid, hash = self.hash(), "helper queue full: the bad copy stays until read again");
+            tracing::warn!(volume = %self.volume().uuid, hash = self.hash(), "helper queue full: the bad copy stays until read again");
         }
     }
 

@@ -64,6 +64,7 @@ pub fn run(start: WorkerStart) -> WorkerExit {
             }
             let activity = tokio_uring::spawn(count_activity(worker.clone()));
             let hasher = tokio_uring::spawn(worker.core.hasher.clone().run());
+            let scrub = tokio_uring::spawn(crate::scrub::run(CoreOf(worker.clone())));
             let _ = start.ready.send(start.id);
             services.drain.begun().await;
             worker.gate.open();
@@ -72,10 +73,23 @@ pub fn run(start: WorkerStart) -> WorkerExit {
                 task.abort();
             }
             activity.abort();
+            scrub.abort();
             let exit = finish_drain(&worker, start.drain_timeout).await;
             hasher.abort();
             exit
         })
+}
+
+/// The worker's `Core`, held for a task that outlives no worker (the scrubber's).
+#[derive(Clone)]
+struct CoreOf(Rc<Worker>);
+
+impl std::ops::Deref for CoreOf {
+    type Target = crate::api::context::Core;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0.core
+    }
 }
 
 /// Every `ACTIVITY_COUNT_MS`, count this worker's requests in progress and the oldest one

@@ -12,7 +12,9 @@ mod contract;
 pub mod index;
 pub mod io;
 pub mod layout;
+pub mod page_cache;
 pub mod quarantine;
+pub mod scrub_state;
 pub mod temp;
 pub mod trash;
 
@@ -83,7 +85,6 @@ impl Default for VolumeOptions {
     }
 }
 
-/// A file's mtime in nanoseconds since the epoch, as `/index` and trash lists carry it.
 /// The volume's block directories (all-hex names, as keepstore descends into), for the
 /// walks that look at every file: the sweeps and the quarantine listing.
 pub(crate) fn block_dirs(root: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
@@ -98,6 +99,7 @@ pub(crate) fn block_dirs(root: &Path) -> std::io::Result<Vec<std::path::PathBuf>
     Ok(dirs)
 }
 
+/// A file's mtime in nanoseconds since the epoch, as `/index` and trash lists carry it.
 pub fn mtime_nanos(metadata: &std::fs::Metadata) -> i128 {
     use std::os::unix::fs::MetadataExt;
     metadata.mtime() as i128 * 1_000_000_000 + metadata.mtime_nsec() as i128

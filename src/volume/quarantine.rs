@@ -15,10 +15,32 @@ use std::path::{Path, PathBuf};
 
 use crate::digest::FileIdentity;
 use crate::volume::io::{c_path, is_missing};
-use crate::volume::{block_dirs, layout, mtime_nanos};
+use crate::volume::{block_dirs, layout, mtime_nanos, Volume};
 
 /// Names tried when a copy of the same block was already quarantined in the same second.
 const CORRUPT_NAME_ATTEMPTS_MAX: u64 = 8;
+
+/// Set aside the copy of `hash` on `volume` found failing its MD5 check, if it is still
+/// the file `seen`, and say so: one error line per copy moved (hash, volume, path), or
+/// why it stayed. A volume that may not be changed (read-only without
+/// `trash_when_read_only`) keeps the copy in place. Returns whether it was moved.
+pub fn set_aside(volume: &Volume, hash: &str, seen: FileIdentity, now_secs: u64) -> bool {
+    if !volume.allow_trash {
+        tracing::error!(volume = %volume.uuid, hash, "copy failed its MD5 check; left in place: the volume is read-only");
+        return false;
+    }
+    match quarantine_block(&volume.root, hash, seen, now_secs) {
+        Ok(Some(path)) => {
+            tracing::error!(volume = %volume.uuid, hash, path = %path.display(), "copy failed its MD5 check: quarantined");
+            true
+        }
+        Ok(None) => false,
+        Err(error) => {
+            tracing::warn!(volume = %volume.uuid, hash, error = %error, "cannot quarantine a bad copy");
+            false
+        }
+    }
+}
 
 /// Move the copy of `hash` on the volume at `root` aside if it is still the file `seen`
 /// identified; returns where it went, or `None` when the file changed or went meanwhile.
