@@ -94,6 +94,7 @@ mod tests {
             .read(true)
             .write(true)
             .create(true)
+            .truncate(true)
             .open(&path)
             .unwrap();
         file.write_all(&vec![7u8; 1 << 20]).unwrap();
