@@ -7,7 +7,8 @@
 //!   it and exit 3. A second SIGTERM does not shorten the drain.
 //! - SIGQUIT: exit at once (code 131).
 //! - SIGUSR1: rescan volumes now. SIGHUP: re-read the config file and key/token files,
-//!   apply keys, tokens and volume changes (a broken config is logged and ignored).
+//!   apply keys, tokens, volume changes and the trash settings (a broken config is logged
+//!   and ignored).
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
@@ -438,7 +439,7 @@ fn serve_until_drained(
                 services.drain.begin();
             }
             Event::Signal(SIGUSR1) => reload.watcher.nudge(WatchEvent::Rescan("SIGUSR1")),
-            Event::Signal(SIGHUP) => reload.apply(&services.node),
+            Event::Signal(SIGHUP) => reload.apply(&services.node, &services.chores),
             Event::Signal(signal) => tracing::info!(signal, "signal ignored"),
             Event::WorkersDone(exits) => {
                 let cut: usize = exits.iter().map(|exit| exit.cut_connections).sum();
@@ -465,9 +466,9 @@ struct Reload {
 }
 
 impl Reload {
-    /// Re-read flags' files and the config file; apply keys, tokens and volume sources.
-    /// A config that does not parse is logged and the running one kept.
-    fn apply(&mut self, node: &Node) {
+    /// Re-read flags' files and the config file; apply keys, tokens, volume sources and the
+    /// trash settings. A config that does not parse is logged and the running one kept.
+    fn apply(&mut self, node: &Node, chores: &Chores) {
         let environment = crate::config::Environment::from_process();
         let config = match Config::resolve(self.cli.clone(), &environment, Some(&self.running)) {
             Ok(config) => config,
@@ -487,6 +488,20 @@ impl Reload {
         }
         node.update(|current| node_state(&config, current.volumes.clone()));
         self.watcher.nudge(WatchEvent::Sources(config.volume_sources.clone()));
+        let trash = chores.reload(ChoreSettings::from_config(&config));
+        if trash.workers_differ {
+            tracing::warn!(
+                "SIGHUP: trash, delete and pull worker count changes (BlobTrashConcurrency, \
+                 BlobDeleteConcurrency, BlobReplicateConcurrency) need a restart (--term-pid)"
+            );
+        }
+        tracing::info!(
+            blob_trash = trash.in_force.blob_trash,
+            trash_lifetime_secs = trash.in_force.trash_lifetime_secs,
+            trash_check_interval_secs = trash.in_force.trash_check_interval_secs,
+            empties_trash = trash.in_force.empties_trash(),
+            "SIGHUP: trash settings in force"
+        );
         tracing::info!(
             signing = config.signing_key.is_some(),
             fixed_volumes = config.volume_sources.fixed.len(),

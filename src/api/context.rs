@@ -175,7 +175,7 @@ impl Core {
     /// trashed) follows the current key, which SIGHUP may have changed.
     pub fn chore_settings(&self) -> ChoreSettings {
         let key_ttl = self.state().signing_key.as_ref().map(|key| key.ttl_secs());
-        self.services.chores.settings.with_signing_ttl(key_ttl)
+        self.services.chores.settings().with_signing_ttl(key_ttl)
     }
 
     /// Ask the volume watcher to look again (a volume just failed); never blocks.

@@ -6,7 +6,9 @@
 //! renamed into place), so they simply end with the process and never delay a drain.
 //!
 //! This module owns the settings the chores and the DELETE/untrash handlers share and the
-//! queues; `trash` owns trashing on disk, `pull` owns fetching from peers.
+//! queues; `trash` owns trashing on disk, `pull` owns fetching from peers. The settings are
+//! replaced whole on SIGHUP (`Chores::reload`): trash on/off, its lifetime and the
+//! emptier's interval take effect at once; the worker counts stay those started with.
 
 pub mod pull;
 pub mod trash;
@@ -14,6 +16,9 @@ pub mod trash;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
 
 use crate::bufpool::BufferBudget;
 use crate::limits::{
@@ -94,6 +99,17 @@ impl ChoreSettings {
     pub fn empties_trash(&self) -> bool {
         self.blob_trash && self.trash_check_interval_secs > 0 && self.delete_workers > 0
     }
+
+    /// The thread counts, fixed once the threads are started: (trash list, deleters per
+    /// volume, pull list).
+    pub fn workers(&self) -> (usize, usize, usize) {
+        (self.trash_workers, self.delete_workers, self.pull_workers)
+    }
+
+    /// What the emptier's schedule depends on (a change restarts its wait).
+    fn emptier_schedule(&self) -> (bool, u64) {
+        (self.blob_trash, self.trash_check_interval_secs)
+    }
 }
 
 /// A list of work a new list replaces whole (keep-balance sends the complete current list
@@ -159,20 +175,105 @@ impl<T> Drop for InProgress<'_, T> {
     }
 }
 
-/// The chore settings and the two queues (shared with the handlers that fill them).
-#[derive(Default)]
+/// The chore settings in force and the two queues (shared with the handlers that fill
+/// them). The settings are read on every DELETE and trash list item: one atomic load.
 pub struct Chores {
-    pub settings: ChoreSettings,
+    settings: ArcSwap<ChoreSettings>,
+    /// Bumped (under this lock) each time the emptier's schedule changes; the emptier
+    /// waits on `emptier_wake` for it.
+    emptier_changes: Mutex<u64>,
+    emptier_wake: Condvar,
     pub trash: WorkQueue<trash::TrashItem>,
     pub pull: WorkQueue<pull::PullItem>,
+}
+
+impl Default for Chores {
+    fn default() -> Self {
+        Chores::new(ChoreSettings::default())
+    }
+}
+
+/// What `Chores::reload` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reloaded {
+    /// The settings in force from now on.
+    pub in_force: ChoreSettings,
+    /// The new configuration asks for other worker counts: they need a restart.
+    pub workers_differ: bool,
 }
 
 impl Chores {
     pub fn new(settings: ChoreSettings) -> Self {
         Chores {
-            settings,
-            ..Chores::default()
+            settings: ArcSwap::from_pointee(settings),
+            emptier_changes: Mutex::new(0),
+            emptier_wake: Condvar::new(),
+            trash: WorkQueue::default(),
+            pull: WorkQueue::default(),
         }
+    }
+
+    /// The settings in force now (as configured: `ChoreContext::settings` and
+    /// `Core::chore_settings` add the current key's signing TTL).
+    pub fn settings(&self) -> ChoreSettings {
+        **self.settings.load()
+    }
+
+    fn emptier_changes(&self) -> MutexGuard<'_, u64> {
+        // A counter cannot be left half-written by a panic.
+        self.emptier_changes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Put a re-read configuration's settings in force (SIGHUP): `BlobTrash`,
+    /// `BlobTrashLifetime`, `BlobTrashCheckInterval` and `BlobSigningTTL` apply from the
+    /// next DELETE, trash list item and emptier wait; the worker counts stay those the
+    /// threads were started with. Wakes the emptier when its schedule changed.
+    pub fn reload(&self, configured: ChoreSettings) -> Reloaded {
+        let mut changes = self.emptier_changes();
+        let running = self.settings();
+        let in_force = ChoreSettings {
+            trash_workers: running.trash_workers,
+            delete_workers: running.delete_workers,
+            pull_workers: running.pull_workers,
+            ..configured
+        };
+        self.settings.store(Arc::new(in_force));
+        if in_force.emptier_schedule() != running.emptier_schedule() {
+            *changes += 1;
+            self.emptier_wake.notify_all();
+        }
+        Reloaded {
+            in_force,
+            workers_differ: configured.workers() != running.workers(),
+        }
+    }
+
+    /// How many times the emptier's schedule has changed; read before the settings, then
+    /// passed to `wait_for_emptier_change`, no change is missed.
+    pub fn emptier_generation(&self) -> u64 {
+        *self.emptier_changes()
+    }
+
+    /// Wait until the emptier's schedule changes from generation `seen`, or `timeout`
+    /// passes (`None`: no timeout). Returns the generation now.
+    pub fn wait_for_emptier_change(&self, seen: u64, timeout: Option<Duration>) -> u64 {
+        let changes = self.emptier_changes();
+        let unchanged = |generation: &mut u64| *generation == seen;
+        let changes = match timeout {
+            None => self
+                .emptier_wake
+                .wait_while(changes, unchanged)
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+            Some(timeout) => {
+                self.emptier_wake
+                    .wait_timeout_while(changes, timeout, unchanged)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .0
+            }
+        };
+        *changes
     }
 }
 
@@ -198,13 +299,14 @@ impl ChoreContext {
     /// The settings in force now: the signing TTL follows the current key.
     pub fn settings(&self) -> ChoreSettings {
         let key_ttl = self.state.signing_key().map(|key| key.ttl_secs());
-        self.chores.settings.with_signing_ttl(key_ttl)
+        self.chores.settings().with_signing_ttl(key_ttl)
     }
 }
 
-/// Start the chore threads, as many as the settings ask. They run until the process exits.
+/// Start the chore threads, as many as the settings ask, and the trash emptier (idle while
+/// the settings turn it off). They run until the process exits.
 pub fn start(context: &Arc<ChoreContext>) -> std::io::Result<()> {
-    let settings = context.chores.settings;
+    let settings = context.chores.settings();
     let spawn = |name: &str, body: fn(Arc<ChoreContext>)| {
         let context = context.clone();
         std::thread::Builder::new()
@@ -215,14 +317,13 @@ pub fn start(context: &Arc<ChoreContext>) -> std::io::Result<()> {
     for _ in 0..settings.trash_workers {
         spawn("keepring-trash", trash::run_trash_list)?;
     }
-    if settings.empties_trash() {
-        spawn("keepring-empty-trash", trash::run_empty_trash)?;
-    } else {
+    spawn("keepring-empty-trash", trash::run_empty_trash)?;
+    if !settings.empties_trash() {
         tracing::info!(
             blob_trash = settings.blob_trash,
             interval_secs = settings.trash_check_interval_secs,
             delete_workers = settings.delete_workers,
-            "trash emptier not running: disabled by configuration"
+            "trash emptier idle: disabled by configuration"
         );
     }
     spawn("keepring-temp-sweep", trash::run_temp_sweep)?;
@@ -260,6 +361,70 @@ mod tests {
         };
         queue.replace(vec![42]);
         assert_eq!(waiter.join().unwrap(), 42);
+    }
+
+    fn settings(blob_trash: bool, lifetime: u64, interval: u64) -> ChoreSettings {
+        ChoreSettings {
+            blob_trash,
+            trash_lifetime_secs: lifetime,
+            trash_check_interval_secs: interval,
+            ..ChoreSettings::default()
+        }
+    }
+
+    #[test]
+    fn reload_puts_the_trash_settings_in_force_and_keeps_the_worker_counts() {
+        let chores = Chores::new(settings(true, 1_209_600, 86_400));
+        let reloaded = chores.reload(settings(false, 0, 1));
+        assert_eq!(reloaded.in_force, settings(false, 0, 1));
+        assert!(!reloaded.workers_differ);
+        assert_eq!(chores.settings(), settings(false, 0, 1));
+        assert!(!chores.settings().empties_trash());
+
+        let more_workers = ChoreSettings {
+            trash_workers: 9,
+            delete_workers: 0,
+            pull_workers: 7,
+            ..settings(true, 60, 5)
+        };
+        let reloaded = chores.reload(more_workers);
+        assert!(reloaded.workers_differ, "worker counts need a restart");
+        assert_eq!(
+            reloaded.in_force,
+            settings(true, 60, 5),
+            "only the live settings change"
+        );
+        assert_eq!(chores.settings().workers(), ChoreSettings::default().workers());
+        assert!(chores.settings().empties_trash());
+    }
+
+    #[test]
+    fn the_emptier_is_woken_when_its_schedule_changes_and_only_then() {
+        let chores = Arc::new(Chores::new(settings(true, 1_209_600, 86_400)));
+        let seen = chores.emptier_generation();
+        chores.reload(settings(true, 0, 86_400));
+        assert_eq!(chores.emptier_generation(), seen, "a new lifetime needs no new wait");
+        assert_eq!(
+            chores.wait_for_emptier_change(seen, Some(Duration::from_millis(10))),
+            seen,
+            "times out without a change"
+        );
+        let waiter = {
+            let chores = chores.clone();
+            std::thread::spawn(move || chores.wait_for_emptier_change(seen, None))
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        let waited_since = std::time::Instant::now();
+        chores.reload(settings(true, 0, 1));
+        assert_eq!(waiter.join().unwrap(), seen + 1);
+        assert!(waited_since.elapsed() < Duration::from_secs(5));
+        chores.reload(settings(false, 0, 1));
+        assert_eq!(chores.emptier_generation(), seen + 2, "BlobTrash off wakes it too");
+        assert_eq!(
+            chores.wait_for_emptier_change(seen + 1, Some(Duration::from_secs(60))),
+            seen + 2,
+            "a change made before the wait is not missed"
+        );
     }
 
     /// A config read as the process reads it, from `collections` lines under

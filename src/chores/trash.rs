@@ -12,7 +12,7 @@ use crate::chores::{ChoreContext, ChoreSettings};
 use crate::limits::{PREDECESSOR_EXIT_POLL_MS, TEMP_SWEEP_INTERVAL_SECS};
 use crate::locator::Locator;
 use crate::metrics::{Recorder, VolumeErrorKind, VolumeOp};
-use crate::volume::trash::{sweep_volume, trash_block, unix_nanos, TrashOutcome};
+use crate::volume::trash::{sweep_volume_while, trash_block, unix_nanos, TrashOutcome};
 use crate::volume::Volume;
 
 /// One `PUT /trash` item: `{"locator":"<hash>+<size>","block_mtime":<ns>,"mount_uuid":""}`.
@@ -108,15 +108,37 @@ fn process_item(context: &ChoreContext, recorder: &Recorder, settings: &ChoreSet
 /// The trash emptier, as keepstore's: a pass every `BlobTrashCheckInterval`, the first
 /// one interval after start (never at start: Arvados' recovery procedure raises the
 /// interval and restarts to keep expired trash for untrashing), over every volume that
-/// allows trash, `BlobDeleteConcurrency` deleters per volume. Started only when
-/// `ChoreSettings::empties_trash`.
+/// allows trash, `BlobDeleteConcurrency` deleters per volume.
+///
+/// It always runs, and idles while `ChoreSettings::empties_trash` is false. A SIGHUP that
+/// changes `BlobTrash` or the interval wakes it and restarts its wait, as a restart would:
+/// a shorter interval counts from then (not after the old wait), a longer one never brings
+/// a pass forward, and turning trash back on empties nothing before one interval. A pass
+/// stops between directories as soon as the settings turn emptying off.
 pub fn run_empty_trash(context: Arc<ChoreContext>) {
     let recorder = context.registry.register();
-    let settings = context.chores.settings;
-    let interval = Duration::from_secs(settings.trash_check_interval_secs.max(1));
+    let chores = &context.chores;
+    let mut seen = chores.emptier_generation();
+    let mut since = Instant::now();
     loop {
-        std::thread::sleep(interval);
-        sweep_all(&context, &recorder, true, settings.delete_workers);
+        let settings = chores.settings();
+        let wait = settings
+            .empties_trash()
+            .then(|| Duration::from_secs(settings.trash_check_interval_secs).saturating_sub(since.elapsed()));
+        if wait == Some(Duration::ZERO) {
+            let go_on = || chores.settings().empties_trash();
+            sweep_all(&context, &recorder, true, settings.delete_workers, &go_on);
+            if !go_on() {
+                tracing::info!("trash emptier: emptying turned off during a pass; it stopped there");
+            }
+            since = Instant::now();
+            continue;
+        }
+        let now = chores.wait_for_emptier_change(seen, wait);
+        if now != seen {
+            seen = now;
+            since = Instant::now();
+        }
     }
 }
 
@@ -137,7 +159,7 @@ pub fn run_temp_sweep(context: Arc<ChoreContext>) {
         }
     }
     loop {
-        sweep_all(&context, &recorder, false, 1);
+        sweep_all(&context, &recorder, false, 1, &|| true);
         std::thread::sleep(Duration::from_secs(TEMP_SWEEP_INTERVAL_SECS));
     }
 }
@@ -151,8 +173,14 @@ fn is_running(pid: u32) -> bool {
 }
 
 /// One pass over the current volumes: expired trash (`trash`) where trash is allowed, or
-/// stale temp files where writes are.
-fn sweep_all(context: &ChoreContext, recorder: &Recorder, trash: bool, workers: usize) {
+/// stale temp files where writes are; it ends early once `go_on` says no.
+fn sweep_all(
+    context: &ChoreContext,
+    recorder: &Recorder,
+    trash: bool,
+    workers: usize,
+    go_on: &(dyn Fn() -> bool + Sync),
+) {
     let now_secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|since| since.as_secs())
@@ -166,8 +194,11 @@ fn sweep_all(context: &ChoreContext, recorder: &Recorder, trash: bool, workers: 
         if !wanted {
             continue;
         }
+        if !go_on() {
+            return;
+        }
         let counters = recorder.volume(volume);
-        match sweep_volume(&volume.root, now_secs, trash, !trash, workers) {
+        match sweep_volume_while(&volume.root, now_secs, trash, !trash, workers, go_on) {
             Ok(swept) => {
                 for _ in 0..swept.trash + swept.temp {
                     counters.operation(VolumeOp::Unlink);
@@ -192,6 +223,77 @@ mod tests {
     use super::*;
 
     const HASH: &str = "6f09f2b353b6d63069f770b90e2b112c";
+
+    struct Fixed(crate::volumes::VolumeSet);
+
+    impl crate::chores::CurrentState for Fixed {
+        fn volumes(&self) -> crate::volumes::VolumeSet {
+            self.0.clone()
+        }
+        fn signing_key(&self) -> Option<crate::signature::SigningKey> {
+            None
+        }
+    }
+
+    fn expired_trash(root: &std::path::Path, hash: &str) -> std::path::PathBuf {
+        let path = crate::volume::layout::trash_path(root, hash, 1000);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, b"x").unwrap();
+        path
+    }
+
+    fn gone_within(path: &std::path::Path, within: Duration) -> bool {
+        let since = Instant::now();
+        while since.elapsed() < within {
+            if !path.exists() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    #[test]
+    fn the_emptier_follows_reloaded_settings_at_once() {
+        use crate::chores::{ChoreSettings, Chores};
+        let dir = tempfile::tempdir().unwrap();
+        let volume = Volume::open_directory(dir.path()).unwrap();
+        let root = volume.root.clone();
+        let chores = Arc::new(Chores::new(ChoreSettings::default()));
+        let context = Arc::new(ChoreContext {
+            state: Arc::new(Fixed(crate::volumes::VolumeSet::new(vec![volume]))),
+            chores: chores.clone(),
+            registry: Default::default(),
+            budget: crate::bufpool::BufferBudget::new(1 << 20).unwrap(),
+            predecessor_pid: None,
+        });
+        let first = expired_trash(&root, HASH);
+        // A daemon, as in the process: it ends with the test binary.
+        std::thread::spawn(move || run_empty_trash(context));
+        let settings = |blob_trash: bool, interval: u64| ChoreSettings {
+            blob_trash,
+            trash_check_interval_secs: interval,
+            ..ChoreSettings::default()
+        };
+        assert!(!gone_within(&first, Duration::from_millis(300)), "no pass before a day");
+        chores.reload(settings(true, 1));
+        assert!(
+            gone_within(&first, Duration::from_secs(5)),
+            "a shorter interval applies at once"
+        );
+
+        chores.reload(settings(false, 1));
+        let second = expired_trash(&root, "37b51d194a7513e45b56f6524f2d51f2");
+        assert!(
+            !gone_within(&second, Duration::from_millis(2500)),
+            "BlobTrash off empties nothing"
+        );
+        chores.reload(settings(true, 1));
+        assert!(
+            gone_within(&second, Duration::from_secs(5)),
+            "BlobTrash on again empties"
+        );
+    }
 
     #[test]
     fn trash_item_json() {

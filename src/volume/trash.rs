@@ -144,11 +144,27 @@ pub struct Swept {
 /// or a day untouched where the filesystem has no locks). `workers` threads share the directories
 /// (keepstore's `BlobDeleteConcurrency`).
 pub fn sweep_volume(root: &Path, now_secs: u64, trash: bool, temp: bool, workers: usize) -> io::Result<Swept> {
+    sweep_volume_while(root, now_secs, trash, temp, workers, &|| true)
+}
+
+/// `sweep_volume`, asking `go_on` before each directory: once it says no, the sweep ends
+/// with what it removed so far (the trash emptier turned off mid-pass).
+pub fn sweep_volume_while(
+    root: &Path,
+    now_secs: u64,
+    trash: bool,
+    temp: bool,
+    workers: usize,
+    go_on: &(dyn Fn() -> bool + Sync),
+) -> io::Result<Swept> {
     let dirs = crate::volume::block_dirs(root)?;
     let next = AtomicUsize::new(0);
     let sweep_some = || -> io::Result<Swept> {
         let mut swept = Swept::default();
-        while let Some(dir) = dirs.get(next.fetch_add(1, Ordering::Relaxed)) {
+        while go_on() {
+            let Some(dir) = dirs.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                break;
+            };
             let found = sweep_dir(dir, now_secs, trash, temp)?;
             swept.trash += found.trash;
             swept.temp += found.temp;
@@ -303,6 +319,25 @@ mod tests {
         assert_eq!(
             trash_block(dir.path(), HASH, now, &settings(0), None).unwrap(),
             TrashOutcome::Missing
+        );
+    }
+
+    #[test]
+    fn a_sweep_told_to_stop_deletes_nothing_more() {
+        let dir = tempfile::tempdir().unwrap();
+        let expired = layout::trash_path(dir.path(), HASH, 100);
+        std::fs::create_dir_all(expired.parent().unwrap()).unwrap();
+        std::fs::write(&expired, b"x").unwrap();
+        assert_eq!(
+            sweep_volume_while(dir.path(), 200, true, false, 3, &|| false).unwrap(),
+            Swept::default()
+        );
+        assert!(expired.exists());
+        assert_eq!(
+            sweep_volume_while(dir.path(), 200, true, false, 3, &|| true)
+                .unwrap()
+                .trash,
+            1
         );
     }
 

@@ -1,6 +1,7 @@
 //! Operations endpoints and their background workers (keep-protocol.md §3.3, §3.5, §3.7,
 //! §6; keepstore-observed.md "Admin / misc" and "/metrics families"): DELETE and untrash,
-//! trash lists (exact mtime, signing TTL, lifetime 0), the empty-trash sweep, pull lists
+//! trash lists (exact mtime, signing TTL, lifetime 0), the empty-trash sweep, trash
+//! settings applied live on SIGHUP (BlobTrash off freezes deletion), pull lists
 //! between two keepring processes, read-only volumes, `/metrics`, and GET latency while a
 //! large trash list is worked off the cores. Every check looks at the files on disk.
 
@@ -733,6 +734,121 @@ fn metrics_families_are_present_and_counters_grow_with_requests() {
         3.0 * 4096.0,
     );
     grew("arvados_keepstore_volume_io_bytes", &["direction=\"in\""], 4096.0);
+}
+
+/// A cluster config with one volume at `root`, the fixture key and root token, and these
+/// `Collections` lines.
+fn write_trash_config(path: &Path, root: &Path, collections: &str) {
+    let text = format!(
+        "Clusters:\n  zzzzz:\n    SystemRootToken: {ROOT_TOKEN}\n    Collections:\n      \
+         BlobSigningKey: {SIGNING_KEY}\n{collections}    Volumes:\n      zzzzz-nyw5e-trashsettings00:\n        \
+         Driver: Directory\n        DriverParameters: {{Root: {}}}\n",
+        root.display()
+    );
+    std::fs::write(path, text).expect("write config");
+}
+
+/// Send SIGHUP and wait until the server has reloaded its config `times` times in all.
+fn reload(server: &mut TestServer, times: usize) {
+    server.signal(libc::SIGHUP);
+    let reloaded = |server: &TestServer| {
+        server
+            .log
+            .lines()
+            .iter()
+            .filter(|line| line.contains("SIGHUP: configuration reloaded"))
+            .count()
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || reloaded(server) >= times),
+        "SIGHUP not applied; log:\n{}",
+        server.log.lines().join("\n")
+    );
+}
+
+#[test]
+fn sighup_freezes_deletion_with_blob_trash_off_and_resumes_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let volume = dir.path().join("vol");
+    std::fs::create_dir_all(&volume).expect("volume dir");
+    let config = dir.path().join("config.yml");
+    // The default BlobTrashCheckInterval (24h): no emptier pass during the test unless
+    // SIGHUP shortens it.
+    write_trash_config(&config, &volume, "      BlobTrash: true\n");
+    let mut server = ServerBuilder::new()
+        .volume_paths(Vec::new())
+        .without_signing_key()
+        .without_root_token()
+        .arg("--config")
+        .arg(config.to_str().expect("utf-8 path"))
+        .start();
+    let data = b"wanted back after the incident";
+    server.put_block(data);
+    let hash = md5_hex(data);
+    let block = block_path(&volume, &hash);
+    set_mtime(&block, SystemTime::now() - OLD_AGE);
+    let locator = format!("{hash}+{}", data.len());
+    let expired_hash = md5_hex(b"expired trash");
+    write_block_file(&volume, &expired_hash, b"expired trash");
+    let expired = volume
+        .join(&expired_hash[..3])
+        .join(format!("{expired_hash}.trash.1000"));
+    std::fs::rename(block_path(&volume, &expired_hash), &expired).expect("rename to trash");
+
+    // Incident: freeze all deletion.
+    write_trash_config(
+        &config,
+        &volume,
+        "      BlobTrash: false\n      BlobTrashCheckInterval: 1s\n",
+    );
+    reload(&mut server, 1);
+    let delete = server.request(root_request(Request::new("DELETE", &format!("/{locator}"))));
+    assert_eq!(delete.status, 405, "{}", delete.summary());
+    assert_eq!(block_dir_entries(&volume, &hash), [hash.as_str()]);
+    let list = format!(
+        r#"[{{"locator":"{locator}","block_mtime":{},"mount_uuid":""}}]"#,
+        mtime_ns(&block)
+    );
+    let response = put_list(&server, "/trash", &list);
+    assert_eq!(response.status, 200, "{}", response.summary());
+    wait_queue_idle(&server, "trash");
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        block_dir_entries(&volume, &hash),
+        [hash.as_str()],
+        "trash list acted on"
+    );
+    assert!(expired.exists(), "the emptier ran with BlobTrash off");
+    assert!(
+        server
+            .log
+            .lines()
+            .iter()
+            .any(|line| line.contains("SIGHUP: trash settings in force")
+                && (line.contains("\"blob_trash\":false") || line.contains("blob_trash=false"))),
+        "no log line with the trash settings"
+    );
+
+    // Resume, with a short lifetime and interval: both apply at once.
+    write_trash_config(
+        &config,
+        &volume,
+        "      BlobTrash: true\n      BlobTrashLifetime: 1s\n      BlobTrashCheckInterval: 1s\n",
+    );
+    reload(&mut server, 2);
+    assert!(
+        eventually(Duration::from_secs(10), || !expired.exists()),
+        "the emptier did not resume with the new interval"
+    );
+    let delete = server.request(root_request(Request::new("DELETE", &format!("/{locator}"))));
+    assert_eq!(delete.status, 200, "{}", delete.summary());
+    assert!(!block.exists(), "DELETE did not trash the block");
+    assert!(
+        eventually(Duration::from_secs(10), || block_dir_entries(&volume, &hash).is_empty()),
+        "the trashed block outlived its 1s lifetime: {:?}",
+        block_dir_entries(&volume, &hash)
+    );
+    assert!(server.is_running());
 }
 
 /// A config file that adds a read-only volume (`ReadOnly: true`) at `root`.
