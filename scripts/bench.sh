@@ -213,7 +213,7 @@ while [[ $nport == "$kport" || $nport == "$cport" ]]; do nport=$(free_port); don
 start_keepring_on() {
     local workers=$1 cores=$2 port=$3 name=$4 log=$logs/$4-w$1.log
     shift 4
-    local cmd=("$binary" --listen "127.0.0.1:$port" --volume "$work/vol" --workers "$workers" --log-level warn
+    local cmd=("$binary" --listen "127.0.0.1:$port" --volume "$work/vol" --workers "$workers" --log-level warn --scrub-interval-secs 0
         "$@" --control-socket "$work/$name.sock")
     echo "+ nice -n $nice_level taskset -c $cores ${cmd[*]} >$log 2>&1 &"
     nice -n "$nice_level" taskset -c "$cores" "${cmd[@]}" >"$log" 2>&1 &
