@@ -221,6 +221,30 @@ pub const LINGER_MS_MAX: u64 = 2_000;
 /// then is tried again (it may have come back).
 pub const VOLUME_RETRY_MS: u64 = 10_000;
 
+/// The drive-health window (`volume::health`): a volume's read and write errors are
+/// counted over the last minute, in `DRIVE_ERROR_BUCKETS` buckets (so an error ages out
+/// 55 to 60 s after it happened). A minute is long enough to see a drive that keeps
+/// failing behind `VOLUME_RETRY_MS` (which lets one write through every 10 s) and short
+/// enough that a burst of errors long past does not count against a drive that is fine.
+pub const DRIVE_ERROR_WINDOW_SECS: u64 = 60;
+pub const DRIVE_ERROR_BUCKETS: usize = 12;
+
+/// Read errors, or write errors, a volume may have in the window and stay in the write
+/// rotation; one more makes it unhealthy until a probe succeeds. A healthy drive gives no
+/// EIO at all, so five in a minute are no accident; and since a write I/O error already
+/// keeps a volume out for `VOLUME_RETRY_MS`, sequential writes meet a failing volume once
+/// per 10 s at most, six times a minute: a higher bound (8) would catch a volume that
+/// fails every retried write only under concurrent writes. With 4, the fifth failed retry
+/// (40 s after the first) takes it out.
+pub const DRIVE_ERRORS_MAX: u64 = 4;
+
+/// How often an unhealthy writable volume is probed (a `DRIVE_PROBE_BYTES` temp file
+/// written, fdatasync'd, read back and removed, on a thread of its own, never a core):
+/// a probe costs one small synced write, so every 5 s is nothing even to a slow disk, and
+/// a drive that came back is in the rotation again within 5 s.
+pub const DRIVE_PROBE_INTERVAL_MS: u64 = 5_000;
+pub const DRIVE_PROBE_BYTES: usize = 4096;
+
 /// Largest `PUT /trash` or `PUT /pull` body. keep-balance sends one list per server; a
 /// trash item is ~110 bytes of JSON, so 64 MiB holds ~600,000 items, more than a day of
 /// garbage on a large node. The body is leased from the buffer budget like a block.
@@ -250,6 +274,14 @@ pub const PULL_IO_STALL_TIMEOUT_MS: u64 = 60_000;
 pub const PULL_RESPONSE_HEAD_BYTES_MAX: usize = 16 * 1024;
 
 const _: () = assert!(LIST_BODY_BYTES_MAX <= BLOCK_BYTES_MAX);
+const _: () =
+    assert!(DRIVE_ERROR_BUCKETS > 1 && (DRIVE_ERROR_WINDOW_SECS * 1000).is_multiple_of(DRIVE_ERROR_BUCKETS as u64));
+// A volume failing every retried write (one per VOLUME_RETRY_MS) must be able to pass
+// DRIVE_ERRORS_MAX inside the window's shortest span (one bucket less than the whole).
+const _: () = assert!(
+    (DRIVE_ERRORS_MAX + 1) * VOLUME_RETRY_MS
+        <= DRIVE_ERROR_WINDOW_SECS * 1000 * (DRIVE_ERROR_BUCKETS as u64 - 1) / DRIVE_ERROR_BUCKETS as u64
+);
 
 /// A request body must arrive within this grace plus its length at
 /// `BODY_RATE_BYTES_PER_SEC_MIN`: 64 MiB gets 60 s + 256 s, about keepstore's 5-minute

@@ -10,7 +10,8 @@
 //! Names follow keepstore's where it has one (`arvados_keepstore_*`,
 //! `request_duration_seconds`); keepring's own series are `keepring_*`. This module
 //! formats and sums; the gauges that live elsewhere (buffer budget, queues, drain flag,
-//! free space) are read by the caller and passed in as `Gauges`.
+//! free space, each volume's health and drive error totals) are read by the caller and
+//! passed in as `Gauges`.
 //!
 //! A scrape builds every family once as data (`Family`: name, help, kind, and per series
 //! its labels and `Measure`) and writes that list either as the text exposition
@@ -295,6 +296,21 @@ impl Recorder {
     }
 }
 
+/// One current volume as the caller read it at scrape time.
+#[derive(Debug, Default, Clone)]
+pub struct VolumeGauges {
+    pub uuid: String,
+    pub device_id: String,
+    /// Free bytes; None when statvfs failed.
+    pub free_bytes: Option<u64>,
+    /// Every reason a volume can be unhealthy for (`volume::health::Reason`), each with
+    /// whether it is the one in force: healthy when none is.
+    pub unhealthy: Vec<(&'static str, bool)>,
+    /// Drive errors since the volume was opened (`volume::health`).
+    pub read_errors: u64,
+    pub write_errors: u64,
+}
+
 /// Gauges read by the caller at scrape time.
 #[derive(Debug, Default, Clone)]
 pub struct Gauges {
@@ -307,8 +323,8 @@ pub struct Gauges {
     pub pull_pending: u64,
     pub pull_in_progress: u64,
     pub draining: bool,
-    /// (uuid, device_id, free bytes or None when statvfs failed) per current volume.
-    pub volumes_free: Vec<(String, String, Option<u64>)>,
+    /// Each current volume.
+    pub volumes: Vec<VolumeGauges>,
     /// The request limiter: its bounds (0 active: no limit) and requests waiting now.
     pub max_concurrent_requests: u64,
     pub max_queued_requests: u64,
@@ -732,8 +748,10 @@ struct VolumeTotals {
 /// Every current volume (zero until counted) and every volume a thread has counted.
 fn volume_totals(threads: &[Arc<Counters>], gauges: &Gauges) -> BTreeMap<(String, String), VolumeTotals> {
     let mut totals: BTreeMap<(String, String), VolumeTotals> = BTreeMap::new();
-    for (uuid, device_id, _) in &gauges.volumes_free {
-        totals.entry((device_id.clone(), uuid.clone())).or_default();
+    for volume in &gauges.volumes {
+        totals
+            .entry((volume.device_id.clone(), volume.uuid.clone()))
+            .or_default();
     }
     for counters in threads {
         for volume in lock(&counters.volumes).iter() {
@@ -810,6 +828,9 @@ fn volume_families(threads: &[Arc<Counters>], gauges: &Gauges) -> Vec<Family> {
         ),
         scrub_pass_seconds(&totals),
     ]
+    .into_iter()
+    .chain(volume_health(gauges))
+    .collect()
 }
 
 /// One scrub counter per volume.
@@ -871,12 +892,50 @@ fn volume_free(gauges: &Gauges) -> Family {
         Kind::Gauge,
         "Bytes available to keepring on each volume's filesystem.",
     );
-    for (uuid, device_id, free) in &gauges.volumes_free {
-        if let Some(free) = free {
-            family.push(labels([("device_id", device_id), ("uuid", uuid)]), count(*free));
+    for volume in &gauges.volumes {
+        if let Some(free) = volume.free_bytes {
+            let series = labels([("device_id", &volume.device_id), ("uuid", &volume.uuid)]);
+            family.push(series, count(free));
         }
     }
     family
+}
+
+/// Each current volume's drive health (`volume::health`): healthy or not, why not, and
+/// the drive errors counted.
+fn volume_health(gauges: &Gauges) -> [Family; 3] {
+    let mut healthy = Family::new(
+        "keepring_volume_healthy",
+        Kind::Gauge,
+        "1 while a volume is healthy, 0 while too many drive errors keep it out of the write rotation.",
+    );
+    let mut unhealthy = Family::new(
+        "keepring_volume_unhealthy",
+        Kind::Gauge,
+        "1 for the reason a volume is unhealthy (read_errors, write_errors), else 0.",
+    );
+    let mut errors = Family::new(
+        "keepring_volume_io_errors_total",
+        Kind::Counter,
+        "Drive errors (EIO and the like, not a full volume) of reads and writes on each volume since it was opened.",
+    );
+    for volume in &gauges.volumes {
+        let (device_id, uuid) = (volume.device_id.as_str(), volume.uuid.as_str());
+        let is_healthy = !volume.unhealthy.iter().any(|(_, in_force)| *in_force);
+        healthy.push(
+            labels([("device_id", device_id), ("uuid", uuid)]),
+            count(u64::from(is_healthy)),
+        );
+        for (reason, in_force) in &volume.unhealthy {
+            let series = labels([("device_id", device_id), ("uuid", uuid), ("reason", reason)]);
+            unhealthy.push(series, count(u64::from(*in_force)));
+        }
+        for (op, value) in [("read", volume.read_errors), ("write", volume.write_errors)] {
+            let series = labels([("device_id", device_id), ("uuid", uuid), ("op", op)]);
+            errors.push(series, count(value));
+        }
+    }
+    [healthy, unhealthy, errors]
 }
 
 /// The buffer budget and the chore queues, read by the caller.
@@ -1227,10 +1286,29 @@ mod tests {
             pull_pending: 4,
             pull_in_progress: 2,
             draining: true,
-            volumes_free: vec![
-                (plain.uuid.clone(), plain.device_id.clone(), Some(123_456_789_012)),
-                (odd.uuid.clone(), odd.device_id.clone(), None),
-                ("zzzzz-nyw5e-222222222222222".into(), "/data/c".into(), Some(0)),
+            volumes: vec![
+                VolumeGauges {
+                    uuid: plain.uuid.clone(),
+                    device_id: plain.device_id.clone(),
+                    free_bytes: Some(123_456_789_012),
+                    unhealthy: vec![("read_errors", false), ("write_errors", false)],
+                    read_errors: 0,
+                    write_errors: 2,
+                },
+                VolumeGauges {
+                    uuid: odd.uuid.clone(),
+                    device_id: odd.device_id.clone(),
+                    free_bytes: None,
+                    unhealthy: vec![("read_errors", true), ("write_errors", false)],
+                    read_errors: 9,
+                    write_errors: 0,
+                },
+                VolumeGauges {
+                    uuid: "zzzzz-nyw5e-222222222222222".into(),
+                    device_id: "/data/c".into(),
+                    free_bytes: Some(0),
+                    ..VolumeGauges::default()
+                },
             ],
             max_concurrent_requests: 64,
             max_queued_requests: 128,
@@ -1370,6 +1448,41 @@ mod tests {
         assert!(text.contains("keepring_requests_total{method=\"other\",code=\"other\"} 1\n"));
         assert!(text.contains("arvados_config_load_timestamp_seconds{sha256=\"a\\\"b\\\\sha\"} 1700000100.5\n"));
         assert!(text.contains("keepring_http_bytes_total{direction=\"in\"} 1152921504673969219\n"));
+    }
+
+    #[test]
+    fn each_volume_says_whether_it_is_healthy_why_not_and_its_drive_errors() {
+        let (registry, gauges) = realistic_scrape();
+        let text = render(&registry, &gauges);
+        let plain = "device_id=\"/data/a\",uuid=\"zzzzz-nyw5e-000000000000000\"";
+        let third = "device_id=\"/data/c\",uuid=\"zzzzz-nyw5e-222222222222222\"";
+        for (series, value) in [
+            (format!("keepring_volume_healthy{{{plain}}}"), 1.0),
+            (
+                format!("keepring_volume_unhealthy{{{plain},reason=\"write_errors\"}}"),
+                0.0,
+            ),
+            (format!("keepring_volume_io_errors_total{{{plain},op=\"write\"}}"), 2.0),
+            (format!("keepring_volume_io_errors_total{{{plain},op=\"read\"}}"), 0.0),
+            (format!("keepring_volume_healthy{{{third}}}"), 1.0),
+        ] {
+            assert_eq!(value_of(&text, &series), Some(value), "{series}\n{text}");
+        }
+        let odd = gauges.volumes[1].uuid.as_str();
+        let odd_line = |name: &str, tail: &str| {
+            text.lines()
+                .find(|line| line.starts_with(name) && line.contains(odd) && line.contains(tail))
+                .map(|line| line.rsplit(' ').next().unwrap_or_default().to_string())
+        };
+        assert_eq!(odd_line("keepring_volume_healthy{", "}").as_deref(), Some("0"));
+        assert_eq!(
+            odd_line("keepring_volume_unhealthy{", "reason=\"read_errors\"").as_deref(),
+            Some("1")
+        );
+        assert_eq!(
+            odd_line("keepring_volume_io_errors_total{", "op=\"read\"").as_deref(),
+            Some("9")
+        );
     }
 
     #[test]

@@ -15,7 +15,8 @@
 //! - where it stands is saved at the volume's root now and then
 //!   (`volume::scrub_state`), so a restart resumes the pass instead of starting over.
 //!
-//! A volume that leaves the set (an unmounted drive) ends its scrub within one block; a
+//! A copy that cannot be read counts against the drive's health (`volume::health`) as a
+//! client's failed read does. A volume that leaves the set (an unmounted drive) ends its scrub within one block; a
 //! drain aborts the scrub with the worker's other background tasks.
 
 use std::collections::HashMap;
@@ -294,6 +295,7 @@ impl VolumeScrub {
             Err(error) => {
                 tracing::warn!(volume = %self.volume.uuid, hash, error = %error, "scrub cannot open a block");
                 self.counters.error(VolumeErrorKind::Io);
+                self.volume.note_read_error(&error);
                 return Checked::Unreadable;
             }
         };
@@ -317,6 +319,7 @@ impl VolumeScrub {
             if let Err(error) = read {
                 tracing::warn!(volume = %self.volume.uuid, hash, error = %error, "scrub read failed");
                 self.counters.error(VolumeErrorKind::Io);
+                self.volume.note_read_error(&error);
                 result = Checked::Unreadable;
                 break;
             }

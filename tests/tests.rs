@@ -44,6 +44,12 @@ mod systemd;
 #[path = "it/volumes.rs"]
 mod volumes;
 
+// Drive health: volumes whose reads or writes keep failing (real EIO from a shut-down
+// ext4, EPERM from an immutable root) leave the write rotation, are reported, and come
+// back after a successful probe.
+#[path = "it/health.rs"]
+mod health;
+
 // Operations: DELETE/untrash, trash and pull lists and their workers, the empty-trash
 // sweep, read-only volumes, /metrics, GET latency during a large trash list.
 #[path = "it/ops.rs"]

@@ -1,5 +1,6 @@
-//! Admin and status endpoints: `/index`, `/mounts`, `/mounts/<uuid>/blocks`,
-//! `/_health/ping` (keep-protocol.md §3.4, §3.7). The index is listed on the helper pool
+//! Admin and status endpoints: `/index`, `/mounts` (keepstore's fields, then keepring's
+//! drive health of each volume), `/mounts/<uuid>/blocks`, `/_health/ping`
+//! (keep-protocol.md §3.4, §3.7). The index is listed on the helper pool
 //! (directory listing is blocking I/O) a piece at a time: the next piece is listed while
 //! this one is sent, and no helper thread waits for a slow client.
 
@@ -20,6 +21,7 @@ use crate::http::reply::{BodySource, Piece, Reply, Response, Streamed, TEXT_PLAI
 use crate::http::request::Head;
 use crate::http::response::BodyFraming;
 use crate::limits::{INDEX_CHUNK_BYTES, INDEX_PIECE_DIRS_MAX};
+use crate::volume::health::{self, Reason};
 use crate::volume::{index, Volume};
 
 #[derive(Serialize)]
@@ -30,16 +32,30 @@ struct MountJson<'a> {
     allow_trash: bool,
     replication: u32,
     storage_classes: BTreeMap<&'a str, bool>,
+    // keepring's own (keepstore's clients ignore fields they do not know):
+    // drive health (`volume::health`).
+    /// `ok`, or `unhealthy`: out of the write rotation until a probe succeeds.
+    health: &'static str,
+    /// Why it is unhealthy (`read_errors`, `write_errors`); null when healthy.
+    health_reason: Option<&'static str>,
+    /// Drive errors since the volume was opened.
+    read_errors: u64,
+    write_errors: u64,
+    /// Drive errors in the sliding window the health is decided on.
+    recent_read_errors: u64,
+    recent_write_errors: u64,
 }
 
 pub fn mounts(core: &Core, head: &Head) -> Result<Reply<'static>, RequestError> {
     let state = core.state();
     auth::require_root(&state, head)?;
+    let now_ms = health::now_ms();
     let mounts: Vec<MountJson> = state
         .volumes
         .all()
         .iter()
-        .map(|volume| MountJson {
+        .map(|volume| (volume, volume.health.totals(), volume.health.recent(now_ms)))
+        .map(|(volume, totals, recent)| MountJson {
             uuid: &volume.uuid,
             device_id: &volume.device_id,
             allow_write: volume.allow_write,
@@ -50,6 +66,12 @@ pub fn mounts(core: &Core, head: &Head) -> Result<Reply<'static>, RequestError> 
                 .iter()
                 .map(|class| (class.as_str(), true))
                 .collect(),
+            health: if volume.health.is_healthy() { "ok" } else { "unhealthy" },
+            health_reason: volume.health.reason().map(Reason::name),
+            read_errors: totals.read,
+            write_errors: totals.write,
+            recent_read_errors: recent.read,
+            recent_write_errors: recent.write,
         })
         .collect();
     let mut body = serde_json::to_vec(&mounts).map_err(|error| RequestError::Internal(error.to_string()))?;

@@ -21,6 +21,7 @@ use crate::limits::{BLOCK_BYTES_MAX, HASH_HEX_LEN, STREAMED_WRITE_BYTES_MIN, WRI
 use crate::locator::Locator;
 use crate::md5lanes::LaneState;
 use crate::metrics::{VolumeErrorKind, VolumeOp};
+use crate::volume::health::WriteStarted;
 use crate::volume::io::{self, WriteError};
 use crate::volume::{layout, Volume};
 
@@ -75,7 +76,8 @@ pub async fn write(
 }
 
 /// The volumes a PUT may write to, in placement order: writable, of a wanted storage
-/// class, and not sitting out after a recent failure (retried after VOLUME_RETRY_MS).
+/// class, and neither sitting out after a recent failure (retried after VOLUME_RETRY_MS)
+/// nor unhealthy (`volume::health`: back after a successful probe).
 fn write_candidates(core: &Core, hash: &str, wanted_classes: &[String]) -> Result<Vec<Arc<Volume>>, RequestError> {
     let state = core.state();
     let writable: Vec<&Arc<Volume>> = state
@@ -133,6 +135,7 @@ async fn receive(
 /// A PUT body being written to its first volume as it arrives.
 struct StreamedWrite {
     volume: Arc<Volume>,
+    started: WriteStarted,
     writer: io::BlockWriter,
     /// The first write error: the rest of the body is still read (and hashed), then the
     /// copy goes to the other volumes from memory.
@@ -167,8 +170,8 @@ impl StreamedWrite {
             None => self.writer.commit().await,
         };
         let size = reader.body().len();
-        progress.any_failed |=
-            account_write(core, &self.volume, hash, result, size).record(&self.volume, &mut progress.stored);
+        let outcome = account_write(core, &self.volume, hash, result, size, self.started);
+        progress.any_failed |= outcome.record(&self.volume, &mut progress.stored);
         // The streamed write started only after finding no copy on any candidate.
         progress.copies_absent = true;
         self.volume
@@ -201,11 +204,13 @@ async fn start_streamed_write(
         }
     }
     let volume = candidates.first()?.clone();
+    let started = volume.write_started();
     let writer = io::BlockWriter::create(&volume, hash, core.next_random(), Some(length), &core.helpers)
         .await
         .ok()?;
     Some(StreamedWrite {
         volume,
+        started,
         writer,
         failure: None,
     })
@@ -246,6 +251,7 @@ async fn store(
             Ok(existing) => existing,
             Err(error) => {
                 tracing::warn!(volume = %volume.uuid, hash, error = %error, "block open failed");
+                volume.note_read_error(&error);
                 continue;
             }
         };
@@ -253,6 +259,11 @@ async fn store(
         let (same, returned) = io::stored_copy_equals(&file, size, body, scratch).await;
         scratch = returned;
         drop(file);
+        if let Err(error) = &same {
+            // Rewritten below, as a copy that differs.
+            tracing::warn!(volume = %volume.uuid, hash, error = %error, "stored copy unreadable");
+            volume.note_read_error(error);
+        }
         if matches!(same, Ok(true)) {
             match touch_copy(core, volume, hash).await {
                 Ok(Ok(())) => {
@@ -317,8 +328,9 @@ impl WriteOutcome {
 
 /// Write one copy and account for it.
 async fn write_copy(core: &Core, volume: &Volume, hash: &str, body: Vec<u8>) -> (WriteOutcome, Vec<u8>) {
+    let started = volume.write_started();
     let (result, body) = io::write_block(volume, hash, body, core.next_random(), &core.helpers).await;
-    (account_write(core, volume, hash, result, body.len()), body)
+    (account_write(core, volume, hash, result, body.len(), started), body)
 }
 
 /// A finished write's health, metrics, and the log line of a failure.
@@ -328,10 +340,11 @@ fn account_write(
     hash: &str,
     result: Result<(), WriteError>,
     bytes: usize,
+    started: WriteStarted,
 ) -> WriteOutcome {
     match result {
         Ok(()) => {
-            volume.mark_healthy();
+            volume.mark_healthy(started);
             count_write(core, volume, bytes);
             WriteOutcome::Stored
         }
@@ -353,7 +366,7 @@ fn note_write_failure(core: &Core, volume: &Volume, hash: &str, error: WriteErro
         WriteError::Failed(error) => {
             core.metrics.volume(volume).error(VolumeErrorKind::Io);
             tracing::error!(volume = %volume.uuid, hash, error = %error, "block write failed; volume leaves the write rotation");
-            volume.mark_failed();
+            volume.mark_failed(&error);
             core.nudge_watcher("write error");
             true
         }

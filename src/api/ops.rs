@@ -3,7 +3,7 @@
 //! request for all its volumes), `PUT /trash` and `PUT /pull` (the list is read here,
 //! parsed on the helper pool and handed to the chore threads, which do the work off the
 //! cores), and `GET /metrics` (the sum of every thread's counters, in Prometheus text,
-//! with free space read on the helper pool).
+//! with free space read on the helper pool and each volume's drive health).
 
 use std::io;
 use std::sync::Arc;
@@ -21,7 +21,8 @@ use crate::http::request::Head;
 use crate::http::session::Session;
 use crate::limits::{BUFFER_UNIT_BYTES, LIST_BODY_BYTES_MAX, LIST_ITEMS_MAX};
 use crate::locator::Locator;
-use crate::metrics::{self, Gauges, VolumeErrorKind, VolumeOp};
+use crate::metrics::{self, Gauges, VolumeErrorKind, VolumeGauges, VolumeOp};
+use crate::volume::health::Reason;
 use crate::volume::trash::{trash_block, untrash_block, TrashOutcome};
 use crate::volume::Volume;
 
@@ -176,7 +177,7 @@ async fn read_list<T: DeserializeOwned + Send + 'static>(
 pub async fn metrics(core: &Core, head: &Head) -> Result<Reply<'static>, RequestError> {
     let state = core.state();
     auth::require_metrics(&state, head)?;
-    let volumes_free = volumes_free(core, state.volumes.all()).await;
+    let volumes = volume_gauges(core, state.volumes.all()).await;
     let services = &core.services;
     let gauges = Gauges {
         buffer_unit_bytes: BUFFER_UNIT_BYTES,
@@ -188,7 +189,7 @@ pub async fn metrics(core: &Core, head: &Head) -> Result<Reply<'static>, Request
         pull_pending: services.chores.pull.pending(),
         pull_in_progress: services.chores.pull.in_progress(),
         draining: services.drain.is_draining(),
-        volumes_free,
+        volumes,
         max_concurrent_requests: services.limiter.max_active() as u64,
         max_queued_requests: services.limiter.max_queued() as u64,
         queued_requests: services.limiter.queued() as u64,
@@ -216,8 +217,8 @@ pub async fn metrics(core: &Core, head: &Head) -> Result<Reply<'static>, Request
 
 /// Each volume's free space, read now on the helper pool (which also refreshes the
 /// readings writes check); with the pool's queue full, the last readings: a scrape is
-/// answered whatever the admin traffic.
-async fn volumes_free(core: &Core, volumes: &[Arc<Volume>]) -> Vec<(String, String, Option<u64>)> {
+/// answered whatever the admin traffic. With each volume's drive health.
+async fn volume_gauges(core: &Core, volumes: &[Arc<Volume>]) -> Vec<VolumeGauges> {
     let spaces: Vec<_> = volumes.iter().map(|volume| volume.free_space.clone()).collect();
     let read_now = core
         .helpers
@@ -230,6 +231,20 @@ async fn volumes_free(core: &Core, volumes: &[Arc<Volume>]) -> Vec<(String, Stri
     volumes
         .iter()
         .zip(free)
-        .map(|(volume, free)| (volume.uuid.clone(), volume.device_id.clone(), free))
+        .map(|(volume, free_bytes)| {
+            let reason = volume.health.reason();
+            let errors = volume.health.totals();
+            VolumeGauges {
+                uuid: volume.uuid.clone(),
+                device_id: volume.device_id.clone(),
+                free_bytes,
+                unhealthy: Reason::all()
+                    .into_iter()
+                    .map(|each| (each.name(), reason == Some(each)))
+                    .collect(),
+                read_errors: errors.read,
+                write_errors: errors.write,
+            }
+        })
         .collect()
 }

@@ -131,6 +131,7 @@ impl<'a> BlockStream<'a> {
             Ok(None) => return Ok(None),
             Err(error) => {
                 tracing::warn!(volume = %volume.uuid, hash, error = %error, "block open failed");
+                volume.note_read_error(&error);
                 return Err(RequestError::Internal(format!("volume error: {error}")));
             }
         };
@@ -180,6 +181,7 @@ impl<'a> BlockStream<'a> {
         if let Err(error) = result {
             tracing::warn!(volume = %self.volume().uuid, hash = self.hash(), error = %error, "block read failed");
             self.core.metrics.volume(self.volume()).error(VolumeErrorKind::Io);
+            self.volume().note_read_error(&error);
             return Err((RequestError::Internal(format!("volume error: {error}")), buffer));
         }
         if let Some(digest) = self.digest.take() {

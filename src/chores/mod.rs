@@ -1,5 +1,6 @@
 //! Background chores, off the cores' hot path: the trash list worker, the empty-trash
-//! sweep and the pull list worker (keep-protocol.md §3.5, §6). Each runs on its own std
+//! sweep, the pull list worker (keep-protocol.md §3.5, §6) and the drive probe that
+//! brings unhealthy volumes back (`probe`). Each runs on its own std
 //! thread with plain blocking file and socket I/O; a core worker only hands it a list
 //! (`WorkQueue::replace`) and returns. The threads are daemons: they hold no state that
 //! must be flushed (every file operation is a single rename, unlink or a temp file
@@ -10,6 +11,7 @@
 //! replaced whole on SIGHUP (`Chores::reload`): trash on/off, its lifetime and the
 //! emptier's interval take effect at once; the worker counts stay those started with.
 
+pub mod probe;
 pub mod pull;
 pub mod trash;
 
@@ -327,6 +329,7 @@ pub fn start(context: &Arc<ChoreContext>) -> std::io::Result<()> {
         );
     }
     spawn("keepring-temp-sweep", trash::run_temp_sweep)?;
+    spawn("keepring-drive-probe", probe::run_probes)?;
     for _ in 0..settings.pull_workers.max(1) {
         spawn("keepring-pull", pull::run_pull_list)?;
     }

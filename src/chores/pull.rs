@@ -78,11 +78,14 @@ fn pull_one(context: &ChoreContext, recorder: &Recorder, item: &PullItem, random
     }
     let volumes = context.state.volumes();
     let target: Arc<Volume> = if item.mount_uuid.is_empty() {
-        let writable = volumes
-            .ordered_for(locator.hash)
-            .into_iter()
-            .find(|volume| volume.allow_write)
-            .cloned();
+        // As a PUT: the first volume in the write rotation; with none, the first writable
+        // one (failed or unhealthy, it may work again, and a success brings it back).
+        let ordered = volumes.ordered_for(locator.hash);
+        let writable = ordered
+            .iter()
+            .find(|volume| volume.accepts_writes())
+            .or_else(|| ordered.iter().find(|volume| volume.allow_write))
+            .map(|volume| Arc::clone(volume));
         writable.ok_or("no writable volume")?
     } else {
         match volumes.by_uuid(&item.mount_uuid) {
@@ -109,10 +112,11 @@ fn pull_one(context: &ChoreContext, recorder: &Recorder, item: &PullItem, random
         match fetch_block(server, &signed, locator.hash, size) {
             Ok(data) => {
                 let counters = recorder.volume(&target);
+                let started = target.write_started();
                 // The request path's commit protocol and failure rules (volume::io).
                 return match write_block_blocking(&target, locator.hash, &data, random) {
                     Ok(()) => {
-                        target.mark_healthy();
+                        target.mark_healthy(started);
                         counters.operation(VolumeOp::Write);
                         counters.wrote(data.len() as u64);
                         Ok(target.uuid.clone())
@@ -123,7 +127,7 @@ fn pull_one(context: &ChoreContext, recorder: &Recorder, item: &PullItem, random
                     }
                     Err(WriteError::Failed(error)) => {
                         // Out of the write rotation for a while, as a request's write failure.
-                        target.mark_failed();
+                        target.mark_failed(&error);
                         counters.error(VolumeErrorKind::Io);
                         Err(format!("writing to {}: {error}", target.uuid))
                     }

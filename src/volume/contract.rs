@@ -329,9 +329,11 @@ fn free_space_is_reported_and_failure_takes_a_volume_out_for_a_while() {
             "a write takes its length off the reading: {before} → {after}"
         );
         assert!(volume.accepts_writes());
-        volume.mark_failed();
+        let eio = std::io::Error::from_raw_os_error(libc::EIO);
+        let started = volume.write_started();
+        volume.mark_failed(&eio);
         assert!(!volume.accepts_writes(), "out of the write rotation");
-        volume.mark_healthy();
+        volume.mark_healthy(started);
         assert!(volume.accepts_writes());
     });
     let dir = tempfile::tempdir().expect("temp dir");
@@ -347,6 +349,40 @@ fn free_space_is_reported_and_failure_takes_a_volume_out_for_a_while() {
     };
     let volume = Volume::open(dir.path(), &trash_allowed).expect("open");
     assert!(!volume.allow_write && volume.allow_trash, "AllowTrashWhenReadOnly");
+}
+
+#[test]
+fn a_volume_whose_writes_keep_failing_stays_out_until_a_probe_succeeds() {
+    use crate::limits::{DRIVE_ERRORS_MAX, DRIVE_PROBE_INTERVAL_MS};
+    use crate::volume::health::{self, Reason};
+    for_every_kind(|volume| {
+        let in_flight = volume.write_started();
+        let eio = std::io::Error::from_raw_os_error(libc::EIO);
+        for _ in 0..=DRIVE_ERRORS_MAX {
+            volume.mark_failed(&eio);
+        }
+        assert_eq!(volume.health.reason(), Some(Reason::WriteErrors));
+        // A write in flight across the errors does not vouch for the volume; the
+        // VOLUME_RETRY_MS rule alone would have let it back in.
+        volume.mark_healthy(in_flight);
+        assert!(!volume.accepts_writes(), "unhealthy: out until a probe succeeds");
+        // Full is not a drive error.
+        volume.mark_failed(&std::io::Error::from_raw_os_error(libc::ENOSPC));
+        assert_eq!(volume.health.totals().write, DRIVE_ERRORS_MAX + 1);
+        let now = health::now_ms();
+        assert!(volume.health.start_probe(now, DRIVE_PROBE_INTERVAL_MS));
+        let probed = io::probe_blocking(&volume.root, 77);
+        assert!(probed.is_ok(), "{probed:?}");
+        volume.report(volume.health.probe_finished(true, now));
+        volume.mark_healthy(volume.write_started());
+        assert!(volume.accepts_writes(), "back in the write rotation");
+        assert!(index(volume, "").is_empty(), "a probe leaves no block behind");
+        assert!(
+            names_beside(volume, "d41d8cd98f00b204e9800998ecf8427e").is_empty(),
+            "nor a temp file"
+        );
+    });
+    assert!(io::probe_blocking(Path::new("/nonexistent/keepring/volume"), 1).is_err());
 }
 
 #[test]

@@ -19,8 +19,8 @@ use tokio_uring::fs::{File, OpenOptions};
 use crate::blocking::Pool;
 use crate::digest::FileIdentity;
 use crate::limits::{
-    BLOCK_BYTES_MAX, CHUNK_BYTES, FREE_SPACE_READING_AGE_MS_MAX, STREAMED_WRITE_BYTES_MIN, TEMP_CREATE_ATTEMPTS_MAX,
-    VOLUME_FREE_BYTES_MIN, WRITEBACK_QUEUE_MAX, WRITEBACK_STEP_BYTES, WRITE_STEP_BYTES,
+    BLOCK_BYTES_MAX, CHUNK_BYTES, DRIVE_PROBE_BYTES, FREE_SPACE_READING_AGE_MS_MAX, STREAMED_WRITE_BYTES_MIN,
+    TEMP_CREATE_ATTEMPTS_MAX, VOLUME_FREE_BYTES_MIN, WRITEBACK_QUEUE_MAX, WRITEBACK_STEP_BYTES, WRITE_STEP_BYTES,
 };
 use crate::volume::temp::{self, Claim};
 use crate::volume::{layout, now_ms, Volume};
@@ -268,6 +268,49 @@ pub fn write_block_blocking(volume: &Volume, hash: &str, data: &[u8], random: u6
         let _ = std::fs::remove_file(&temp);
     }
     written.map_err(WriteError::from)
+}
+
+/// The block name a probe's temp file is named after: the empty block's, whose directory
+/// most volumes have anyway. The file is a temp file (`tmp<hash><digits>`) like any
+/// write's, so it is never listed as a block, and one a crash leaves behind is the temp
+/// sweep's to remove (its lock died with the process).
+const PROBE_HASH: &str = "d41d8cd98f00b204e9800998ecf8427e";
+
+/// Does the volume take a write and give it back? Write `DRIVE_PROBE_BYTES` to a claimed
+/// temp file, fdatasync, drop its pages from the cache (so the read goes to the drive
+/// where the filesystem has one), read them back, compare, remove the file. Blocking:
+/// the probe thread's (`chores::probe`), never a core's.
+pub fn probe_blocking(root: &Path, random: u64) -> io::Result<()> {
+    use std::io::{Read, Write};
+    let dir = layout::block_dir(root, PROBE_HASH);
+    match std::fs::create_dir(&dir) {
+        Ok(()) => {}
+        Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(error) => return Err(error),
+    }
+    let (mut file, temp) = create_temp_blocking(root, PROBE_HASH, random)?;
+    let pattern: Vec<u8> = (0..DRIVE_PROBE_BYTES)
+        .map(|index| (random.rotate_left(index as u32 % 64) as u8) ^ index as u8)
+        .collect();
+    let checked = (|| {
+        file.write_all(&pattern)?;
+        file.sync_data()?;
+        // SAFETY: plain advice on an open fd; no memory is passed. Best effort: a
+        // filesystem without a page cache of its own (tmpfs) ignores it.
+        unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        let mut back = Vec::with_capacity(DRIVE_PROBE_BYTES);
+        std::fs::File::open(&temp)?.read_to_end(&mut back)?;
+        match back == pattern {
+            true => Ok(()),
+            false => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "a probe read back other bytes than it wrote",
+            )),
+        }
+    })();
+    drop(file);
+    let removed = std::fs::remove_file(&temp);
+    checked.and(removed)
 }
 
 /// One block being written: a temp file in the block's directory that becomes the block

@@ -1,14 +1,16 @@
 //! One directory volume in keepstore's on-disk layout (`ROOT/xxx/<hash>`, keep-protocol.md
 //! §6), and everything done on disk goes through here: its identity, flags and failure
-//! marking (`Volume`), the pure path rules (`layout`), reads and the one commit protocol
-//! for writes, on the cores through io_uring and off them for the pull worker (`io`),
-//! trash, untrash and the sweeps (`trash`), the index walk (`index`). `contract` is the
+//! marking (`Volume`), its drive health (`health`: errors in a sliding window), the pure
+//! path rules (`layout`), reads and the one commit protocol for writes, on the cores
+//! through io_uring and off them for the pull worker (`io`), trash, untrash and the
+//! sweeps (`trash`), the index walk (`index`). `contract` is the
 //! test suite every volume kind must pass. What io_uring cannot do without waiting
 //! (trash, untrash, touch, statvfs, directory listings) is plain blocking code here, run
 //! by the callers on the helper pool (`blocking`) or on their own threads (chores).
 
 #[cfg(test)]
 mod contract;
+pub mod health;
 pub mod index;
 pub mod io;
 pub mod layout;
@@ -23,7 +25,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::limits::VOLUME_RETRY_MS;
+use crate::limits::{DRIVE_ERROR_WINDOW_SECS, VOLUME_RETRY_MS};
+use health::{Change, Health, Op, WriteStarted};
 
 /// Name of the small file at a volume's root that holds its UUID, so `/mounts` and
 /// placement stay the same across restarts and re-mounts.
@@ -51,6 +54,9 @@ pub struct Volume {
     /// When a write last failed with an I/O error (ms since the epoch; 0: never). A failed
     /// volume leaves the write rotation for `VOLUME_RETRY_MS`, then is tried again.
     failed_at_ms: AtomicU64,
+    /// Read and write errors in a sliding window: past a bound the volume is unhealthy,
+    /// out of the write rotation until a probe or a write shows it works (`health`).
+    pub health: Health,
     /// Bytes of writes between their free-space check and their fallocate on this volume
     /// (`io::claim_space`): two writes racing for the last room see each other.
     pub(crate) claiming: AtomicU64,
@@ -156,6 +162,7 @@ impl Volume {
             device: metadata.dev(),
             options: options.clone(),
             failed_at_ms: AtomicU64::new(0),
+            health: Health::new(),
             claiming: AtomicU64::new(0),
             free_space,
             root,
@@ -176,29 +183,76 @@ impl Volume {
             device: 0,
             options: options.clone(),
             failed_at_ms: AtomicU64::new(0),
+            health: Health::new(),
             claiming: AtomicU64::new(0),
             free_space: Arc::new(io::FreeSpace::unread(root)),
         }
     }
 
-    /// Writable and not recently failed.
+    /// Writable, healthy, and not recently failed.
     pub fn accepts_writes(&self) -> bool {
-        if !self.allow_write {
+        if !self.allow_write || !self.health.is_healthy() {
             return false;
         }
         let failed_at = self.failed_at_ms.load(Ordering::Relaxed);
         failed_at == 0 || now_ms().saturating_sub(failed_at) >= VOLUME_RETRY_MS
     }
 
-    /// Take the volume out of the write rotation for a while (an I/O error).
-    pub fn mark_failed(&self) {
+    /// A write failed (not for lack of space): the volume leaves the write rotation for
+    /// `VOLUME_RETRY_MS`, and a drive error counts in its health window.
+    pub fn mark_failed(&self, error: &std::io::Error) {
         self.failed_at_ms.store(now_ms().max(1), Ordering::Relaxed);
+        if health::is_drive_error(error) {
+            self.report(self.health.record_error(Op::Write, health::now_ms()));
+        }
     }
 
-    /// A write succeeded: the volume is healthy again.
-    pub fn mark_healthy(&self) {
+    /// A read of a block failed: a drive error counts in the health window.
+    pub fn note_read_error(&self, error: &std::io::Error) {
+        if health::is_drive_error(error) {
+            self.report(self.health.record_error(Op::Read, health::now_ms()));
+        }
+    }
+
+    /// Taken as a write to this volume begins, for `mark_healthy`.
+    pub fn write_started(&self) -> WriteStarted {
+        self.health.write_started()
+    }
+
+    /// A write that began at `started` succeeded: the volume is back in the rotation if a
+    /// failure had taken it out, and healthy again if it was unhealthy when the write
+    /// began (`health::Health::write_succeeded`).
+    pub fn mark_healthy(&self, started: WriteStarted) {
         if self.failed_at_ms.load(Ordering::Relaxed) != 0 {
             self.failed_at_ms.store(0, Ordering::Relaxed);
+        }
+        if !self.health.is_healthy() {
+            self.report(self.health.write_succeeded(started, health::now_ms()));
+        }
+    }
+
+    /// Log a change of health: one line when the volume turns unhealthy, one when it
+    /// recovers (lifecycle lines: logged whatever `--log-level` says).
+    pub fn report(&self, change: Change) {
+        match change {
+            Change::None => {}
+            Change::Unhealthy(reason, recent) => tracing::warn!(
+                target: "keepring::lifecycle",
+                volume = %self.uuid,
+                path = %self.root.display(),
+                reason = reason.name(),
+                read_errors = recent.read,
+                write_errors = recent.write,
+                window_secs = DRIVE_ERROR_WINDOW_SECS,
+                "volume unhealthy: out of the write rotation until a probe succeeds"
+            ),
+            Change::Recovered { out_ms } => tracing::info!(
+                target: "keepring::lifecycle",
+                volume = %self.uuid,
+                path = %self.root.display(),
+                unhealthy_ms = out_ms,
+                "volume healthy again: back in the write rotation"
+            ),
         }
     }
 
