@@ -311,6 +311,12 @@ pub const SCRUB_START_DELAY_SECS: u64 = 60;
 /// Where a pass stands is saved at most this often, and when it ends: a restart re-reads
 /// at most this many seconds of scrubbing.
 pub const SCRUB_STATE_SAVE_SECS: u64 = 5;
+/// The scrubber hands the hasher this much at a time: a request's chunk that lands in the
+/// same batch waits for it, so a piece costs a 4 KiB GET at most ~40 µs (16 KiB at the
+/// slowest single-stream MD5 seen, 0.43 GB/s) instead of a whole 128 KiB chunk's ~300 µs.
+pub const SCRUB_HASH_PIECE_BYTES: usize = 16 * 1024;
+const _: () = assert!(CHUNK_BYTES.is_multiple_of(SCRUB_HASH_PIECE_BYTES));
+
 /// How often each worker looks for volumes to start or stop scrubbing (hot-added and
 /// removed drives), and how often a scrub waiting for its next pass checks its volume.
 pub const SCRUB_RECHECK_MS: u64 = 1_000;

@@ -28,7 +28,10 @@ use crate::api::blocks::now_secs;
 use crate::api::context::{Core, ScrubSettings};
 use crate::bufpool::CHUNK_BUFFER_BYTES;
 use crate::digest::state_matches;
-use crate::limits::{BLOCK_BYTES_MAX, CHUNK_BYTES, SCRUB_RECHECK_MS, SCRUB_START_DELAY_SECS, SCRUB_STATE_SAVE_SECS};
+use crate::limits::{
+    BLOCK_BYTES_MAX, CHUNK_BYTES, SCRUB_HASH_PIECE_BYTES, SCRUB_RECHECK_MS, SCRUB_START_DELAY_SECS,
+    SCRUB_STATE_SAVE_SECS,
+};
 use crate::md5lanes::LaneState;
 use crate::metrics::{ScrubCount, VolumeCounters, VolumeErrorKind};
 use crate::volume::scrub_state::{self, ScrubState};
@@ -323,8 +326,15 @@ impl VolumeScrub {
                 result = Checked::Unreadable;
                 break;
             }
-            let (advanced, returned) = core.hasher.update(digest, buffer, 0..want).await;
-            (digest, buffer) = (advanced, returned);
+            // Hashed a piece at a time: a request's chunk batched with a scrub piece waits
+            // for the piece, so the piece is kept short.
+            let mut hashed = 0;
+            while hashed < want {
+                let piece = hashed..want.min(hashed + SCRUB_HASH_PIECE_BYTES);
+                hashed = piece.end;
+                let (advanced, returned) = core.hasher.update(digest, buffer, piece).await;
+                (digest, buffer) = (advanced, returned);
+            }
             if uncache {
                 page_cache::drop_range(fd, offset, want as u64);
             }
