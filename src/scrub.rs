@@ -9,7 +9,9 @@
 //!   through io_uring and hashed through the core's own hasher (`hasher`), so scrub
 //!   chunks share SIMD lanes with the requests' and never hold the core for more than
 //!   one chunk's hash;
-//! - reads are paced to `--scrub-rate-mb` per volume;
+//! - reads are paced to `--scrub-rate-mb` per volume, and each chunk waits for its core
+//!   to be quiet for a millisecond (up to `SCRUB_GIVE_WAY_MS_MAX`, so a pass still moves
+//!   under a load that never pauses);
 //! - copies nobody had cached are dropped from the page cache as they are read
 //!   (`volume::page_cache`), so a pass leaves the cache to the clients' blocks;
 //! - where it stands is saved at the volume's root now and then
@@ -29,8 +31,8 @@ use crate::api::context::{Core, ScrubSettings};
 use crate::bufpool::CHUNK_BUFFER_BYTES;
 use crate::digest::state_matches;
 use crate::limits::{
-    BLOCK_BYTES_MAX, CHUNK_BYTES, SCRUB_HASH_PIECE_BYTES, SCRUB_RECHECK_MS, SCRUB_START_DELAY_SECS,
-    SCRUB_STATE_SAVE_SECS,
+    BLOCK_BYTES_MAX, CHUNK_BYTES, SCRUB_GIVE_WAY_MS_MAX, SCRUB_HASH_PIECE_BYTES, SCRUB_RECHECK_MS,
+    SCRUB_START_DELAY_SECS, SCRUB_STATE_SAVE_SECS,
 };
 use crate::md5lanes::LaneState;
 use crate::metrics::{ScrubCount, VolumeCounters, VolumeErrorKind};
@@ -132,6 +134,7 @@ async fn scrub_volume<C: Deref<Target = Core>>(
         state: load_state(&core, &volume).await,
         saved_at: Instant::now(),
         pace: Pace::new(settings.rate_bytes_per_sec),
+        requests_seen: 0,
         volume,
     };
     if scrub.state.last_pass_secs > 0 {
@@ -198,6 +201,8 @@ struct VolumeScrub {
     state: ScrubState,
     saved_at: Instant,
     pace: Pace,
+    /// `Core::requests_begun` when the scrub last looked (`give_way`).
+    requests_seen: u64,
 }
 
 /// What checking one stored copy found.
@@ -315,6 +320,7 @@ impl VolumeScrub {
         let mut offset = 0u64;
         let mut result = Checked::Good;
         while offset < identity.size {
+            self.give_way(core).await;
             let want = (identity.size - offset).min(CHUNK_BYTES as u64) as usize;
             buffer.clear();
             let (read, returned) = io::read_exact_into(&file, buffer, 0, want, offset).await;
@@ -351,6 +357,20 @@ impl VolumeScrub {
             Checked::Good if !state_matches(&digest, hash) => Checked::Corrupt(identity),
             other => other,
         }
+    }
+
+    /// Give way to clients: while requests began on this core since the last look (or one
+    /// is in progress), wait a millisecond at a time, up to `SCRUB_GIVE_WAY_MS_MAX`. A
+    /// core quiet for a millisecond is read at once; under a load that never pauses the
+    /// pass still moves, one chunk per `SCRUB_GIVE_WAY_MS_MAX`.
+    async fn give_way(&mut self, core: &Core) {
+        let mut waited = 0;
+        while waited < SCRUB_GIVE_WAY_MS_MAX && (core.is_serving() || core.requests_begun() != self.requests_seen) {
+            self.requests_seen = core.requests_begun();
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            waited += 1;
+        }
+        self.requests_seen = core.requests_begun();
     }
 
     /// Save where the pass stands, off the core. A volume that may not be written keeps

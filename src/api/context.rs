@@ -90,6 +90,18 @@ impl Services {
     }
 }
 
+/// A request in progress on a core (`Core::serving`).
+pub struct Serving<'a> {
+    core: &'a Core,
+}
+
+impl Drop for Serving<'_> {
+    fn drop(&mut self) {
+        let in_progress = &self.core.requests_in_progress;
+        in_progress.set(in_progress.get().saturating_sub(1));
+    }
+}
+
 /// One worker's handler context. `!Send`: it never leaves its core.
 /// A worker's handle on the published state. The Rc around the Arc is deliberate: a
 /// request clones the Rc (a plain increment) instead of the Arc, whose shared refcount
@@ -115,6 +127,10 @@ pub struct Core {
     pub hasher: Rc<Hasher>,
     /// This worker's handle on the helper pool (`Services::helpers`).
     pub helpers: blocking::Pool,
+    /// Requests begun so far on this core and requests in progress now: what background
+    /// work (the scrubber) looks at to give way to clients.
+    requests_begun: Cell<u64>,
+    requests_in_progress: Cell<u32>,
 }
 
 impl Core {
@@ -129,7 +145,27 @@ impl Core {
             hasher: Hasher::new(services.md5_kernel),
             helpers: services.helpers.clone(),
             services,
+            requests_begun: Cell::new(0),
+            requests_in_progress: Cell::new(0),
         }
+    }
+
+    /// A request was admitted on this core: it counts as in progress until the guard is
+    /// dropped (its answer went, or its connection ended).
+    pub fn serving(&self) -> Serving<'_> {
+        self.requests_begun.set(self.requests_begun.get() + 1);
+        self.requests_in_progress.set(self.requests_in_progress.get() + 1);
+        Serving { core: self }
+    }
+
+    /// Requests begun so far, to compare with a later reading: the core is idle between
+    /// two readings when the count did not move and nothing is in progress.
+    pub fn requests_begun(&self) -> u64 {
+        self.requests_begun.get()
+    }
+
+    pub fn is_serving(&self) -> bool {
+        self.requests_in_progress.get() > 0
     }
 
     /// The node state this request is served by: the worker's own copy, refreshed only

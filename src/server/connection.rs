@@ -79,6 +79,7 @@ async fn serve_one(worker: &Worker, live: &LiveConnection, session: &mut Session
         true => Ok(None),
         false => limiter.admit().await.map(Some),
     };
+    let serving = admitted.is_ok().then(|| worker.core.serving());
     let outcome = match &admitted {
         Ok(_) => {
             live.admitted.set(Some(started));
@@ -91,6 +92,7 @@ async fn serve_one(worker: &Worker, live: &LiveConnection, session: &mut Session
         }
     };
     let (status, bytes_out, aborted) = finish(session, outcome).await;
+    drop(serving);
     // One clock read serves the log line and the connection's place in the idle order.
     let finished = Instant::now();
     worker.log_request(&Answered {
