@@ -323,6 +323,12 @@ const _: () = assert!(CHUNK_BYTES.is_multiple_of(SCRUB_HASH_PIECE_BYTES));
 /// inside the default 30-day interval).
 pub const SCRUB_GIVE_WAY_MS_MAX: u64 = 10;
 
+/// A scrubbed copy nobody had cached is dropped from the page cache this much at a time
+/// (one helper-thread call each): at most this much per volume sits in the cache for the
+/// scrubber's sake.
+pub const SCRUB_UNCACHE_BYTES: u64 = 8 * 1024 * 1024;
+const _: () = assert!(SCRUB_UNCACHE_BYTES.is_multiple_of(CHUNK_BYTES as u64));
+
 /// How often each worker looks for volumes to start or stop scrubbing (hot-added and
 /// removed drives), and how often a scrub waiting for its next pass checks its volume.
 pub const SCRUB_RECHECK_MS: u64 = 1_000;

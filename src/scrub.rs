@@ -12,8 +12,9 @@
 //! - reads are paced to `--scrub-rate-mb` per volume, and each chunk waits for its core
 //!   to be quiet for a millisecond (up to `SCRUB_GIVE_WAY_MS_MAX`, so a pass still moves
 //!   under a load that never pauses);
-//! - copies nobody had cached are dropped from the page cache as they are read
-//!   (`volume::page_cache`), so a pass leaves the cache to the clients' blocks;
+//! - copies nobody had cached are dropped from the page cache as they are read, 8 MiB at
+//!   a time on a helper thread (`volume::page_cache`), so a pass leaves the cache to the
+//!   clients' blocks;
 //! - where it stands is saved at the volume's root now and then
 //!   (`volume::scrub_state`), so a restart resumes the pass instead of starting over.
 //!
@@ -32,7 +33,7 @@ use crate::bufpool::CHUNK_BUFFER_BYTES;
 use crate::digest::state_matches;
 use crate::limits::{
     BLOCK_BYTES_MAX, CHUNK_BYTES, SCRUB_GIVE_WAY_MS_MAX, SCRUB_HASH_PIECE_BYTES, SCRUB_RECHECK_MS,
-    SCRUB_START_DELAY_SECS, SCRUB_STATE_SAVE_SECS,
+    SCRUB_START_DELAY_SECS, SCRUB_STATE_SAVE_SECS, SCRUB_UNCACHE_BYTES,
 };
 use crate::md5lanes::LaneState;
 use crate::metrics::{ScrubCount, VolumeCounters, VolumeErrorKind};
@@ -341,17 +342,18 @@ impl VolumeScrub {
                 let (advanced, returned) = core.hasher.update(digest, buffer, piece).await;
                 (digest, buffer) = (advanced, returned);
             }
-            if uncache {
-                page_cache::drop_range(fd, offset, want as u64);
-            }
             offset += want as u64;
+            if uncache && offset.is_multiple_of(SCRUB_UNCACHE_BYTES) {
+                uncache_off_core(core, fd, offset - SCRUB_UNCACHE_BYTES, SCRUB_UNCACHE_BYTES);
+            }
             self.counters.scrub(ScrubCount::Bytes, want as u64);
             self.pace.spent(want as u64).await;
         }
         core.pool.recycle(buffer);
         if uncache {
-            // Whatever readahead brought in beyond the last chunk read.
-            page_cache::drop_range(fd, 0, 0);
+            // The rest, and whatever readahead brought in beyond the last chunk read.
+            let from = offset - offset % SCRUB_UNCACHE_BYTES;
+            uncache_off_core(core, fd, from, 0);
         }
         match result {
             Checked::Good if !state_matches(&digest, hash) => Checked::Corrupt(identity),
@@ -385,6 +387,22 @@ impl VolumeScrub {
             tracing::warn!(volume = %self.volume.uuid, error, "cannot save the scrub state");
         }
     }
+}
+
+/// Drop `length` bytes at `offset` of the open file `fd` from the page cache (0: to the
+/// end), on a helper thread: `POSIX_FADV_DONTNEED` may wait for every CPU to drain its
+/// page lists, which a core must not. A full helper queue leaves the pages to the
+/// kernel's own reclaim.
+fn uncache_off_core(core: &Core, fd: std::os::fd::RawFd, offset: u64, length: u64) {
+    // SAFETY: `fd` is open for this call; the duplicate is owned by the job.
+    let duplicate = unsafe { libc::dup(fd) };
+    if duplicate < 0 {
+        return;
+    }
+    // SAFETY: a fresh descriptor nothing else owns.
+    let owned = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(duplicate) };
+    let job = move || page_cache::drop_range(std::os::fd::AsRawFd::as_raw_fd(&owned), offset, length);
+    let _ = core.helpers.detach(job);
 }
 
 /// Reads paced to a rate: after each chunk, wait until the bytes so far are due. A
