@@ -368,21 +368,6 @@ fn the_emptier_deletes_after_one_interval_unless_blob_trash_is_off() {
     assert_eq!(delete.status, 405, "{}", delete.summary());
 }
 
-/// `/metrics` (no management token configured: open) as `series → value`.
-fn metric_values(server: &TestServer) -> std::collections::BTreeMap<String, f64> {
-    let response = server.request(Request::get("/metrics"));
-    assert_eq!(response.status, 200, "{}", response.summary());
-    response
-        .text()
-        .lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            Some((series.to_string(), value.parse().ok()?))
-        })
-        .collect()
-}
-
 #[test]
 fn request_limits_queue_then_refuse_and_are_measured() {
     let server = ServerBuilder::new()
@@ -403,10 +388,10 @@ fn request_limits_queue_then_refuse_and_are_measured() {
     holder.write_raw(&data[..1000]).expect("send some body");
     let concurrent = "arvados_concurrent_requests{queue=\"api\"}";
     assert!(
-        eventually(Duration::from_secs(5), || metric_values(&server).get(concurrent)
+        eventually(Duration::from_secs(5), || server.metric_values().get(concurrent)
             == Some(&1.0)),
         "metrics are never limited, and count the held request: {:?}",
-        metric_values(&server).get(concurrent)
+        server.metric_values().get(concurrent)
     );
     // The next request waits in the queue...
     let mut waiting = server.conn();
@@ -414,17 +399,19 @@ fn request_limits_queue_then_refuse_and_are_measured() {
         .send(&Request::get("/mounts").token(ROOT_TOKEN))
         .expect("send queued request");
     let queued = "arvados_queued_requests{priority=\"normal\",queue=\"api\"}";
-    assert!(eventually(Duration::from_secs(5), || metric_values(&server)
+    assert!(eventually(Duration::from_secs(5), || server
+        .metric_values()
         .get(queued)
         == Some(&1.0)));
     // ...and the one after it is refused at once, with an empty body, as keepstore does.
     let refused = server.request(Request::get("/mounts").token(ROOT_TOKEN));
     assert_eq!((refused.status, refused.body.len()), (503, 0), "{}", refused.summary());
-    let values = metric_values(&server);
+    let values = server.metric_values();
     assert_eq!(values.get("arvados_max_concurrent_requests{queue=\"api\"}"), Some(&1.0));
     assert_eq!(values.get("arvados_max_queued_requests{queue=\"api\"}"), Some(&1.0));
     assert!(eventually(Duration::from_secs(5), || {
-        metric_values(&server)
+        server
+            .metric_values()
             .get("arvados_max_active_request_age_seconds")
             .is_some_and(|age| *age > 0.0)
     }));
@@ -434,7 +421,8 @@ fn request_limits_queue_then_refuse_and_are_measured() {
     assert_eq!(stored.status, 200, "{}", stored.summary());
     let served = waiting.read_response("GET").expect("queued response");
     assert_eq!(served.status, 200, "{}", served.summary());
-    assert!(eventually(Duration::from_secs(5), || metric_values(&server)
+    assert!(eventually(Duration::from_secs(5), || server
+        .metric_values()
         .get(queued)
         == Some(&0.0)));
 }
@@ -443,7 +431,7 @@ fn request_limits_queue_then_refuse_and_are_measured() {
 fn metrics_name_the_config_and_the_arvados_release() {
     let cluster = Cluster::new("");
     let server = cluster.node().start();
-    let values = metric_values(&server);
+    let values = server.metric_values();
     let sha256 = sha256_hex_of(&cluster.config);
     let source = format!("arvados_config_source_timestamp_seconds{{sha256=\"{sha256}\"}}");
     let loaded = format!("arvados_config_load_timestamp_seconds{{sha256=\"{sha256}\"}}");

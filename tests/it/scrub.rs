@@ -4,7 +4,6 @@
 //! touched; a later PUT stores a good copy again; a pull list (keep-balance's part, played
 //! by the test) restores it from a peer; a restarted node resumes a pass where it stopped.
 
-use std::collections::BTreeMap;
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -35,23 +34,10 @@ fn rot(path: &Path, at: u64) {
     assert_eq!(std::fs::metadata(path).unwrap().modified().unwrap(), mtime);
 }
 
-fn metrics(server: &TestServer) -> BTreeMap<String, f64> {
-    let response = server.request(Request::get("/metrics"));
-    assert_eq!(response.status, 200, "{}", response.summary());
-    response
-        .text()
-        .lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            Some((series.to_string(), value.parse().ok()?))
-        })
-        .collect()
-}
-
 /// The sum of a family's series for the volume `uuid`.
 fn volume_metric(server: &TestServer, name: &str, uuid: &str) -> f64 {
-    metrics(server)
+    server
+        .metric_values()
         .iter()
         .filter(|(series, _)| series.starts_with(&format!("{name}{{")) && series.contains(&format!("uuid=\"{uuid}\"")))
         .map(|(_, value)| value)

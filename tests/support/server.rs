@@ -336,6 +336,22 @@ impl TestServer {
         self.request(Request::get(&format!("/{locator}")).token(USER_TOKEN))
     }
 
+    /// `/metrics` (open: the server has no management token) as `series → value`, where
+    /// series is `name{labels}` exactly as printed.
+    pub fn metric_values(&self) -> std::collections::BTreeMap<String, f64> {
+        let response = self.request(Request::get("/metrics"));
+        assert_eq!(response.status, 200, "{}", response.summary());
+        response
+            .text()
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter_map(|line| {
+                let (series, value) = line.rsplit_once(' ')?;
+                Some((series.to_string(), value.parse().ok()?))
+            })
+            .collect()
+    }
+
     /// Volumes holding a file named `hash` in the right place.
     pub fn volumes_holding(&self, hash: &str) -> Vec<usize> {
         (0..self.volumes.len())
