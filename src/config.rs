@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use clap::{Parser, ValueEnum};
 
 use crate::cluster_config::this_host::{self, Chosen, SystemProbe};
-use crate::cluster_config::{self, ClusterFile, ClusterSettings};
+use crate::cluster_config::{self, ClusterFile, ClusterSettings, TlsFiles};
 use crate::limits::{
     BLOB_SIGNING_TTL_SECS_DEFAULT, DRAIN_TIMEOUT_SECS_DEFAULT, MAX_BUFFERS_DEFAULT, SCRUB_INTERVAL_SECS_DEFAULT,
     SCRUB_RATE_MB_DEFAULT, TRASH_CHECK_INTERVAL_SECS_DEFAULT, TRASH_LIFETIME_SECS_DEFAULT,
@@ -108,6 +108,13 @@ pub struct Cli {
     /// Bind fresh sockets instead of taking over a running keepring's (for comparison runs).
     #[arg(long)]
     pub no_handover: bool,
+    /// Serve HTTPS with this PEM certificate chain (leaf first), with --tls-key. Overrides
+    /// the config's TLS.Certificate; SIGHUP re-reads it.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_certificate: Option<PathBuf>,
+    /// The PEM private key of --tls-certificate.
+    #[arg(long, value_name = "FILE", requires = "tls_certificate")]
+    pub tls_key: Option<PathBuf>,
     /// Seconds a trashed block stays recoverable (keepstore's BlobTrashLifetime); 0 deletes
     /// at once.
     #[arg(long)]
@@ -173,6 +180,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// This node's `Services.Keepstore.InternalURLs` entry, when a config names one.
     pub service: Option<Chosen>,
+    /// The listener serves HTTPS with these files (an https ListenURL's `TLS.*`, or the
+    /// `--tls-*` flags); None: plain HTTP.
+    pub tls: Option<TlsFiles>,
     pub volume_sources: VolumeSources,
     pub workers: usize,
     pub signing_key: Option<Vec<u8>>,
@@ -361,6 +371,7 @@ impl Config {
         let signing_key = secret_or(cli.blob_signing_key_file.as_deref(), cluster.signing_key)?;
         check_signing_key(signing_key.as_deref(), from_file, cluster.enforce_signatures)?;
         let listen = listen_address(cli.listen, cluster.service.as_ref(), from_file)?;
+        let tls = tls_files(&cli, cluster.tls, cluster.service.as_ref())?;
         let trash_check_interval_secs = match (cli.trash_check_interval_secs, cluster.trash_check_interval_secs) {
             (Some(secs), _) => secs,
             (None, Some(secs)) => secs.max(0) as u64,
@@ -372,6 +383,7 @@ impl Config {
                 .unwrap_or(if from_file { cluster.max_concurrent_requests } else { 0 });
         Ok(Config {
             listen,
+            tls,
             service: cluster.service,
             volume_sources: VolumeSources {
                 fixed,
@@ -466,6 +478,25 @@ fn listen_address(flag: Option<SocketAddr>, service: Option<&Chosen>, from_file:
             .parse()
             .map_err(|_| "bad built-in listen address".to_string()),
     }
+}
+
+/// `--tls-certificate` and `--tls-key` (clap makes them come together) over the config's
+/// files. The flags cannot turn an http ListenURL into an https one: its clients would
+/// not speak TLS.
+fn tls_files(cli: &Cli, configured: Option<TlsFiles>, service: Option<&Chosen>) -> Result<Option<TlsFiles>, String> {
+    let (Some(certificate), Some(key)) = (&cli.tls_certificate, &cli.tls_key) else {
+        return Ok(configured);
+    };
+    if let Some(chosen) = service.filter(|chosen| !chosen.entry.listen.is_https()) {
+        return Err(format!(
+            "--tls-certificate: this node's ListenURL {} is http; make it https to serve TLS",
+            chosen.entry.listen
+        ));
+    }
+    Ok(Some(TlsFiles {
+        certificate: certificate.clone(),
+        key: key.clone(),
+    }))
 }
 
 /// The flag's file when given, else the config's value.

@@ -24,5 +24,6 @@ pub mod scrub;
 pub mod server;
 pub mod signature;
 pub mod supervisor;
+pub mod tls;
 pub mod volume;
 pub mod volumes;

@@ -332,3 +332,23 @@ const _: () = assert!(SCRUB_UNCACHE_BYTES.is_multiple_of(CHUNK_BYTES as u64));
 /// How often each worker looks for volumes to start or stop scrubbing (hot-added and
 /// removed drives), and how often a scrub waiting for its next pass checks its volume.
 pub const SCRUB_RECHECK_MS: u64 = 1_000;
+
+/// Ciphertext one socket read of a TLS connection may bring in. Four full TLS records
+/// (16 KiB of plaintext each, RFC 8446 §5.1, plus their few bytes of framing and tag): a
+/// 64 MiB PUT over TLS takes ~1,000 trips through the ring instead of ~4,000 with one
+/// record per read, and an idle TLS connection holds this on top of its read buffer.
+pub const TLS_READ_BYTES: usize = 4 * TLS_RECORD_WIRE_BYTES_MAX;
+/// Largest TLS record on the wire: 16 KiB of plaintext, a 5-byte header and up to 256
+/// bytes of expansion (RFC 8446 §5.2).
+pub const TLS_RECORD_WIRE_BYTES_MAX: usize = 16 * 1024 + 5 + 256;
+/// Plaintext rustls encrypts ahead of the socket (its `set_buffer_limit`): a whole block
+/// chunk and the response head in front of it become records in one go and leave in one
+/// write, as the plain path sends them.
+pub const TLS_SEND_BUFFER_BYTES: usize = CHUNK_BYTES + 2 * RESPONSE_HEAD_BYTES_MAX;
+/// The TLS certificate and key are re-read this often even without a SIGHUP, as
+/// keepstore does (lib/service/tls.go: an hourly ticker), so a certificate renewed on
+/// disk is served within the hour.
+pub const TLS_RELOAD_INTERVAL_SECS: u64 = 3600;
+/// Longest a closing TLS connection waits to send its close_notify alert.
+pub const TLS_CLOSE_NOTIFY_MS_MAX: u64 = 1_000;
+const _: () = assert!(TLS_READ_BYTES >= TLS_RECORD_WIRE_BYTES_MAX);

@@ -7,8 +7,9 @@
 //!   it and exit 3. A second SIGTERM does not shorten the drain.
 //! - SIGQUIT: exit at once (code 131).
 //! - SIGUSR1: rescan volumes now. SIGHUP: re-read the config file and key/token files,
-//!   apply keys, tokens, volume changes and the trash settings (a broken config is logged
-//!   and ignored).
+//!   apply keys, tokens, volume changes and the trash settings, and reload an HTTPS
+//!   listener's certificate and key (also hourly, as keepstore); a broken config or a bad
+//!   new pair is logged and the running one kept.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
@@ -28,12 +29,13 @@ use crate::lifecycle::listeners::{self, Source};
 use crate::lifecycle::Phase;
 use crate::limits::{
     BUFFER_UNIT_BYTES, CONNECTIONS_PER_WORKER_DEFAULT_MAX, HELPER_QUEUE_JOBS_MAX, HELPER_THREADS,
-    OPEN_FILES_PER_CONNECTION_SHARE, WORKERS_READY_TIMEOUT_MS,
+    OPEN_FILES_PER_CONNECTION_SHARE, TLS_RELOAD_INTERVAL_SECS, WORKERS_READY_TIMEOUT_MS,
 };
 use crate::md5lanes::Kernel;
 use crate::node::{Node, NodeState};
 use crate::server::runtime::{self, WorkerExit, WorkerStart};
 use crate::signature::SigningKey;
+use crate::tls::ServerTls;
 use crate::volumes::watcher::{self, WatchEvent, WatcherHandle};
 use crate::volumes::VolumeSet;
 
@@ -144,6 +146,13 @@ fn node_state(config: &Config, volumes: VolumeSet) -> NodeState {
 pub fn run(cli: Cli, config: Config) -> Result<u8, StartError> {
     // Chosen once, before anything listens: a forced kernel this CPU lacks refuses to start.
     let md5_kernel = Kernel::detect().map_err(|error| StartError::config(error.to_string()))?;
+    // Before anything listens: an https listener without a usable pair refuses to start.
+    let tls = match &config.tls {
+        Some(files) => Some(Arc::new(
+            ServerTls::load(&files.certificate, &files.key).map_err(StartError::config)?,
+        )),
+        None => None,
+    };
     let volumes = open_volumes(&config)?;
     log_phase(Phase::Starting);
     // Port 0 is a fresh ephemeral port: nobody to take over from, and the control socket
@@ -182,6 +191,7 @@ pub fn run(cli: Cli, config: Config) -> Result<u8, StartError> {
         &config,
         std::mem::take(&mut sockets.per_worker),
         connections_max,
+        &tls,
     )?;
     let control_path = config
         .control_socket
@@ -191,6 +201,7 @@ pub fn run(cli: Cli, config: Config) -> Result<u8, StartError> {
     tracing::info!(
         workers = config.workers,
         max_connections = connections_max * config.workers,
+        tls = tls.is_some(),
         source = ?source,
         control_socket = %control_path.display(),
         "listening on {address}"
@@ -200,6 +211,7 @@ pub fn run(cli: Cli, config: Config) -> Result<u8, StartError> {
         cli,
         running: config,
         watcher: watcher_handle,
+        tls,
     };
     let code = serve_until_drained(signals, workers, control, &services, reload);
     tracing::info!(code, "exiting");
@@ -298,6 +310,7 @@ fn start_workers(
     config: &Config,
     per_worker: Vec<Vec<std::net::TcpListener>>,
     connections_max: usize,
+    tls: &Option<Arc<ServerTls>>,
 ) -> Result<Vec<std::thread::JoinHandle<WorkerExit>>, StartError> {
     let (ready_sender, ready_receiver) = crossbeam_channel::bounded(config.workers);
     let mut workers = Vec::new();
@@ -309,6 +322,7 @@ fn start_workers(
             ready: ready_sender.clone(),
             drain_timeout: Duration::from_secs(config.drain_timeout_secs),
             connections_max,
+            tls: tls.clone(),
         };
         let handle = std::thread::Builder::new()
             .name(format!("keepring-worker-{id}"))
@@ -373,6 +387,8 @@ fn offer_of(sockets: &Sockets) -> std::io::Result<Vec<(String, OwnedFd)>> {
 enum Event {
     Signal(i32),
     WorkersDone(Vec<WorkerExit>),
+    /// Time for the hourly re-read of the TLS certificate and key.
+    TlsReload,
 }
 
 /// Signals become events on one channel (signal-hook's iterator on its own thread).
@@ -414,10 +430,15 @@ fn serve_until_drained(
             let _ = done_sender.send(exits);
         })
         .ok();
+    let tls_ticks = match reload.tls {
+        Some(_) => crossbeam_channel::tick(Duration::from_secs(TLS_RELOAD_INTERVAL_SECS)),
+        None => crossbeam_channel::never(),
+    };
     loop {
         let event = crossbeam_channel::select! {
             recv(signals) -> signal => Event::Signal(signal.unwrap_or(SIGTERM)),
             recv(done_receiver) -> exits => Event::WorkersDone(exits.unwrap_or_default()),
+            recv(tls_ticks) -> _ => Event::TlsReload,
         };
         match event {
             Event::Signal(SIGQUIT) => {
@@ -440,6 +461,7 @@ fn serve_until_drained(
             }
             Event::Signal(SIGUSR1) => reload.watcher.nudge(WatchEvent::Rescan("SIGUSR1")),
             Event::Signal(SIGHUP) => reload.apply(&services.node, &services.chores),
+            Event::TlsReload => reload.reload_tls(None),
             Event::Signal(signal) => tracing::info!(signal, "signal ignored"),
             Event::WorkersDone(exits) => {
                 let cut: usize = exits.iter().map(|exit| exit.cut_connections).sum();
@@ -463,6 +485,8 @@ struct Reload {
     cli: Cli,
     running: Config,
     watcher: WatcherHandle,
+    /// The HTTPS listener's certificate in force, which the workers share.
+    tls: Option<Arc<ServerTls>>,
 }
 
 impl Reload {
@@ -486,6 +510,7 @@ impl Reload {
                 "SIGHUP: listen address, buffer budget and request limit changes need a restart (--term-pid)"
             );
         }
+        self.reload_tls(Some(&config));
         node.update(|current| node_state(&config, current.volumes.clone()));
         self.watcher.nudge(WatchEvent::Sources(config.volume_sources.clone()));
         let trash = chores.reload(ChoreSettings::from_config(&config));
@@ -508,6 +533,25 @@ impl Reload {
             "SIGHUP: configuration reloaded"
         );
         self.running = config;
+    }
+
+    /// Re-read the certificate and key `config` names (None: the running config's): new
+    /// handshakes use the new pair; a pair that does not load is logged and the old one
+    /// stays. HTTP and HTTPS trade places only by a restart.
+    fn reload_tls(&self, config: Option<&Config>) {
+        let files = config.unwrap_or(&self.running).tls.as_ref();
+        match (&self.tls, files) {
+            (Some(server_tls), Some(files)) => match server_tls.reload(&files.certificate, &files.key) {
+                Ok(()) => tracing::info!(certificate = %files.certificate.display(), "TLS certificate loaded"),
+                Err(error) => {
+                    tracing::error!(error = %error, "TLS certificate not reloaded; keeping the running one")
+                }
+            },
+            (None, None) => {}
+            (Some(_), None) | (None, Some(_)) => {
+                tracing::warn!("SIGHUP: switching between HTTP and HTTPS needs a restart (--term-pid)")
+            }
+        }
     }
 }
 

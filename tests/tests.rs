@@ -27,6 +27,11 @@ mod admin;
 #[path = "it/http.rs"]
 mod http;
 
+// HTTPS: the TLS listener (flags or an https InternalURL), 64 MiB over TLS, refusals,
+// SIGHUP certificate reload. Restarts under HTTPS load are in restart.rs.
+#[path = "it/tls.rs"]
+mod tls;
+
 // Command line: flag and start-up errors exit with status 2.
 #[path = "it/cli.rs"]
 mod cli;

@@ -7,10 +7,10 @@
 //! also read as a node with no entry. Checks, beyond "never panics": service URLs
 //! re-parse from their text to equal URLs and come sorted; whatever is accepted is what
 //! keepstore would serve safely (absolute volume roots, alphanumeric secrets, a signing
-//! key when signatures are enforced, no https listener, a volume at all); and a node
-//! with an entry refuses every file a node with none refuses (its checks are a superset:
-//! the same secrets, durations and limits, and the volumes of every host besides its
-//! own) and serves every volume that node serves.
+//! key when signatures are enforced, an https listener only with a certificate and key,
+//! a volume at all); and a node with an entry refuses every file a node with none refuses
+//! (its checks are a superset: the same secrets, durations and limits, and the volumes of
+//! every host besides its own) and serves every volume that node serves.
 #![no_main]
 
 use std::net::{IpAddr, SocketAddr};
@@ -89,7 +89,16 @@ fn settings_and_config(text: &str, chosen: Option<Chosen>) -> Result<ClusterSett
 fn check_settings(settings: &ClusterSettings, chosen: Option<&Chosen>) {
     assert_eq!(settings.service.as_ref(), chosen);
     if let Some(chosen) = chosen {
-        assert!(!chosen.entry.listen.is_https(), "keepring serves no TLS");
+        assert_eq!(
+            settings.tls.is_some(),
+            chosen.entry.listen.is_https(),
+            "TLS files exactly for an https listener"
+        );
+        if let Some(files) = &settings.tls {
+            assert!(!files.certificate.as_os_str().is_empty() && !files.key.as_os_str().is_empty());
+        }
+    } else {
+        assert_eq!(settings.tls, None);
     }
     let secrets = [
         &settings.signing_key,

@@ -4,7 +4,7 @@
 //! (its `InternalURLs` entry, chosen by `this_host`; the volumes whose `AccessViaHosts` is
 //! empty or names it) and refuses, as keepstore does, settings that would serve unsafely
 //! (an unknown driver on one of this node's volumes, a token keepstore would refuse, an
-//! https URL keepring cannot serve). Every key read or refused is listed in the README's
+//! https URL without the certificate and key to serve it). Every key read or refused is listed in the README's
 //! configuration section; any other key is ignored. Pure: text in, settings out.
 
 pub mod this_host;
@@ -96,6 +96,21 @@ struct SystemLogs {
 struct Tls {
     certificate: String,
     key: String,
+    #[serde(rename = "ACME")]
+    acme: Acme,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+struct Acme {
+    server: String,
+}
+
+/// The PEM files an HTTPS listener serves: its certificate chain and private key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub certificate: PathBuf,
+    pub key: PathBuf,
 }
 
 #[derive(Deserialize, Default)]
@@ -140,6 +155,8 @@ pub struct ClusterSettings {
     pub cluster_id: String,
     /// This node's `InternalURLs` entry and the address to bind for it.
     pub service: Option<this_host::Chosen>,
+    /// `TLS.Certificate` and `TLS.Key` when this node's ListenURL is https.
+    pub tls: Option<TlsFiles>,
     pub signing_key: Option<String>,
     /// `Collections.BlobSigning` (default true): check signatures on reads.
     pub enforce_signatures: bool,
@@ -205,9 +222,10 @@ impl ClusterFile {
     pub fn settings(self, service: Option<this_host::Chosen>) -> Result<ClusterSettings, String> {
         let cluster = self.cluster;
         check_secrets(&cluster)?;
-        if let Some(chosen) = &service {
-            check_tls(chosen, &cluster.tls)?;
-        }
+        let tls = match &service {
+            Some(chosen) => tls_files(chosen, &cluster.tls)?,
+            None => None,
+        };
         let collections = &cluster.collections;
         let duration = |text: &Option<String>| text.as_deref().map(parse_duration_secs).transpose();
         let concurrency = |value: Option<i64>| value.map_or(TRASH_CONCURRENCY_DEFAULT, |value| value.max(0) as usize);
@@ -222,6 +240,7 @@ impl ClusterFile {
         Ok(ClusterSettings {
             cluster_id: self.cluster_id,
             service,
+            tls,
             signing_key: non_empty(&collections.blob_signing_key),
             enforce_signatures: collections.blob_signing.unwrap_or(true),
             blob_signing_ttl_secs: duration(&collections.blob_signing_ttl)?.map(|secs| secs.max(0) as u64),
@@ -273,11 +292,20 @@ pub fn check_secret(name: &str, value: &str) -> Result<(), String> {
     }
 }
 
-/// keepring has no TLS listener yet: an https listen URL is refused rather than served as
-/// plain HTTP, with the reason keepstore gives when the certificate is missing.
-fn check_tls(chosen: &this_host::Chosen, tls: &Tls) -> Result<(), String> {
+/// An https ListenURL is served with `TLS.Certificate` and `TLS.Key`, read as keepstore
+/// reads them (lib/service/tls.go: a `file://` prefix trimmed, the rest a path); without
+/// both it is refused, never served as plain HTTP. keepstore's other way, certificates
+/// from an ACME cache (`TLS.ACME.Server`), is refused too. An http ListenURL ignores them.
+fn tls_files(chosen: &this_host::Chosen, tls: &Tls) -> Result<Option<TlsFiles>, String> {
     if !chosen.entry.listen.is_https() {
-        return Ok(());
+        return Ok(None);
+    }
+    if !tls.acme.server.is_empty() {
+        return Err(format!(
+            "{} is https with TLS.ACME.Server set: keepring does not take certificates from ACME; \
+             set TLS.Certificate and TLS.Key instead",
+            chosen.entry.listen
+        ));
     }
     if tls.certificate.is_empty() || tls.key.is_empty() {
         return Err(format!(
@@ -285,10 +313,11 @@ fn check_tls(chosen: &this_host::Chosen, tls: &Tls) -> Result<(), String> {
             chosen.entry.listen
         ));
     }
-    Err(format!(
-        "{} is https: keepring does not serve TLS yet (put a TLS proxy in front and use an http ListenURL)",
-        chosen.entry.listen
-    ))
+    let path = |value: &str| PathBuf::from(value.strip_prefix("file://").unwrap_or(value));
+    Ok(Some(TlsFiles {
+        certificate: path(&tls.certificate),
+        key: path(&tls.key),
+    }))
 }
 
 fn log_settings(logs: &SystemLogs) -> Result<(bool, Option<tracing::Level>), String> {
@@ -600,7 +629,7 @@ Clusters:
     }
 
     #[test]
-    fn https_is_refused_with_or_without_a_certificate() {
+    fn https_is_served_with_a_certificate_and_refused_without() {
         let error = settings_for(EXAMPLE, Some("https://127.0.0.1:25107/")).unwrap_err();
         assert!(
             error.contains("TLS.Certificate and TLS.Key are not both set"),
@@ -608,10 +637,27 @@ Clusters:
         );
         let with_cert = EXAMPLE.replace(
             "    API:\n",
-            "    TLS:\n      Certificate: file:///c.pem\n      Key: file:///k.pem\n    API:\n",
+            "    TLS:\n      Certificate: file:///etc/c.pem\n      Key: /etc/k.pem\n    API:\n",
         );
-        let error = settings_for(&with_cert, Some("https://127.0.0.1:25107/")).unwrap_err();
-        assert!(error.contains("does not serve TLS yet"), "{error}");
+        let settings = settings_for(&with_cert, Some("https://127.0.0.1:25107/")).unwrap();
+        assert_eq!(
+            settings.tls,
+            Some(TlsFiles {
+                certificate: PathBuf::from("/etc/c.pem"),
+                key: PathBuf::from("/etc/k.pem"),
+            }),
+            "file:// trimmed as keepstore trims it, a bare path taken as it is"
+        );
+        let plain = settings_for(&with_cert, Some("http://127.0.0.1:25107/")).unwrap();
+        assert_eq!(plain.tls, None, "an http ListenURL ignores TLS.*");
+        let only_key = EXAMPLE.replace("    API:\n", "    TLS:\n      Key: file:///etc/k.pem\n    API:\n");
+        assert!(settings_for(&only_key, Some("https://127.0.0.1:25107/")).is_err());
+        let acme = with_cert.replace(
+            "      Key: /etc/k.pem\n",
+            "      Key: /etc/k.pem\n      ACME:\n        Server: acme.example\n",
+        );
+        let error = settings_for(&acme, Some("https://127.0.0.1:25107/")).unwrap_err();
+        assert!(error.contains("ACME"), "{error}");
     }
 
     #[test]

@@ -9,4 +9,5 @@ pub mod reply;
 pub mod request;
 pub mod response;
 pub mod session;
+pub mod tls_channel;
 pub mod token;

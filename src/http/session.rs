@@ -6,6 +6,11 @@
 //! next request. tokio-uring does not cancel an operation whose future is dropped, so
 //! every timeout shuts the socket down first: the pending operation then completes and
 //! frees its buffer.
+//!
+//! A TLS connection (`tls`) differs only where bytes meet the socket: reads, writes and a
+//! clean close go through its `TlsChannel`, and a file piece is written from its buffer
+//! instead of by sendfile. A plain connection takes the same path as before TLS existed,
+//! one `Option` test per socket operation.
 
 use std::future::Future;
 use std::net::Shutdown;
@@ -21,9 +26,11 @@ use crate::http::chunked::ChunkedDecoder;
 use crate::http::reply::{BodySource, Piece, Response, Streamed};
 use crate::http::request::{parse_head, Framing, Head};
 use crate::http::response::{BodyFraming, ResponseHead};
+use crate::http::tls_channel::TlsChannel;
 use crate::lifecycle::drain::Gate;
 use crate::limits::{
     DRAIN_IDLE_GRACE_MS, HEADER_TIMEOUT_MS, IDLE_TIMEOUT_MS, IO_STALL_TIMEOUT_MS, LINGER_MS_MAX, READ_BUFFER_BYTES,
+    TLS_CLOSE_NOTIFY_MS_MAX,
 };
 
 enum Body {
@@ -33,6 +40,8 @@ enum Body {
 
 pub struct Session {
     stream: TcpStream,
+    /// Set on an HTTPS listener's connections: the socket carries TLS records.
+    tls: Option<Box<TlsChannel>>,
     /// Bytes read from the socket and not yet consumed are `read_buffer[start..]`.
     read_buffer: Vec<u8>,
     start: usize,
@@ -59,9 +68,10 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(stream: TcpStream, gate: Rc<Gate>) -> Self {
+    pub fn new(stream: TcpStream, gate: Rc<Gate>, tls: Option<TlsChannel>) -> Self {
         Session {
             stream,
+            tls: tls.map(Box::new),
             gate,
             read_buffer: Vec::with_capacity(READ_BUFFER_BYTES),
             start: 0,
@@ -83,15 +93,8 @@ impl Session {
         &self.read_buffer[self.start..]
     }
 
-    /// Run `operation` with a deadline; past it the socket is shut down (see module doc).
-    async fn deadline<T>(&self, deadline: Instant, operation: impl Future<Output = T>) -> Result<T, RequestError> {
-        match tokio::time::timeout_at(deadline.into(), operation).await {
-            Ok(output) => Ok(output),
-            Err(_) => {
-                let _ = self.stream.shutdown(Shutdown::Both);
-                Err(RequestError::ClientGone)
-            }
-        }
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// Read more bytes into the read buffer, compacting it first. `Ok(0)` is end of stream.
@@ -107,10 +110,9 @@ impl Session {
             self.read_buffer = buffer;
             return Err(RequestError::HeadTooLarge);
         }
-        let (result, slice) = self
-            .deadline(deadline, self.stream.read(buffer.slice(offset..end)))
-            .await?;
-        self.read_buffer = slice.into_inner();
+        let read = read_into(&self.stream, self.tls.as_deref_mut(), buffer, end);
+        let (result, buffer) = with_deadline(&self.stream, deadline, read).await?;
+        self.read_buffer = buffer;
         result.map_err(|_| RequestError::ClientGone)
     }
 
@@ -121,26 +123,38 @@ impl Session {
         self.start = 0;
         let buffer = std::mem::take(&mut self.read_buffer);
         let end = buffer.capacity();
-        let read = self.stream.read(buffer.slice(0..end));
-        tokio::pin!(read);
-        loop {
-            let grace = Duration::from_millis(DRAIN_IDLE_GRACE_MS);
-            let deadline = match self.gate.began() {
-                Some(began) => idle_deadline.min(began + grace),
-                None => idle_deadline,
-            };
-            tokio::select! {
-                biased;
-                (result, slice) = &mut read => {
-                    self.read_buffer = slice.into_inner();
-                    return result.map_err(|_| RequestError::ClientGone);
+        let gate = &self.gate;
+        let outcome = {
+            let read = read_into(&self.stream, self.tls.as_deref_mut(), buffer, end);
+            tokio::pin!(read);
+            loop {
+                let grace = Duration::from_millis(DRAIN_IDLE_GRACE_MS);
+                let deadline = match gate.began() {
+                    Some(began) => idle_deadline.min(began + grace),
+                    None => idle_deadline,
+                };
+                tokio::select! {
+                    biased;
+                    read = &mut read => break Some(read),
+                    _ = tokio::time::sleep_until(deadline.into()) => break None,
+                    _ = gate.opened(), if gate.began().is_none() => {}
                 }
-                _ = tokio::time::sleep_until(deadline.into()) => {
-                    // The read stays queued in the ring: shutting the socket completes it.
-                    let _ = self.stream.shutdown(Shutdown::Both);
-                    return Err(RequestError::ClientGone);
+            }
+        };
+        match outcome {
+            Some((result, buffer)) => {
+                self.read_buffer = buffer;
+                result.map_err(|_| RequestError::ClientGone)
+            }
+            None => {
+                // Idle past its time: a TLS peer is told (its read's future is gone, so
+                // the channel is free), then the read that stays queued in the ring is
+                // completed by shutting the socket.
+                if let Some(tls) = self.tls.as_mut() {
+                    tls.close_notify_now(self.stream.as_raw_fd());
                 }
-                _ = self.gate.opened(), if self.gate.began().is_none() => {}
+                let _ = self.stream.shutdown(Shutdown::Both);
+                Err(RequestError::ClientGone)
             }
         }
     }
@@ -236,15 +250,13 @@ impl Session {
                     return (Ok(take), out);
                 }
                 out.reserve(want);
-                let length = out.len();
-                let read = self
-                    .deadline(stall, self.stream.read(out.slice(length..length + want)))
-                    .await;
-                let (result, slice) = match read {
+                let end = out.len() + want;
+                let read = read_into(&self.stream, self.tls.as_deref_mut(), out, end);
+                let (result, returned) = match with_deadline(&self.stream, stall, read).await {
                     Ok(done) => done,
                     Err(error) => return (Err(error), Vec::new()),
                 };
-                out = slice.into_inner();
+                out = returned;
                 match result {
                     Ok(0) | Err(_) => (Err(RequestError::ClientGone), out),
                     Ok(read) => {
@@ -338,7 +350,14 @@ impl Session {
             return (Ok(()), buffer);
         }
         let stall = Instant::now() + Duration::from_millis(IO_STALL_TIMEOUT_MS);
-        match self.deadline(stall, self.stream.write_all(buffer.slice(sent..))).await {
+        if let Some(tls) = self.tls.as_deref_mut() {
+            return match with_deadline(&self.stream, stall, tls.write_all(&self.stream, buffer, sent)).await {
+                Ok((Ok(()), buffer)) => (Ok(()), buffer),
+                Ok((Err(_), buffer)) => (Err(RequestError::ClientGone), buffer),
+                Err(error) => (Err(error), Vec::new()),
+            };
+        }
+        match with_deadline(&self.stream, stall, self.stream.write_all(buffer.slice(sent..))).await {
             Ok((Ok(()), slice)) => (Ok(()), slice.into_inner()),
             Ok((Err(_), slice)) => (Err(RequestError::ClientGone), slice.into_inner()),
             Err(error) => (Err(error), Vec::new()),
@@ -450,7 +469,8 @@ impl Session {
         loop {
             let (result, returned) = match source.next(spent).await? {
                 Piece::End => return Ok(bytes_out),
-                Piece::File { fd, position, buffer } if pending.is_empty() && !chunked => {
+                // Over TLS the bytes must be encrypted: the buffer holds them (below).
+                Piece::File { fd, position, buffer } if pending.is_empty() && !chunked && self.tls.is_none() => {
                     bytes_out += buffer.len() as u64;
                     self.write_file_chunk(fd, position, buffer).await
                 }
@@ -516,7 +536,12 @@ impl Session {
 
     /// Close after a last response without an RST: send FIN, then read and drop whatever
     /// the client still sends (pipelined requests it will retry) until it closes too.
+    /// A TLS peer gets close_notify first; what it sends after is dropped unread.
     pub async fn linger_close(&mut self) {
+        if let Some(mut tls) = self.tls.take() {
+            let deadline = Instant::now() + Duration::from_millis(TLS_CLOSE_NOTIFY_MS_MAX);
+            let _ = with_deadline(&self.stream, deadline, tls.close_notify(&self.stream)).await;
+        }
         let _ = self.stream.shutdown(Shutdown::Write);
         let deadline = Instant::now() + Duration::from_millis(LINGER_MS_MAX);
         loop {
@@ -528,5 +553,38 @@ impl Session {
             }
         }
         self.shutdown();
+    }
+}
+
+/// Run `operation` with a deadline; past it the socket is shut down (see module doc).
+async fn with_deadline<T>(
+    stream: &TcpStream,
+    deadline: Instant,
+    operation: impl Future<Output = T>,
+) -> Result<T, RequestError> {
+    match tokio::time::timeout_at(deadline.into(), operation).await {
+        Ok(output) => Ok(output),
+        Err(_) => {
+            let _ = stream.shutdown(Shutdown::Both);
+            Err(RequestError::ClientGone)
+        }
+    }
+}
+
+/// Read into `buffer[buffer.len()..end]` (`end` ≤ its capacity): from the socket, or,
+/// on a TLS connection, the plaintext of what the socket brings. `Ok(0)`: end of stream.
+async fn read_into(
+    stream: &TcpStream,
+    tls: Option<&mut TlsChannel>,
+    buffer: Vec<u8>,
+    end: usize,
+) -> (std::io::Result<usize>, Vec<u8>) {
+    match tls {
+        None => {
+            let offset = buffer.len();
+            let (result, slice) = stream.read(buffer.slice(offset..end)).await;
+            (result, slice.into_inner())
+        }
+        Some(tls) => tls.read(stream, buffer, end).await,
     }
 }

@@ -13,12 +13,24 @@ use crate::error::RequestError;
 use crate::http::reply::{Reply, Response, TEXT_PLAIN};
 use crate::http::request::{Framing, Head};
 use crate::http::session::Session;
+use crate::http::tls_channel::TlsChannel;
 use crate::limits::READ_BUFFER_BYTES;
 use crate::server::worker::{Answered, LiveConnection, Worker};
 
 /// Serve requests on one connection until it closes.
 pub async fn serve(stream: TcpStream, worker: &Worker, live: &LiveConnection) {
-    let mut session = Session::new(stream, Rc::clone(&worker.gate));
+    // An HTTPS listener's connection shakes hands with the certificate in force now.
+    let tls = match &worker.tls {
+        None => None,
+        Some(server_tls) => match TlsChannel::new(server_tls.config()) {
+            Ok(channel) => Some(channel),
+            Err(error) => {
+                tracing::warn!(worker = worker.id(), error = %error, "cannot start a TLS connection");
+                return;
+            }
+        },
+    };
+    let mut session = Session::new(stream, Rc::clone(&worker.gate), tls);
     let linger = loop {
         let head = match session.read_head().await {
             Ok(Some(head)) => head,

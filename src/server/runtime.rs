@@ -38,6 +38,8 @@ pub struct WorkerStart {
     pub drain_timeout: Duration,
     /// Connections this worker serves at once.
     pub connections_max: usize,
+    /// The listeners serve HTTPS with this certificate (None: plain HTTP).
+    pub tls: Option<Arc<crate::tls::ServerTls>>,
 }
 
 /// Build this thread's ring, serve until a drain completes (or times out).
@@ -54,7 +56,13 @@ pub fn run(start: WorkerStart) -> WorkerExit {
         .uring_builder(&ring)
         .start(async move {
             let services = start.services;
-            let worker = Rc::new(Worker::new(start.id, services.clone(), seed, start.connections_max));
+            let worker = Rc::new(Worker::new(
+                start.id,
+                services.clone(),
+                seed,
+                start.connections_max,
+                start.tls,
+            ));
             let mut accept_tasks = Vec::new();
             for listener in start.listeners {
                 match tokio::net::TcpListener::from_std(listener) {

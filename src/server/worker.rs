@@ -16,6 +16,7 @@ use tokio::sync::Notify;
 use crate::api::context::{Core, Services};
 use crate::http::request::{Framing, Head};
 use crate::lifecycle::drain::Gate;
+use crate::tls::ServerTls;
 
 /// A connection as its worker sees it, so a drain that times out can say what it cut.
 pub struct LiveConnection {
@@ -45,11 +46,21 @@ pub struct Worker {
     pub(super) connections_max: usize,
     /// When this core last warned that its connection limit was reached.
     pub(super) limit_warned: Cell<Option<Instant>>,
+    /// The HTTPS listener's certificate in force (shared by every core, swapped by a
+    /// reload); None: plain HTTP.
+    pub tls: Option<Arc<ServerTls>>,
 }
 
 impl Worker {
-    pub fn new(id: usize, services: Arc<Services>, seed: u64, connections_max: usize) -> Self {
+    pub fn new(
+        id: usize,
+        services: Arc<Services>,
+        seed: u64,
+        connections_max: usize,
+        tls: Option<Arc<ServerTls>>,
+    ) -> Self {
         Worker {
+            tls,
             connections_max: connections_max.max(1),
             limit_warned: Cell::new(None),
             core: Core::new(id, services, seed),

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use crate::support::server::binary_path;
 
 /// Runs keepring with `args`; it must exit on its own within a few seconds.
-fn run(args: &[String]) -> Output {
+pub(crate) fn run(args: &[String]) -> Output {
     let mut child = Command::new(binary_path())
         .args(args)
         .stdin(Stdio::null())
@@ -32,7 +32,7 @@ fn run(args: &[String]) -> Output {
     }
 }
 
-fn assert_startup_error(args: &[String], mention: &str) {
+pub(crate) fn assert_startup_error(args: &[String], mention: &str) {
     let output = run(args);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(

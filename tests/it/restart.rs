@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::client::slow_get;
 use crate::support::load::{LoadHandle, LoadLimits, LoadMode, LoadStats, LoadTarget};
+use crate::support::tls::TlsFixture;
 use crate::support::*;
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -55,10 +56,16 @@ struct Generations {
     extra_args: Vec<String>,
     expect_handover: bool,
     servers: Vec<TestServer>,
+    /// Every generation serves HTTPS with this pair.
+    tls: Option<TlsFixture>,
 }
 
 impl Generations {
     fn start(extra_args: &[&str]) -> Generations {
+        Generations::start_with(extra_args, None)
+    }
+
+    fn start_with(extra_args: &[&str], tls: Option<TlsFixture>) -> Generations {
         let control_dir = tempfile::Builder::new()
             .prefix("keepring-ctl-")
             .tempdir()
@@ -71,8 +78,12 @@ impl Generations {
         for arg in &extra_args {
             builder = builder.arg(arg);
         }
+        if let Some(tls) = &tls {
+            builder = builder.tls(tls);
+        }
         let server = builder.start();
         Generations {
+            tls,
             _control_dir: control_dir,
             control,
             addr: server.addr,
@@ -106,6 +117,9 @@ impl Generations {
             .arg(&old_pid.to_string());
         for arg in &self.extra_args {
             builder = builder.arg(arg);
+        }
+        if let Some(tls) = &self.tls {
+            builder = builder.tls(tls);
         }
         let server = builder.start();
         assert_eq!(server.addr, self.addr, "the successor listens elsewhere");
@@ -220,8 +234,18 @@ fn report(name: &str, restarts: usize, stats: &LoadStats) {
 
 /// Runs `mode` against a block GET while the server is replaced `RESTARTS` times.
 fn load_across_restarts(name: &str, mode: LoadMode, extra_args: &[&str]) -> (LoadStats, Duration) {
+    load_across_restarts_with(name, mode, extra_args, None)
+}
+
+/// As `load_across_restarts`, every generation serving HTTPS with `tls` when given.
+fn load_across_restarts_with(
+    name: &str,
+    mode: LoadMode,
+    extra_args: &[&str],
+    tls: Option<TlsFixture>,
+) -> (LoadStats, Duration) {
     let started = Instant::now();
-    let mut generations = Generations::start(extra_args);
+    let mut generations = Generations::start_with(extra_args, tls.clone());
     let data = test_bytes(41, 8 * 1024);
     let locator = generations.current().put_block(&data);
     let target = LoadTarget {
@@ -229,6 +253,7 @@ fn load_across_restarts(name: &str, mode: LoadMode, extra_args: &[&str]) -> (Loa
         path: format!("/{locator}"),
         token: Some(USER_TOKEN.to_string()),
         expected_body: Arc::new(data),
+        tls: tls.map(|fixture| fixture.connector),
     };
     let load = LoadHandle::start(
         target,
@@ -316,6 +341,59 @@ fn keepalive_load_survives_five_restarts_without_a_failure() {
     assert!(
         stats.close_responses >= (connections * RESTARTS) as u64,
         "draining processes should say Connection: close: {}",
+        stats.summary()
+    );
+}
+
+#[test]
+fn https_keepalive_load_survives_five_restarts_without_a_failure() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tls = TlsFixture::new(dir.path(), "restart");
+    let connections = 16;
+    let mode = LoadMode::KeepAlive { connections, depth: 4 };
+    let (stats, _) = load_across_restarts_with("https-keepalive", mode, &[], Some(tls));
+    assert_eq!(
+        stats.failures(),
+        0,
+        "failed requests: {}\n{:#?}",
+        stats.summary(),
+        stats.samples
+    );
+    assert!(
+        stats.ok >= (RESTARTS as u64 + 1) * OK_BETWEEN_RESTARTS,
+        "too few requests: {}",
+        stats.summary()
+    );
+    // The drain's `Connection: close` reaches TLS connections too, and each one moved on.
+    assert!(
+        stats.connections >= (connections * (RESTARTS + 1)) as u64,
+        "connections did not move to the new processes: {}",
+        stats.summary()
+    );
+    assert!(
+        stats.close_responses >= (connections * RESTARTS) as u64,
+        "draining processes should say Connection: close: {}",
+        stats.summary()
+    );
+}
+
+#[test]
+fn https_churn_load_survives_five_restarts_without_a_failure() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tls = TlsFixture::new(dir.path(), "restart");
+    let (stats, _) = load_across_restarts_with("https-churn", LoadMode::Churn { threads: 4 }, &[], Some(tls));
+    assert_eq!(
+        stats.failures(),
+        0,
+        "failed connections: {}\n{:#?}",
+        stats.summary(),
+        stats.samples
+    );
+    assert!(
+        stats.ok >= (RESTARTS as u64 + 1) * OK_BETWEEN_RESTARTS,
+        "too few requests: {}",
         stats.summary()
     );
 }

@@ -697,6 +697,7 @@ fn unit_starts_keepring_and_reload_hands_over_without_a_failed_request() {
             path: format!("/{locator}"),
             token: Some(USER_TOKEN.to_string()),
             expected_body: Arc::new(data.clone()),
+            tls: None,
         },
         LoadMode::Churn { threads: 2 },
         LoadLimits {

@@ -137,9 +137,50 @@ impl Response {
     }
 }
 
+/// A client connection's byte stream: plain TCP, or TLS over it (OpenSSL).
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<openssl::ssl::SslStream<TcpStream>>),
+}
+
+impl Stream {
+    /// The TCP socket under it (timeouts, shutdown, peeking).
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(stream) => stream,
+            Stream::Tls(stream) => stream.get_ref(),
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(stream) => stream.read(buffer),
+            Stream::Tls(stream) => stream.read(buffer),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buffer: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(stream) => stream.write(buffer),
+            Stream::Tls(stream) => stream.write(buffer),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(stream) => stream.flush(),
+            Stream::Tls(stream) => stream.flush(),
+        }
+    }
+}
+
 /// One client connection.
 pub struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     /// Bytes read from the socket but not yet consumed (pipelined responses).
     pending: Vec<u8>,
 }
@@ -159,13 +200,39 @@ impl Conn {
             .expect("set write timeout");
         stream.set_nodelay(true).expect("set nodelay");
         Conn {
-            stream,
+            stream: Stream::Plain(stream),
+            pending: Vec::new(),
+        }
+    }
+
+    /// An HTTPS connection: TLS handshake with `connector` (as `localhost`) first.
+    pub fn connect_tls(addr: SocketAddr, connector: &openssl::ssl::SslConnector) -> Conn {
+        let stream = super::tls::connect(addr, connector, Duration::from_secs(5))
+            .unwrap_or_else(|error| panic!("cannot connect to https://{addr}: {error}"));
+        stream
+            .get_ref()
+            .set_read_timeout(Some(READ_TIMEOUT))
+            .expect("set read timeout");
+        stream
+            .get_ref()
+            .set_write_timeout(Some(Duration::from_secs(30)))
+            .expect("set write timeout");
+        Conn {
+            stream: Stream::Tls(Box::new(stream)),
             pending: Vec::new(),
         }
     }
 
     pub fn stream(&self) -> &TcpStream {
-        &self.stream
+        self.stream.tcp()
+    }
+
+    /// The TLS session, on an HTTPS connection.
+    pub fn tls(&self) -> Option<&openssl::ssl::SslRef> {
+        match &self.stream {
+            Stream::Plain(_) => None,
+            Stream::Tls(stream) => Some(stream.ssl()),
+        }
     }
 
     pub fn write_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
@@ -193,7 +260,7 @@ impl Conn {
     }
 
     pub fn shutdown_write(&mut self) {
-        let _ = self.stream.shutdown(Shutdown::Write);
+        let _ = self.stream.tcp().shutdown(Shutdown::Write);
     }
 
     /// Reads one response (1xx included) to a request with method `method` (HEAD → no body).
@@ -256,7 +323,10 @@ impl Conn {
         if !self.pending.is_empty() {
             return false;
         }
-        self.stream.set_read_timeout(Some(within)).expect("set read timeout");
+        self.stream
+            .tcp()
+            .set_read_timeout(Some(within))
+            .expect("set read timeout");
         let mut byte = [0u8; 1];
         let closed = match self.stream.read(&mut byte) {
             Ok(0) => true,
@@ -264,6 +334,7 @@ impl Conn {
             Err(error) => !matches!(error.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut),
         };
         self.stream
+            .tcp()
             .set_read_timeout(Some(READ_TIMEOUT))
             .expect("set read timeout");
         closed

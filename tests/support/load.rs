@@ -2,6 +2,9 @@
 //! only, bounded by a duration and optionally a request count. It counts every failure
 //! itself instead of trusting the server's logs.
 //!
+//! Over HTTPS (`LoadTarget::tls`) every connection shakes hands first (OpenSSL); a
+//! failed handshake counts as a `Connect` failure.
+//!
 //! Two modes:
 //! - `KeepAlive`: N connections, each keeping `depth` GETs in flight (pipelined). A
 //!   response carrying `Connection: close` ends the connection; the requests pipelined
@@ -18,6 +21,10 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+
+use openssl::ssl::SslConnector;
+
+use super::client::Stream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -43,6 +50,8 @@ pub struct LoadTarget {
     pub token: Option<String>,
     /// The exact body every 200 response must carry.
     pub expected_body: Arc<Vec<u8>>,
+    /// Speak HTTPS with this client (None: plain HTTP).
+    pub tls: Option<SslConnector>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -347,12 +356,16 @@ fn request_bytes(target: &LoadTarget, close: bool) -> Vec<u8> {
     text.into_bytes()
 }
 
-fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
-    let stream = TcpStream::connect_timeout(&addr, LOAD_IO_TIMEOUT)?;
+fn connect(target: &LoadTarget) -> io::Result<Stream> {
+    if let Some(connector) = &target.tls {
+        let stream = super::tls::connect(target.addr, connector, LOAD_IO_TIMEOUT)?;
+        return Ok(Stream::Tls(Box::new(stream)));
+    }
+    let stream = TcpStream::connect_timeout(&target.addr, LOAD_IO_TIMEOUT)?;
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(LOAD_IO_TIMEOUT))?;
     stream.set_write_timeout(Some(LOAD_IO_TIMEOUT))?;
-    Ok(stream)
+    Ok(Stream::Plain(stream))
 }
 
 fn classify(error: &io::Error) -> FailureKind {
@@ -376,13 +389,13 @@ struct Answer {
 
 /// Reads pipelined responses off one connection.
 struct Reader {
-    stream: TcpStream,
+    stream: Stream,
     pending: Vec<u8>,
     buffer: Vec<u8>,
 }
 
 impl Reader {
-    fn new(stream: TcpStream) -> Reader {
+    fn new(stream: Stream) -> Reader {
         Reader {
             stream,
             pending: Vec::with_capacity(64 * 1024),
@@ -530,7 +543,7 @@ fn keepalive_connection(shared: &Shared, depth: usize) -> LoadStats {
         if to_resend == 0 && shared.stopping() {
             break;
         }
-        let stream = match connect(shared.target.addr) {
+        let stream = match connect(&shared.target) {
             Ok(stream) => stream,
             Err(error) => {
                 shared.record_failure(&mut stats, FailureKind::Connect, 1, &format!("connect: {error}"));
@@ -551,13 +564,8 @@ fn keepalive_connection(shared: &Shared, depth: usize) -> LoadStats {
         };
         connect_failures_in_a_row = 0;
         stats.connections += 1;
-        let mut writer = match stream.try_clone() {
-            Ok(writer) => writer,
-            Err(error) => {
-                shared.record_failure(&mut stats, FailureKind::OtherIo, 1, &format!("clone socket: {error}"));
-                break;
-            }
-        };
+        // One thread writes and reads in turn, so one stream serves both (a TLS stream
+        // cannot be split).
         let mut reader = Reader::new(stream);
         // Re-sent requests first, then new ones up to the depth.
         let mut outstanding = to_resend;
@@ -572,7 +580,7 @@ fn keepalive_connection(shared: &Shared, depth: usize) -> LoadStats {
         // A write error is not yet a failure: a `Connection: close` response may already
         // be waiting to be read (then the unanswered requests are retried). The read
         // decides.
-        let mut write_broken = writer.write_all(&request.repeat(outstanding)).is_err();
+        let mut write_broken = reader.stream.write_all(&request.repeat(outstanding)).is_err();
         loop {
             match reader.read_answer(&expected) {
                 Ok(answer) => {
@@ -584,7 +592,7 @@ fn keepalive_connection(shared: &Shared, depth: usize) -> LoadStats {
                     }
                     if !write_broken && shared.may_send() {
                         outstanding += 1;
-                        write_broken = writer.write_all(&request).is_err();
+                        write_broken = reader.stream.write_all(&request).is_err();
                     }
                     if outstanding == 0 {
                         break;
@@ -612,7 +620,7 @@ fn churn_thread(shared: &Shared) -> LoadStats {
     let expected = Arc::clone(&shared.target.expected_body);
     let mut connect_failures_in_a_row = 0u64;
     while shared.may_send() {
-        let mut stream = match connect(shared.target.addr) {
+        let mut stream = match connect(&shared.target) {
             Ok(stream) => stream,
             Err(error) => {
                 shared.record_failure(&mut stats, FailureKind::Connect, 1, &format!("connect: {error}"));

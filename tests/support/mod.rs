@@ -5,6 +5,7 @@
 //! - `client`: a minimal blocking HTTP/1.1 client over `TcpStream` (keep-alive, raw bytes,
 //!   pipelining, chunked bodies, responses cut short).
 //! - `keep`: Keep-specific helpers: MD5, permission signatures, block paths, test data.
+//! - `tls`: a self-signed certificate made in the test, and an OpenSSL client trusting it.
 //! - `load`: a load generator (keep-alive pipelining or connection churn) that counts every
 //!   failed request itself, for the restart tests.
 
@@ -14,6 +15,7 @@ pub mod client;
 pub mod keep;
 pub mod load;
 pub mod server;
+pub mod tls;
 
 pub use client::{Request, Response};
 pub use keep::*;

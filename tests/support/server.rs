@@ -18,6 +18,7 @@ use tempfile::TempDir;
 
 use super::client::{Conn, Request, Response};
 use super::keep::*;
+use super::tls::TlsFixture;
 
 /// How long the server may take to print `listening on`.
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -107,6 +108,8 @@ pub struct ServerBuilder {
     omit_listen: bool,
     /// Extra environment of the process.
     envs: Vec<(String, String)>,
+    /// Serve HTTPS with this pair; the `TestServer`'s connections then speak TLS.
+    tls: Option<TlsFixture>,
 }
 
 impl Default for ServerBuilder {
@@ -133,6 +136,7 @@ impl ServerBuilder {
             listen: None,
             omit_listen: false,
             envs: Vec::new(),
+            tls: None,
         }
     }
 
@@ -188,6 +192,21 @@ impl ServerBuilder {
     /// Give no `--listen` flag: the cluster config's InternalURLs decide.
     pub fn without_listen_flag(mut self) -> ServerBuilder {
         self.omit_listen = true;
+        self
+    }
+
+    /// Serve HTTPS with `fixture`'s certificate (`--tls-certificate`, `--tls-key`); the
+    /// server's `conn()` and request helpers then connect over TLS.
+    pub fn tls(mut self, fixture: &TlsFixture) -> ServerBuilder {
+        self.args.extend(fixture.args());
+        self.tls = Some(fixture.clone());
+        self
+    }
+
+    /// Connect over TLS with `fixture`'s client without passing any flag (the config
+    /// file names the certificate).
+    pub fn tls_client(mut self, fixture: &TlsFixture) -> ServerBuilder {
+        self.tls = Some(fixture.clone());
         self
     }
 
@@ -249,6 +268,7 @@ impl ServerBuilder {
             reader: Some(reader),
             volumes: self.volumes,
             dir: self.dir,
+            tls: self.tls.map(|fixture| fixture.connector),
         };
         let line = server
             .log
@@ -287,6 +307,8 @@ pub struct TestServer {
     reader: Option<JoinHandle<()>>,
     volumes: Vec<PathBuf>,
     dir: TempDir,
+    /// An HTTPS server: the client its connections use.
+    pub tls: Option<openssl::ssl::SslConnector>,
 }
 
 impl TestServer {
@@ -307,8 +329,12 @@ impl TestServer {
         self.dir.path()
     }
 
+    /// A connection: TLS on an HTTPS server.
     pub fn conn(&self) -> Conn {
-        Conn::connect(self.addr)
+        match &self.tls {
+            Some(connector) => Conn::connect_tls(self.addr, connector),
+            None => Conn::connect(self.addr),
+        }
     }
 
     /// Sends `request` on a fresh connection.
