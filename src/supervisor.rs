@@ -461,7 +461,7 @@ fn serve_until_drained(
             }
             Event::Signal(SIGUSR1) => reload.watcher.nudge(WatchEvent::Rescan("SIGUSR1")),
             Event::Signal(SIGHUP) => reload.apply(&services.node, &services.chores),
-            Event::TlsReload => reload.reload_tls(None),
+            Event::TlsReload => reload.reload_tls(None, "hourly"),
             Event::Signal(signal) => tracing::info!(signal, "signal ignored"),
             Event::WorkersDone(exits) => {
                 let cut: usize = exits.iter().map(|exit| exit.cut_connections).sum();
@@ -510,7 +510,7 @@ impl Reload {
                 "SIGHUP: listen address, buffer budget and request limit changes need a restart (--term-pid)"
             );
         }
-        self.reload_tls(Some(&config));
+        self.reload_tls(Some(&config), "SIGHUP");
         node.update(|current| node_state(&config, current.volumes.clone()));
         self.watcher.nudge(WatchEvent::Sources(config.volume_sources.clone()));
         let trash = chores.reload(ChoreSettings::from_config(&config));
@@ -538,13 +538,13 @@ impl Reload {
     /// Re-read the certificate and key `config` names (None: the running config's): new
     /// handshakes use the new pair; a pair that does not load is logged and the old one
     /// stays. HTTP and HTTPS trade places only by a restart.
-    fn reload_tls(&self, config: Option<&Config>) {
+    fn reload_tls(&self, config: Option<&Config>, reason: &str) {
         let files = config.unwrap_or(&self.running).tls.as_ref();
         match (&self.tls, files) {
             (Some(server_tls), Some(files)) => match server_tls.reload(&files.certificate, &files.key) {
-                Ok(()) => tracing::info!(certificate = %files.certificate.display(), "TLS certificate loaded"),
+                Ok(()) => tracing::info!(reason, certificate = %files.certificate.display(), "TLS certificate loaded"),
                 Err(error) => {
-                    tracing::error!(error = %error, "TLS certificate not reloaded; keeping the running one")
+                    tracing::error!(reason, error = %error, "TLS certificate not reloaded; keeping the running one")
                 }
             },
             (None, None) => {}

@@ -166,6 +166,13 @@ impl TlsChannel {
         let mut sent = from;
         while sent < buffer.len() {
             match self.connection.writer().write(&buffer[sent..]) {
+                // Nothing taken and nothing to send would loop forever (a closed session).
+                Ok(0) if !self.connection.wants_write() => {
+                    return (
+                        Err(io::Error::new(io::ErrorKind::BrokenPipe, "TLS session closed")),
+                        buffer,
+                    )
+                }
                 Ok(accepted) => sent += accepted,
                 Err(error) => return (Err(error), buffer),
             }

@@ -3,8 +3,8 @@
 //! the server, OpenSSL in these tests' client); a 64 MiB block leaves encrypted byte for
 //! byte (the path that sends file pieces by sendfile over plain HTTP); an https URL
 //! without a usable pair refuses to start; SIGHUP swaps the certificate for new
-//! handshakes and keeps the old one when the new pair is bad. Restarts under HTTPS load
-//! are in `restart.rs`.
+//! handshakes and keeps the old one when the new pair is bad; a drain closes TLS
+//! connections with close_notify. Restarts under HTTPS load are in `restart.rs`.
 
 use std::time::Duration;
 
@@ -242,4 +242,43 @@ fn sighup_serves_a_renewed_certificate_to_new_handshakes_and_keeps_it_over_a_bad
             .status,
         200
     );
+}
+
+#[test]
+fn drain_closes_tls_connections_with_close_notify() {
+    let (_dir, _tls, mut server) = https_server("drain");
+    let data = test_bytes(135, 5000);
+    let locator = server.put_block(&data);
+    let get = Request::get(&format!("/{locator}")).token(USER_TOKEN);
+    let mut idle = server.conn();
+    assert_eq!(idle.request(&get).status, 200);
+    let mut busy = server.conn();
+    assert_eq!(busy.request(&get).status, 200);
+    server.signal(libc::SIGTERM);
+    assert!(
+        server
+            .log
+            .wait_for(RELOAD_WITHIN, |line| line.contains("draining"))
+            .is_some(),
+        "no drain logged"
+    );
+    // Requests once the drain began are answered, the first after the worker's gate
+    // opened (a moment after the log line) with `Connection: close`, then closed.
+    let closed = crate::support::client::eventually(RELOAD_WITHIN, || {
+        let answer = busy.request(&get);
+        assert_eq!(answer.status, 200, "{}", answer.summary());
+        answer.header("Connection") == Some("close")
+    });
+    assert!(closed, "no Connection: close while draining");
+    let mut byte = [0u8; 1];
+    for (what, conn) in [("after Connection: close", &mut busy), ("idle", &mut idle)] {
+        match conn.read_raw(&mut byte, Duration::from_secs(5)) {
+            Ok(0) => {}
+            other => panic!("{what}: want a close_notify (a clean end), got {other:?}"),
+        }
+    }
+    let status = server
+        .wait_exit(Duration::from_secs(30))
+        .expect("the drained server exits");
+    assert_eq!(status.code(), Some(0));
 }

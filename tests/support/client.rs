@@ -259,6 +259,22 @@ impl Conn {
         }
     }
 
+    /// One read straight from the stream (nothing may be pending): `Ok(0)` on a TLS
+    /// connection is a close_notify; OpenSSL reports a TCP EOF without one as an error.
+    pub fn read_raw(&mut self, buffer: &mut [u8], within: Duration) -> io::Result<usize> {
+        assert!(self.pending.is_empty(), "unread response bytes");
+        self.stream
+            .tcp()
+            .set_read_timeout(Some(within))
+            .expect("set read timeout");
+        let read = self.stream.read(buffer);
+        self.stream
+            .tcp()
+            .set_read_timeout(Some(READ_TIMEOUT))
+            .expect("set read timeout");
+        read
+    }
+
     pub fn shutdown_write(&mut self) {
         let _ = self.stream.tcp().shutdown(Shutdown::Write);
     }
