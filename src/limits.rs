@@ -336,7 +336,9 @@ pub const SCRUB_RECHECK_MS: u64 = 1_000;
 /// Ciphertext one socket read of a TLS connection may bring in. Four full TLS records
 /// (16 KiB of plaintext each, RFC 8446 §5.1, plus their few bytes of framing and tag): a
 /// 64 MiB PUT over TLS takes ~1,000 trips through the ring instead of ~4,000 with one
-/// record per read, and an idle TLS connection holds this on top of its read buffer.
+/// record per read. Only body reads use it: a connection waiting for a head reads one
+/// record at a time, so an idle TLS connection holds ~16 KiB more than a plain one (and
+/// rustls's own state).
 pub const TLS_READ_BYTES: usize = 4 * TLS_RECORD_WIRE_BYTES_MAX;
 /// Largest TLS record on the wire: 16 KiB of plaintext, a 5-byte header and up to 256
 /// bytes of expansion (RFC 8446 §5.2).

@@ -19,7 +19,7 @@ use rustls::{ServerConfig, ServerConnection};
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 
-use crate::limits::{TLS_READ_BYTES, TLS_SEND_BUFFER_BYTES};
+use crate::limits::{TLS_READ_BYTES, TLS_RECORD_WIRE_BYTES_MAX, TLS_SEND_BUFFER_BYTES};
 
 pub struct TlsChannel {
     connection: ServerConnection,
@@ -42,7 +42,7 @@ impl TlsChannel {
         connection.set_buffer_limit(Some(TLS_SEND_BUFFER_BYTES));
         Ok(TlsChannel {
             connection,
-            incoming: Vec::with_capacity(TLS_READ_BYTES),
+            incoming: Vec::with_capacity(TLS_RECORD_WIRE_BYTES_MAX),
             incoming_start: 0,
             outgoing: Vec::new(),
             eof: false,
@@ -66,7 +66,8 @@ impl TlsChannel {
                 return (Err(error), buffer);
             }
             if self.incoming_start == self.incoming.len() && !self.eof {
-                if let Err(error) = self.read_socket(stream).await {
+                let want = end.saturating_sub(buffer.len());
+                if let Err(error) = self.read_socket(stream, want).await {
                     return (Err(error), buffer);
                 }
             }
@@ -109,14 +110,24 @@ impl TlsChannel {
         Ok((taken > 0).then_some(taken))
     }
 
-    /// One io_uring read of ciphertext into `incoming`.
-    async fn read_socket(&mut self, stream: &TcpStream) -> io::Result<()> {
+    /// One io_uring read of ciphertext into `incoming`: a record's worth while a head (or
+    /// a small body) is wanted, so an idle connection holds little, `TLS_READ_BYTES` for
+    /// a big body. A big response's records are let go too before the connection waits.
+    async fn read_socket(&mut self, stream: &TcpStream, want: usize) -> io::Result<()> {
+        let size = match want > TLS_RECORD_WIRE_BYTES_MAX {
+            true => TLS_READ_BYTES,
+            false => TLS_RECORD_WIRE_BYTES_MAX,
+        };
+        if self.outgoing.capacity() > TLS_RECORD_WIRE_BYTES_MAX {
+            self.outgoing = Vec::new();
+        }
         let mut incoming = std::mem::take(&mut self.incoming);
         incoming.clear();
-        // A read whose future was dropped (a timeout) kept the buffer.
-        incoming.reserve(TLS_READ_BYTES);
+        incoming.shrink_to(size);
+        // (A read whose future was dropped, at a timeout, kept the buffer: then it is new.)
+        incoming.reserve(size);
         self.incoming_start = 0;
-        let end = incoming.capacity();
+        let end = size.min(incoming.capacity());
         let (result, slice) = stream.read(incoming.slice(0..end)).await;
         self.incoming = slice.into_inner();
         if result? == 0 {
