@@ -93,10 +93,6 @@ impl Session {
         &self.read_buffer[self.start..]
     }
 
-    pub fn is_tls(&self) -> bool {
-        self.tls.is_some()
-    }
-
     /// Read more bytes into the read buffer, compacting it first. `Ok(0)` is end of stream.
     async fn fill(&mut self, deadline: Instant) -> Result<usize, RequestError> {
         if self.start > 0 {
