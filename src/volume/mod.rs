@@ -3,7 +3,8 @@
 //! marking (`Volume`), its drive health (`health`: errors in a sliding window), the pure
 //! path rules (`layout`), reads and the one commit protocol for writes, on the cores
 //! through io_uring and off them for the pull worker (`io`), trash, untrash and the
-//! sweeps (`trash`), the index walk (`index`). `contract` is the
+//! sweeps (`trash`), the index walk (`index`); where a configured volume lives, a
+//! directory or an S3 bucket, as pure data (`location`). `contract` is the
 //! test suite every volume kind must pass. What io_uring cannot do without waiting
 //! (trash, untrash, touch, statvfs, directory listings) is plain blocking code here, run
 //! by the callers on the helper pool (`blocking`) or on their own threads (chores).
@@ -14,6 +15,7 @@ pub mod health;
 pub mod index;
 pub mod io;
 pub mod layout;
+pub mod location;
 pub mod page_cache;
 pub mod quarantine;
 pub mod scrub_state;
