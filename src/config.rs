@@ -13,6 +13,7 @@ use crate::limits::{
     BLOB_SIGNING_TTL_SECS_DEFAULT, DRAIN_TIMEOUT_SECS_DEFAULT, MAX_BUFFERS_DEFAULT, SCRUB_INTERVAL_SECS_DEFAULT,
     SCRUB_RATE_MB_DEFAULT, TRASH_CHECK_INTERVAL_SECS_DEFAULT, TRASH_LIFETIME_SECS_DEFAULT,
 };
+use crate::volume::location::Location;
 use crate::volume::VolumeOptions;
 use crate::volumes::discovery::VolumeSources;
 
@@ -446,14 +447,14 @@ fn worker_count(flag: Option<u16>) -> usize {
 /// `./keepring-data` only when neither a config nor any volume flag was given.
 fn fixed_volumes(
     cli: &Cli,
-    configured: Vec<(PathBuf, VolumeOptions)>,
+    configured: Vec<(Location, VolumeOptions)>,
     from_file: bool,
     service: Option<&Chosen>,
-) -> Result<Vec<(PathBuf, VolumeOptions)>, String> {
-    let mut fixed: Vec<(PathBuf, VolumeOptions)> = cli
+) -> Result<Vec<(Location, VolumeOptions)>, String> {
+    let mut fixed: Vec<(Location, VolumeOptions)> = cli
         .volumes
         .iter()
-        .map(|dir| (dir.clone(), VolumeOptions::default()))
+        .map(|dir| (Location::Directory(dir.clone()), VolumeOptions::default()))
         .collect();
     fixed.extend(configured);
     let live_sources = !cli.volume_roots.is_empty() || cli.discover_mounts;
@@ -461,7 +462,10 @@ fn fixed_volumes(
         if from_file {
             return Err(no_volume_reason(service));
         }
-        fixed.push((PathBuf::from(DEFAULT_VOLUME_DIR), VolumeOptions::default()));
+        fixed.push((
+            Location::Directory(PathBuf::from(DEFAULT_VOLUME_DIR)),
+            VolumeOptions::default(),
+        ));
     }
     Ok(fixed)
 }
@@ -568,7 +572,10 @@ mod tests {
     fn defaults_give_the_local_data_dir() {
         let config = resolve(&[]).unwrap();
         assert_eq!(config.listen, "127.0.0.1:25107".parse().unwrap());
-        assert_eq!(config.volume_sources.fixed[0].0, PathBuf::from(DEFAULT_VOLUME_DIR));
+        assert_eq!(
+            config.volume_sources.fixed[0].0,
+            Location::Directory(PathBuf::from(DEFAULT_VOLUME_DIR))
+        );
         assert_eq!(config.max_buffers, 128);
         assert!(config.workers >= 1);
     }

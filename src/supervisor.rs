@@ -118,7 +118,7 @@ fn obtain_sockets(config: &Config, control_path: &Option<PathBuf>) -> Result<Soc
 fn open_volumes(config: &Config) -> Result<VolumeSet, StartError> {
     // `--volume` directories are created if missing; configured ones (with a UUID) must
     // exist, or an unmounted drive would be replaced by a directory on the root disk.
-    for (dir, options) in &config.volume_sources.fixed {
+    for (dir, options) in config.volume_sources.fixed_directories() {
         if options.uuid.is_none() {
             std::fs::create_dir_all(dir)
                 .map_err(|error| StartError::config(format!("cannot use volume {}: {error}", dir.display())))?;

@@ -6,7 +6,8 @@
 //! IP literal, as `choose` would pick on a host that has that address, and the file is
 //! also read as a node with no entry. Checks, beyond "never panics": service URLs
 //! re-parse from their text to equal URLs and come sorted; whatever is accepted is what
-//! keepstore would serve safely (absolute volume roots, alphanumeric secrets, a signing
+//! keepstore would serve safely (absolute volume roots, S3 volumes with a bucket, a region,
+//! static keys and an http(s) endpoint or none, alphanumeric secrets, a signing
 //! key when signatures are enforced, an https listener only with a certificate and key,
 //! a volume at all); and a node with an entry refuses every file a node with none refuses
 //! (its checks are a superset: the same secrets, durations and limits, and the volumes of
@@ -21,6 +22,7 @@ use keepring::cluster_config::this_host::{Chosen, ServiceEntry};
 use keepring::cluster_config::url::ServiceUrl;
 use keepring::cluster_config::{self, ClusterSettings};
 use keepring::config::{Cli, Config, ConfigSource, LogFormat};
+use keepring::volume::location::Location;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -109,8 +111,18 @@ fn check_settings(settings: &ClusterSettings, chosen: Option<&Chosen>) {
         assert!(!secret.is_empty() && secret.bytes().all(|byte| byte.is_ascii_alphanumeric()));
     }
     assert!(settings.max_buffers.is_none_or(|count| count > 0));
-    for (root, options) in &settings.volumes {
-        assert!(root.is_absolute(), "{root:?}");
+    for (location, options) in &settings.volumes {
+        match location {
+            Location::Directory(root) => assert!(root.is_absolute(), "{root:?}"),
+            Location::S3(s3) => {
+                assert!(!s3.bucket.is_empty() && !s3.region.is_empty());
+                assert!(!s3.access_key_id.is_empty() && !s3.secret_access_key.is_empty());
+                assert!(s3.endpoint.is_empty() || ServiceUrl::parse(&s3.endpoint).is_ok());
+                assert!(s3.prefix_length <= 30 && s3.index_page_size >= 1);
+                assert!(!s3.connect_timeout.is_zero() && !s3.read_timeout.is_zero());
+                assert!(format!("{s3:?}").contains("secret_access_key: \"<redacted>\""));
+            }
+        }
         assert!(options.replication >= 1);
         assert!(!options.storage_classes.is_empty());
         assert!(options.uuid.is_some());

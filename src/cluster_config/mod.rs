@@ -4,17 +4,21 @@
 //! (its `InternalURLs` entry, chosen by `this_host`; the volumes whose `AccessViaHosts` is
 //! empty or names it) and refuses, as keepstore does, settings that would serve unsafely
 //! (an unknown driver on one of this node's volumes, a token keepstore would refuse, an
-//! https URL without the certificate and key to serve it). Every key read or refused is listed in the README's
+//! https URL without the certificate and key to serve it); an S3 volume's parameters are
+//! checked and defaulted in `s3`. Every key read or refused is listed in the README's
 //! configuration section; any other key is ignored. Pure: text in, settings out.
 
+pub mod s3;
 pub mod this_host;
 pub mod url;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::volume::location::Location;
 use crate::volume::VolumeOptions;
 use this_host::ServiceEntry;
 use url::ServiceUrl;
@@ -131,10 +135,31 @@ struct HostAccess {
     read_only: bool,
 }
 
+/// Every driver's keys in one map, as keepstore's `config.default.yml` lists them; a
+/// volume reads its own driver's (`Root` for Directory, the rest for S3: `s3.rs`).
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "PascalCase", default)]
 struct DriverParameters {
     root: String,
+    #[serde(rename = "AccessKeyID")]
+    access_key_id: String,
+    secret_access_key: String,
+    /// keepstore's old names for the two above (lib/config/deprecated.go).
+    access_key: String,
+    secret_key: String,
+    endpoint: String,
+    region: String,
+    bucket: String,
+    location_constraint: bool,
+    #[serde(rename = "V2Signature")]
+    v2_signature: bool,
+    use_path_style: bool,
+    index_page_size: Option<i64>,
+    connect_timeout: Option<String>,
+    read_timeout: Option<String>,
+    race_window: Option<String>,
+    unsafe_delete: bool,
+    prefix_length: Option<i64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -164,7 +189,7 @@ pub struct ClusterSettings {
     pub system_root_token: Option<String>,
     pub management_token: Option<String>,
     pub max_buffers: Option<u64>,
-    pub volumes: Vec<(PathBuf, VolumeOptions)>,
+    pub volumes: Vec<(Location, VolumeOptions)>,
     /// `Collections.BlobTrash` (default true): DELETE and trash lists are honoured.
     pub blob_trash: bool,
     pub trash_lifetime_secs: Option<u64>,
@@ -342,25 +367,21 @@ fn log_settings(logs: &SystemLogs) -> Result<(bool, Option<tracing::Level>), Str
 /// when the volume or this node's `AccessViaHosts` entry says so; a read-only volume
 /// still trashes with `AllowTrashWhenReadOnly`, unless read-only for this host only
 /// (keepstore.go: `AllowTrash = !hostRO && (!ReadOnly || AllowTrashWhenReadOnly)`).
-fn node_volumes(cluster: &Cluster, this_url: Option<&ServiceUrl>) -> Result<Vec<(PathBuf, VolumeOptions)>, String> {
+fn node_volumes(cluster: &Cluster, this_url: Option<&ServiceUrl>) -> Result<Vec<(Location, VolumeOptions)>, String> {
     let mut volumes = Vec::new();
     for (uuid, entry) in &cluster.volumes {
+        if entry.driver == "S3" {
+            s3::check_key_names(uuid, &entry.driver_parameters)?;
+        }
         let Some(host_read_only) = host_access(uuid, entry, this_url)? else {
             continue;
         };
-        match entry.driver.as_str() {
-            "Directory" => {}
-            "S3" | "Azure" => {
-                return Err(format!(
-                    "volume {uuid}: Driver {} is not supported by keepring yet",
-                    entry.driver
-                ))
-            }
+        let location = match entry.driver.as_str() {
+            "Directory" => Location::Directory(directory_root(uuid, &entry.driver_parameters)?),
+            "S3" => Location::S3(s3::parameters(uuid, &entry.driver_parameters)?),
+            "Azure" => return Err(format!("volume {uuid}: Driver Azure is not supported by keepring yet")),
             other => return Err(format!("volume {uuid}: invalid driver {other:?}")),
-        }
-        if !entry.driver_parameters.root.starts_with('/') {
-            return Err(format!("volume {uuid}: DriverParameters.Root must be an absolute path"));
-        }
+        };
         let mut classes: Vec<String> = entry
             .storage_classes
             .iter()
@@ -384,9 +405,16 @@ fn node_volumes(cluster: &Cluster, this_url: Option<&ServiceUrl>) -> Result<Vec<
             storage_classes: classes,
             priority: priority.unwrap_or(0),
         };
-        volumes.push((PathBuf::from(&entry.driver_parameters.root), options));
+        volumes.push((location, options));
     }
     Ok(volumes)
+}
+
+fn directory_root(uuid: &str, parameters: &DriverParameters) -> Result<PathBuf, String> {
+    match parameters.root.starts_with('/') {
+        true => Ok(PathBuf::from(&parameters.root)),
+        false => Err(format!("volume {uuid}: DriverParameters.Root must be an absolute path")),
+    }
 }
 
 /// `None`: the volume is another node's. `Some(read_only)`: this node's, read-only for it
@@ -408,6 +436,19 @@ fn host_access(uuid: &str, entry: &VolumeEntry, this_url: Option<&ServiceUrl>) -
 
 /// Go duration syntax (`336h`, `1h30m`, `90s`, `1.5h`, `500ms`, `-1s`) → whole seconds.
 pub fn parse_duration_secs(text: &str) -> Result<i64, String> {
+    parse_duration_secs_f64(text).map(|secs| secs.round() as i64)
+}
+
+/// A Go duration that must not be negative (`0` and `0s` are zero), to the nanosecond.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let secs = parse_duration_secs_f64(text)?;
+    if secs < 0.0 {
+        return Err(format!("duration {text:?} is negative"));
+    }
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("duration {text:?} is too long"))
+}
+
+fn parse_duration_secs_f64(text: &str) -> Result<f64, String> {
     let bad = || format!("bad duration {text:?}");
     let trimmed = text.trim();
     let (sign, mut rest) = match trimmed.strip_prefix('-') {
@@ -415,7 +456,7 @@ pub fn parse_duration_secs(text: &str) -> Result<i64, String> {
         None => (1.0, trimmed.strip_prefix('+').unwrap_or(trimmed)),
     };
     if rest == "0" {
-        return Ok(0);
+        return Ok(0.0);
     }
     if rest.is_empty() {
         return Err(bad());
@@ -440,7 +481,7 @@ pub fn parse_duration_secs(text: &str) -> Result<i64, String> {
         total_secs += value * scale;
         rest = &rest[unit_len..];
     }
-    Ok((sign * total_secs).round() as i64)
+    Ok(sign * total_secs)
 }
 
 #[cfg(test)]
@@ -509,7 +550,7 @@ Clusters:
         }
     }
 
-    fn settings_for(text: &str, url: Option<&str>) -> Result<ClusterSettings, String> {
+    pub(super) fn settings_for(text: &str, url: Option<&str>) -> Result<ClusterSettings, String> {
         parse(text)?.settings(url.map(chosen))
     }
 
@@ -517,7 +558,7 @@ Clusters:
         settings
             .volumes
             .iter()
-            .map(|(root, _)| root.display().to_string())
+            .map(|(location, _)| location.to_string())
             .collect()
     }
 
@@ -592,7 +633,10 @@ Clusters:
     fn unsafe_settings_fail_closed() {
         let s3_here = EXAMPLE.replace("keep9.example", "127.0.0.1");
         let error = settings_for(&s3_here, Some("http://127.0.0.1:25107/")).unwrap_err();
-        assert!(error.contains("Driver S3 is not supported"), "{error}");
+        assert!(error.contains("DriverParameters.Bucket must be set"), "{error}");
+        let azure_here = s3_here.replace("Driver: S3", "Driver: Azure");
+        let error = settings_for(&azure_here, Some("http://127.0.0.1:25107/")).unwrap_err();
+        assert!(error.contains("Driver Azure is not supported"), "{error}");
         let unknown = EXAMPLE.replace("Driver: S3", "Driver: Tape");
         let error = settings_for(&unknown, Some("http://keep9.example:25107/")).unwrap_err();
         assert!(error.contains("invalid driver \"Tape\""), "{error}");
@@ -687,6 +731,18 @@ Clusters:
         assert_eq!(parse_duration_secs("2400h"), Ok(8_640_000));
         assert!(parse_duration_secs("10 days").is_err());
         assert!(parse_duration_secs("-").is_err());
+        assert_eq!(
+            parse_duration("500ms"),
+            Ok(Duration::from_millis(500)),
+            "kept below a second"
+        );
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("-1s"), Err("duration \"-1s\" is negative".into()));
+        assert!(
+            parse_duration("30").is_err(),
+            "a number without a unit, as Go refuses it"
+        );
     }
 
     #[test]

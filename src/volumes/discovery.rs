@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::volume::location::Location;
 use crate::volume::VolumeOptions;
 
 /// The name of the directory that makes a drive (or a root's subdirectory) a volume.
@@ -13,12 +14,34 @@ pub const KEEP_DIR_NAME: &str = "keep";
 /// Where volumes are looked for.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VolumeSources {
-    /// `--volume DIR` and config-file volumes: served whenever their directory exists.
-    pub fixed: Vec<(PathBuf, VolumeOptions)>,
+    /// `--volume DIR` and config-file volumes: a directory is served whenever it exists;
+    /// an S3 bucket is not served yet (`fixed_directories` leaves it out).
+    pub fixed: Vec<(Location, VolumeOptions)>,
     /// `--volume-root DIR`: every `DIR/<name>/keep`.
     pub roots: Vec<PathBuf>,
     /// `--discover-mounts`: every mount point with a `keep` directory.
     pub discover_mounts: bool,
+}
+
+impl VolumeSources {
+    /// The fixed volumes that are directories.
+    pub fn fixed_directories(&self) -> impl Iterator<Item = (&Path, &VolumeOptions)> {
+        self.fixed.iter().filter_map(|(location, options)| match location {
+            Location::Directory(root) => Some((root.as_path(), options)),
+            Location::S3(_) => None,
+        })
+    }
+
+    /// One warning line for each fixed volume that is not served (S3, until keepring has
+    /// an S3 volume): at start and when a reload brings new sources, not on every rescan.
+    pub fn warn_unserved(&self) {
+        for (location, options) in &self.fixed {
+            if let Location::S3(_) = location {
+                let uuid = options.uuid.as_deref().unwrap_or("");
+                tracing::warn!(volume = %uuid, location = %location, "S3 volumes are not served yet");
+            }
+        }
+    }
 }
 
 /// One line of `/proc/self/mountinfo`, as far as discovery needs it.
@@ -106,8 +129,8 @@ pub fn candidates(sources: &VolumeSources, mounts: &[Mount]) -> Vec<Candidate> {
             found.push(Candidate { root, options, origin });
         }
     };
-    for (root, options) in &sources.fixed {
-        push(root.clone(), options.clone(), "configured");
+    for (root, options) in sources.fixed_directories() {
+        push(root.to_path_buf(), options.clone(), "configured");
     }
     for root in &sources.roots {
         for dir in root_subdirectories(root) {
@@ -129,6 +152,8 @@ pub fn candidates(sources: &VolumeSources, mounts: &[Mount]) -> Vec<Candidate> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::volume::location::S3Parameters;
+    use std::time::Duration;
 
     #[test]
     fn mountinfo_lines_give_mount_points_and_ro() {
@@ -166,12 +191,44 @@ mod tests {
             read_only: true,
         }];
         let sources = VolumeSources {
-            fixed: vec![(dir.path().join("m/keep"), VolumeOptions::default())],
+            fixed: vec![(Location::Directory(dir.path().join("m/keep")), VolumeOptions::default())],
             discover_mounts: true,
             ..VolumeSources::default()
         };
         let found = candidates(&sources, &mounts);
         assert_eq!(found.len(), 1, "the configured entry wins");
         assert_eq!(found[0].origin, "configured");
+    }
+
+    #[test]
+    fn an_s3_location_is_not_a_directory_candidate() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("d")).unwrap();
+        let s3 = S3Parameters {
+            bucket: "keep".into(),
+            region: "us-east-1".into(),
+            endpoint: "http://127.0.0.1:3900".into(),
+            use_path_style: false,
+            access_key_id: "AKIDEXAMPLE".into(),
+            secret_access_key: "secret".into(),
+            prefix_length: 0,
+            connect_timeout: Duration::from_secs(60),
+            read_timeout: Duration::from_secs(600),
+            location_constraint: false,
+            index_page_size: 1000,
+            race_window: Duration::ZERO,
+            unsafe_delete: false,
+        };
+        let sources = VolumeSources {
+            fixed: vec![
+                (Location::S3(s3), VolumeOptions::default()),
+                (Location::Directory(dir.path().join("d")), VolumeOptions::default()),
+            ],
+            ..VolumeSources::default()
+        };
+        assert_eq!(sources.fixed_directories().count(), 1);
+        let found = candidates(&sources, &[]);
+        assert_eq!(found.len(), 1);
+        assert!(found[0].root.ends_with("d"));
     }
 }

@@ -74,6 +74,7 @@ impl WatcherHandle {
 
 /// Open every candidate volume now (start-up). Errors on configured volumes are fatal.
 pub fn initial_scan(sources: &VolumeSources) -> Result<VolumeSet, String> {
+    sources.warn_unserved();
     let mounts = read_mountinfo().unwrap_or_default();
     let mut volumes: Vec<Arc<Volume>> = Vec::new();
     for candidate in discovery::candidates(sources, &mounts) {
@@ -85,7 +86,7 @@ pub fn initial_scan(sources: &VolumeSources) -> Result<VolumeSet, String> {
             Err(error) => tracing::warn!(path = %candidate.root.display(), error = %error, "cannot use volume"),
         }
     }
-    for (root, _) in &sources.fixed {
+    for (root, _) in sources.fixed_directories() {
         if !volumes
             .iter()
             .any(|volume| root.canonicalize().ok().as_deref() == Some(volume.root.as_path()))
@@ -232,6 +233,7 @@ impl Watcher {
                     match event {
                         WatchEvent::Stop => return,
                         WatchEvent::Sources(sources) => {
+                            sources.warn_unserved();
                             self.sources = sources;
                             reason = "configuration";
                         }
@@ -283,7 +285,12 @@ impl Watcher {
                 self.watch(&dir);
             }
         }
-        for (root, _) in self.sources.fixed.clone() {
+        let roots: Vec<PathBuf> = self
+            .sources
+            .fixed_directories()
+            .map(|(root, _)| root.to_path_buf())
+            .collect();
+        for root in roots {
             if let Some(parent) = root.parent() {
                 self.watch(parent);
             }
