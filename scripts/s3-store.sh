@@ -37,7 +37,9 @@
 # Stopping node 1 takes S3_ENDPOINT down with it; to test "one node down", stop node 2 or
 # 3, or send requests to S3_ENDPOINT_2.
 #
-# How CI should use it (once the S3 volume exists; not wired into .ci/run yet):
+# How tests use it: scripts/test (and so CI) starts a cluster in a temp dir as below and
+# stops it at exit; a bare `cargo test` without S3_* set uses (and leaves running) the
+# cluster in target/s3-store (keepring::s3::testing::test_store). By hand:
 #
 #     dir=$(mktemp -d); trap 'scripts/s3-store.sh stop "$dir"; rm -rf "$dir"' EXIT
 #     scripts/s3-store.sh start "$dir" >/dev/null
