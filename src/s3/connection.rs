@@ -111,16 +111,25 @@ impl Connection {
         let _ = self.stream.shutdown(Shutdown::Both);
     }
 
-    /// Write all of `buffer` (each write making progress within `timeout`).
-    pub async fn write_all(&self, buffer: Vec<u8>, timeout: Duration) -> (io::Result<()>, Vec<u8>) {
-        if buffer.is_empty() {
-            return (Ok(()), buffer);
+    /// Write all of `buffer`, each socket write making progress within `timeout` (a slow
+    /// store that keeps taking bytes is not cut, one that stops is).
+    pub async fn write_all(&self, mut buffer: Vec<u8>, timeout: Duration) -> (io::Result<()>, Vec<u8>) {
+        let mut sent = 0;
+        while sent < buffer.len() {
+            let write = self.stream.write(buffer.slice(sent..)).submit();
+            let (result, returned) = match timed(&self.stream, timeout, write).await {
+                Timed::Done((result, slice)) => (result, slice.into_inner()),
+                Timed::TimedOut(Some((_, slice))) => (Err(timed_out()), slice.into_inner()),
+                Timed::TimedOut(None) => (Err(timed_out()), Vec::new()),
+            };
+            buffer = returned;
+            match result {
+                Ok(0) => return (Err(io::Error::from(io::ErrorKind::WriteZero)), buffer),
+                Ok(count) => sent += count,
+                Err(error) => return (Err(error), buffer),
+            }
         }
-        match timed(&self.stream, timeout, self.stream.write_all(buffer)).await {
-            Timed::Done((result, buffer)) => (result, buffer),
-            Timed::TimedOut(Some((_, buffer))) => (Err(timed_out()), buffer),
-            Timed::TimedOut(None) => (Err(timed_out()), Vec::new()),
-        }
+        (Ok(()), buffer)
     }
 
     /// One socket read appended to the connection's buffer; `Ok(0)` at end of stream.

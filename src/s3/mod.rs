@@ -207,7 +207,9 @@ impl Client {
 
     /// Store `body` as `key`. With `content_md5`, the store checks the body against it
     /// (Content-MD5, RFC 1864) and refuses a mismatch (`BadDigest`) without storing it.
-    /// The buffer comes back whatever happened, for the caller's pool.
+    /// The buffer comes back whatever happened, for the caller's pool (empty only if a
+    /// timed-out write did not end within `S3_SHUTDOWN_GRACE_MS` of its socket's shutdown,
+    /// when the ring keeps it).
     pub async fn put(&self, key: &str, body: Vec<u8>, content_md5: Option<[u8; 16]>) -> (Result<(), S3Error>, Vec<u8>) {
         let md5_base64 = content_md5.map(|md5| base64::engine::general_purpose::STANDARD.encode(md5));
         let md5_header = md5_base64.as_deref().map(|value| [("content-md5", value)]);

@@ -320,10 +320,10 @@ fn a_store_that_accepts_and_never_answers_times_out_without_stalling_the_core() 
     // Accept and hold the connections, never answering.
     let holder = std::thread::spawn(move || {
         let mut held = Vec::new();
-        for stream in listener.incoming().take(2) {
+        for stream in listener.incoming().take(3) {
             held.push(stream);
         }
-        std::thread::sleep(Duration::from_secs(5));
+        std::thread::sleep(Duration::from_secs(3));
     });
     let client = Client::new(ClientConfig {
         endpoint: format!("http://{address}"),
@@ -352,6 +352,13 @@ fn a_store_that_accepts_and_never_answers_times_out_without_stalling_the_core() 
         let (result, returned) = client.put("k", vec![1; 1000], None).await;
         assert!(matches!(result, Err(S3Error::Timeout)));
         assert_eq!(returned.len(), 1000);
+        // A body the store never reads: the socket buffers fill, the write stops making
+        // progress and is cut; the buffer still comes back whole.
+        let started = Instant::now();
+        let (result, returned) = client.put("k", vec![2; 16 * 1024 * 1024], None).await;
+        assert!(matches!(result, Err(S3Error::Timeout)), "{result:?}");
+        assert_eq!(returned.len(), 16 * 1024 * 1024);
+        assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
         assert_eq!(client.idle_connections(), 0, "a timed-out connection is not kept");
         ticking.abort();
     });
