@@ -4,6 +4,7 @@
 # factor 3 (writes and reads need a quorum of 2: one node may be down).
 #
 #   scripts/s3-store.sh install              build Garage once into the tools cache; print its path
+#   scripts/s3-store.sh installed            print its path if it is built, else fail (never builds)
 #   scripts/s3-store.sh start DIR            three nodes under DIR, layout applied, one bucket and
 #                                            one key; print the S3_* lines below (also in DIR/env)
 #   scripts/s3-store.sh stop DIR             stop every node of DIR (DIR and its data stay)
@@ -17,8 +18,10 @@
 #                                            none running
 #   scripts/s3-store.sh client-python        print the path of a python with boto3 (cached venv)
 #
-# `start` on a DIR that holds a stopped cluster starts it again (same ports, keys and data);
-# on a new or empty DIR it creates one. Everything listens on 127.0.0.1 only: per node one
+# `start` on a DIR that holds a stopped cluster starts it again (same ports, keys and data),
+# on one whose nodes all run just prints its S3_* lines (tests call it to find or make their
+# store), on one with some nodes running starts the others; on a new or empty DIR it creates
+# one. Concurrent starts of one DIR take turns (flock on DIR.lock). Everything listens on 127.0.0.1 only: per node one
 # RPC port and one S3 API port, picked free at creation (S3_STORE_PORT_BASE=P uses P..P+5).
 # Progress goes to stderr; stdout has only what the command prints for its caller:
 #
@@ -34,7 +37,9 @@
 # Stopping node 1 takes S3_ENDPOINT down with it; to test "one node down", stop node 2 or
 # 3, or send requests to S3_ENDPOINT_2.
 #
-# How CI should use it (once the S3 volume exists; not wired into .ci/run yet):
+# How tests use it: scripts/test (and so CI) starts a cluster in a temp dir as below and
+# stops it at exit; a bare `cargo test` without S3_* set uses (and leaves running) the
+# cluster in target/s3-store (keepring::s3::testing::test_store). By hand:
 #
 #     dir=$(mktemp -d); trap 'scripts/s3-store.sh stop "$dir"; rm -rf "$dir"' EXIT
 #     scripts/s3-store.sh start "$dir" >/dev/null
@@ -161,6 +166,11 @@ install_garage() {
 
 cmd_install() {
     install_garage
+    echo "$garage_bin"
+}
+
+cmd_installed() {
+    garage_is_installed || die "garage $garage_version is not built in $garage_root (scripts/s3-store.sh install)"
     echo "$garage_bin"
 }
 
@@ -316,6 +326,8 @@ config_port() {
 
 # Nodes this invocation started: stopped again if it fails.
 started_here=()
+# The descriptor of DIR.lock while `start` holds it.
+start_lock_fd=""
 
 # spawn_node N: start node N's server in the background, its output appended to its log.
 spawn_node() {
@@ -325,8 +337,14 @@ spawn_node() {
     printf '\n==== %s: start\n' "$(date -u +%FT%TZ)" >>"$(node_log "$n")"
     # No stdin, and no inherited stdout/stderr: a caller reading our output through a pipe
     # ($(...)) must not wait for the servers.
-    NO_COLOR=1 RUST_LOG=${GARAGE_LOG:-netapp=info,garage=info} \
-        "$garage_bin" -c "$(node_config "$n")" server </dev/null >>"$(node_log "$n")" 2>&1 &
+    # Nor the start lock: a server holding it would block every later start.
+    (
+        if [[ -n $start_lock_fd ]]; then
+            exec {start_lock_fd}>&-
+        fi
+        NO_COLOR=1 RUST_LOG=${GARAGE_LOG:-netapp=info,garage=info} \
+            exec "$garage_bin" -c "$(node_config "$n")" server </dev/null >>"$(node_log "$n")" 2>&1
+    ) &
     echo $! >"$(node_pidfile "$n")"
     started_here+=("$n")
 }
@@ -492,21 +510,43 @@ print_env() {
 cmd_start() {
     set_dir "${1:-}" create
     install_garage
-    local n started_at pid
+    local n started_at
     started_at=$(ms_now)
+    # One start per DIR at a time (test processes starting the same cluster at once);
+    # the lock file sits beside DIR, which must stay empty or a cluster.
+    exec {start_lock_fd}>"$dir.lock"
+    flock "$start_lock_fd"
+    local running=() stopped=()
     for n in 1 2 3; do
-        if pid=$(node_pid "$n"); then
-            die "node $n of $dir already runs (pid $pid); stop it first"
+        if node_pid "$n" >/dev/null; then
+            running+=("$n")
+        else
+            stopped+=("$n")
         fi
     done
+    if ((${#running[@]} > 0)) && ! is_cluster; then
+        die "nodes ${running[*]} of $dir run but $dir holds no finished cluster; stop them first"
+    fi
     if is_cluster; then
-        log "starting the existing cluster in $dir"
-        for n in 1 2 3; do
+        if ((${#stopped[@]} == 0)); then
+            # Already up: reuse it (a few ms when healthy).
+            wait_healthy 1 2 3
+            log "cluster in $dir already runs; reusing it"
+            print_env
+            return 0
+        fi
+        log "starting the existing cluster in $dir${running[*]:+ (nodes ${running[*]} already run)}"
+        for n in "${stopped[@]}"; do
             spawn_node "$n"
         done
         for n in 1 2 3; do
             wait_node_up "$n"
         done
+        if ((${#running[@]} > 0)); then
+            for n in "${stopped[@]}"; do
+                notice_node_up "$n"
+            done
+        fi
         wait_healthy 1 2 3
         log "cluster up in $(elapsed "$started_at") s"
         print_env
@@ -694,6 +734,7 @@ cmd=${1:-}
 [[ $# -gt 0 ]] && shift
 case $cmd in
 install) cmd_install ;;
+installed) cmd_installed ;;
 start) cmd_start "$@" ;;
 stop) cmd_stop "$@" ;;
 stop-node) cmd_stop_node "$@" ;;

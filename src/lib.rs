@@ -20,6 +20,7 @@ pub mod logging;
 pub mod md5lanes;
 pub mod metrics;
 pub mod node;
+pub mod s3;
 pub mod scrub;
 pub mod server;
 pub mod signature;

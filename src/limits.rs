@@ -354,3 +354,53 @@ pub const TLS_RELOAD_INTERVAL_SECS: u64 = 3600;
 /// Longest a closing TLS connection waits to send its close_notify alert.
 pub const TLS_CLOSE_NOTIFY_MS_MAX: u64 = 1_000;
 const _: () = assert!(TLS_READ_BYTES >= TLS_RECORD_WIRE_BYTES_MAX);
+
+// ---- the S3 client (s3) ---------------------------------------------------------------
+
+/// An S3 volume's ConnectTimeout when its config gives none: keepstore's
+/// `s3DefaultConnectTimeout` (services/keepstore/s3_volume.go: one minute).
+pub const S3_CONNECT_TIMEOUT_MS_DEFAULT: u64 = 60_000;
+/// An S3 volume's ReadTimeout when its config gives none: keepstore's
+/// `s3DefaultReadTimeout` (ten minutes). keepring applies it to every socket read and
+/// write of a request (the wait for the response head included), not to the whole
+/// transfer: a 64 MiB object at any rate that makes progress is not cut.
+pub const S3_READ_TIMEOUT_MS_DEFAULT: u64 = 600_000;
+/// Idle keep-alive connections kept per endpoint per thread. A core's S3 traffic is a few
+/// concurrent requests per volume; more idle sockets than that only wait for the store to
+/// close them. Connections beyond it close when their response ends.
+pub const S3_IDLE_CONNECTIONS_PER_ENDPOINT_MAX: usize = 4;
+/// A request on a reused idle connection that fails before any response byte (the store
+/// closed it while idle) is sent again on a fresh connection this many times; no other
+/// failure is retried.
+pub const S3_STALE_RETRIES_MAX: u32 = 1;
+/// Bytes one socket read of an S3 response may bring into the connection's own buffer
+/// (heads, error and listing bodies, chunked bodies). Object bodies of known length are
+/// read straight into the caller's buffer instead.
+pub const S3_READ_BUFFER_BYTES: usize = 64 * 1024;
+/// A response head larger than this is a protocol error. S3 heads are a few hundred bytes
+/// (a dozen headers, x-amz-* ids); 16 KiB is what keepring allows its own clients.
+pub const S3_RESPONSE_HEAD_BYTES_MAX: usize = 16 * 1024;
+/// Headers per S3 response; httparse parses into a fixed array of this many slots.
+pub const S3_RESPONSE_HEADER_COUNT_MAX: usize = 64;
+/// An S3 error document (`<Error><Code>…`) is read up to this size; a longer one is cut
+/// (its code comes first) and its connection not reused.
+pub const S3_ERROR_BODY_BYTES_MAX: usize = 16 * 1024;
+/// Keys asked for per ListObjectsV2 page: S3's own maximum (the store answers at most
+/// 1,000 whatever is asked).
+pub const S3_LIST_KEYS_MAX: u32 = 1_000;
+/// A ListObjectsV2 page larger than this is a protocol error: 1,000 entries of ~350 bytes
+/// of XML each (a 1 KiB key at most, dates, ETags, sizes, storage class) is ~1.4 MiB.
+pub const S3_LIST_BODY_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Other small XML answers (CopyObject's result) are read up to this size.
+pub const S3_SMALL_BODY_BYTES_MAX: usize = 64 * 1024;
+/// Lifetime of a request's presigned URL. It only has to be valid when the store reads
+/// the request head, just after signing; 15 minutes is the clock skew S3 tolerates in
+/// SigV4 header auth, so a store whose clock runs that far ahead still accepts it.
+pub const S3_PRESIGN_EXPIRES_SECS: u64 = 900;
+/// After a timed-out S3 socket operation the socket is shut down, which completes the
+/// operation in the kernel at once; this long is allowed for it to come back with its
+/// buffer before the buffer is given up for lost (it then stays with the ring).
+pub const S3_SHUTDOWN_GRACE_MS: u64 = 1_000;
+const _: () = assert!(S3_RESPONSE_HEAD_BYTES_MAX <= S3_READ_BUFFER_BYTES);
+const _: () = assert!(S3_ERROR_BODY_BYTES_MAX <= S3_SMALL_BODY_BYTES_MAX);
+const _: () = assert!(S3_SMALL_BODY_BYTES_MAX <= S3_LIST_BODY_BYTES_MAX);
