@@ -9,6 +9,10 @@
 # 3. Starts it on 127.0.0.1:0 with two temporary volumes, a blob signing key and a
 #    system root token, waits (bounded) for "listening on 127.0.0.1:PORT" on its log.
 # 4. Runs tests/python/sdk_roundtrip.py against it; stops the server at exit.
+#
+# `scripts/sdk-test.sh --s3 DIR`: the same, but the server has one volume only, an S3
+# volume on the Garage cluster of DIR (`scripts/s3-store.sh start DIR`), configured
+# through a cluster config file as keepstore's would be.
 # Exits non-zero on any failure. Meant for a fresh Debian 12 machine, as root.
 set -euo pipefail
 
@@ -170,22 +174,58 @@ trap 'exit 143' TERM
 
 random_alnum() { od -An -N20 -tx1 /dev/urandom | tr -d ' \n'; }
 
+s3_dir=""
+if [[ ${1:-} == --s3 ]]; then
+    s3_dir=${2:?usage: scripts/sdk-test.sh [--s3 DIR]}
+    [[ -f $s3_dir/env ]] || die "no S3 store in $s3_dir (scripts/s3-store.sh start $s3_dir)"
+fi
+
+# The cluster config of the --s3 run: one S3 volume on the store's bucket.
+write_s3_config() {
+    local S3_ENDPOINT S3_REGION S3_BUCKET S3_ACCESS_KEY_ID S3_SECRET_ACCESS_KEY
+    eval "$(grep -E '^S3_(ENDPOINT|REGION|BUCKET|ACCESS_KEY_ID|SECRET_ACCESS_KEY)=' "$s3_dir/env")"
+    cat >"$work_dir/config.yml" <<YAML
+Clusters:
+  zzzzz:
+    SystemRootToken: $system_root_token
+    Collections:
+      BlobSigningKey: $blob_signing_key
+    Volumes:
+      zzzzz-nyw5e-sdktests3volume:
+        Driver: S3
+        DriverParameters:
+          Bucket: $S3_BUCKET
+          Region: $S3_REGION
+          Endpoint: "$S3_ENDPOINT"
+          AccessKeyID: $S3_ACCESS_KEY_ID
+          SecretAccessKey: $S3_SECRET_ACCESS_KEY
+YAML
+    chmod 600 "$work_dir/config.yml"
+}
+
 start_server() {
     work_dir=$(mktemp -d "${TMPDIR:-/tmp}/keepring-sdk.XXXXXX")
-    mkdir "$work_dir/v0" "$work_dir/v1"
     blob_signing_key=$(random_alnum)
     system_root_token=$(random_alnum)
     user_token=$(random_alnum)
-    printf '%s' "$blob_signing_key" >"$work_dir/blob-signing-key"
-    printf '%s' "$system_root_token" >"$work_dir/system-root-token"
-    chmod 600 "$work_dir/blob-signing-key" "$work_dir/system-root-token"
+    local args=(--listen 127.0.0.1:0)
+    if [[ -n $s3_dir ]]; then
+        write_s3_config
+        args+=(--config "$work_dir/config.yml")
+        volume_roots=""
+    else
+        mkdir "$work_dir/v0" "$work_dir/v1"
+        printf '%s' "$blob_signing_key" >"$work_dir/blob-signing-key"
+        printf '%s' "$system_root_token" >"$work_dir/system-root-token"
+        chmod 600 "$work_dir/blob-signing-key" "$work_dir/system-root-token"
+        args+=(--volume "$work_dir/v0" --volume "$work_dir/v1"
+            --blob-signing-key-file "$work_dir/blob-signing-key"
+            --system-root-token-file "$work_dir/system-root-token")
+        volume_roots="$work_dir/v0:$work_dir/v1"
+    fi
 
-    printf '+ %s > %s 2>&1 &\n' "$server_bin --listen 127.0.0.1:0 --volume $work_dir/v0 --volume $work_dir/v1 --blob-signing-key-file $work_dir/blob-signing-key --system-root-token-file $work_dir/system-root-token" "$work_dir/server.log"
-    NO_COLOR=1 "$server_bin" --listen 127.0.0.1:0 \
-        --volume "$work_dir/v0" --volume "$work_dir/v1" \
-        --blob-signing-key-file "$work_dir/blob-signing-key" \
-        --system-root-token-file "$work_dir/system-root-token" \
-        >"$work_dir/server.log" 2>&1 &
+    printf '+ %s > %s 2>&1 &\n' "$server_bin ${args[*]}" "$work_dir/server.log"
+    NO_COLOR=1 "$server_bin" "${args[@]}" >"$work_dir/server.log" 2>&1 &
     server_pid=$!
 
     local deadline=$((SECONDS + server_ready_seconds_max)) line=""
@@ -215,7 +255,7 @@ run_python_test() {
         ARVADOS_API_TOKEN="$user_token" \
         KEEPRING_BLOB_SIGNING_KEY="$blob_signing_key" \
         KEEPRING_BLOB_SIGNING_TTL_S=1209600 \
-        KEEPRING_VOLUMES="$work_dir/v0:$work_dir/v1" \
+        KEEPRING_VOLUMES="$volume_roots" \
         "$sdk_venv/bin/python" tests/python/sdk_roundtrip.py || status=$?
     if [[ $status -eq 124 ]]; then
         die "tests/python/sdk_roundtrip.py did not finish within ${python_test_seconds_max}s"
@@ -229,4 +269,4 @@ ensure_server_binary
 start_server
 run_python_test
 stop_server
-log "passed in $(($(date +%s) - started_at))s"
+log "passed in $(($(date +%s) - started_at))s${s3_dir:+ (S3 volume only)}"

@@ -69,7 +69,7 @@ where
             .volumes
             .all()
             .iter()
-            .filter(|volume| owner(&volume.uuid, settings.workers) == core.id)
+            .filter(|volume| volume.s3.is_none() && owner(&volume.uuid, settings.workers) == core.id)
             .collect();
         running.retain(|uuid, (volume, task)| {
             let current = owned.iter().any(|now| Arc::ptr_eq(now, volume));

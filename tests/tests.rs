@@ -32,6 +32,11 @@ mod http;
 #[path = "it/tls.rs"]
 mod tls;
 
+// S3 volumes on a real three-node Garage cluster: keepstore's bucket layout read and
+// written, trash and untrash, the emptier, race fixes (checked with a plain boto3 client).
+#[path = "it/s3.rs"]
+mod s3;
+
 // Command line: flag and start-up errors exit with status 2.
 #[path = "it/cli.rs"]
 mod cli;

@@ -4,7 +4,7 @@
 //! (directory listing is blocking I/O) a piece at a time: the next piece is listed while
 //! this one is sent, and no helper thread waits for a slow client.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::io::Write;
 use std::path::PathBuf;
@@ -22,6 +22,7 @@ use crate::http::request::Head;
 use crate::http::response::BodyFraming;
 use crate::limits::{INDEX_CHUNK_BYTES, INDEX_PIECE_DIRS_MAX};
 use crate::volume::health::{self, Reason};
+use crate::volume::s3::{IndexLister, S3Bucket};
 use crate::volume::{index, Volume};
 
 #[derive(Serialize)]
@@ -96,7 +97,11 @@ pub fn health(core: &Core, head: &Head) -> Result<Reply<'static>, RequestError> 
 pub async fn quarantine(core: &Core, head: &Head, uuid: &str) -> Result<Reply<'static>, RequestError> {
     let state = core.state();
     auth::require_root(&state, head)?;
-    let root = state.volumes.by_uuid(uuid).ok_or(RequestError::NotFound)?.root.clone();
+    let volume = state.volumes.by_uuid(uuid).ok_or(RequestError::NotFound)?;
+    let Some(root) = volume.directory().map(PathBuf::from) else {
+        // An S3 volume sets nothing aside (as keepstore): nothing to list.
+        return Ok(Reply::text(200, TEXT_PLAIN, Vec::new()));
+    };
     let listed = core
         .helpers
         .run(move || crate::volume::quarantine::list(&root))
@@ -132,7 +137,18 @@ pub async fn index(
         Some(uuid) => vec![state.volumes.by_uuid(uuid).ok_or(RequestError::NotFound)?.clone()],
         None => state.volumes.all().to_vec(),
     };
-    let roots: Vec<PathBuf> = volumes.iter().map(|volume| volume.root.clone()).collect();
+    let roots: Vec<PathBuf> = volumes
+        .iter()
+        .filter_map(|volume| volume.directory().map(PathBuf::from))
+        .collect();
+    let buckets: VecDeque<(Arc<S3Bucket>, IndexLister)> = volumes
+        .iter()
+        .filter_map(|volume| volume.s3.clone())
+        .map(|bucket| {
+            let lister = bucket.index(&prefix);
+            (bucket, lister)
+        })
+        .collect();
     let walk = index::Walk::new(roots, prefix);
     // Asked before the head is sent: a full helper queue is a 503, not a cut index.
     let listing = core.helpers.submit(move || list_piece(walk))?;
@@ -144,53 +160,104 @@ pub async fn index(
         body: Box::new(IndexStream {
             helpers: core.helpers.clone(),
             listing: Some(listing),
+            buckets,
+            ended: false,
         }),
     }))
 }
 
-/// The index text as helper jobs list it, ending with the blank line that tells
-/// keep-balance the index is whole (left out when the walk failed or was refused).
+/// The index text as helper jobs list it from the directory volumes, then the S3
+/// volumes' listings page by page (on the core, over its connections), ending with the
+/// blank line that tells keep-balance the index is whole (left out when a walk or a
+/// listing failed or was refused).
 struct IndexStream {
     helpers: Pool,
     /// The piece being listed; `None` once the walk is over or stopped.
     listing: Option<Pending<std::io::Result<IndexPiece>>>,
+    /// The S3 volumes still to list.
+    buckets: VecDeque<(Arc<S3Bucket>, IndexLister)>,
+    /// The index is over (whole or cut): nothing more is sent.
+    ended: bool,
+}
+
+impl IndexStream {
+    /// The next page of S3 index text; `Ok(None)` once every bucket is listed.
+    async fn next_bucket_page(&mut self) -> Result<Option<Vec<u8>>, crate::s3::S3Error> {
+        while let Some((bucket, lister)) = self.buckets.front_mut() {
+            match lister.next_page(bucket).await? {
+                Some(entries) => {
+                    let mut text = Vec::with_capacity(entries.len() * 60);
+                    for entry in entries {
+                        let _ = writeln!(text, "{}+{} {}", entry.hash, entry.size, entry.mtime_ns);
+                    }
+                    return Ok(Some(text));
+                }
+                None => {
+                    self.buckets.pop_front();
+                }
+            }
+        }
+        Ok(None)
+    }
 }
 
 impl BodySource for IndexStream {
     fn next(&mut self, _spent: Vec<u8>) -> Pin<Box<dyn Future<Output = Result<Piece, RequestError>> + '_>> {
         Box::pin(async move {
+            if self.ended {
+                return Ok(Piece::End);
+            }
             // A piece may hold no block (directories without any under the prefix): an
             // empty chunk would end the body, so wait for one with text or the end.
             while let Some(listing) = self.listing.take() {
-                let IndexPiece { mut text, rest } = match listing.wait().await {
+                let IndexPiece { text, rest } = match listing.wait().await {
                     Ok(Ok(piece)) => piece,
-                    Ok(Err(error)) => return Ok(cut_short(&error)),
-                    Err(error) => return Ok(cut_short(&error)),
+                    Ok(Err(error)) => return Ok(self.cut_short(&error)),
+                    Err(error) => return Ok(self.cut_short(&error)),
                 };
-                match rest {
+                if let Some(walk) = rest {
                     // The next piece is listed while this one is on its way.
-                    Some(walk) => match self.helpers.submit(move || list_piece(walk)) {
+                    match self.helpers.submit(move || list_piece(walk)) {
                         Ok(next) => self.listing = Some(next),
                         Err(error) => {
-                            cut_short(&error);
+                            let end = self.cut_short(&error);
+                            return Ok(match text.is_empty() {
+                                true => end,
+                                false => Piece::Bytes { buffer: text, from: 0 },
+                            });
                         }
-                    },
-                    None => text.push(b'\n'),
+                    }
                 }
                 if !text.is_empty() {
                     return Ok(Piece::Bytes { buffer: text, from: 0 });
                 }
             }
-            Ok(Piece::End)
+            loop {
+                match self.next_bucket_page().await {
+                    Ok(Some(text)) if text.is_empty() => continue,
+                    Ok(Some(text)) => return Ok(Piece::Bytes { buffer: text, from: 0 }),
+                    Ok(None) => break,
+                    Err(error) => return Ok(self.cut_short(&error)),
+                }
+            }
+            self.ended = true;
+            Ok(Piece::Bytes {
+                buffer: b"\n".to_vec(),
+                from: 0,
+            })
         })
     }
 }
 
-/// Log why an index stops before its end; it goes out without its blank line, so
-/// keep-balance knows it is not whole.
-fn cut_short(reason: &dyn std::fmt::Display) -> Piece {
-    tracing::error!(reason = %reason, "index walk failed; the index ends without its blank line");
-    Piece::End
+impl IndexStream {
+    /// Log why an index stops before its end; it goes out without its blank line, so
+    /// keep-balance knows it is not whole.
+    fn cut_short(&mut self, reason: &dyn std::fmt::Display) -> Piece {
+        tracing::error!(reason = %reason, "index listing failed; the index ends without its blank line");
+        self.ended = true;
+        self.buckets.clear();
+        Piece::End
+    }
 }
 
 /// Runs on a helper thread: list `walk` on until the text reaches `INDEX_CHUNK_BYTES` or

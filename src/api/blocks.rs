@@ -23,7 +23,7 @@ use crate::md5lanes::LaneState;
 use crate::metrics::{VolumeErrorKind, VolumeOp};
 use crate::volume::health::WriteStarted;
 use crate::volume::io::{self, WriteError};
-use crate::volume::{layout, Volume};
+use crate::volume::{layout, s3, Volume};
 
 pub fn now_secs() -> u64 {
     SystemTime::now()
@@ -198,12 +198,13 @@ async fn start_streamed_write(
     candidates: &[Arc<Volume>],
 ) -> Option<StreamedWrite> {
     for volume in candidates {
-        match io::open_block(&volume.root, hash).await {
-            Ok(None) => {}
-            Ok(Some(_)) | Err(_) => return None,
+        match has_copy(volume, hash).await {
+            Ok(false) => {}
+            Ok(true) | Err(_) => return None,
         }
     }
-    let volume = candidates.first()?.clone();
+    // An S3 volume takes the whole body in one request, after the MD5 matched.
+    let volume = candidates.first().filter(|volume| volume.s3.is_none())?.clone();
     let started = volume.write_started();
     let writer = io::BlockWriter::create(&volume, hash, core.next_random(), Some(length), &core.helpers)
         .await
@@ -247,6 +248,21 @@ async fn store(
         if !is_wanted(&stored, wanted_classes, volume) {
             continue;
         }
+        if volume.s3.is_some() {
+            // The store checked the copy's bytes against its Content-MD5 when it took it.
+            match has_copy(volume, hash).await {
+                Ok(true) if touched(core, volume, hash).await => stored.push(volume.clone()),
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(volume = %volume.uuid, hash, error = %error, "block lookup failed");
+                    volume.note_read_error(&error);
+                }
+            }
+            if is_satisfied(&stored, wanted_classes) {
+                break;
+            }
+            continue;
+        }
         let existing = match io::open_block(&volume.root, hash).await {
             Ok(existing) => existing,
             Err(error) => {
@@ -265,15 +281,10 @@ async fn store(
             volume.note_read_error(error);
         }
         if matches!(same, Ok(true)) {
-            match touch_copy(core, volume, hash).await {
-                Ok(Ok(())) => {
-                    core.metrics.volume(volume).operation(VolumeOp::Touch);
-                    stored.push(volume.clone());
-                }
-                // Trashed since it was compared (or the helper queue was full): not
-                // stored, so pass 2 writes it again.
-                Ok(Err(error)) => tracing::warn!(volume = %volume.uuid, hash, error = %error, "touch failed"),
-                Err(error) => tracing::warn!(volume = %volume.uuid, hash, error = %error, "touch failed"),
+            // Trashed since it was compared (or the helper queue was full): not stored,
+            // so pass 2 writes it again.
+            if touched(core, volume, hash).await {
+                stored.push(volume.clone());
             }
         } else {
             tracing::warn!(volume = %volume.uuid, hash, "stored copy differs from a verified PUT: rewriting it");
@@ -326,10 +337,42 @@ impl WriteOutcome {
     }
 }
 
+/// Touch a copy found in pass 1; true when it is stored (counted) after that.
+async fn touched(core: &Core, volume: &Volume, hash: &str) -> bool {
+    match touch_copy(core, volume, hash).await {
+        Ok(Ok(())) => {
+            core.metrics.volume(volume).operation(VolumeOp::Touch);
+            true
+        }
+        Ok(Err(error)) => {
+            tracing::warn!(volume = %volume.uuid, hash, error = %error, "touch failed");
+            false
+        }
+        Err(error) => {
+            tracing::warn!(volume = %volume.uuid, hash, error = %error, "touch failed");
+            false
+        }
+    }
+}
+
+/// Whether `volume` holds a copy of `hash`.
+async fn has_copy(volume: &Volume, hash: &str) -> std::io::Result<bool> {
+    match &volume.s3 {
+        Some(bucket) => bucket.stat(hash).await.map(|size| size.is_some()).map_err(s3::to_io),
+        None => io::open_block(&volume.root, hash).await.map(|copy| copy.is_some()),
+    }
+}
+
 /// Write one copy and account for it.
 async fn write_copy(core: &Core, volume: &Volume, hash: &str, body: Vec<u8>) -> (WriteOutcome, Vec<u8>) {
     let started = volume.write_started();
-    let (result, body) = io::write_block(volume, hash, body, core.next_random(), &core.helpers).await;
+    let (result, body) = match &volume.s3 {
+        Some(bucket) => {
+            let (result, body) = bucket.write(hash, body).await;
+            (result.map_err(|error| WriteError::Failed(s3::to_io(error))), body)
+        }
+        None => io::write_block(volume, hash, body, core.next_random(), &core.helpers).await,
+    };
     (account_write(core, volume, hash, result, body.len(), started), body)
 }
 
@@ -427,8 +470,13 @@ fn write_reply(core: &Core, head: &Head, hash: &str, size: u64, stored: &[Arc<Vo
     Reply::Full(response)
 }
 
-/// Set a stored copy's mtime to now, on the helper pool (io_uring has no utimensat).
+/// Set a stored copy's mtime to now: on the helper pool (io_uring has no utimensat), or
+/// an S3 volume's `recent/` marker on the core.
 async fn touch_copy(core: &Core, volume: &Volume, hash: &str) -> Result<std::io::Result<()>, RequestError> {
+    if let Some(bucket) = &volume.s3 {
+        let signing_ttl = std::time::Duration::from_secs(core.chore_settings().blob_signing_ttl_secs);
+        return Ok(bucket.touch(hash, signing_ttl).await.map_err(s3::to_io));
+    }
     let path = layout::block_path(&volume.root, hash);
     Ok(core.helpers.run(move || io::touch(&path)).await?)
 }

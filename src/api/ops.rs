@@ -23,6 +23,7 @@ use crate::limits::{BUFFER_UNIT_BYTES, LIST_BODY_BYTES_MAX, LIST_ITEMS_MAX};
 use crate::locator::Locator;
 use crate::metrics::{self, Gauges, VolumeErrorKind, VolumeGauges, VolumeOp};
 use crate::volume::health::Reason;
+use crate::volume::s3::{self, S3Bucket};
 use crate::volume::trash::{trash_block, untrash_block, TrashOutcome};
 use crate::volume::Volume;
 
@@ -38,13 +39,17 @@ pub async fn delete(core: &Core, head: &Head, locator_text: &str) -> Result<Repl
     let locator = Locator::parse(locator_text).map_err(|_| RequestError::InvalidLocator)?;
     let now = SystemTime::now();
     let rules = settings.trash_rules();
-    let results = on_each_volume(
+    let mut results = on_each_volume(
         core,
         locator.hash,
         |volume| volume.allow_trash,
         move |root, hash| trash_block(root, hash, now, &rules, None),
     )
     .await?;
+    for (volume, bucket) in s3_volumes(core, |volume| volume.allow_trash) {
+        let result = bucket.trash(locator.hash, now, &rules, None).await;
+        results.push((volume, result));
+    }
     let mut found = false;
     let mut failure = None;
     for (volume, result) in &results {
@@ -76,7 +81,10 @@ pub async fn untrash(core: &Core, head: &Head, locator_text: &str) -> Result<Rep
     let state = core.state();
     auth::require_root(&state, head)?;
     let locator = Locator::parse(locator_text).map_err(|_| RequestError::InvalidLocator)?;
-    let results = on_each_volume(core, locator.hash, |volume| volume.allow_write, untrash_block).await?;
+    let mut results = on_each_volume(core, locator.hash, |volume| volume.allow_write, untrash_block).await?;
+    for (volume, bucket) in s3_volumes(core, |volume| volume.allow_write) {
+        results.push((volume, bucket.untrash(locator.hash).await.map_err(s3::to_io)));
+    }
     let mut restored = false;
     let mut failure = None;
     for (volume, result) in results {
@@ -101,8 +109,20 @@ pub async fn untrash(core: &Core, head: &Head, locator_text: &str) -> Result<Rep
     }
 }
 
-/// Run `operation` (a volume's blocking trash rule) for block `hash` on every volume
-/// `chosen` picks, all in one helper job; each volume with its result.
+/// The S3 volumes `chosen` picks, with their buckets: their trash rules run on the core,
+/// over its own connections.
+fn s3_volumes(core: &Core, chosen: impl Fn(&Volume) -> bool) -> Vec<(Arc<Volume>, Arc<S3Bucket>)> {
+    core.state()
+        .volumes
+        .all()
+        .iter()
+        .filter(|volume| chosen(volume))
+        .filter_map(|volume| Some((volume.clone(), volume.s3.clone()?)))
+        .collect()
+}
+
+/// Run `operation` (a volume's blocking trash rule) for block `hash` on every directory
+/// volume `chosen` picks, all in one helper job; each volume with its result.
 async fn on_each_volume<T: Send + 'static>(
     core: &Core,
     hash: &str,
@@ -114,7 +134,7 @@ async fn on_each_volume<T: Send + 'static>(
         .volumes
         .all()
         .iter()
-        .filter(|volume| chosen(volume))
+        .filter(|volume| chosen(volume) && volume.s3.is_none())
         .cloned()
         .collect();
     let hash = hash.to_string();

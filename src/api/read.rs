@@ -11,6 +11,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio_uring::fs::File;
 
@@ -27,8 +28,9 @@ use crate::limits::{BLOCK_BYTES_MAX, CHUNK_BYTES, RESPONSE_HEAD_BYTES_MAX};
 use crate::locator::Locator;
 use crate::md5lanes::LaneState;
 use crate::metrics::{ScrubCount, VolumeErrorKind, VolumeOp};
+use crate::s3::GetObject;
 use crate::volume::Volume;
-use crate::volume::{io, quarantine};
+use crate::volume::{io, quarantine, s3};
 use crate::volumes::placement;
 
 pub async fn read<'a>(
@@ -95,6 +97,16 @@ pub async fn read<'a>(
     Err(failure)
 }
 
+/// Where a copy's bytes come from.
+enum Source {
+    /// A directory volume's file, and the state it was opened in (for the verified-copy
+    /// cache and the quarantine).
+    File { file: File, identity: FileIdentity },
+    /// An S3 volume's object body, read in order (S3 has no sendfile and no verified-copy
+    /// cache entry: its bytes are hashed every time).
+    Object(Box<GetObject>),
+}
+
 /// One stored copy being sent: the file, how far it has been read and hashed, and the
 /// chunk read ahead of the answer.
 struct BlockStream<'a> {
@@ -104,8 +116,7 @@ struct BlockStream<'a> {
     state: StateRef,
     volume_index: usize,
     hash: [u8; 32],
-    file: File,
-    identity: FileIdentity,
+    source: Source,
     size: u64,
     /// Bytes read (and hashed) so far.
     offset: u64,
@@ -126,19 +137,39 @@ impl<'a> BlockStream<'a> {
         hash: &str,
     ) -> Result<Option<Self>, RequestError> {
         let volume = &state.volumes.all()[volume_index];
-        let (file, identity) = match io::open_block_identified(&volume.root, hash).await {
-            Ok(Some(opened)) => opened,
-            Ok(None) => return Ok(None),
-            Err(error) => {
-                tracing::warn!(volume = %volume.uuid, hash, error = %error, "block open failed");
-                volume.note_read_error(&error);
-                return Err(RequestError::Internal(format!("volume error: {error}")));
+        let (source, size, verify) = match &volume.s3 {
+            Some(bucket) => {
+                let signing_ttl = Duration::from_secs(core.chore_settings().blob_signing_ttl_secs);
+                match bucket.open(hash, signing_ttl).await {
+                    Ok(Some(object)) => {
+                        let size = object.info.size;
+                        (Source::Object(Box::new(object)), size, true)
+                    }
+                    Ok(None) => return Ok(None),
+                    Err(error) => {
+                        let error = s3::to_io(error);
+                        tracing::warn!(volume = %volume.uuid, hash, error = %error, "block open failed");
+                        volume.note_read_error(&error);
+                        return Err(RequestError::Internal(format!("volume error: {error}")));
+                    }
+                }
             }
+            None => match io::open_block_identified(&volume.root, hash).await {
+                Ok(Some((file, identity))) => {
+                    let verify = !core.verified.borrow().contains(hash, identity);
+                    (Source::File { file, identity }, identity.size, verify)
+                }
+                Ok(None) => return Ok(None),
+                Err(error) => {
+                    tracing::warn!(volume = %volume.uuid, hash, error = %error, "block open failed");
+                    volume.note_read_error(&error);
+                    return Err(RequestError::Internal(format!("volume error: {error}")));
+                }
+            },
         };
-        if identity.size > BLOCK_BYTES_MAX {
+        if size > BLOCK_BYTES_MAX {
             return Err(RequestError::BodyTooLarge);
         }
-        let verify = !core.verified.borrow().contains(hash, identity);
         let mut hash_bytes = [0u8; 32];
         hash_bytes.copy_from_slice(hash.as_bytes());
         Ok(Some(BlockStream {
@@ -146,9 +177,8 @@ impl<'a> BlockStream<'a> {
             state: Rc::clone(state),
             volume_index,
             hash: hash_bytes,
-            file,
-            identity,
-            size: identity.size,
+            source,
+            size,
             offset: 0,
             digest: verify.then(LaneState::new),
             first: None,
@@ -172,10 +202,12 @@ impl<'a> BlockStream<'a> {
         let want = (self.size - self.offset).min(CHUNK_BYTES as u64) as usize;
         buffer.clear();
         buffer.resize(room, 0);
-        let (result, returned) = if self.size <= CHUNK_BYTES as u64 {
-            io::read_small_into(&self.file, buffer, room, room + want, self.offset).await
-        } else {
-            io::read_exact_into(&self.file, buffer, room, room + want, self.offset).await
+        let (result, returned) = match &mut self.source {
+            Source::Object(object) => s3::read_exact(object, buffer, room, room + want).await,
+            Source::File { file, .. } if self.size <= CHUNK_BYTES as u64 => {
+                io::read_small_into(file, buffer, room, room + want, self.offset).await
+            }
+            Source::File { file, .. } => io::read_exact_into(file, buffer, room, room + want, self.offset).await,
         };
         buffer = returned;
         if let Err(error) = result {
@@ -193,9 +225,9 @@ impl<'a> BlockStream<'a> {
         let position = self.offset;
         self.offset += want as u64;
         if self.offset < self.size {
-            return Ok(match room {
-                0 => Piece::File {
-                    fd: std::os::fd::AsRawFd::as_raw_fd(&self.file),
+            return Ok(match (&self.source, room) {
+                (Source::File { file, .. }, 0) => Piece::File {
+                    fd: std::os::fd::AsRawFd::as_raw_fd(file),
                     position,
                     buffer,
                 },
@@ -234,9 +266,13 @@ impl<'a> BlockStream<'a> {
     /// Move this copy aside, off the core (`volume::quarantine`): it failed its MD5 check,
     /// so `/index` must stop offering it and keep-balance will have a good copy pulled.
     fn quarantine(&self) {
+        let Source::File { identity, .. } = self.source else {
+            // keepstore leaves a bad S3 object in place too; the store keeps its own checks.
+            return;
+        };
         let volume = self.volume().clone();
         let counters = self.core.metrics.volume(&volume);
-        let (hash, identity) = (self.hash().to_string(), self.identity);
+        let hash = self.hash().to_string();
         let job = move || {
             if quarantine::set_aside(&volume, &hash, identity, now_secs()) {
                 counters.scrub(ScrubCount::Quarantined, 1);
@@ -249,8 +285,8 @@ impl<'a> BlockStream<'a> {
 
     /// The whole copy was read and matched: remember it and count the read.
     fn completed(&self) {
-        if self.digest.is_some() {
-            self.core.verified.borrow_mut().insert(self.hash(), self.identity);
+        if let (Some(_), Source::File { identity, .. }) = (&self.digest, &self.source) {
+            self.core.verified.borrow_mut().insert(self.hash(), *identity);
         }
         let counters = self.core.metrics.volume(self.volume());
         counters.operation(VolumeOp::Read);

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::chores::ChoreContext;
 use crate::limits::DRIVE_PROBE_INTERVAL_MS;
-use crate::volume::{health, io, Volume};
+use crate::volume::{health, io, s3, Volume};
 
 /// The probe loop, as long as the process lives.
 pub fn run_probes(context: Arc<ChoreContext>) {
@@ -49,7 +49,10 @@ fn look_at(volume: &Arc<Volume>) {
 }
 
 fn probe(volume: &Volume) {
-    let result = io::probe_blocking(&volume.root, probe_random());
+    let result = match &volume.s3 {
+        Some(bucket) => s3::run_blocking(bucket.probe()).and_then(|answer| answer.map_err(s3::to_io)),
+        None => io::probe_blocking(&volume.root, probe_random()),
+    };
     if let Err(error) = &result {
         // At debug: a dead drive fails its probe every few seconds; /mounts and the
         // metrics say it is still out.

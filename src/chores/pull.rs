@@ -23,6 +23,7 @@ use crate::limits::{BLOCK_BYTES_MAX, PULL_CONNECT_TIMEOUT_MS, PULL_IO_STALL_TIME
 use crate::locator::Locator;
 use crate::metrics::{Recorder, VolumeErrorKind, VolumeOp};
 use crate::volume::io::{write_block_blocking, WriteError};
+use crate::volume::s3;
 use crate::volume::Volume;
 
 /// The token keepstore signs pull requests for (pull_worker.go); peers of the same
@@ -114,11 +115,17 @@ fn pull_one(context: &ChoreContext, recorder: &Recorder, item: &PullItem, random
                 let counters = recorder.volume(&target);
                 let started = target.write_started();
                 // The request path's commit protocol and failure rules (volume::io).
-                return match write_block_blocking(&target, locator.hash, &data, random) {
+                let written = match &target.s3 {
+                    Some(bucket) => s3::run_blocking(bucket.write(locator.hash, data))
+                        .and_then(|(result, _)| result.map_err(s3::to_io))
+                        .map_err(WriteError::Failed),
+                    None => write_block_blocking(&target, locator.hash, &data, random),
+                };
+                return match written {
                     Ok(()) => {
                         target.mark_healthy(started);
                         counters.operation(VolumeOp::Write);
-                        counters.wrote(data.len() as u64);
+                        counters.wrote(size);
                         Ok(target.uuid.clone())
                     }
                     Err(WriteError::Full) => {

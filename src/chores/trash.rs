@@ -12,6 +12,7 @@ use crate::chores::{ChoreContext, ChoreSettings};
 use crate::limits::{PREDECESSOR_EXIT_POLL_MS, TEMP_SWEEP_INTERVAL_SECS};
 use crate::locator::Locator;
 use crate::metrics::{Recorder, VolumeErrorKind, VolumeOp};
+use crate::volume::s3::{self, S3Bucket};
 use crate::volume::trash::{sweep_volume_while, trash_block, unix_nanos, TrashOutcome};
 use crate::volume::Volume;
 
@@ -87,13 +88,14 @@ fn process_item(context: &ChoreContext, recorder: &Recorder, settings: &ChoreSet
         }
     };
     for volume in volumes {
-        let result = trash_block(
-            &volume.root,
-            locator.hash,
-            now,
-            &settings.trash_rules(),
-            Some(item.block_mtime as i128),
-        );
+        let rules = settings.trash_rules();
+        let expected = Some(item.block_mtime as i128);
+        let result = match &volume.s3 {
+            Some(bucket) => {
+                s3::run_blocking(bucket.trash(locator.hash, now, &rules, expected)).and_then(|outcome| outcome)
+            }
+            None => trash_block(&volume.root, locator.hash, now, &rules, expected),
+        };
         record(recorder, &volume, &result);
         match result {
             Ok(TrashOutcome::Trashed | TrashOutcome::Deleted) => {
@@ -198,6 +200,14 @@ fn sweep_all(
             return;
         }
         let counters = recorder.volume(volume);
+        if let Some(bucket) = &volume.s3 {
+            // An S3 volume has no temp files (a PUT is one request); its trash is emptied
+            // by keepstore's rules, race fixes included.
+            if trash {
+                empty_bucket(context, volume, bucket, &counters, go_on);
+            }
+            continue;
+        }
         match sweep_volume_while(&volume.root, now_secs, trash, !trash, workers, go_on) {
             Ok(swept) => {
                 for _ in 0..swept.trash + swept.temp {
@@ -214,6 +224,41 @@ fn sweep_all(
                 counters.error(VolumeErrorKind::Io);
                 tracing::warn!(volume = %volume.uuid, error = %error, "sweeping the volume failed");
             }
+        }
+    }
+}
+
+/// One emptier pass over an S3 volume's `trash/`, on this thread's own ring.
+fn empty_bucket(
+    context: &ChoreContext,
+    volume: &Volume,
+    bucket: &S3Bucket,
+    counters: &crate::metrics::VolumeCounters,
+    go_on: &(dyn Fn() -> bool + Sync),
+) {
+    let rules = context.settings().trash_rules();
+    match s3::run_blocking(bucket.empty_trash(SystemTime::now(), &rules, go_on)) {
+        Ok(counts) => {
+            for _ in 0..counts.deleted {
+                counters.operation(VolumeOp::Unlink);
+            }
+            for _ in 0..counts.errors {
+                counters.error(VolumeErrorKind::Io);
+            }
+            if counts.deleted > 0 || counts.errors > 0 {
+                tracing::info!(
+                    volume = %volume.uuid,
+                    deleted = counts.deleted,
+                    bytes = counts.bytes_deleted,
+                    left = counts.in_trash - counts.deleted,
+                    errors = counts.errors,
+                    "expired trash deleted"
+                );
+            }
+        }
+        Err(error) => {
+            counters.error(VolumeErrorKind::Io);
+            tracing::warn!(volume = %volume.uuid, error = %error, "emptying the S3 volume's trash failed");
         }
     }
 }

@@ -495,7 +495,13 @@ impl GetObject {
     /// read to its end the connection goes back to the thread's pool; a `GetObject`
     /// dropped before that closes it.
     pub async fn read(&mut self, buffer: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
-        self.body.read(buffer).await
+        self.body.read(buffer, usize::MAX).await
+    }
+
+    /// As `read`, appending at most `max` bytes (a caller filling a chunk of a buffer
+    /// that has more room than the chunk).
+    pub async fn read_at_most(&mut self, buffer: Vec<u8>, max: usize) -> (io::Result<usize>, Vec<u8>) {
+        self.body.read(buffer, max).await
     }
 
     /// Body bytes not read yet.
@@ -560,9 +566,9 @@ impl BodyReader {
         self.finish();
     }
 
-    async fn read(&mut self, mut buffer: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+    async fn read(&mut self, mut buffer: Vec<u8>, max: usize) -> (io::Result<usize>, Vec<u8>) {
         let timeout = self.client.inner.config.read_timeout;
-        let room = buffer.capacity() - buffer.len();
+        let room = (buffer.capacity() - buffer.len()).min(max);
         let Some(connection) = self.connection.as_mut() else {
             return (Ok(0), buffer);
         };
@@ -659,7 +665,7 @@ impl BodyReader {
             if body.len() == body.capacity() {
                 body.reserve(STEP_BYTES);
             }
-            let (result, returned) = self.read(body).await;
+            let (result, returned) = self.read(body, usize::MAX).await;
             body = returned;
             if result? == 0 {
                 return Ok((body, false));

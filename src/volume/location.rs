@@ -53,6 +53,21 @@ pub struct S3Parameters {
 }
 
 impl S3Parameters {
+    /// What the S3 client needs of these: where requests go, as keepstore's SDK sends
+    /// them (a configured endpoint always gets the bucket in the path).
+    pub fn client_config(&self) -> crate::s3::ClientConfig {
+        crate::s3::ClientConfig {
+            endpoint: self.endpoint_url(),
+            bucket: self.bucket.clone(),
+            region: self.region.clone(),
+            use_path_style: self.use_path_style || !self.endpoint.is_empty(),
+            access_key_id: self.access_key_id.clone(),
+            secret_access_key: self.secret_access_key.clone(),
+            connect_timeout: self.connect_timeout,
+            read_timeout: self.read_timeout,
+        }
+    }
+
     /// The endpoint requests go to: the configured one, else the regional AWS one the
     /// SDK derives from the region (`s3.{region}.{partition's DNS suffix}`; aws-sdk-go-v2
     /// uses the regional name for us-east-1 too, not the legacy `s3.amazonaws.com`).

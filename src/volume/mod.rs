@@ -18,6 +18,7 @@ pub mod layout;
 pub mod location;
 pub mod page_cache;
 pub mod quarantine;
+pub mod s3;
 pub mod scrub_state;
 pub mod temp;
 pub mod trash;
@@ -64,7 +65,14 @@ pub struct Volume {
     pub(crate) claiming: AtomicU64,
     /// The last free-space reading, which writes check on the cores instead of statvfs.
     pub free_space: Arc<io::FreeSpace>,
+    /// An S3 volume's bucket (`s3`); `None` for a directory volume. An S3 volume's `root`
+    /// is `S3_ROOT`, under `/dev/null`: nothing can be opened or created there, so a
+    /// directory operation that reached one by mistake fails instead of touching a disk.
+    pub s3: Option<Arc<s3::S3Bucket>>,
 }
+
+/// The `root` of every S3 volume: no file can exist below `/dev/null`.
+pub const S3_ROOT: &str = "/dev/null/keepring-s3-volume";
 
 /// How a volume is to be served, from the command line or the cluster config.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,6 +176,7 @@ impl Volume {
             claiming: AtomicU64::new(0),
             free_space,
             root,
+            s3: None,
         })
     }
 
@@ -188,6 +197,55 @@ impl Volume {
             health: Health::new(),
             claiming: AtomicU64::new(0),
             free_space: Arc::new(io::FreeSpace::unread(root)),
+            s3: None,
+        }
+    }
+
+    /// An S3 volume (`s3`): always has a configured UUID; its device is the bucket
+    /// (`s3://<endpoint>/<bucket>`, as keepstore's DeviceID).
+    pub fn open_s3(parameters: &location::S3Parameters, options: &VolumeOptions) -> std::io::Result<Volume> {
+        let uuid = options
+            .uuid
+            .clone()
+            .ok_or_else(|| std::io::Error::other("an S3 volume needs a configured UUID"))?;
+        let client = crate::s3::Client::new(parameters.client_config())
+            .map_err(|error| std::io::Error::other(error.to_string()))?;
+        let root = PathBuf::from(S3_ROOT);
+        Ok(Volume {
+            uuid,
+            device_id: format!("s3://{}/{}", parameters.endpoint, parameters.bucket),
+            allow_write: !options.read_only,
+            allow_trash: !options.read_only || options.trash_when_read_only,
+            replication: options.replication.max(1),
+            storage_classes: options.storage_classes.clone(),
+            priority: options.priority,
+            device: 0,
+            options: options.clone(),
+            failed_at_ms: AtomicU64::new(0),
+            health: Health::new(),
+            claiming: AtomicU64::new(0),
+            free_space: Arc::new(io::FreeSpace::unread(&root)),
+            s3: Some(Arc::new(s3::S3Bucket {
+                client,
+                parameters: parameters.clone(),
+            })),
+            root,
+        })
+    }
+
+    /// Where the volume is, for log lines: its directory, or its bucket.
+    pub fn describe(&self) -> String {
+        match self.s3 {
+            None => self.root.display().to_string(),
+            Some(_) => self.device_id.clone(),
+        }
+    }
+
+    /// The directory a directory volume lives in; `None` for an S3 volume.
+    pub fn directory(&self) -> Option<&Path> {
+        match self.s3 {
+            None => Some(&self.root),
+            Some(_) => None,
         }
     }
 
@@ -241,7 +299,7 @@ impl Volume {
             Change::Unhealthy(reason, recent) => tracing::warn!(
                 target: "keepring::lifecycle",
                 volume = %self.uuid,
-                path = %self.root.display(),
+                path = %self.describe(),
                 reason = reason.name(),
                 read_errors = recent.read,
                 write_errors = recent.write,
@@ -251,7 +309,7 @@ impl Volume {
             Change::Recovered { out_ms } => tracing::info!(
                 target: "keepring::lifecycle",
                 volume = %self.uuid,
-                path = %self.root.display(),
+                path = %self.describe(),
                 unhealthy_ms = out_ms,
                 "volume healthy again: back in the write rotation"
             ),

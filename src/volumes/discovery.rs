@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::volume::location::Location;
+use crate::volume::location::{Location, S3Parameters};
 use crate::volume::VolumeOptions;
 
 /// The name of the directory that makes a drive (or a root's subdirectory) a volume.
@@ -15,7 +15,7 @@ pub const KEEP_DIR_NAME: &str = "keep";
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VolumeSources {
     /// `--volume DIR` and config-file volumes: a directory is served whenever it exists;
-    /// an S3 bucket is not served yet (`fixed_directories` leaves it out).
+    /// an S3 bucket is opened as it is (`fixed_buckets`), never discovered.
     pub fixed: Vec<(Location, VolumeOptions)>,
     /// `--volume-root DIR`: every `DIR/<name>/keep`.
     pub roots: Vec<PathBuf>,
@@ -32,15 +32,12 @@ impl VolumeSources {
         })
     }
 
-    /// One warning line for each fixed volume that is not served (S3, until keepring has
-    /// an S3 volume): at start and when a reload brings new sources, not on every rescan.
-    pub fn warn_unserved(&self) {
-        for (location, options) in &self.fixed {
-            if let Location::S3(_) = location {
-                let uuid = options.uuid.as_deref().unwrap_or("");
-                tracing::warn!(volume = %uuid, location = %location, "S3 volumes are not served yet");
-            }
-        }
+    /// The configured S3 volumes: served from the start, never discovered.
+    pub fn fixed_buckets(&self) -> impl Iterator<Item = (&S3Parameters, &VolumeOptions)> {
+        self.fixed.iter().filter_map(|(location, options)| match location {
+            Location::S3(parameters) => Some((parameters, options)),
+            Location::Directory(_) => None,
+        })
     }
 }
 

@@ -74,7 +74,6 @@ impl WatcherHandle {
 
 /// Open every candidate volume now (start-up). Errors on configured volumes are fatal.
 pub fn initial_scan(sources: &VolumeSources) -> Result<VolumeSet, String> {
-    sources.warn_unserved();
     let mounts = read_mountinfo().unwrap_or_default();
     let mut volumes: Vec<Arc<Volume>> = Vec::new();
     for candidate in discovery::candidates(sources, &mounts) {
@@ -94,7 +93,37 @@ pub fn initial_scan(sources: &VolumeSources) -> Result<VolumeSet, String> {
             return Err(format!("cannot use volume {}: not a directory", root.display()));
         }
     }
+    for (parameters, options) in sources.fixed_buckets() {
+        let volume = open_bucket(parameters, options, &volumes).map_err(|error| {
+            let uuid = options.uuid.as_deref().unwrap_or("");
+            format!("cannot use S3 volume {uuid}: {error}")
+        })?;
+        volumes.push(volume);
+    }
     Ok(VolumeSet::from_shared(volumes))
+}
+
+/// Open an S3 volume (its client resolves the endpoint's host name: never on a core).
+fn open_bucket(
+    parameters: &crate::volume::location::S3Parameters,
+    options: &crate::volume::VolumeOptions,
+    taken: &[Arc<Volume>],
+) -> io::Result<Arc<Volume>> {
+    let volume = Volume::open_s3(parameters, options)?;
+    if taken.iter().any(|other| other.uuid == volume.uuid) {
+        return Err(io::Error::other(format!(
+            "volume UUID {} is configured twice",
+            volume.uuid
+        )));
+    }
+    tracing::info!(
+        target: "keepring::lifecycle",
+        volume = %volume.uuid,
+        location = %volume.device_id,
+        writable = volume.allow_write,
+        "S3 volume added"
+    );
+    Ok(Arc::new(volume))
 }
 
 fn open_candidate(candidate: &Candidate, taken: &[Arc<Volume>]) -> io::Result<Arc<Volume>> {
@@ -233,7 +262,6 @@ impl Watcher {
                     match event {
                         WatchEvent::Stop => return,
                         WatchEvent::Sources(sources) => {
-                            sources.warn_unserved();
                             self.sources = sources;
                             reason = "configuration";
                         }
@@ -268,7 +296,7 @@ impl Watcher {
             tracing::info!(
                 target: "keepring::lifecycle",
                 volume = %old.uuid,
-                path = %old.root.display(),
+                path = %old.describe(),
                 reason,
                 "volume removed"
             );
@@ -327,6 +355,25 @@ impl Watcher {
                 None => match open_candidate(candidate, &next) {
                     Ok(volume) => next.push(volume),
                     Err(error) => tracing::warn!(path = %candidate.root.display(), error = %error, "cannot use volume"),
+                },
+            }
+        }
+        // S3 volumes stay as opened while their configuration stays the same.
+        for (parameters, options) in self.sources.fixed_buckets() {
+            let serving = current.iter().find(|volume| {
+                volume.options == *options
+                    && volume
+                        .s3
+                        .as_ref()
+                        .is_some_and(|bucket| bucket.parameters == *parameters)
+            });
+            match serving {
+                Some(volume) => next.push(volume.clone()),
+                None => match open_bucket(parameters, options, &next) {
+                    Ok(volume) => next.push(volume),
+                    Err(error) => {
+                        tracing::warn!(location = %parameters.endpoint_url(), error = %error, "cannot use S3 volume")
+                    }
                 },
             }
         }

@@ -6,6 +6,7 @@
 //!   pipelining, chunked bodies, responses cut short).
 //! - `keep`: Keep-specific helpers: MD5, permission signatures, block paths, test data.
 //! - `tls`: a self-signed certificate made in the test, and an OpenSSL client trusting it.
+//! - `s3`: the Garage cluster S3-volume tests run against, and a plain boto3 client.
 //! - `load`: a load generator (keep-alive pipelining or connection churn) that counts every
 //!   failed request itself, for the restart tests.
 
@@ -14,6 +15,7 @@
 pub mod client;
 pub mod keep;
 pub mod load;
+pub mod s3;
 pub mod server;
 pub mod tls;
 

@@ -1,0 +1,244 @@
+//! S3 volumes (issue 13) on a real store: a three-node Garage cluster on 127.0.0.1
+//! (`support::s3`). keepring serves a bucket in keepstore's layout that a plain S3 client
+//! filled, and what it writes, trashes and untrashes lands in that same layout, checked
+//! with the plain client (boto3). All tests share the store's one bucket: each works on
+//! blocks of its own random bytes and looks only at those.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::support::client::eventually;
+use crate::support::s3::{plain_client, store, volume_entry, S3Store};
+use crate::support::*;
+
+fn random_block(len: usize) -> Vec<u8> {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|since| since.as_nanos() as u64)
+        .unwrap_or(7)
+        ^ u64::from(std::process::id()) << 32;
+    let mut data = test_bytes(seed, len);
+    data.extend_from_slice(format!("{seed}").as_bytes());
+    data
+}
+
+const UUID: &str = "zzzzz-nyw5e-s3volumetests00";
+
+/// A node serving only an S3 volume on `store`'s bucket, with these `Collections` lines.
+fn s3_server(dir: &Path, store: &S3Store, prefix_length: usize, collections: &str) -> TestServer {
+    let config = dir.join("config.yml");
+    let text = format!(
+        "Clusters:\n  zzzzz:\n    SystemRootToken: {ROOT_TOKEN}\n    Collections:\n      \
+         BlobSigningKey: {SIGNING_KEY}\n{collections}    Volumes:\n{}",
+        volume_entry(store, UUID, prefix_length, "")
+    );
+    std::fs::write(&config, text).expect("write config");
+    ServerBuilder::new()
+        .volume_paths(Vec::new())
+        .without_signing_key()
+        .without_root_token()
+        .arg("--config")
+        .arg(config.to_str().expect("utf-8 path"))
+        .start()
+}
+
+/// `head KEY` through the plain client: `None` when missing, else (size, etag).
+fn head(store: &S3Store, key: &str) -> Option<(u64, String)> {
+    let answer = plain_client(store, &store.bucket, &["head", key]);
+    let answer = answer.trim();
+    if answer == "missing" {
+        return None;
+    }
+    let mut fields = answer.split(' ');
+    let size = fields.next()?.parse().ok()?;
+    Some((size, fields.next()?.to_string()))
+}
+
+/// Put `data` at `key` through the plain client.
+fn put_object(store: &S3Store, dir: &Path, key: &str, data: &[u8]) {
+    let file = dir.join("object");
+    std::fs::write(&file, data).expect("object file");
+    let source = match data.is_empty() {
+        true => "-".to_string(),
+        false => file.display().to_string(),
+    };
+    plain_client(store, &store.bucket, &["put", key, &source]);
+}
+
+fn index_lines(server: &TestServer, prefix: &str) -> Vec<String> {
+    let response = server.request(Request::get(&format!("/index/{prefix}")).token(ROOT_TOKEN));
+    assert_eq!(response.status, 200, "{}", response.summary());
+    let text = response.text();
+    assert!(text.ends_with("\n\n") || text == "\n", "index not whole: {text:?}");
+    text.lines()
+        .filter(|line| !line.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn a_bucket_keepstore_filled_is_served_and_keepring_writes_the_same_layout() {
+    let store = store();
+    let dir = tempfile::tempdir().expect("temp dir");
+    // keepstore's layout, put there by a plain client: a block with its recent/ marker,
+    // and one from before markers.
+    let marked = random_block(5000);
+    let unmarked = random_block(7000);
+    let (marked_hash, unmarked_hash) = (md5_hex(&marked), md5_hex(&unmarked));
+    put_object(store, dir.path(), &marked_hash, &marked);
+    put_object(store, dir.path(), &format!("recent/{marked_hash}"), b"");
+    put_object(store, dir.path(), &unmarked_hash, &unmarked);
+
+    let server = s3_server(dir.path(), store, 0, "");
+    for data in [&marked, &unmarked] {
+        let response = server.get(&signed_locator_for(data));
+        assert_eq!(response.status, 200, "{}", response.summary());
+        assert_eq!(&response.body, data);
+        let head = server.request(Request::head(&format!("/{}", signed_locator_for(data))).token(USER_TOKEN));
+        assert_eq!(head.status, 200, "{}", head.summary());
+    }
+    let index = index_lines(&server, &marked_hash[..6]);
+    let line = index
+        .iter()
+        .find(|line| line.starts_with(&format!("{marked_hash}+{} ", marked.len())))
+        .unwrap_or_else(|| panic!("{marked_hash} not in the index: {index:?}"));
+    let mtime_ns: i128 = line.rsplit(' ').next().and_then(|ns| ns.parse().ok()).expect("mtime");
+    assert_eq!(mtime_ns % 1_000_000_000, 0, "S3 mtimes are whole seconds: {line}");
+
+    // What keepring writes: the object with the block's bytes and its empty marker.
+    let written = random_block(3 * 1024 * 1024 + 17);
+    let hash = md5_hex(&written);
+    let response = server.put(&written);
+    assert_eq!(response.status, 200, "{}", response.summary());
+    assert_eq!(response.header("X-Keep-Replicas-Stored"), Some("1"));
+    assert_eq!(head(store, &hash), Some((written.len() as u64, hash.clone())));
+    assert_eq!(head(store, &format!("recent/{hash}")).map(|(size, _)| size), Some(0));
+    let fetched = plain_client(store, &store.bucket, &["get", &hash]);
+    assert_eq!(fetched.trim(), hex(&written), "the object holds the block's bytes");
+
+    let mounts = server.request(Request::get("/mounts").token(ROOT_TOKEN));
+    assert_eq!(mounts.status, 200);
+    assert!(
+        mounts
+            .text()
+            .contains(&format!("\"device_id\":\"s3://{}/{}\"", store.endpoint, store.bucket)),
+        "{}",
+        mounts.text()
+    );
+    assert!(mounts.text().contains(UUID), "{}", mounts.text());
+}
+
+#[test]
+fn prefix_length_puts_blocks_under_their_first_digits() {
+    let store = store();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = s3_server(dir.path(), store, 3, "");
+    let data = random_block(10_000);
+    let hash = md5_hex(&data);
+    assert_eq!(server.put(&data).status, 200);
+    let key = format!("{}/{hash}", &hash[..3]);
+    assert_eq!(head(store, &key), Some((data.len() as u64, hash.clone())));
+    assert_eq!(head(store, &hash), None, "no object at the bare hash");
+    assert_eq!(head(store, &format!("recent/{key}")).map(|(size, _)| size), Some(0));
+    let response = server.get(&signed_locator_for(&data));
+    assert_eq!(response.status, 200, "{}", response.summary());
+    assert_eq!(response.body, data);
+    let index = index_lines(&server, &hash[..5]);
+    assert!(
+        index
+            .iter()
+            .any(|line| line.starts_with(&format!("{hash}+{} ", data.len()))),
+        "{index:?}"
+    );
+}
+
+#[test]
+fn a_body_that_fails_its_hash_never_becomes_an_object() {
+    let store = store();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = s3_server(dir.path(), store, 0, "");
+    let data = random_block(2 * 1024 * 1024);
+    let claimed = md5_hex(b"something else entirely, for this test");
+    let response = server.request(Request::put(&format!("/{claimed}"), &data).token(USER_TOKEN));
+    // keepstore 3.x answers a body that fails its locator with 400.
+    assert_eq!(response.status, 400, "{}", response.summary());
+    assert_eq!(head(store, &claimed), None);
+    assert_eq!(head(store, &format!("recent/{claimed}")), None);
+}
+
+#[test]
+fn delete_moves_a_block_to_trash_and_untrash_brings_it_back() {
+    let store = store();
+    let dir = tempfile::tempdir().expect("temp dir");
+    // A 1 s signing TTL makes a block old enough to trash after 2 s; the emptier is off.
+    let server = s3_server(
+        dir.path(),
+        store,
+        0,
+        "      BlobSigningTTL: 1s\n      BlobTrashLifetime: 1h\n      BlobTrashCheckInterval: 0s\n",
+    );
+    let data = random_block(4096);
+    let hash = md5_hex(&data);
+    let response = server.put(&data);
+    assert_eq!(response.status, 200, "{}", response.summary());
+    let locator = format!("{hash}+{}", data.len());
+    std::thread::sleep(Duration::from_millis(2100));
+    let deleted = server.request(Request::new("DELETE", &format!("/{locator}")).token(ROOT_TOKEN));
+    assert_eq!(deleted.status, 200, "{}", deleted.summary());
+    assert_eq!(head(store, &hash), None, "the block object is gone");
+    assert_eq!(
+        head(store, &format!("trash/{hash}")).map(|(size, _)| size),
+        Some(data.len() as u64)
+    );
+    let index = index_lines(&server, &hash[..6]);
+    assert!(!index.iter().any(|line| line.starts_with(&hash)), "{index:?}");
+    let untrashed = server.request(Request::put(&format!("/untrash/{locator}"), b"").token(ROOT_TOKEN));
+    assert_eq!(untrashed.status, 200, "{}", untrashed.summary());
+    assert_eq!(head(store, &hash), Some((data.len() as u64, hash.clone())));
+    let index = index_lines(&server, &hash[..6]);
+    assert!(index.iter().any(|line| line.starts_with(&hash)), "{index:?}");
+}
+
+#[test]
+fn the_emptier_deletes_expired_trash_and_its_marker() {
+    let store = store();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = s3_server(
+        dir.path(),
+        store,
+        0,
+        "      BlobSigningTTL: 1s\n      BlobTrashLifetime: 1s\n      BlobTrashCheckInterval: 1s\n",
+    );
+    let data = random_block(4096);
+    let hash = md5_hex(&data);
+    assert_eq!(server.put(&data).status, 200);
+    std::thread::sleep(Duration::from_millis(2100));
+    let deleted = server.request(Request::new("DELETE", &format!("/{hash}+{}", data.len())).token(ROOT_TOKEN));
+    assert_eq!(deleted.status, 200, "{}", deleted.summary());
+    let gone = eventually(Duration::from_secs(20), || {
+        head(store, &format!("trash/{hash}")).is_none() && head(store, &format!("recent/{hash}")).is_none()
+    });
+    assert!(
+        gone,
+        "trash/ copy or recent/ marker still there; log:\n{}",
+        server.log.lines().join("\n")
+    );
+    assert_eq!(head(store, &hash), None);
+}
+
+#[test]
+fn a_block_a_racing_trash_took_is_copied_back_on_read() {
+    let store = store();
+    let dir = tempfile::tempdir().expect("temp dir");
+    // keepstore's race: the block was written (recent/ marker) and trashed moments later,
+    // well inside the signing TTL: the trash copy must be put back, not lost.
+    let data = random_block(6000);
+    let hash = md5_hex(&data);
+    put_object(store, dir.path(), &format!("recent/{hash}"), b"");
+    put_object(store, dir.path(), &format!("trash/{hash}"), &data);
+    let server = s3_server(dir.path(), store, 0, "");
+    let response = server.get(&signed_locator_for(&data));
+    assert_eq!(response.status, 200, "{}", response.summary());
+    assert_eq!(response.body, data);
+    assert_eq!(head(store, &hash), Some((data.len() as u64, hash.clone())));
+}
