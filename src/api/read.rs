@@ -54,7 +54,12 @@ pub async fn read<'a>(
     let lease = core.pool.lease(CHUNK_BUFFER_BYTES as u64).await?;
     let mut buffer = core.pool.chunk();
     let mut failure = RequestError::NotFound;
-    for volume_index in placement::order(locator.hash, state.volumes.all()) {
+    let volumes = state.volumes.all();
+    let mut order = placement::order(locator.hash, volumes);
+    // Placement order, but volumes that are failing (a dead or hanging S3 store, a
+    // failing drive) after the others.
+    order.sort_by_key(|&index| volumes[index].is_suspect());
+    for volume_index in order {
         let mut stream = match BlockStream::open(core, &state, volume_index, locator.hash).await {
             Ok(Some(stream)) => stream,
             Ok(None) => continue,

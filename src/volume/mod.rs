@@ -251,11 +251,18 @@ impl Volume {
 
     /// Writable, healthy, and not recently failed.
     pub fn accepts_writes(&self) -> bool {
-        if !self.allow_write || !self.health.is_healthy() {
-            return false;
+        self.allow_write && !self.is_suspect()
+    }
+
+    /// Unhealthy, or a write failed within `VOLUME_RETRY_MS`: reads try it after the
+    /// others (a store that is down or hangs costs a timeout only where nothing else has
+    /// the block).
+    pub fn is_suspect(&self) -> bool {
+        if !self.health.is_healthy() {
+            return true;
         }
         let failed_at = self.failed_at_ms.load(Ordering::Relaxed);
-        failed_at == 0 || now_ms().saturating_sub(failed_at) >= VOLUME_RETRY_MS
+        failed_at != 0 && now_ms().saturating_sub(failed_at) < VOLUME_RETRY_MS
     }
 
     /// A write failed (not for lack of space): the volume leaves the write rotation for

@@ -242,3 +242,141 @@ fn a_block_a_racing_trash_took_is_copied_back_on_read() {
     assert_eq!(response.body, data);
     assert_eq!(head(store, &hash), Some((data.len() as u64, hash.clone())));
 }
+
+/// A node with a directory volume and an S3 volume whose store is `endpoint`, with short
+/// timeouts.
+fn server_beside_a_directory(dir: &Path, store: &S3Store, endpoint: &str) -> TestServer {
+    let config = dir.join("config.yml");
+    let directory = dir.join("disk");
+    std::fs::create_dir_all(&directory).expect("volume dir");
+    let mut broken = store.clone();
+    broken.endpoint = endpoint.to_string();
+    let text = format!(
+        "Clusters:\n  zzzzz:\n    SystemRootToken: {ROOT_TOKEN}\n    Collections:\n      \
+         BlobSigningKey: {SIGNING_KEY}\n    Volumes:\n{}      zzzzz-nyw5e-s3directoryvol0:\n        \
+         Driver: Directory\n        DriverParameters: {{Root: {}}}\n",
+        volume_entry(
+            &broken,
+            UUID,
+            0,
+            "          ConnectTimeout: 1s\n          ReadTimeout: 1s\n"
+        ),
+        directory.display()
+    );
+    std::fs::write(&config, text).expect("write config");
+    ServerBuilder::new()
+        .volume_paths(Vec::new())
+        .without_signing_key()
+        .without_root_token()
+        .arg("--config")
+        .arg(config.to_str().expect("utf-8 path"))
+        .start()
+}
+
+#[test]
+fn a_store_that_hangs_fails_over_like_a_failing_disk() {
+    let store = store();
+    let dir = tempfile::tempdir().expect("temp dir");
+    // A "store" that accepts connections and never answers.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let endpoint = format!("http://{}", listener.local_addr().expect("address"));
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let holder = held.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            holder.lock().expect("lock").push(stream);
+        }
+    });
+    let server = server_beside_a_directory(dir.path(), store, &endpoint);
+    // Blocks whose placement puts the S3 volume first (keepstore's rendezvous order:
+    // md5 of hash + UUID suffix, ascending), so every PUT would try it first.
+    let weight = |hash: &str, uuid: &str| md5_hex(format!("{hash}{}", &uuid[12..]).as_bytes());
+    let blocks: Vec<Vec<u8>> = std::iter::repeat_with(|| random_block(20_000))
+        .filter(|data| {
+            let hash = md5_hex(data);
+            weight(&hash, UUID) < weight(&hash, "zzzzz-nyw5e-s3directoryvol0")
+        })
+        .take(6)
+        .collect();
+    for data in &blocks {
+        let response = server.put(data);
+        assert_eq!(response.status, 200, "{}", response.summary());
+        assert!(block_path(&dir.path().join("disk"), &md5_hex(data)).exists());
+    }
+    assert!(
+        !held.lock().expect("lock").is_empty(),
+        "no request reached the hung store"
+    );
+    let s3_errors = |what: &str| {
+        server
+            .log
+            .lines()
+            .iter()
+            .filter(|line| line.contains(what) && line.contains(UUID))
+            .count()
+    };
+    // The first write timed out; the volume then sat out of the rotation
+    // (VOLUME_RETRY_MS), so the other five went straight to the disk.
+    assert_eq!(s3_errors("block write failed"), 1, "{}", server.log.lines().join("\n"));
+    // Reads try the failing volume last: every block comes from the disk at once.
+    for data in &blocks {
+        let response = server.get(&signed_locator_for(data));
+        assert_eq!(response.status, 200, "{}", response.summary());
+        assert_eq!(&response.body, data);
+    }
+    assert_eq!(s3_errors("block open failed"), 0, "{}", server.log.lines().join("\n"));
+}
+
+/// Restarts node 3 of the test cluster when dropped (a failed assertion included).
+struct NodeStopped<'a> {
+    dir: &'a Path,
+}
+
+impl Drop for NodeStopped<'_> {
+    fn drop(&mut self) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/s3-store.sh");
+        let started = std::process::Command::new("bash")
+            .arg(script)
+            .arg("start-node")
+            .arg(self.dir)
+            .arg("3")
+            .status();
+        assert!(
+            started.is_ok_and(|status| status.success()),
+            "node 3 did not start again"
+        );
+    }
+}
+
+#[test]
+fn keepring_keeps_serving_with_one_store_node_down() {
+    let store = store();
+    let store_dir = crate::support::s3::store_dir();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = s3_server(dir.path(), store, 0, "");
+    let before = random_block(50_000);
+    assert_eq!(server.put(&before).status, 200);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/s3-store.sh");
+    let stopped = std::process::Command::new("bash")
+        .arg(&script)
+        .arg("stop-node")
+        .arg(&store_dir)
+        .arg("3")
+        .status()
+        .expect("stop-node");
+    assert!(stopped.success(), "stop-node failed");
+    let _restart = NodeStopped { dir: &store_dir };
+    // Replication 3, quorum 2: reads, writes and listings go on.
+    let response = server.get(&signed_locator_for(&before));
+    assert_eq!(response.status, 200, "{}", response.summary());
+    assert_eq!(response.body, before);
+    let during = random_block(3 * 1024 * 1024);
+    let response = server.put(&during);
+    assert_eq!(response.status, 200, "{}", response.summary());
+    let response = server.get(&signed_locator_for(&during));
+    assert_eq!(response.status, 200, "{}", response.summary());
+    assert_eq!(response.body, during);
+    let hash = md5_hex(&during);
+    let index = index_lines(&server, &hash[..6]);
+    assert!(index.iter().any(|line| line.starts_with(&hash)), "{index:?}");
+}

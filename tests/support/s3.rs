@@ -24,6 +24,16 @@ pub fn store() -> &'static S3Store {
     STORE.get_or_init(keepring::s3::testing::test_store)
 }
 
+/// The test cluster's directory, for `scripts/s3-store.sh stop-node DIR N`: `S3_STORE_DIR`
+/// (`scripts/test` exports it), else the one `test_store` starts, `target/s3-store`.
+pub fn store_dir() -> std::path::PathBuf {
+    store();
+    match std::env::var("S3_STORE_DIR") {
+        Ok(dir) => dir.into(),
+        Err(_) => repo().join("target/s3-store"),
+    }
+}
+
 /// Run `tests/python/s3_plain.py` (boto3) with `args` against `store`; its stdout.
 pub fn plain_client(store: &S3Store, bucket: &str, args: &[&str]) -> String {
     static PYTHON: OnceLock<String> = OnceLock::new();
