@@ -7,6 +7,7 @@ pub mod api;
 pub mod blocking;
 pub mod bufpool;
 pub mod chores;
+pub mod chunked;
 pub mod cluster_config;
 pub mod config;
 pub mod digest;

@@ -618,9 +618,12 @@ impl BodyReader {
                             break Ok(written);
                         }
                     }
-                    Err(reason) => {
+                    Err(_) => {
                         buffer.truncate(length);
-                        break Err(io::Error::new(io::ErrorKind::InvalidData, reason));
+                        break Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            crate::chunked::Malformed::REASON,
+                        ));
                     }
                 }
             },

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use url::Url;
 
-use super::body::{ChunkDecoder, Framing};
+use super::body::{ChunkedDecoder, Framing};
 use super::error::S3Error;
 use crate::limits::{S3_RESPONSE_HEADER_COUNT_MAX, S3_RESPONSE_HEAD_BYTES_MAX};
 
@@ -122,7 +122,7 @@ pub fn parse_response_head(bytes: &[u8], to_head_request: bool) -> Result<Option
         if content_length.is_some() {
             keep_alive = false;
         }
-        Framing::Chunked(ChunkDecoder::default())
+        Framing::Chunked(ChunkedDecoder::default())
     } else if let Some(length) = content_length {
         Framing::Length(length)
     } else {
@@ -180,7 +180,7 @@ Last-Modified: Thu, 02 Jan 2025 03:04:05 GMT\r\n\r\nhello world";
     fn framing_and_keep_alive_follow_rfc_9112() {
         let parse = |wire: &[u8]| parse_response_head(wire, false).expect("parses").expect("complete").0;
         let chunked = parse(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
-        assert_eq!(chunked.framing, Framing::Chunked(ChunkDecoder::default()));
+        assert_eq!(chunked.framing, Framing::Chunked(ChunkedDecoder::default()));
         assert!(chunked.keep_alive);
         let both = parse(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n");
         assert!(matches!(both.framing, Framing::Chunked(_)));
