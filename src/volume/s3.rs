@@ -364,11 +364,23 @@ impl S3Bucket {
 
     /// The block index under `prefix`, listed a page at a time.
     pub fn index(&self, prefix: &str) -> IndexLister {
-        let data_prefix = self.key(prefix);
+        let data_prefix = self.index_key_prefix(prefix);
         IndexLister {
             data: Lister::new(data_prefix.clone(), self.parameters.index_page_size),
             recent: Lister::new(format!("{RECENT}{data_prefix}"), self.parameters.index_page_size),
             recent_page: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// Where the keys of blocks under index prefix `prefix` start. keepstore lists under
+    /// `key(prefix)`, which for a prefix one digit longer than PrefixLength (`abcd` with
+    /// 3) is `abcd`, not `abc/abcd`: it lists nothing of the `abc/` directory. Any prefix
+    /// longer than PrefixLength gets its directory here.
+    fn index_key_prefix(&self, prefix: &str) -> String {
+        let length = self.parameters.prefix_length;
+        match prefix.get(..length) {
+            Some(directory) if length > 0 && prefix.len() > length => format!("{directory}/{prefix}"),
+            _ => prefix.to_string(),
         }
     }
 

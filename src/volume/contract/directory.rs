@@ -1,67 +1,34 @@
-//! The volume contract, as one test suite every volume kind must pass (keepstore's
-//! `volume_generic_test.go` is the model): what is written reads back whole and compares
-//! equal; the pull worker's blocking writer keeps the same commit protocol; nothing
-//! partial or temporary is ever listed; touch, trash, untrash and the emptier follow the
-//! signing-TTL rule; the index lists blocks with size and mtime under a prefix; free space
-//! is reported; a failed volume leaves the write rotation and comes back.
-//!
-//! Each check takes a fresh volume from a `Kind`; `directory()` is the only kind today.
-//! The next kind (S3) is proven by adding its `Kind` to `KINDS`.
+//! The contract's checks only a directory volume has: a stored copy compares equal
+//! through the request path; the pull worker's blocking writer keeps the same commit
+//! protocol; nothing partial or temporary is ever listed; the trash rule's directory
+//! details (untrash keeps the mtime, a lifetime of 0 deletes); the sweeps; free space; a
+//! failed volume leaves the write rotation and comes back.
 
 use std::ops::ControlFlow;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tempfile::TempDir;
-
-use crate::blocking::Pool;
+use super::{helpers, list_directory, md5_hex, DAY_SECS};
 use crate::volume::index::list_blocks;
 use crate::volume::io::{self, WriteError};
 use crate::volume::temp;
 use crate::volume::trash::{self, TrashOutcome, TrashRules};
 use crate::volume::{layout, Volume, VolumeOptions};
 
-/// A volume kind: makes a fresh, empty, writable volume (and what keeps it alive).
-struct Kind {
-    name: &'static str,
-    fresh: fn() -> (TempDir, Volume),
-}
-
-fn directory() -> (TempDir, Volume) {
+fn directory() -> (tempfile::TempDir, Volume) {
     let dir = tempfile::tempdir().expect("temp dir");
     let volume = Volume::open(dir.path(), &VolumeOptions::default()).expect("open directory volume");
     (dir, volume)
 }
 
-const KINDS: [Kind; 1] = [Kind {
-    name: "Directory",
-    fresh: directory,
-}];
-
-const DAY_SECS: u64 = 24 * 3600;
-
-fn md5_hex(data: &[u8]) -> String {
-    use md5::{Digest, Md5};
-    crate::signature::hex(&Md5::digest(data))
-}
-
-/// Every check, against every kind.
-fn for_every_kind(check: impl Fn(&Volume)) {
-    for kind in &KINDS {
-        let (_keep, volume) = (kind.fresh)();
-        eprintln!("volume contract on a {} volume", kind.name);
-        check(&volume);
-    }
-}
-
-/// The helper pool the request path is given (one for the whole suite).
-fn helpers() -> &'static Pool {
-    static HELPERS: std::sync::OnceLock<Pool> = std::sync::OnceLock::new();
-    HELPERS.get_or_init(|| Pool::start(2, 16).expect("helper pool"))
+/// A check on a fresh directory volume.
+fn on_a_directory(check: impl Fn(&Volume)) {
+    let (_dir, volume) = directory();
+    check(&volume);
 }
 
 /// Write through the request path (io_uring).
-fn put(volume: &Volume, data: &[u8]) -> String {
+pub(super) fn put(volume: &Volume, data: &[u8]) -> String {
     let hash = md5_hex(data);
     let owned = data.to_vec();
     tokio_uring::start(async {
@@ -73,7 +40,7 @@ fn put(volume: &Volume, data: &[u8]) -> String {
 }
 
 /// Read back through the request path; None when the volume does not have it.
-fn get(volume: &Volume, hash: &str) -> Option<Vec<u8>> {
+pub(super) fn get(volume: &Volume, hash: &str) -> Option<Vec<u8>> {
     let root = volume.root.clone();
     let hash = hash.to_string();
     tokio_uring::start(async move {
@@ -97,15 +64,8 @@ fn compares_equal(volume: &Volume, hash: &str, data: &[u8]) -> bool {
 }
 
 /// `(hash, size, mtime_ns)` of every listed block under `prefix`.
-fn index(volume: &Volume, prefix: &str) -> Vec<(String, u64, i128)> {
-    let mut listed = Vec::new();
-    let complete = list_blocks(&volume.root, prefix, |block| {
-        listed.push((block.hash.to_string(), block.size, block.mtime_ns));
-        ControlFlow::Continue(())
-    })
-    .expect("index");
-    assert!(complete);
-    listed
+pub(super) fn index(volume: &Volume, prefix: &str) -> Vec<(String, u64, i128)> {
+    list_directory(volume, prefix)
 }
 
 fn names_beside(volume: &Volume, hash: &str) -> Vec<String> {
@@ -117,7 +77,7 @@ fn names_beside(volume: &Volume, hash: &str) -> Vec<String> {
     names
 }
 
-fn age(path: &Path, secs: u64) {
+pub(super) fn age(path: &Path, secs: u64) {
     std::fs::File::options()
         .write(true)
         .open(path)
@@ -127,8 +87,8 @@ fn age(path: &Path, secs: u64) {
 }
 
 #[test]
-fn what_is_written_reads_back_whole_and_compares() {
-    for_every_kind(|volume| {
+fn a_stored_copy_compares_equal_only_to_the_same_bytes() {
+    on_a_directory(|volume| {
         let data = b"the volume contract".repeat(9000);
         let hash = put(volume, &data);
         assert_eq!(get(volume, &hash).as_deref(), Some(&data[..]));
@@ -148,7 +108,7 @@ fn what_is_written_reads_back_whole_and_compares() {
 
 #[test]
 fn the_pull_writer_keeps_the_same_commit_protocol() {
-    for_every_kind(|volume| {
+    on_a_directory(|volume| {
         let data = b"pulled from a peer".to_vec();
         let hash = md5_hex(&data);
         io::write_block_blocking(volume, &hash, &data, 7).expect("blocking write");
@@ -184,7 +144,7 @@ fn write_errors_are_classified_alike_on_both_paths() {
         WriteError::from(std::io::Error::from_raw_os_error(libc::EIO)),
         WriteError::Failed(_)
     ));
-    for_every_kind(|volume| {
+    on_a_directory(|volume| {
         // A block directory that is a file: both writers fail, and leave nothing behind.
         let hash = md5_hex(b"cannot be written");
         std::fs::write(layout::block_dir(&volume.root, &hash), b"in the way").expect("obstacle");
@@ -203,8 +163,8 @@ fn write_errors_are_classified_alike_on_both_paths() {
 }
 
 #[test]
-fn the_index_lists_blocks_only_with_size_and_mtime() {
-    for_every_kind(|volume| {
+fn the_index_lists_every_block_once_and_no_trash_or_temp_file() {
+    on_a_directory(|volume| {
         let blocks: Vec<Vec<u8>> = (0..24u8).map(|seed| vec![seed; 100 + seed as usize]).collect();
         let hashes: Vec<String> = blocks.iter().map(|data| put(volume, data)).collect();
         let trashed = put(volume, b"trashed");
@@ -241,33 +201,28 @@ fn the_index_lists_blocks_only_with_size_and_mtime() {
 }
 
 #[test]
-fn trash_follows_the_signing_ttl_and_untrash_restores() {
+fn untrash_keeps_the_mtime_and_a_lifetime_of_zero_deletes() {
     let rules = TrashRules {
         signing_ttl_secs: DAY_SECS,
         lifetime_secs: 3600,
     };
-    for_every_kind(|volume| {
-        let young = put(volume, b"written just now");
-        let now = SystemTime::now();
-        let kept = trash::trash_block(&volume.root, &young, now, &rules, None).expect("trash");
-        assert_eq!(kept, TrashOutcome::Kept, "younger than the signing TTL");
+    on_a_directory(|volume| {
         let old = put(volume, b"written long ago");
         age(&layout::block_path(&volume.root, &old), 2 * DAY_SECS);
         let listed_mtime = index(volume, &old)[0].2;
-        let wrong = Some(listed_mtime + 1);
-        let kept = trash::trash_block(&volume.root, &old, now, &rules, wrong).expect("trash");
-        assert_eq!(kept, TrashOutcome::Kept, "not at the mtime the trash list named");
+        let now = SystemTime::now();
         let trashed = trash::trash_block(&volume.root, &old, now, &rules, Some(listed_mtime)).expect("trash");
         assert_eq!(trashed, TrashOutcome::Trashed);
-        assert!(index(volume, &old).is_empty(), "trash is not listed");
-        assert_eq!(get(volume, &old), None, "nor read");
         assert!(trash::untrash_block(&volume.root, &old).expect("untrash"));
         assert_eq!(
             index(volume, &old),
             [(old.clone(), 16, listed_mtime)],
             "back, mtime kept"
         );
-        assert!(!trash::untrash_block(&volume.root, &old).expect("untrash again"));
+        assert!(
+            !trash::untrash_block(&volume.root, &old).expect("untrash again"),
+            "the trash file was renamed back: none is left"
+        );
         let at_once = TrashRules {
             lifetime_secs: 0,
             ..rules
@@ -279,22 +234,8 @@ fn trash_follows_the_signing_ttl_and_untrash_restores() {
 }
 
 #[test]
-fn touch_makes_a_block_young_again() {
-    for_every_kind(|volume| {
-        let hash = put(volume, b"touched");
-        let path = layout::block_path(&volume.root, &hash);
-        age(&path, 2 * DAY_SECS);
-        let before = index(volume, &hash)[0].2;
-        io::touch(&path).expect("touch");
-        let after = index(volume, &hash)[0].2;
-        let now_ns = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_nanos() as i128;
-        assert!(after > before && now_ns - after < 60_000_000_000, "{before} → {after}");
-    });
-}
-
-#[test]
 fn the_emptier_deletes_expired_trash_and_dead_temp_files_only() {
-    for_every_kind(|volume| {
+    on_a_directory(|volume| {
         let now_secs = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs();
         let expired = md5_hex(b"expired");
         let pending = md5_hex(b"pending");
@@ -313,7 +254,7 @@ fn the_emptier_deletes_expired_trash_and_dead_temp_files_only() {
 
 #[test]
 fn free_space_is_reported_and_failure_takes_a_volume_out_for_a_while() {
-    for_every_kind(|volume| {
+    on_a_directory(|volume| {
         let free = io::free_bytes(&volume.root).expect("free space");
         assert!(free > 0);
         let reading = volume.free_space.bytes().expect("read when opened");
@@ -336,26 +277,13 @@ fn free_space_is_reported_and_failure_takes_a_volume_out_for_a_while() {
         volume.mark_healthy(started);
         assert!(volume.accepts_writes());
     });
-    let dir = tempfile::tempdir().expect("temp dir");
-    let options = VolumeOptions {
-        read_only: true,
-        ..VolumeOptions::default()
-    };
-    let read_only = Volume::open(dir.path(), &options).expect("open");
-    assert!(!read_only.accepts_writes() && !read_only.allow_trash);
-    let trash_allowed = VolumeOptions {
-        trash_when_read_only: true,
-        ..options
-    };
-    let volume = Volume::open(dir.path(), &trash_allowed).expect("open");
-    assert!(!volume.allow_write && volume.allow_trash, "AllowTrashWhenReadOnly");
 }
 
 #[test]
 fn a_volume_whose_writes_keep_failing_stays_out_until_a_probe_succeeds() {
     use crate::limits::{DRIVE_ERRORS_MAX, DRIVE_PROBE_INTERVAL_MS};
     use crate::volume::health::{self, Reason};
-    for_every_kind(|volume| {
+    on_a_directory(|volume| {
         let in_flight = volume.write_started();
         let eio = std::io::Error::from_raw_os_error(libc::EIO);
         for _ in 0..=DRIVE_ERRORS_MAX {
@@ -388,7 +316,7 @@ fn a_volume_whose_writes_keep_failing_stays_out_until_a_probe_succeeds() {
 #[test]
 fn the_sweep_spares_temp_files_a_writer_holds_and_removes_dead_ones() {
     use std::os::fd::AsRawFd;
-    for_every_kind(|volume| {
+    on_a_directory(|volume| {
         let now_secs = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs();
         let (held, dead) = (md5_hex(b"being written"), md5_hex(b"writer killed"));
         let mut open_writer = None;
@@ -414,7 +342,7 @@ fn the_sweep_spares_temp_files_a_writer_holds_and_removes_dead_ones() {
 
 #[test]
 fn a_big_block_reserves_its_space_and_is_written_whole() {
-    for_every_kind(|volume| {
+    on_a_directory(|volume| {
         let data = vec![7u8; 3 * 1024 * 1024 + 5];
         let hash = put(volume, &data);
         assert_eq!(get(volume, &hash).as_deref(), Some(&data[..]));
