@@ -24,6 +24,11 @@ fn random_block(len: usize) -> Vec<u8> {
 
 const UUID: &str = "zzzzz-nyw5e-s3volumetests00";
 
+/// The emptier test's server empties every `trash/` copy of the shared bucket past its 1 s
+/// lifetime: it runs alone (write), the tests that leave trash copies beside each other
+/// (read).
+static TRASH_IN_USE: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
 /// A node serving only an S3 volume on `store`'s bucket, with these `Collections` lines.
 fn s3_server(dir: &Path, store: &S3Store, prefix_length: usize, collections: &str) -> TestServer {
     let config = dir.join("config.yml");
@@ -168,6 +173,7 @@ fn a_body_that_fails_its_hash_never_becomes_an_object() {
 
 #[test]
 fn delete_moves_a_block_to_trash_and_untrash_brings_it_back() {
+    let _trash = TRASH_IN_USE.read().unwrap_or_else(|poisoned| poisoned.into_inner());
     let store = store();
     let dir = tempfile::tempdir().expect("temp dir");
     // A 1 s signing TTL makes a block old enough to trash after 2 s; the emptier is off.
@@ -201,6 +207,7 @@ fn delete_moves_a_block_to_trash_and_untrash_brings_it_back() {
 
 #[test]
 fn the_emptier_deletes_expired_trash_and_its_marker() {
+    let _trash = TRASH_IN_USE.write().unwrap_or_else(|poisoned| poisoned.into_inner());
     let store = store();
     let dir = tempfile::tempdir().expect("temp dir");
     let server = s3_server(
@@ -228,6 +235,7 @@ fn the_emptier_deletes_expired_trash_and_its_marker() {
 
 #[test]
 fn a_block_a_racing_trash_took_is_copied_back_on_read() {
+    let _trash = TRASH_IN_USE.read().unwrap_or_else(|poisoned| poisoned.into_inner());
     let store = store();
     let dir = tempfile::tempdir().expect("temp dir");
     // keepstore's race: the block was written (recent/ marker) and trashed moments later,
