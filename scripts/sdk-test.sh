@@ -13,6 +13,9 @@
 # `scripts/sdk-test.sh --s3 DIR`: the same, but the server has one volume only, an S3
 # volume on the Garage cluster of DIR (`scripts/s3-store.sh start DIR`), configured
 # through a cluster config file as keepstore's would be.
+# `--https` (with or without --s3): the server listens with TLS on a self-signed
+# certificate for 127.0.0.1 made here (openssl), and the SDK verifies it through
+# SSL_CERT_FILE, as it would a cluster's own CA (arvados.util.ca_certs_path).
 # Exits non-zero on any failure. Meant for a fresh Debian 12 machine, as root.
 set -euo pipefail
 
@@ -174,11 +177,20 @@ trap 'exit 143' TERM
 
 random_alnum() { od -An -N20 -tx1 /dev/urandom | tr -d ' \n'; }
 
-s3_dir=""
-if [[ ${1:-} == --s3 ]]; then
-    s3_dir=${2:?usage: scripts/sdk-test.sh [--s3 DIR]}
-    [[ -f $s3_dir/env ]] || die "no S3 store in $s3_dir (scripts/s3-store.sh start $s3_dir)"
-fi
+s3_dir="" https=0
+while [[ $# -gt 0 ]]; do
+    case $1 in
+        --s3)
+            s3_dir=${2:?usage: scripts/sdk-test.sh [--s3 DIR] [--https]}
+            [[ -f $s3_dir/env ]] || die "no S3 store in $s3_dir (scripts/s3-store.sh start $s3_dir)"
+            shift 2
+            ;;
+        --https) https=1; shift ;;
+        *) die "unknown argument $1 (usage: scripts/sdk-test.sh [--s3 DIR] [--https])" ;;
+    esac
+done
+scheme=http
+[[ $https == 1 ]] && scheme=https
 
 # The cluster config of the --s3 run: one S3 volume on the store's bucket.
 write_s3_config() {
@@ -224,6 +236,12 @@ start_server() {
         volume_roots="$work_dir/v0:$work_dir/v1"
     fi
 
+    if [[ $https == 1 ]]; then
+        run openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=127.0.0.1 \
+            -addext subjectAltName=IP:127.0.0.1 \
+            -keyout "$work_dir/tls.key" -out "$work_dir/tls.crt" 2>/dev/null
+        args+=(--tls-certificate "$work_dir/tls.crt" --tls-key "$work_dir/tls.key")
+    fi
     printf '+ %s > %s 2>&1 &\n' "$server_bin ${args[*]}" "$work_dir/server.log"
     NO_COLOR=1 "$server_bin" "${args[@]}" >"$work_dir/server.log" 2>&1 &
     server_pid=$!
@@ -248,10 +266,15 @@ start_server() {
 }
 
 run_python_test() {
-    local status=0
+    local status=0 tls_env=()
+    [[ $https == 1 ]] && tls_env=(SSL_CERT_FILE="$work_dir/tls.crt")
+    local put_timed=1
+    [[ -n $s3_dir ]] && put_timed=0
     printf '+ %s\n' "$sdk_venv/bin/python tests/python/sdk_roundtrip.py"
     timeout "$python_test_seconds_max" env \
-        ARVADOS_KEEP_SERVICES="http://127.0.0.1:$server_port/" \
+        ARVADOS_KEEP_SERVICES="$scheme://127.0.0.1:$server_port/" \
+        "${tls_env[@]}" \
+        KEEPRING_PUT_TIMED="$put_timed" \
         ARVADOS_API_TOKEN="$user_token" \
         KEEPRING_BLOB_SIGNING_KEY="$blob_signing_key" \
         KEEPRING_BLOB_SIGNING_TTL_S=1209600 \
@@ -269,4 +292,4 @@ ensure_server_binary
 start_server
 run_python_test
 stop_server
-log "passed in $(($(date +%s) - started_at))s${s3_dir:+ (S3 volume only)}"
+log "passed in $(($(date +%s) - started_at))s${s3_dir:+ (S3 volume only)}$([[ $https == 1 ]] && echo ' (over HTTPS)')"

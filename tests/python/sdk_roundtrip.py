@@ -37,6 +37,10 @@ LARGE_BLOCK_BYTES = 10 * 1024 * 1024
 # interim response before sending the body anyway; a PUT that takes longer than this
 # means the server did not answer "100 Continue" (section 9: 1.05 s vs 0.05 s).
 LARGE_PUT_SECONDS_MAX = 0.9
+# Set by scripts/sdk-test.sh --s3: the PUT's time then includes the S3 store's own write
+# (three Garage replicas), so it says nothing about '100 Continue'; the directory-volume
+# run checks that.
+PUT_TIMED = os.environ.get("KEEPRING_PUT_TIMED", "1") == "1"
 # A missing block with num_retries=0 is one request; allow plenty for a debug build.
 NOT_FOUND_SECONDS_MAX = 2.0
 # How far the signature expiry may be from now + TTL (clock steps between PUT and check).
@@ -149,6 +153,8 @@ def main():
 
     def put_large_is_fast():
         seconds = checks.results["put_large"][1]
+        if not PUT_TIMED:
+            return True, f"not timed ({seconds:.3f} s): the block went to a remote store"
         assert seconds < LARGE_PUT_SECONDS_MAX, (
             f"10 MiB PUT took {seconds:.3f} s (>= {LARGE_PUT_SECONDS_MAX} s): "
             "is 'Expect: 100-continue' answered with '100 Continue'?")
