@@ -184,6 +184,9 @@ pub struct Config {
     /// The listener serves HTTPS with these files (an https ListenURL's `TLS.*`, or the
     /// `--tls-*` flags); None: plain HTTP.
     pub tls: Option<TlsFiles>,
+    /// The cluster's `TLS.Insecure`: the pull worker accepts any certificate from an
+    /// https peer (S3 volumes carry their own copy in their parameters).
+    pub tls_insecure: bool,
     pub volume_sources: VolumeSources,
     pub workers: usize,
     pub signing_key: Option<Vec<u8>>,
@@ -385,6 +388,7 @@ impl Config {
         Ok(Config {
             listen,
             tls,
+            tls_insecure: cluster.tls_insecure,
             service: cluster.service,
             volume_sources: VolumeSources {
                 fixed,

@@ -401,6 +401,10 @@ pub const S3_PRESIGN_EXPIRES_SECS: u64 = 900;
 /// operation in the kernel at once; this long is allowed for it to come back with its
 /// buffer before the buffer is given up for lost (it then stays with the ring).
 pub const S3_SHUTDOWN_GRACE_MS: u64 = 1_000;
+/// Plaintext an https S3 connection encrypts ahead of the socket (rustls's
+/// `set_buffer_limit`): a PUT's body leaves in writes of this much, 256 for a 64 MiB block
+/// instead of 1,024 at rustls's 64 KiB default.
+pub const S3_TLS_SEND_BUFFER_BYTES: usize = 256 * 1024;
 const _: () = assert!(S3_RESPONSE_HEAD_BYTES_MAX <= S3_READ_BUFFER_BYTES);
 const _: () = assert!(S3_ERROR_BODY_BYTES_MAX <= S3_SMALL_BODY_BYTES_MAX);
 const _: () = assert!(S3_SMALL_BODY_BYTES_MAX <= S3_LIST_BODY_BYTES_MAX);

@@ -7,6 +7,11 @@
 //! and the running one stays. Connections already up keep the pair they shook hands
 //! with. What a connection does with the config (the sans-IO record layer over the
 //! socket) is `http::tls_channel`'s. Plain Rust: no runtime, files in, config out.
+//! The client side (keepring connecting to an https S3 endpoint or peer) is `client`.
+
+pub mod client;
+#[cfg(test)]
+pub mod testing;
 
 use std::path::Path;
 use std::sync::Arc;

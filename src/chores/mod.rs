@@ -34,7 +34,7 @@ use crate::volumes::VolumeSet;
 
 /// keepstore's `Collections.{BlobSigningTTL, BlobTrash, BlobTrashLifetime,
 /// BlobTrashCheckInterval, BlobTrashConcurrency, BlobDeleteConcurrency,
-/// BlobReplicateConcurrency}` as the config and flags give them.
+/// BlobReplicateConcurrency}` and `TLS.Insecure` as the config and flags give them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChoreSettings {
     /// A block younger than this is never trashed: a client may hold a signature for it.
@@ -51,6 +51,9 @@ pub struct ChoreSettings {
     pub delete_workers: usize,
     /// Pull list workers (at least one runs).
     pub pull_workers: usize,
+    /// `TLS.Insecure`: pulls from https peers accept any certificate (self-signed
+    /// clusters); false: the peer's certificate is checked against the system's roots.
+    pub tls_insecure: bool,
 }
 
 impl Default for ChoreSettings {
@@ -63,6 +66,7 @@ impl Default for ChoreSettings {
             trash_workers: CHORE_WORKERS_DEFAULT,
             delete_workers: CHORE_WORKERS_DEFAULT,
             pull_workers: CHORE_WORKERS_DEFAULT,
+            tls_insecure: false,
         }
     }
 }
@@ -77,6 +81,7 @@ impl ChoreSettings {
             trash_workers: config.trash_concurrency,
             delete_workers: config.delete_concurrency,
             pull_workers: config.replicate_concurrency.max(1),
+            tls_insecure: config.tls_insecure,
         }
     }
 

@@ -3,7 +3,10 @@
 //! key for keepstore's fixed pull token — check its length and MD5, and store it on the
 //! item's volume (which must be writable) or the first writable volume in placement
 //! order. Runs on its own thread with a minimal blocking HTTP/1.1 client (one request per
-//! connection, bounded by timeouts), so a slow peer never holds a core.
+//! connection, bounded by timeouts), so a slow peer never holds a core. An `https://`
+//! peer is reached over rustls (a blocking `StreamOwned` over the same `TcpStream`), its
+//! certificate checked against the system's roots, or not at all with the cluster's
+//! `TLS.Insecure` (`tls::client`), as keepstore's pull worker does with it.
 //!
 //! `BlobReplicateConcurrency` pulls at a time (4 by default); each
 //! block being pulled is leased from the buffer budget like a request's, waiting for it if
@@ -15,6 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use rustls::{ClientConnection, StreamOwned};
 use serde::Deserialize;
 
 use crate::chores::ChoreContext;
@@ -22,6 +26,7 @@ use crate::digest::BlockDigest;
 use crate::limits::{BLOCK_BYTES_MAX, PULL_CONNECT_TIMEOUT_MS, PULL_IO_STALL_TIMEOUT_MS, PULL_RESPONSE_HEAD_BYTES_MAX};
 use crate::locator::Locator;
 use crate::metrics::{Recorder, VolumeErrorKind, VolumeOp};
+use crate::tls::client::{self as tls_client, Verification};
 use crate::volume::io::{write_block_blocking, WriteError};
 use crate::volume::s3;
 use crate::volume::Volume;
@@ -108,9 +113,10 @@ fn pull_one(context: &ChoreContext, recorder: &Recorder, item: &PullItem, random
         .budget
         .lease_blocking(size)
         .ok_or("block larger than the whole buffer budget")?;
+    let verification = Verification::from_insecure(context.settings().tls_insecure);
     let mut failures = Vec::new();
     for server in &item.servers {
-        match fetch_block(server, &signed, locator.hash, size) {
+        match fetch_block(server, &signed, locator.hash, size, verification) {
             Ok(data) => {
                 let counters = recorder.volume(&target);
                 let started = target.write_started();
@@ -147,8 +153,8 @@ fn pull_one(context: &ChoreContext, recorder: &Recorder, item: &PullItem, random
 }
 
 /// `GET <server>/<locator>` and return the body if it is the block.
-fn fetch_block(server: &str, locator: &str, hash: &str, size: u64) -> io::Result<Vec<u8>> {
-    let (status, body) = http_get(server, &format!("/{locator}"), PULL_TOKEN, size)?;
+fn fetch_block(server: &str, locator: &str, hash: &str, size: u64, verification: Verification) -> io::Result<Vec<u8>> {
+    let (status, body) = http_get(server, &format!("/{locator}"), PULL_TOKEN, size, verification)?;
     if status != 200 {
         return Err(io::Error::other(format!("status {status}")));
     }
@@ -163,11 +169,29 @@ fn fetch_block(server: &str, locator: &str, hash: &str, size: u64) -> io::Result
     Ok(body)
 }
 
-/// `http://host[:port][/base]` → (host, port, base path without a trailing `/`).
-fn parse_base_url(url: &str) -> io::Result<(String, u16, String)> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "only http:// servers are supported"))?;
+/// A peer's address, from its base URL.
+#[derive(Debug, PartialEq, Eq)]
+struct BaseUrl {
+    https: bool,
+    /// As written, an IPv6 address without its brackets.
+    host: String,
+    port: u16,
+    /// The path prefix, without a trailing `/`.
+    base: String,
+}
+
+/// `http[s]://host[:port][/base]` (the port defaulting to 80 or 443).
+fn parse_base_url(url: &str) -> io::Result<BaseUrl> {
+    let (https, rest) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+        (Some(rest), _) => (false, rest),
+        (None, Some(rest)) => (true, rest),
+        (None, None) => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "only http:// and https:// servers are supported",
+            ))
+        }
+    };
     let (authority, base) = match rest.find('/') {
         Some(slash) => (&rest[..slash], rest[slash..].trim_end_matches('/')),
         None => (rest, ""),
@@ -177,22 +201,85 @@ fn parse_base_url(url: &str) -> io::Result<(String, u16, String)> {
         Some((host, port)) if !host.ends_with(']') || host.starts_with('[') => {
             (host, port.parse::<u16>().map_err(|_| invalid())?)
         }
-        _ => (authority, 80),
+        _ => (authority, if https { 443 } else { 80 }),
     };
     if host.is_empty() {
         return Err(invalid());
     }
-    Ok((
-        host.trim_start_matches('[').trim_end_matches(']').to_string(),
+    Ok(BaseUrl {
+        https,
+        host: host.trim_start_matches('[').trim_end_matches(']').to_string(),
         port,
-        base.to_string(),
-    ))
+        base: base.to_string(),
+    })
+}
+
+/// A connection to a peer: plain, or TLS over the same socket (the socket's read and
+/// write timeouts bound every step of the handshake too).
+enum PeerStream {
+    Plain(TcpStream),
+    Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
+}
+
+impl Read for PeerStream {
+    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+        match self {
+            PeerStream::Plain(stream) => stream.read(buffer),
+            PeerStream::Tls(stream) => stream.read(buffer),
+        }
+    }
+}
+
+impl Write for PeerStream {
+    fn write(&mut self, buffer: &[u8]) -> io::Result<usize> {
+        match self {
+            PeerStream::Plain(stream) => stream.write(buffer),
+            PeerStream::Tls(stream) => stream.write(buffer),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            PeerStream::Plain(stream) => stream.flush(),
+            PeerStream::Tls(stream) => stream.flush(),
+        }
+    }
+}
+
+/// Shake hands with `host` over `socket`; a refused certificate is an error naming
+/// rustls's reason (`invalid peer certificate: UnknownIssuer`).
+fn tls_connect(socket: TcpStream, host: &str, verification: Verification) -> io::Result<PeerStream> {
+    let invalid = |reason: String| io::Error::new(io::ErrorKind::InvalidInput, reason);
+    let config = tls_client::config(verification).map_err(invalid)?;
+    let name = tls_client::server_name(host).map_err(invalid)?;
+    let connection = ClientConnection::new(config, name)
+        .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, format!("TLS: {error}")))?;
+    let mut stream = StreamOwned::new(connection, socket);
+    while stream.conn.is_handshaking() {
+        stream
+            .conn
+            .complete_io(&mut stream.sock)
+            .map_err(|error| io::Error::new(error.kind(), format!("TLS handshake: {error}")))?;
+    }
+    Ok(PeerStream::Tls(Box::new(stream)))
 }
 
 /// A minimal HTTP/1.1 GET: one request, `Connection: close`, the body read by
-/// `Content-Length` (or to EOF), at most `body_bytes_max` bytes.
-pub fn http_get(server: &str, path: &str, token: &str, body_bytes_max: u64) -> io::Result<(u16, Vec<u8>)> {
-    let (host, port, base) = parse_base_url(server)?;
+/// `Content-Length` (or to EOF), at most `body_bytes_max` bytes. An https server's
+/// certificate is checked as `verification` says.
+pub fn http_get(
+    server: &str,
+    path: &str,
+    token: &str,
+    body_bytes_max: u64,
+    verification: Verification,
+) -> io::Result<(u16, Vec<u8>)> {
+    let BaseUrl {
+        https,
+        host,
+        port,
+        base,
+    } = parse_base_url(server)?;
     let mut last_error = io::Error::new(io::ErrorKind::NotFound, format!("{host}: no address"));
     let mut stream = None;
     for address in (host.as_str(), port).to_socket_addrs()? {
@@ -204,10 +291,14 @@ pub fn http_get(server: &str, path: &str, token: &str, body_bytes_max: u64) -> i
             Err(error) => last_error = error,
         }
     }
-    let mut stream = stream.ok_or(last_error)?;
+    let socket = stream.ok_or(last_error)?;
     let stall = Some(Duration::from_millis(PULL_IO_STALL_TIMEOUT_MS));
-    stream.set_read_timeout(stall)?;
-    stream.set_write_timeout(stall)?;
+    socket.set_read_timeout(stall)?;
+    socket.set_write_timeout(stall)?;
+    let mut stream = match https {
+        true => tls_connect(socket, &host, verification)?,
+        false => PeerStream::Plain(socket),
+    };
     let request = format!(
         "GET {base}{path} HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {token}\r\n\
          Accept: application/octet-stream\r\nConnection: close\r\n\r\n"
@@ -238,7 +329,7 @@ pub fn http_get(server: &str, path: &str, token: &str, body_bytes_max: u64) -> i
 }
 
 /// Read up to the end of the head; returns (status, Content-Length, body bytes read past it).
-fn read_response_head(stream: &mut TcpStream) -> io::Result<(u16, Option<u64>, Vec<u8>)> {
+fn read_response_head(stream: &mut impl Read) -> io::Result<(u16, Option<u64>, Vec<u8>)> {
     let mut buffer = Vec::with_capacity(4096);
     let mut chunk = [0u8; 4096];
     loop {
@@ -286,16 +377,27 @@ mod tests {
 
     #[test]
     fn base_urls() {
+        let url = |https: bool, host: &str, port: u16, base: &str| BaseUrl {
+            https,
+            host: host.into(),
+            port,
+            base: base.into(),
+        };
         assert_eq!(
             parse_base_url("http://127.0.0.1:25107").unwrap(),
-            ("127.0.0.1".into(), 25107, "".into())
+            url(false, "127.0.0.1", 25107, "")
         );
         assert_eq!(
             parse_base_url("http://keep0.example/prefix/").unwrap(),
-            ("keep0.example".into(), 80, "/prefix".into())
+            url(false, "keep0.example", 80, "/prefix")
         );
-        assert_eq!(parse_base_url("http://[::1]:8").unwrap(), ("::1".into(), 8, "".into()));
-        assert!(parse_base_url("https://a:1").is_err());
+        assert_eq!(parse_base_url("http://[::1]:8").unwrap(), url(false, "::1", 8, ""));
+        assert_eq!(parse_base_url("https://a:1").unwrap(), url(true, "a", 1, ""));
+        assert_eq!(
+            parse_base_url("https://keep0.example").unwrap(),
+            url(true, "keep0.example", 443, "")
+        );
+        assert!(parse_base_url("ftp://a:1").is_err());
         assert!(parse_base_url("http://:1").is_err());
     }
 
@@ -325,20 +427,57 @@ mod tests {
     #[test]
     fn get_reads_a_length_delimited_body_and_sends_the_token() {
         let (url, server) = serve_once(b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nhello keep\n");
-        let (status, body) = http_get(&url, "/abc", "tok", 100).unwrap();
+        let (status, body) = http_get(&url, "/abc", "tok", 100, Verification::SystemRoots).unwrap();
         assert_eq!((status, body.as_slice()), (200, &b"hello keep\n"[..]));
         let request = server.join().unwrap();
         assert!(request.starts_with("GET /abc HTTP/1.1\r\n"), "{request}");
         assert!(request.contains("Authorization: Bearer tok\r\n"), "{request}");
     }
 
+    /// One canned answer over TLS (the self-signed `tls::testing` certificate) on a
+    /// loopback port; the thread returns the request seen, or why the handshake failed.
+    fn serve_tls_once(answer: &'static [u8]) -> (String, std::thread::JoinHandle<Result<String, String>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("https://{}", listener.local_addr().unwrap());
+        let config = crate::tls::testing::self_signed_server();
+        let handle = std::thread::spawn(move || {
+            let (socket, _) = listener.accept().unwrap();
+            let connection = rustls::ServerConnection::new(config).unwrap();
+            let mut stream = StreamOwned::new(connection, socket);
+            let mut request = vec![0u8; 4096];
+            let read = stream.read(&mut request).map_err(|error| error.to_string())?;
+            stream.write_all(answer).map_err(|error| error.to_string())?;
+            stream.conn.send_close_notify();
+            stream.flush().map_err(|error| error.to_string())?;
+            Ok(String::from_utf8_lossy(&request[..read]).into_owned())
+        });
+        (url, handle)
+    }
+
+    #[test]
+    fn https_peer_is_read_with_tls_insecure_and_its_self_signed_certificate_refused_without() {
+        let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nhello keep\n";
+        let (url, server) = serve_tls_once(answer);
+        let (status, body) = http_get(&url, "/abc", "tok", 100, Verification::Insecure).unwrap();
+        assert_eq!((status, body.as_slice()), (200, &b"hello keep\n"[..]));
+        let request = server.join().unwrap().expect("the request came over TLS");
+        assert!(request.starts_with("GET /abc HTTP/1.1\r\n"), "{request}");
+        assert!(request.contains("Authorization: Bearer tok\r\n"), "{request}");
+
+        let (url, server) = serve_tls_once(answer);
+        let error = http_get(&url, "/abc", "tok", 100, Verification::SystemRoots).expect_err("not trusted");
+        let reason = error.to_string();
+        assert!(reason.contains("TLS handshake: invalid peer certificate"), "{reason}");
+        assert!(server.join().unwrap().is_err(), "no request was sent");
+    }
+
     #[test]
     fn get_refuses_short_and_oversized_bodies() {
         let (url, server) = serve_once(b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\nshort");
-        assert!(http_get(&url, "/x", "t", 100).is_err());
+        assert!(http_get(&url, "/x", "t", 100, Verification::SystemRoots).is_err());
         server.join().unwrap();
         let (url, server) = serve_once(b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n");
-        assert!(http_get(&url, "/x", "t", 10).is_err());
+        assert!(http_get(&url, "/x", "t", 10, Verification::SystemRoots).is_err());
         server.join().unwrap();
     }
 }

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::volume::location::Location;
+use crate::volume::location::{Location, S3Parameters};
 use crate::volume::VolumeOptions;
 use this_host::ServiceEntry;
 use url::ServiceUrl;
@@ -100,6 +100,8 @@ struct SystemLogs {
 struct Tls {
     certificate: String,
     key: String,
+    /// Accept any certificate when connecting to servers (pull peers, S3 endpoints).
+    insecure: bool,
     #[serde(rename = "ACME")]
     acme: Acme,
 }
@@ -182,6 +184,9 @@ pub struct ClusterSettings {
     pub service: Option<this_host::Chosen>,
     /// `TLS.Certificate` and `TLS.Key` when this node's ListenURL is https.
     pub tls: Option<TlsFiles>,
+    /// `TLS.Insecure` (default false): keepring's clients (the pull worker, S3 volumes'
+    /// https endpoints) accept any certificate, as keepstore's do with it.
+    pub tls_insecure: bool,
     pub signing_key: Option<String>,
     /// `Collections.BlobSigning` (default true): check signatures on reads.
     pub enforce_signatures: bool,
@@ -266,6 +271,7 @@ impl ClusterFile {
             cluster_id: self.cluster_id,
             service,
             tls,
+            tls_insecure: cluster.tls.insecure,
             signing_key: non_empty(&collections.blob_signing_key),
             enforce_signatures: collections.blob_signing.unwrap_or(true),
             blob_signing_ttl_secs: duration(&collections.blob_signing_ttl)?.map(|secs| secs.max(0) as u64),
@@ -378,7 +384,10 @@ fn node_volumes(cluster: &Cluster, this_url: Option<&ServiceUrl>) -> Result<Vec<
         };
         let location = match entry.driver.as_str() {
             "Directory" => Location::Directory(directory_root(uuid, &entry.driver_parameters)?),
-            "S3" => Location::S3(s3::parameters(uuid, &entry.driver_parameters)?),
+            "S3" => Location::S3(S3Parameters {
+                tls_insecure: cluster.tls.insecure,
+                ..s3::parameters(uuid, &entry.driver_parameters)?
+            }),
             "Azure" => return Err(format!("volume {uuid}: Driver Azure is not supported by keepring yet")),
             other => return Err(format!("volume {uuid}: invalid driver {other:?}")),
         };

@@ -89,6 +89,8 @@ pub(super) fn parameters(uuid: &str, keys: &DriverParameters) -> Result<S3Parame
         // its loader drops (load.go `removeSampleKeys`), so an absent one is 0.
         race_window: duration("RaceWindow", &keys.race_window, Duration::ZERO)?,
         unsafe_delete: keys.unsafe_delete,
+        // The cluster's TLS.Insecure, set by the caller (it is not a DriverParameter).
+        tls_insecure: false,
     })
 }
 
@@ -250,6 +252,7 @@ mod tests {
             index_page_size: 500,
             race_window: Duration::from_secs(48 * 3600),
             unsafe_delete: true,
+            tls_insecure: false,
         };
         assert_eq!(settings.volumes.len(), 1);
         let (location, options) = &settings.volumes[0];
@@ -276,6 +279,15 @@ mod tests {
             "the SAMPLE's 24h is not a default"
         );
         assert!(!parameters.use_path_style && !parameters.location_constraint && !parameters.unsafe_delete);
+        assert!(!parameters.tls_insecure);
+    }
+
+    #[test]
+    fn the_clusters_tls_insecure_reaches_every_s3_volume_and_the_settings() {
+        let text = cluster(&minimal(), "").replace("  zzzzz:\n", "  zzzzz:\n    TLS:\n      Insecure: true\n");
+        assert!(s3_of(&text).unwrap().tls_insecure);
+        assert!(settings_for(&text, None).unwrap().tls_insecure);
+        assert!(!settings_for(&cluster(&minimal(), ""), None).unwrap().tls_insecure);
     }
 
     #[test]

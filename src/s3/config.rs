@@ -1,7 +1,8 @@
 //! An S3 client's configuration (keepstore's S3 volume fields: Endpoint, Bucket, Region,
-//! UsePathStyle, AccessKeyID, SecretAccessKey, ConnectTimeout, ReadTimeout) and what is
-//! derived from it once: the bucket's base URL for signing, the address to connect to,
-//! the Host header.
+//! UsePathStyle, AccessKeyID, SecretAccessKey, ConnectTimeout, ReadTimeout, and the
+//! cluster's TLS.Insecure) and what is derived from it once: the bucket's base URL for
+//! signing, the address to connect to, the Host header, and for an https endpoint the
+//! TLS config and the name its certificate must carry.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
@@ -9,12 +10,13 @@ use std::time::Duration;
 use rusty_s3::{Bucket, UrlStyle};
 use url::Url;
 
+use super::connection::TlsTarget;
 use super::error::ConfigError;
 use crate::limits::{S3_CONNECT_TIMEOUT_MS_DEFAULT, S3_READ_TIMEOUT_MS_DEFAULT};
 
 #[derive(Clone, PartialEq, Eq)]
 pub struct ClientConfig {
-    /// `http://host:port` (a path is kept as a prefix). https is refused for now.
+    /// `http://host[:port]` or `https://host[:port]` (a path is kept as a prefix).
     pub endpoint: String,
     pub bucket: String,
     /// The SigV4 signing region; keepstore uses `us-east-1` when a volume names an
@@ -29,6 +31,9 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// For each socket read or write of a request to make progress.
     pub read_timeout: Duration,
+    /// An https endpoint's certificate is not checked (keepstore's cluster-wide
+    /// `TLS.Insecure`, for self-signed stores); false: checked against the system's roots.
+    pub tls_insecure: bool,
 }
 
 impl Default for ClientConfig {
@@ -42,6 +47,7 @@ impl Default for ClientConfig {
             secret_access_key: String::new(),
             connect_timeout: Duration::from_millis(S3_CONNECT_TIMEOUT_MS_DEFAULT),
             read_timeout: Duration::from_millis(S3_READ_TIMEOUT_MS_DEFAULT),
+            tls_insecure: false,
         }
     }
 }
@@ -58,6 +64,7 @@ impl std::fmt::Debug for ClientConfig {
             .field("access_key_id", &self.access_key_id)
             .field("connect_timeout", &self.connect_timeout)
             .field("read_timeout", &self.read_timeout)
+            .field("tls_insecure", &self.tls_insecure)
             .finish_non_exhaustive()
     }
 }
@@ -70,8 +77,11 @@ pub struct Endpoint {
     pub address: SocketAddr,
     /// `host[:port]`, as signed and sent.
     pub host_header: String,
-    /// The thread-local pool's key: one pool per address and Host header.
+    /// The thread-local pool's key: one pool per scheme, verification, address and Host
+    /// header (a verified client never gets an unverified client's connection).
     pub pool_key: String,
+    /// An https endpoint's TLS; `None`: plain HTTP.
+    pub tls: Option<TlsTarget>,
 }
 
 /// The parts of an endpoint known without the network.
@@ -82,22 +92,18 @@ struct Target {
     host: String,
     port: u16,
     host_header: String,
+    https: bool,
 }
 
 impl Target {
     fn new(config: &ClientConfig) -> Result<Target, ConfigError> {
         let url = Url::parse(&config.endpoint)
             .map_err(|error| ConfigError(format!("endpoint {:?}: {error}", config.endpoint)))?;
-        match url.scheme() {
-            "http" => {}
-            "https" => {
-                return Err(ConfigError(format!(
-                    "endpoint {:?}: https is not supported yet (use http)",
-                    config.endpoint
-                )))
-            }
+        let https = match url.scheme() {
+            "http" => false,
+            "https" => true,
             other => return Err(ConfigError(format!("endpoint {:?}: scheme {other:?}", config.endpoint))),
-        }
+        };
         if config.bucket.is_empty() {
             return Err(ConfigError("no bucket".into()));
         }
@@ -112,7 +118,7 @@ impl Target {
         let host = base
             .host_str()
             .ok_or_else(|| ConfigError(format!("endpoint {:?} has no host", config.endpoint)))?;
-        let port = base.port_or_known_default().unwrap_or(80);
+        let port = base.port_or_known_default().unwrap_or(if https { 443 } else { 80 });
         let host_header = match base.port() {
             Some(port) => format!("{host}:{port}"),
             None => host.to_string(),
@@ -123,6 +129,7 @@ impl Target {
             host,
             port,
             host_header,
+            https,
         })
     }
 }
@@ -137,14 +144,33 @@ impl Endpoint {
             .map_err(|error| ConfigError(format!("cannot resolve {}: {error}", target.host)))?
             .next()
             .ok_or_else(|| ConfigError(format!("{} resolves to no address", target.host)))?;
-        let pool_key = format!("{address}/{}", target.host_header);
+        let tls = match target.https {
+            false => None,
+            true => Some(tls_target(&target.host, config.tls_insecure)?),
+        };
+        let scheme = match (target.https, config.tls_insecure) {
+            (false, _) => "http",
+            (true, false) => "https",
+            (true, true) => "https+insecure",
+        };
+        let pool_key = format!("{scheme}://{address}/{}", target.host_header);
         Ok(Endpoint {
             bucket: target.bucket,
             address,
             host_header: target.host_header,
             pool_key,
+            tls,
         })
     }
+}
+
+/// The config (built once per process for each kind of verification) and the name the
+/// certificate must carry: the host requests go to (the bucket's, in virtual-host style).
+fn tls_target(host: &str, insecure: bool) -> Result<TlsTarget, ConfigError> {
+    let verification = crate::tls::client::Verification::from_insecure(insecure);
+    let config = crate::tls::client::config(verification).map_err(ConfigError)?;
+    let name = crate::tls::client::server_name(host).map_err(ConfigError)?;
+    Ok(TlsTarget { config, name })
 }
 
 #[cfg(test)]
@@ -203,9 +229,32 @@ mod tests {
     }
 
     #[test]
-    fn refuses_https_for_now_and_other_schemes() {
-        let error = Endpoint::new(&config("https://127.0.0.1:3900", true)).expect_err("https");
-        assert!(error.to_string().contains("https is not supported yet"), "{error}");
+    fn https_endpoints_carry_tls_and_pool_apart_by_verification() {
+        let verified = Endpoint::new(&config("https://127.0.0.1:3900", true)).expect("https");
+        let tls = verified.tls.as_ref().expect("TLS for https");
+        assert_eq!(
+            tls.name,
+            rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name")
+        );
+        let insecure = Endpoint::new(&ClientConfig {
+            tls_insecure: true,
+            ..config("https://127.0.0.1:3900", true)
+        })
+        .expect("https, insecure");
+        let plain = Endpoint::new(&config("http://127.0.0.1:3900", true)).expect("http");
+        assert!(plain.tls.is_none());
+        let keys = [&verified.pool_key, &insecure.pool_key, &plain.pool_key];
+        assert!(
+            keys[0] != keys[1] && keys[1] != keys[2] && keys[0] != keys[2],
+            "{keys:?}"
+        );
+        // The name checked in virtual-host style is the bucket's host; the port defaults to 443.
+        let target = Target::new(&config("https://s3.example.org", false)).expect("valid");
+        assert_eq!((target.host.as_str(), target.port), ("keep-blocks.s3.example.org", 443));
+    }
+
+    #[test]
+    fn refuses_other_schemes_and_bad_configs() {
         assert!(Endpoint::new(&config("ftp://127.0.0.1", true)).is_err());
         assert!(Endpoint::new(&config("not a url", true)).is_err());
         assert!(Endpoint::new(&ClientConfig {

@@ -12,23 +12,41 @@
 //! waits for it (bounded by `S3_SHUTDOWN_GRACE_MS`) to get the buffer back. Connecting
 //! uses tokio's readiness-based `TcpStream::connect`, which a timeout can drop cleanly;
 //! the connected socket then moves to io_uring.
+//!
+//! An https endpoint's connection carries a `tls::TlsLayer`: its handshake runs inside
+//! the connect timeout, and then every read and write below goes through it instead of
+//! straight to the socket (one `Option` test per operation on the plain path). Pooling,
+//! timeouts and the stale-connection retry are the same for both.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::{Shutdown, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::pki_types::ServerName;
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 
 use super::error::S3Error;
+use super::tls::TlsLayer;
 use super::wire::{parse_response_head, ResponseHead};
 use crate::limits::{S3_IDLE_CONNECTIONS_PER_ENDPOINT_MAX, S3_READ_BUFFER_BYTES, S3_SHUTDOWN_GRACE_MS};
 
+/// What an https endpoint's connections shake hands with: the client config (verified
+/// against the system's roots, or keepstore's `TLS.Insecure`) and the name to check.
+#[derive(Debug, Clone)]
+pub struct TlsTarget {
+    pub config: Arc<rustls::ClientConfig>,
+    pub name: ServerName<'static>,
+}
+
 pub struct Connection {
     stream: TcpStream,
+    /// An https endpoint's record layer; `None`: plain HTTP.
+    tls: Option<Box<TlsLayer>>,
     /// Bytes read but not yet consumed are `buffer[start..]`; capacity
     /// `S3_READ_BUFFER_BYTES`.
     buffer: Vec<u8>,
@@ -39,7 +57,7 @@ pub struct Connection {
 }
 
 /// How a timed operation ended.
-enum Timed<T> {
+pub(super) enum Timed<T> {
     Done(T),
     /// Past its time; the socket was shut down and the operation gave back this (or did
     /// not finish within the grace either: `None`).
@@ -47,7 +65,7 @@ enum Timed<T> {
 }
 
 /// Run a socket operation with a deadline (see the module doc).
-async fn timed<T>(stream: &TcpStream, timeout: Duration, operation: impl Future<Output = T>) -> Timed<T> {
+pub(super) async fn timed<T>(stream: &TcpStream, timeout: Duration, operation: impl Future<Output = T>) -> Timed<T> {
     let operation = std::pin::pin!(operation);
     let mut operation = operation;
     tokio::select! {
@@ -62,7 +80,7 @@ async fn timed<T>(stream: &TcpStream, timeout: Duration, operation: impl Future<
     }
 }
 
-fn timed_out() -> io::Error {
+pub(super) fn timed_out() -> io::Error {
     io::Error::from(io::ErrorKind::TimedOut)
 }
 
@@ -73,8 +91,14 @@ pub struct HeadFailure {
 }
 
 impl Connection {
-    /// A new connection to `address` within `timeout`.
-    pub async fn connect(address: SocketAddr, timeout: Duration) -> Result<Connection, S3Error> {
+    /// A new connection to `address` within `timeout`, the TLS handshake included when
+    /// `tls` is given.
+    pub async fn connect(
+        address: SocketAddr,
+        timeout: Duration,
+        tls: Option<&TlsTarget>,
+    ) -> Result<Connection, S3Error> {
+        let deadline = tokio::time::Instant::now() + timeout;
         let stream = match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(address)).await {
             Ok(connected) => connected?,
             Err(_) => return Err(S3Error::Timeout),
@@ -84,12 +108,30 @@ impl Connection {
         // tokio's `into_std` leaves the socket non-blocking, which io_uring handles (it
         // polls and retries internally).
         let stream = TcpStream::from_std(stream.into_std()?);
+        let tls = match tls {
+            None => None,
+            Some(target) => {
+                let mut layer = Box::new(TlsLayer::new(Arc::clone(&target.config), target.name.clone())?);
+                if let Err(error) = layer.handshake(&stream, deadline).await {
+                    let _ = stream.shutdown(Shutdown::Both);
+                    return Err(error.into());
+                }
+                Some(layer)
+            }
+        };
         Ok(Connection {
             stream,
+            tls,
             buffer: Vec::with_capacity(S3_READ_BUFFER_BYTES),
             start: 0,
             reused: false,
         })
+    }
+
+    /// Nothing read and left unconsumed, here or (TLS) decrypted in the record layer: the
+    /// last response ended where the bytes did, so the connection may serve the next one.
+    pub fn is_clean(&mut self) -> bool {
+        self.buffered().is_empty() && !self.tls.as_mut().is_some_and(|tls| tls.has_plaintext())
     }
 
     /// Bytes read from the socket and not consumed yet.
@@ -113,7 +155,11 @@ impl Connection {
 
     /// Write all of `buffer`, each socket write making progress within `timeout` (a slow
     /// store that keeps taking bytes is not cut, one that stops is).
-    pub async fn write_all(&self, mut buffer: Vec<u8>, timeout: Duration) -> (io::Result<()>, Vec<u8>) {
+    pub async fn write_all(&mut self, mut buffer: Vec<u8>, timeout: Duration) -> (io::Result<()>, Vec<u8>) {
+        if let Some(tls) = self.tls.as_mut() {
+            let result = tls.write_all(&self.stream, &buffer, timeout).await;
+            return (result, buffer);
+        }
         let mut sent = 0;
         while sent < buffer.len() {
             let write = self.stream.write(buffer.slice(sent..)).submit();
@@ -142,6 +188,10 @@ impl Connection {
         if length == self.buffer.capacity() {
             return Err(io::Error::other("connection buffer full"));
         }
+        if let Some(tls) = self.tls.as_mut() {
+            let end = self.buffer.capacity();
+            return tls.read(&self.stream, &mut self.buffer, end, timeout).await;
+        }
         let buffer = std::mem::take(&mut self.buffer);
         let end = buffer.capacity();
         let (result, buffer) = match timed(&self.stream, timeout, self.stream.read(buffer.slice(length..end))).await {
@@ -155,10 +205,19 @@ impl Connection {
 
     /// Read straight into the spare room of `buffer`, at most `limit` bytes (an object's
     /// body bytes bypass the connection's buffer). The connection's buffer must be empty.
-    pub async fn read_into(&self, buffer: Vec<u8>, limit: usize, timeout: Duration) -> (io::Result<usize>, Vec<u8>) {
+    pub async fn read_into(
+        &mut self,
+        mut buffer: Vec<u8>,
+        limit: usize,
+        timeout: Duration,
+    ) -> (io::Result<usize>, Vec<u8>) {
         debug_assert!(self.buffered().is_empty());
         let start = buffer.len();
         let end = start + limit.min(buffer.capacity() - start);
+        if let Some(tls) = self.tls.as_mut() {
+            let result = tls.read(&self.stream, &mut buffer, end, timeout).await;
+            return (result, buffer);
+        }
         match timed(&self.stream, timeout, self.stream.read(buffer.slice(start..end))).await {
             Timed::Done((result, slice)) => (result, slice.into_inner()),
             Timed::TimedOut(Some((_, slice))) => (Err(timed_out()), slice.into_inner()),
@@ -216,8 +275,8 @@ pub fn take_idle(key: &str) -> Option<Connection> {
 
 /// Keep `connection` for the next request to `key`, if the pool has room. Only a
 /// connection whose last response ended cleanly, with nothing after it, comes here.
-pub fn give_back(key: &str, connection: Connection) {
-    debug_assert!(connection.buffered().is_empty());
+pub fn give_back(key: &str, mut connection: Connection) {
+    debug_assert!(connection.is_clean());
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
         let connections = idle.entry(key.to_string()).or_default();

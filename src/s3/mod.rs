@@ -6,7 +6,8 @@
 //! unsigned: a PUT's Content-MD5 protects its body), HTTP/1.1 over the calling thread's
 //! own io_uring sockets (`connection`: a per-thread pool of keep-alive connections, the
 //! timeouts that make a slow or dead store fail like a failing disk instead of stalling
-//! the core), response framing (`body`, `wire`) and the bits of S3 XML it reads (`xml`).
+//! the core), TLS for an https endpoint over those same sockets (`tls`, rustls sans-IO;
+//! its settings from `crate::tls::client`), response framing (`body`, `wire`) and the bits of S3 XML it reads (`xml`).
 //! It does not own: what keys mean, retries other than one for a stale keep-alive
 //! connection, or the MD5 of what a GET brings in (the volume hashes blocks through its
 //! core's hasher as it streams them).
@@ -20,11 +21,14 @@ mod config;
 mod connection;
 mod error;
 pub mod testing;
+mod tls;
 mod wire;
 mod xml;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tls_tests;
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -361,7 +365,13 @@ impl Client {
     }
 
     async fn connect(&self) -> Result<Connection, S3Error> {
-        let connection = Connection::connect(self.inner.endpoint.address, self.inner.config.connect_timeout).await?;
+        let endpoint = &self.inner.endpoint;
+        let connection = Connection::connect(
+            endpoint.address,
+            self.inner.config.connect_timeout,
+            endpoint.tls.as_ref(),
+        )
+        .await?;
         self.inner.connections_opened.fetch_add(1, Ordering::Relaxed);
         Ok(connection)
     }
@@ -553,8 +563,8 @@ impl BodyReader {
 
     /// The body is over: the connection goes back to the pool if it may be reused.
     fn finish(&mut self) {
-        if let Some(connection) = self.connection.take() {
-            if self.keep_alive && self.is_done() && connection.buffered().is_empty() {
+        if let Some(mut connection) = self.connection.take() {
+            if self.keep_alive && self.is_done() && connection.is_clean() {
                 connection::give_back(&self.client.inner.endpoint.pool_key, connection);
             }
         }

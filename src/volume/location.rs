@@ -50,6 +50,11 @@ pub struct S3Parameters {
     pub race_window: Duration,
     /// Delete for real even with `BlobTrashLifetime` 0 (keepstore's `UnsafeDelete`).
     pub unsafe_delete: bool,
+    /// The cluster's `TLS.Insecure` (not a DriverParameter): an https endpoint's
+    /// certificate is not checked. keepstore 3.2.1's S3 driver (the AWS SDK's own HTTP
+    /// client) always checks it; keepring applies the cluster-wide setting here as its
+    /// other clients do, so a self-signed store works as a self-signed peer does.
+    pub tls_insecure: bool,
 }
 
 impl S3Parameters {
@@ -65,6 +70,7 @@ impl S3Parameters {
             secret_access_key: self.secret_access_key.clone(),
             connect_timeout: self.connect_timeout,
             read_timeout: self.read_timeout,
+            tls_insecure: self.tls_insecure,
         }
     }
 
@@ -105,6 +111,7 @@ impl fmt::Debug for S3Parameters {
             .field("index_page_size", &self.index_page_size)
             .field("race_window", &self.race_window)
             .field("unsafe_delete", &self.unsafe_delete)
+            .field("tls_insecure", &self.tls_insecure)
             .finish()
     }
 }
@@ -139,6 +146,7 @@ mod tests {
             index_page_size: 1000,
             race_window: Duration::ZERO,
             unsafe_delete: false,
+            tls_insecure: false,
         }
     }
 

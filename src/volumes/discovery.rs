@@ -215,6 +215,7 @@ mod tests {
             index_page_size: 1000,
             race_window: Duration::ZERO,
             unsafe_delete: false,
+            tls_insecure: false,
         };
         let sources = VolumeSources {
             fixed: vec![

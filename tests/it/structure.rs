@@ -157,10 +157,13 @@ fn handlers_never_name_the_server_and_chores_never_name_the_node() {
 #[test]
 fn the_s3_client_names_only_the_leaves_it_may_use() {
     let (graph, _) = module_graph();
-    let allowed: BTreeSet<String> = ["limits", "error", "chunked"].into_iter().map(String::from).collect();
+    let allowed: BTreeSet<String> = ["limits", "error", "chunked", "tls"]
+        .into_iter()
+        .map(String::from)
+        .collect();
     let beyond: Vec<&String> = graph["s3"].difference(&allowed).collect();
     assert!(
         beyond.is_empty(),
-        "s3 names {beyond:?} (it may use only limits, error and chunked)"
+        "s3 names {beyond:?} (it may use only limits, error, chunked and tls)"
     );
 }

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use crate::support::client::Request;
+use crate::support::client::{eventually, Request};
 use crate::support::keep::*;
 use crate::support::server::{ServerBuilder, TestServer};
 use crate::support::tls::{served_certificate, TlsFixture};
@@ -281,4 +281,87 @@ fn drain_closes_tls_connections_with_close_notify() {
         .wait_exit(Duration::from_secs(30))
         .expect("the drained server exits");
     assert_eq!(status.code(), Some(0));
+}
+
+/// How long a pull worker gets to fetch a block (or give up on it) in these tests.
+const PULL_WITHIN: Duration = Duration::from_secs(20);
+
+/// A pull list asking `puller` for `data` from `server` (its base URL).
+fn pull_from(puller: &TestServer, server: &str, data: &[u8]) {
+    let list = format!(
+        r#"[{{"locator":"{}+{}","servers":["{server}"],"mount_uuid":""}}]"#,
+        md5_hex(data),
+        data.len()
+    );
+    let response = puller.request(Request::put("/pull", list.as_bytes()).token(ROOT_TOKEN));
+    assert_eq!(response.status, 200, "{}", response.summary());
+}
+
+/// A cluster config that only sets `TLS.Insecure` (volumes, keys and the listen address
+/// come from the test server's flags).
+fn insecure_config(dir: &std::path::Path, insecure: bool) -> String {
+    let path = dir.join(format!("insecure-{insecure}.yml"));
+    let text = format!("Clusters:\n  zzzzz:\n    TLS:\n      Insecure: {insecure}\n");
+    std::fs::write(&path, text).expect("write config");
+    path.display().to_string()
+}
+
+#[test]
+fn pull_from_an_https_peer_needs_tls_insecure_for_a_self_signed_certificate() {
+    let (dir, _tls, source) = https_server("pull-source");
+    let data = test_bytes(133, 200 * 1024);
+    source.put_block(&data);
+    let hash = md5_hex(&data);
+    let peer = format!("https://{}/", source.addr);
+
+    // keepstore's default, TLS.Insecure false: the certificate is checked against the
+    // system's roots, which do not know it. Nothing is stored and the log says why.
+    let checking = ServerBuilder::new()
+        .arg("--config")
+        .arg(&insecure_config(dir.path(), false))
+        .start();
+    pull_from(&checking, &peer, &data);
+    let refused = checking.log.wait_for(PULL_WITHIN, |line| line.contains("pull failed"));
+    let refused = refused.expect("a pull failed line");
+    assert!(
+        refused.contains(&hash) && refused.contains("TLS handshake: invalid peer certificate: UnknownIssuer"),
+        "{refused}"
+    );
+    assert!(checking.volumes_holding(&hash).is_empty());
+
+    // TLS.Insecure: true (a self-signed cluster): the block arrives, byte for byte.
+    let trusting = ServerBuilder::new()
+        .arg("--config")
+        .arg(&insecure_config(dir.path(), true))
+        .start();
+    pull_from(&trusting, &peer, &data);
+    assert!(
+        eventually(PULL_WITHIN, || trusting.volumes_holding(&hash) == [0]),
+        "not pulled; log:\n{}",
+        trusting.log.lines().join("\n")
+    );
+    assert_eq!(
+        std::fs::read(block_path(trusting.volume(0), &hash)).expect("block"),
+        data
+    );
+}
+
+#[test]
+fn pull_from_an_https_peer_trusts_the_roots_ssl_cert_file_names() {
+    // The system's trust store as Go reads it: SSL_CERT_FILE replaces the bundle, so a
+    // cluster's own CA (here the self-signed certificate itself) is trusted without
+    // TLS.Insecure, and the name (127.0.0.1, in the certificate) is checked.
+    let (_dir, tls, source) = https_server("pull-roots");
+    let data = test_bytes(134, 70 * 1024);
+    source.put_block(&data);
+    let hash = md5_hex(&data);
+    let puller = ServerBuilder::new()
+        .env("SSL_CERT_FILE", tls.certificate.to_str().expect("utf-8 path"))
+        .start();
+    pull_from(&puller, &format!("https://{}", source.addr), &data);
+    assert!(
+        eventually(PULL_WITHIN, || puller.volumes_holding(&hash) == [0]),
+        "not pulled; log:\n{}",
+        puller.log.lines().join("\n")
+    );
 }
