@@ -283,9 +283,12 @@ mod tests {
     }
 
     #[test]
-    fn the_clusters_tls_insecure_reaches_every_s3_volume_and_the_settings() {
+    fn the_clusters_tls_insecure_reaches_the_settings_but_never_an_s3_volume() {
         let text = cluster(&minimal(), "").replace("  zzzzz:\n", "  zzzzz:\n    TLS:\n      Insecure: true\n");
-        assert!(s3_of(&text).unwrap().tls_insecure);
+        assert!(
+            !s3_of(&text).unwrap().tls_insecure,
+            "S3 endpoints are always checked, as keepstore"
+        );
         assert!(settings_for(&text, None).unwrap().tls_insecure);
         assert!(!settings_for(&cluster(&minimal(), ""), None).unwrap().tls_insecure);
     }
