@@ -242,6 +242,14 @@ node_pid() {
     echo "$pid"
 }
 
+# process_alive PID: the process exists and is not a zombie (a node that died is this
+# script's child until reaped).
+process_alive() {
+    local stat
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+    [[ ${stat##*) } != Z* ]]
+}
+
 is_cluster() { [[ -f $dir/cluster && -f $dir/env ]]; }
 
 # port_in_use PORT: some socket is bound to it (any state, IPv4 or IPv6).
@@ -366,7 +374,10 @@ wait_node_up() {
     local n=$1 deadline=$((SECONDS + node_up_seconds_max)) s3_port
     s3_port=$(config_port "$n" s3)
     while ! port_open "$s3_port" || ! garage "$n" status >/dev/null 2>&1; do
-        if ! node_pid "$n" >/dev/null; then
+        # The process itself, not node_pid: until the spawned subshell has exec'd Garage
+        # its command line is still bash's, which node_pid would take for "not running"
+        # (seen under load: a node killed in its first milliseconds as "exited").
+        if ! process_alive "$(<"$(node_pidfile "$n")")"; then
             log_tail "$n"
             die "node $n exited during startup"
         fi
