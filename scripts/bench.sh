@@ -36,6 +36,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 repo=$PWD
 command_line="scripts/bench.sh${*:+ $*}"
+# run, stop_pid, free_port, cpu_ticks, parse_wrk (into R), cpu_model, cpu_flags
+. "$repo/scripts/bench/lib.sh"
 
 rounds="" duration="" quick=0 workers_list="1 2" out="" keep=0 nice_level=""
 while [[ $# -gt 0 ]]; do
@@ -65,12 +67,6 @@ pin() { # pin CORES command… : taskset at the chosen nice level
     nice -n "$nice_level" taskset -c "$cores" "$@"
 }
 [[ $rounds =~ ^[1-9][0-9]*$ && $duration =~ ^[1-9][0-9]*$ ]] || { echo "--rounds and --duration take positive integers" >&2; exit 2; }
-
-# Print every command before running it.
-run() {
-    echo "+ $*"
-    "$@"
-}
 
 # ---------------------------------------------------------------------------- tools
 missing=()
@@ -111,14 +107,6 @@ logs=$work/logs
 mkdir -p "$logs" "$work/vol" "$work/blocks" "$work/nginx/tmp"
 server_pids=()
 client_pids=()
-stop_pid() { # TERM, then KILL after 5 s
-    local pid=$1
-    kill -0 "$pid" 2>/dev/null || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
 cleanup() {
     local status=$?
     trap - EXIT INT TERM
@@ -133,10 +121,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 
 # ---------------------------------------------------------------------------- MD5 reference
 # The rate of keepring's own MD5 (BlockDigest: OpenSSL, md-5 fallback) over 1 MiB updates on
@@ -303,35 +287,10 @@ check_servers() {
     echo "both servers return all blocks intact (GET and HEAD)"
 }
 
-# Sum of utime+stime ticks of a process and its direct children (nginx's workers).
-cpu_ticks() {
-    local pid total=0 fields
-    for pid in "$1" $(pgrep -P "$1" || true); do
-        fields=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
-        fields=${fields##*) } # past "(comm) "; utime and stime are then fields 12 and 13
-        read -r -a f <<<"$fields"
-        total=$((total + f[11] + f[12]))
-    done
-    echo "$total"
-}
-
 # ---------------------------------------------------------------------------- clients
 csv=$out/bench-$(date +%Y%m%d-%H%M%S).csv
 mkdir -p "$out"
 echo "case,workers,server,round,connections,requests,errors,duration_s,req_s,mb_s,p50_ms,p99_ms,cpu_us_per_req,server_cpu_pct,beside_mb_s" >"$csv"
-
-# Parse wrk.lua's "BENCH k=v …" line into the assoc array R.
-declare -A R
-parse_wrk() {
-    local line kv
-    R=()
-    line=$(grep '^BENCH ' "$1" | tail -1) || return 1
-    for kv in ${line#BENCH }; do R[${kv%%=*}]=${kv#*=}; done
-    R[errors]=$((R[connect] + R[read] + R[write] + R[status] + R[timeout]))
-    R[duration_s]=$(awk -v d="${R[duration_us]}" 'BEGIN { printf "%.3f", d / 1e6 }')
-    R[p50_ms]=$(awk -v v="${R[p50_us]}" 'BEGIN { printf "%.3f", v / 1e3 }')
-    R[p99_ms]=$(awk -v v="${R[p99_us]}" 'BEGIN { printf "%.3f", v / 1e3 }')
-}
 
 # Parse hey's text summary into R (same keys as parse_wrk).
 parse_hey() {
@@ -493,7 +452,7 @@ else
     revision="unknown (not a git checkout)"
 fi
 notes=(
-    "keepring revision: $revision. Machine: $ncpu cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'); SIMD: $(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -E '^(sse4_2|avx|avx2|avx512f|avx512bw|avx512vl|avx512_vbmi2|sha_ni)$' | tr '\n' ' ' | sed 's/ $//')), $(uname -r), $(. /etc/os-release && echo "$PRETTY_NAME"); $("$nginx_bin" -v 2>&1 | sed 's/^nginx version: //'); $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2); volume on $(df -T "$work" | awk 'NR == 2 { print $2 }'); date $(date -u +%Y-%m-%dT%H:%MZ)."
+    "keepring revision: $revision. Machine: $ncpu cores ($(cpu_model); SIMD: $(cpu_flags 'sse4_2|avx|avx2|avx512f|avx512bw|avx512vl|avx512_vbmi2|sha_ni')), $(uname -r), $(. /etc/os-release && echo "$PRETTY_NAME"); $("$nginx_bin" -v 2>&1 | sed 's/^nginx version: //'); $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2); volume on $(df -T "$work" | awk 'NR == 2 { print $2 }'); date $(date -u +%Y-%m-%dT%H:%MZ)."
     "$rounds rounds of ${duration}s per case and server, interleaved; medians shown. Servers pinned to cores 0..W-1; wrk/hey to the next core when there is one, else to all cores (W=2 on a 2-core machine: the client competes with the servers); servers and clients at nice $nice_level."
     "MD5: ${md5_lanes:-lane count unknown} (keepring's /metrics: the kernel its per-core hasher runs, streams per kernel call); single-stream MD5 rate ${md5_mbs} MB/s (${md5_source})."
     "Connections: GET/HEAD 4 KiB 16×W, GET/PUT 1 MiB 4×W, GET/PUT 64 MiB 2×W; many-stream cases (issue 16): GET 64 MiB 16×W, GET 4 KiB 64×W, PUT 64 MiB 8×W; beside case: 8 connections of 4 KiB GETs plus W of 64 MiB GETs. HEAD is driven by hey (wrk cannot do HEAD); everything else by wrk. keepring has no signing key (GETs unsigned, every GET MD5-verified, except in the *verified-copy cache* cases, served by a second keepring with --verified-cache-entries 100000); nginx: worker_processes W, sendfile on, access_log off."

@@ -1,0 +1,61 @@
+# Helpers shared by the whole-system benchmark scripts (scripts/bench.sh,
+# scripts/bench-s3-tls.sh). Sourced, not run: it defines functions and the array R, and
+# starts nothing. Callers set `set -euo pipefail` themselves.
+
+# Print every command before running it.
+run() {
+    echo "+ $*"
+    "$@"
+}
+
+stop_pid() { # TERM, then KILL after 5 s
+    local pid=$1
+    kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# Sum of utime+stime ticks of processes and their direct children (nginx's workers).
+# $@ = PIDs
+cpu_ticks() {
+    local root pid total=0 fields
+    for root in "$@"; do
+        for pid in "$root" $(pgrep -P "$root" || true); do
+            fields=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
+            fields=${fields##*) } # past "(comm) "; utime and stime are then fields 12 and 13
+            read -r -a f <<<"$fields"
+            total=$((total + f[11] + f[12]))
+        done
+    done
+    echo "$total"
+}
+
+# Parse wrk.lua's "BENCH k=v …" line into the assoc array R.
+declare -A R
+parse_wrk() {
+    local line kv
+    R=()
+    line=$(grep '^BENCH ' "$1" | tail -1) || return 1
+    for kv in ${line#BENCH }; do R[${kv%%=*}]=${kv#*=}; done
+    R[errors]=$((R[connect] + R[read] + R[write] + R[status] + R[timeout]))
+    R[duration_s]=$(awk -v d="${R[duration_us]}" 'BEGIN { printf "%.3f", d / 1e6 }')
+    R[p50_ms]=$(awk -v v="${R[p50_us]}" 'BEGIN { printf "%.3f", v / 1e3 }')
+    R[p99_ms]=$(awk -v v="${R[p99_us]}" 'BEGIN { printf "%.3f", v / 1e3 }')
+}
+
+# The CPU's model name.
+cpu_model() {
+    grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'
+}
+
+# Which of the CPU flags matching $1 (an extended regex of whole names, e.g.
+# 'avx2|avx512f') this CPU has, space-separated, in /proc/cpuinfo's order.
+cpu_flags() {
+    grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -E "^($1)\$" | tr '\n' ' ' | sed 's/ $//'
+}
