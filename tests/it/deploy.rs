@@ -264,8 +264,9 @@ fn unsafe_settings_refuse_to_start_and_serve_nothing() {
             "invalid driver",
         ),
         (
+            // An S3 volume without its bucket (keepstore refuses it the same way).
             write("s3.yml", &here, &key, "        Driver: S3\n"),
-            "Driver S3 is not supported",
+            "DriverParameters.Bucket must be set",
         ),
         (
             write("https.yml", &format!("https://127.0.0.1:{port}/"), &key, directory),
