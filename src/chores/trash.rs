@@ -204,7 +204,7 @@ fn sweep_all(
             // An S3 volume has no temp files (a PUT is one request); its trash is emptied
             // by keepstore's rules, race fixes included.
             if trash {
-                empty_bucket(context, volume, bucket, &counters, go_on);
+                empty_bucket(context, volume, bucket, &counters, workers, go_on);
             }
             continue;
         }
@@ -234,10 +234,11 @@ fn empty_bucket(
     volume: &Volume,
     bucket: &S3Bucket,
     counters: &crate::metrics::VolumeCounters,
+    workers: usize,
     go_on: &(dyn Fn() -> bool + Sync),
 ) {
     let rules = context.settings().trash_rules();
-    match s3::run_blocking(bucket.empty_trash(SystemTime::now(), &rules, go_on)) {
+    match s3::run_blocking(bucket.empty_trash(SystemTime::now(), &rules, workers, go_on)) {
         Ok(counts) => {
             for _ in 0..counts.deleted {
                 counters.operation(VolumeOp::Unlink);

@@ -285,9 +285,17 @@ impl S3Bucket {
     }
 
     /// keepstore's `EmptyTrash`: every `trash/` copy past `BlobTrashLifetime` is deleted,
-    /// with its `recent/` marker; a race found on the way is fixed instead. Stops between
-    /// pages once `go_on` says no.
-    pub async fn empty_trash(&self, now: SystemTime, rules: &TrashRules, go_on: &dyn Fn() -> bool) -> EmptyCounts {
+    /// with its `recent/` marker; a race found on the way is fixed instead. Up to
+    /// `concurrency` copies are worked on at once (keepstore's `BlobDeleteConcurrency`).
+    /// Stops between pages once `go_on` says no.
+    pub async fn empty_trash(
+        &self,
+        now: SystemTime,
+        rules: &TrashRules,
+        concurrency: usize,
+        go_on: &dyn Fn() -> bool,
+    ) -> EmptyCounts {
+        use futures_util::stream::{self, StreamExt};
         let mut counts = EmptyCounts::default();
         let mut lister = Lister::new(TRASH.to_string(), self.parameters.index_page_size);
         loop {
@@ -300,8 +308,21 @@ impl S3Bucket {
                     break;
                 }
             };
-            for trashed in page {
-                if let Err(error) = self.empty_one(&trashed, now, rules, &mut counts).await {
+            let blocks = page
+                .iter()
+                .filter_map(|trashed| Some((trashed, self.block_of(&trashed.key[TRASH.len()..])?)));
+            let outcomes: Vec<_> = stream::iter(blocks)
+                .map(|(trashed, hash)| async move { (trashed, self.empty_one(trashed, hash, now, rules).await) })
+                .buffer_unordered(concurrency.max(1))
+                .collect()
+                .await;
+            for (trashed, (deleted, result)) in outcomes {
+                counts.in_trash += 1;
+                if deleted {
+                    counts.deleted += 1;
+                    counts.bytes_deleted += trashed.size;
+                }
+                if let Err(error) = result {
                     tracing::warn!(key = %trashed.key, error = %error, "S3 volume: emptying a trash copy failed");
                     counts.errors += 1;
                 }
@@ -313,23 +334,23 @@ impl S3Bucket {
         counts
     }
 
+    /// One trash copy of block `hash`: whether it was deleted, and how the rest went.
     async fn empty_one(
         &self,
         trashed: &ListedObject,
+        hash: &str,
         now: SystemTime,
         rules: &TrashRules,
-        counts: &mut EmptyCounts,
-    ) -> Result<(), S3Error> {
+    ) -> (bool, Result<(), S3Error>) {
         let key = &trashed.key[TRASH.len()..];
-        let Some(hash) = self.block_of(key) else {
-            return Ok(());
-        };
-        counts.in_trash += 1;
         let signing_ttl = Duration::from_secs(rules.signing_ttl_secs);
-        let Some(recent) = self.head(&format!("{RECENT}{key}")).await? else {
-            tracing::warn!(key, "S3 volume: a trash copy without its recent marker; untrashing it");
-            self.untrash(hash).await?;
-            return Ok(());
+        let recent = match self.head(&format!("{RECENT}{key}")).await {
+            Ok(Some(recent)) => recent,
+            Ok(None) => {
+                tracing::warn!(key, "S3 volume: a trash copy without its recent marker; untrashing it");
+                return (false, self.untrash(hash).await.map(|_| ()));
+            }
+            Err(error) => return (false, Err(error)),
         };
         let trashed_at = trashed.last_modified;
         if trashed_at.duration_since(recent.last_modified).unwrap_or_default() < signing_ttl {
@@ -340,26 +361,32 @@ impl S3Bucket {
                     "S3 volume: an old race found by the emptier; fixing it and touching the block"
                 );
                 self.fix_race(key, signing_ttl).await;
-                self.touch(hash, signing_ttl).await?;
-                return Ok(());
+                return (false, self.touch(hash, signing_ttl).await);
             }
-            if self.head(key).await?.is_none() {
-                tracing::info!(key, "S3 volume: a recent race found by the emptier; fixing it");
-                self.fix_race(key, signing_ttl).await;
-                return Ok(());
+            match self.head(key).await {
+                Ok(None) => {
+                    tracing::info!(key, "S3 volume: a recent race found by the emptier; fixing it");
+                    self.fix_race(key, signing_ttl).await;
+                    return (false, Ok(()));
+                }
+                Ok(Some(_)) => {}
+                Err(error) => return (false, Err(error)),
             }
         }
         if now.duration_since(trashed_at).unwrap_or_default() < Duration::from_secs(rules.lifetime_secs) {
-            return Ok(());
+            return (false, Ok(()));
         }
-        self.client.delete(&trashed.key).await?;
-        counts.deleted += 1;
-        counts.bytes_deleted += trashed.size;
-        if self.head(&trashed.key).await?.is_some() {
-            tracing::warn!(key = %trashed.key, "S3 volume: a deleted trash copy is still there; its marker stays");
-            return Ok(());
+        if let Err(error) = self.client.delete(&trashed.key).await {
+            return (false, Err(error));
         }
-        self.client.delete(&format!("{RECENT}{key}")).await
+        match self.head(&trashed.key).await {
+            Ok(None) => (true, self.client.delete(&format!("{RECENT}{key}")).await),
+            Ok(Some(_)) => {
+                tracing::warn!(key = %trashed.key, "S3 volume: a deleted trash copy is still there; its marker stays");
+                (true, Ok(()))
+            }
+            Err(error) => (true, Err(error)),
+        }
     }
 
     /// The block index under `prefix`, listed a page at a time.

@@ -302,7 +302,7 @@ fn the_emptier_deletes_expired_trash_with_its_marker_and_keeps_younger_trash() {
     std::thread::sleep(Duration::from_millis(2100));
     let younger = trash(&fresh_block(800));
     let now = older_at + Duration::from_secs(rules.lifetime_secs) + Duration::from_millis(1050);
-    let counts: EmptyCounts = in_ring(bucket.empty_trash(now, &rules, &|| true));
+    let counts: EmptyCounts = in_ring(bucket.empty_trash(now, &rules, 4, &|| true));
     assert!(counts.deleted >= 1 && counts.in_trash >= 2, "{counts:?}");
     assert_eq!(modified(&client, &format!("trash/{older}")), None, "expired: deleted");
     assert_eq!(modified(&client, &format!("recent/{older}")), None, "with its marker");
@@ -344,7 +344,7 @@ fn the_emptier_untrashes_a_copy_without_marker_and_fixes_a_recent_race() {
     let raced = plant_a_race(&bucket, &client, &raced_data);
     assert_eq!(in_ring(bucket.stat(&raced)).expect("stat"), None);
     let rules = trash_rules(DAY_SECS, 3600);
-    let counts = in_ring(bucket.empty_trash(SystemTime::now(), &rules, &|| true));
+    let counts = in_ring(bucket.empty_trash(SystemTime::now(), &rules, 4, &|| true));
     assert!(counts.in_trash >= 2, "{counts:?}");
     assert_eq!(in_ring(bucket.stat(&unmarked)).expect("stat"), Some(1000), "untrashed");
     assert!(
@@ -371,7 +371,7 @@ fn the_emptier_fixes_an_old_race_and_touches_the_block() {
     // emptier copies it back and touches it rather than leave it to be trashed again.
     let rules = trash_rules(DAY_SECS, 30 * DAY_SECS);
     let a_day_on = SystemTime::now() + Duration::from_secs(DAY_SECS);
-    let counts = in_ring(bucket.empty_trash(a_day_on, &rules, &|| true));
+    let counts = in_ring(bucket.empty_trash(a_day_on, &rules, 4, &|| true));
     assert!(counts.in_trash >= 1, "{counts:?}");
     assert_eq!(
         get(&bucket, &raced, Duration::ZERO).as_deref(),
