@@ -31,14 +31,27 @@ static TRASH_IN_USE: std::sync::RwLock<()> = std::sync::RwLock::new(());
 
 /// A node serving only an S3 volume on `store`'s bucket, with these `Collections` lines.
 fn s3_server(dir: &Path, store: &S3Store, prefix_length: usize, collections: &str) -> TestServer {
+    s3_server_with(dir, store, prefix_length, collections, "", ServerBuilder::new())
+}
+
+/// As `s3_server`, with cluster-level lines (`top`, e.g. a `TLS` section) and a builder
+/// that may carry environment.
+fn s3_server_with(
+    dir: &Path,
+    store: &S3Store,
+    prefix_length: usize,
+    collections: &str,
+    top: &str,
+    builder: ServerBuilder,
+) -> TestServer {
     let config = dir.join("config.yml");
     let text = format!(
-        "Clusters:\n  zzzzz:\n    SystemRootToken: {ROOT_TOKEN}\n    Collections:\n      \
+        "Clusters:\n  zzzzz:\n    SystemRootToken: {ROOT_TOKEN}\n{top}    Collections:\n      \
          BlobSigningKey: {SIGNING_KEY}\n{collections}    Volumes:\n{}",
         volume_entry(store, UUID, prefix_length, "")
     );
     std::fs::write(&config, text).expect("write config");
-    ServerBuilder::new()
+    builder
         .volume_paths(Vec::new())
         .without_signing_key()
         .without_root_token()
@@ -413,4 +426,64 @@ fn keepring_keeps_serving_with_one_store_node_down() {
             .any(|line| line.starts_with(&hash))
     };
     assert!(eventually(Duration::from_secs(5), listed), "{hash} not in the index");
+}
+
+#[test]
+fn an_s3_endpoint_over_https_is_verified_and_served() {
+    let store = store();
+    let dir = tempfile::tempdir().expect("temp dir");
+    // Garage speaks plain HTTP: an HTTPS front with a certificate made here.
+    let fixture = crate::support::tls::TlsFixture::new(dir.path(), "s3front");
+    let target = store
+        .endpoint
+        .trim_start_matches("http://")
+        .parse()
+        .expect("store address");
+    let front = crate::support::s3::tls_front(target, &fixture.certificate, &fixture.key);
+    let mut https = store.clone();
+    https.endpoint = format!("https://127.0.0.1:{}", front.port());
+    let certificate = fixture.certificate.to_str().expect("utf-8 path");
+
+    // Trusted through SSL_CERT_FILE (the roots keepring reads, as Go does): served.
+    let trusted_dir = dir.path().join("trusted");
+    std::fs::create_dir_all(&trusted_dir).expect("dir");
+    let server = s3_server_with(
+        &trusted_dir,
+        &https,
+        0,
+        "",
+        "",
+        ServerBuilder::new().env("SSL_CERT_FILE", certificate),
+    );
+    let data = random_block(2 * 1024 * 1024 + 3);
+    let hash = md5_hex(&data);
+    let response = server.put(&data);
+    assert_eq!(response.status, 200, "{}", response.summary());
+    assert_eq!(head(store, &hash), Some((data.len() as u64, hash.clone())));
+    let response = server.get(&signed_locator_for(&data));
+    assert_eq!(response.status, 200, "{}", response.summary());
+    assert_eq!(response.body, data);
+    drop(server);
+
+    // Not trusted, even with TLS.Insecure (keepstore's S3 driver ignores it too): the
+    // only volume fails, nothing is stored, and the log says why.
+    let refused_dir = dir.path().join("refused");
+    std::fs::create_dir_all(&refused_dir).expect("dir");
+    let server = s3_server_with(
+        &refused_dir,
+        &https,
+        0,
+        "",
+        "    TLS:\n      Insecure: true\n",
+        ServerBuilder::new(),
+    );
+    let other = random_block(4096);
+    let response = server.put(&other);
+    assert_eq!(response.status, 503, "{}", response.summary());
+    assert_eq!(head(store, &md5_hex(&other)), None);
+    assert!(
+        server.log.lines().iter().any(|line| line.contains("certificate")),
+        "no log line names the certificate:\n{}",
+        server.log.lines().join("\n")
+    );
 }

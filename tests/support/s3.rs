@@ -77,3 +77,71 @@ pub fn volume_entry(store: &S3Store, uuid: &str, prefix_length: usize, extra: &s
         store.bucket, store.region, store.endpoint, store.access_key_id, store.secret_access_key
     )
 }
+
+/// An HTTPS front for a plain-HTTP store on 127.0.0.1: TLS (OpenSSL, `certificate` and
+/// `key`, PEM files) on an ephemeral port, each connection piped to `target` on its own
+/// thread. Lives as long as the test process.
+pub fn tls_front(target: std::net::SocketAddr, certificate: &Path, key: &Path) -> std::net::SocketAddr {
+    use openssl::ssl::{SslAcceptor, SslFiletype, SslMethod};
+    let mut builder = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).expect("acceptor");
+    builder.set_certificate_chain_file(certificate).expect("certificate");
+    builder.set_private_key_file(key, SslFiletype::PEM).expect("key");
+    let acceptor = std::sync::Arc::new(builder.build());
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = listener.local_addr().expect("address");
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let acceptor = acceptor.clone();
+            std::thread::spawn(move || pipe_tls(&acceptor, client, target));
+        }
+    });
+    address
+}
+
+/// One TLS connection to the front, relayed to the store both ways until either side ends.
+fn pipe_tls(acceptor: &openssl::ssl::SslAcceptor, client: std::net::TcpStream, target: std::net::SocketAddr) {
+    use std::io::{ErrorKind, Read, Write};
+    use std::time::Duration;
+    let Ok(mut tls) = acceptor.accept(client) else {
+        return; // a refused handshake: the client decided not to trust us
+    };
+    let Ok(mut store) = std::net::TcpStream::connect(target) else {
+        return;
+    };
+    let poll = Some(Duration::from_millis(2));
+    if tls.get_ref().set_read_timeout(poll).is_err() || store.set_read_timeout(poll).is_err() {
+        return;
+    }
+    let mut buffer = vec![0u8; 256 * 1024];
+    let idle_max = Duration::from_secs(30);
+    let mut idle_since = std::time::Instant::now();
+    loop {
+        let mut moved = false;
+        for from_client in [true, false] {
+            let read = match from_client {
+                true => tls.read(&mut buffer),
+                false => store.read(&mut buffer),
+            };
+            match read {
+                Ok(0) => return,
+                Ok(count) => {
+                    let written = match from_client {
+                        true => store.write_all(&buffer[..count]),
+                        false => tls.write_all(&buffer[..count]),
+                    };
+                    if written.is_err() {
+                        return;
+                    }
+                    moved = true;
+                }
+                Err(error) if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(_) => return,
+            }
+        }
+        if moved {
+            idle_since = std::time::Instant::now();
+        } else if idle_since.elapsed() > idle_max {
+            return;
+        }
+    }
+}
