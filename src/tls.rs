@@ -21,6 +21,42 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::ServerConfig;
 
+/// Plaintext a rustls connection (either side: the listener's `http::tls_channel`, the
+/// S3 client's `s3::tls`) holds, moved into `buffer` up to `end`: `Some(count)` (0: end
+/// of stream, or no room), or `None` when it has none yet.
+pub fn take_plaintext(
+    mut reader: rustls::Reader<'_>,
+    buffer: &mut Vec<u8>,
+    end: usize,
+) -> std::io::Result<Option<usize>> {
+    use std::io::{BufRead, ErrorKind};
+    let want = end.saturating_sub(buffer.len());
+    if want == 0 {
+        return Ok(Some(0));
+    }
+    let mut taken = 0;
+    while taken < want {
+        let count = match reader.fill_buf() {
+            Ok(chunk) => {
+                // Empty: the peer sent close_notify and everything before it was read.
+                let count = chunk.len().min(want - taken);
+                buffer.extend_from_slice(&chunk[..count]);
+                count
+            }
+            Err(error) if error.kind() == ErrorKind::WouldBlock => break,
+            // A TCP EOF without close_notify: an end, as for a plain connection.
+            Err(error) if error.kind() == ErrorKind::UnexpectedEof => 0,
+            Err(error) => return Err(error),
+        };
+        if count == 0 {
+            return Ok(Some(taken));
+        }
+        reader.consume(count);
+        taken += count;
+    }
+    Ok((taken > 0).then_some(taken))
+}
+
 /// The TLS config new connections use, swapped whole on a reload.
 pub struct ServerTls {
     current: ArcSwap<ServerConfig>,

@@ -12,7 +12,7 @@
 //! session writes a `Piece::File`'s buffer, which holds the same bytes (they were read
 //! there to be hashed). kTLS would let the kernel encrypt and sendfile again; not built.
 
-use std::io::{self, BufRead, Write};
+use std::io::{self, Write};
 use std::sync::Arc;
 
 use rustls::{ServerConfig, ServerConnection};
@@ -56,7 +56,7 @@ impl TlsChannel {
     /// without one: HTTP framing decides whether what came before was whole).
     pub async fn read(&mut self, stream: &TcpStream, mut buffer: Vec<u8>, end: usize) -> (io::Result<usize>, Vec<u8>) {
         loop {
-            match self.take_plaintext(&mut buffer, end) {
+            match crate::tls::take_plaintext(self.connection.reader(), &mut buffer, end) {
                 Ok(Some(read)) => return (Ok(read), buffer),
                 Ok(None) => {}
                 Err(error) => return (Err(error), buffer),
@@ -77,37 +77,6 @@ impl TlsChannel {
                 return (Err(error), buffer);
             }
         }
-    }
-
-    /// Plaintext rustls holds, moved into `buffer`: `Some(count)` (0: end of stream), or
-    /// `None` when it has none yet.
-    fn take_plaintext(&mut self, buffer: &mut Vec<u8>, end: usize) -> io::Result<Option<usize>> {
-        let want = end.saturating_sub(buffer.len());
-        if want == 0 {
-            return Ok(Some(0));
-        }
-        let mut taken = 0;
-        let mut reader = self.connection.reader();
-        while taken < want {
-            let count = match reader.fill_buf() {
-                Ok(chunk) => {
-                    // Empty: the peer sent close_notify and everything before it was read.
-                    let count = chunk.len().min(want - taken);
-                    buffer.extend_from_slice(&chunk[..count]);
-                    count
-                }
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
-                // A TCP EOF without close_notify: an end, as for a plain connection.
-                Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => 0,
-                Err(error) => return Err(error),
-            };
-            if count == 0 {
-                return Ok(Some(taken));
-            }
-            reader.consume(count);
-            taken += count;
-        }
-        Ok((taken > 0).then_some(taken))
     }
 
     /// One io_uring read of ciphertext into `incoming`: a record's worth while a head (or

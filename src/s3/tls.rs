@@ -89,7 +89,7 @@ impl TlsLayer {
         timeout: Duration,
     ) -> io::Result<usize> {
         loop {
-            if let Some(count) = self.take_plaintext(buffer, end)? {
+            if let Some(count) = crate::tls::take_plaintext(self.session.reader(), buffer, end)? {
                 return Ok(count);
             }
             // A key update's answer or an alert: out before waiting.
@@ -120,36 +120,6 @@ impl TlsLayer {
             self.flush(stream, timeout).await?;
         }
         Ok(())
-    }
-
-    /// Plaintext rustls holds, moved into `buffer` up to `end`: `Some(count)` (0: end of
-    /// stream, or no room), or `None` when it has none yet.
-    fn take_plaintext(&mut self, buffer: &mut Vec<u8>, end: usize) -> io::Result<Option<usize>> {
-        let want = end.saturating_sub(buffer.len());
-        if want == 0 {
-            return Ok(Some(0));
-        }
-        let mut taken = 0;
-        let mut reader = self.session.reader();
-        while taken < want {
-            let count = match reader.fill_buf() {
-                Ok(chunk) => {
-                    // Empty: the store sent close_notify and everything before it was read.
-                    let count = chunk.len().min(want - taken);
-                    buffer.extend_from_slice(&chunk[..count]);
-                    count
-                }
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
-                Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => 0,
-                Err(error) => return Err(error),
-            };
-            if count == 0 {
-                return Ok(Some(taken));
-            }
-            reader.consume(count);
-            taken += count;
-        }
-        Ok((taken > 0).then_some(taken))
     }
 
     /// One io_uring read of ciphertext into `incoming` (up to four records: a 64 MiB
