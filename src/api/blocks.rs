@@ -197,14 +197,15 @@ async fn start_streamed_write(
     length: u64,
     candidates: &[Arc<Volume>],
 ) -> Option<StreamedWrite> {
+    // An S3 volume takes the whole body in one request, after the MD5 matched: nothing to
+    // stream to, and nothing to look up here that `store` would not look up again.
+    let volume = candidates.first().filter(|volume| volume.s3.is_none())?.clone();
     for volume in candidates {
         match has_copy(volume, hash).await {
             Ok(false) => {}
             Ok(true) | Err(_) => return None,
         }
     }
-    // An S3 volume takes the whole body in one request, after the MD5 matched.
-    let volume = candidates.first().filter(|volume| volume.s3.is_none())?.clone();
     let started = volume.write_started();
     let writer = io::BlockWriter::create(&volume, hash, core.next_random(), Some(length), &core.helpers)
         .await
@@ -248,12 +249,17 @@ async fn store(
         if !is_wanted(&stored, wanted_classes, volume) {
             continue;
         }
-        if volume.s3.is_some() {
-            // The store checked the copy's bytes against its Content-MD5 when it took it.
-            match has_copy(volume, hash).await {
-                Ok(true) if touched(core, volume, hash).await => stored.push(volume.clone()),
-                Ok(_) => {}
+        if let Some(bucket) = &volume.s3 {
+            // The store checked the copy's bytes against its Content-MD5 when it took it:
+            // a copy there only needs its `recent/` marker renewed (one HEAD, one PUT).
+            match bucket.touch_if_present(hash).await {
+                Ok(true) => {
+                    core.metrics.volume(volume).operation(VolumeOp::Touch);
+                    stored.push(volume.clone());
+                }
+                Ok(false) => {}
                 Err(error) => {
+                    let error = s3::to_io(error);
                     tracing::warn!(volume = %volume.uuid, hash, error = %error, "block lookup failed");
                     volume.note_read_error(&error);
                 }

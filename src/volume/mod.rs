@@ -180,7 +180,8 @@ impl Volume {
         })
     }
 
-    /// A volume value for tests and benchmarks: no disk is touched.
+    /// A volume value for tests and benchmarks (and the base of an S3 volume): no disk is
+    /// touched.
     pub fn unchecked(uuid: &str, root: &Path, options: &VolumeOptions) -> Volume {
         Volume {
             uuid: uuid.to_string(),
@@ -210,27 +211,14 @@ impl Volume {
             .ok_or_else(|| std::io::Error::other("an S3 volume needs a configured UUID"))?;
         let client = crate::s3::Client::new(parameters.client_config())
             .map_err(|error| std::io::Error::other(error.to_string()))?;
-        let root = PathBuf::from(S3_ROOT);
-        Ok(Volume {
-            uuid,
-            device_id: format!("s3://{}/{}", parameters.endpoint, parameters.bucket),
-            allow_write: !options.read_only,
-            allow_trash: !options.read_only || options.trash_when_read_only,
-            replication: options.replication.max(1),
-            storage_classes: options.storage_classes.clone(),
-            priority: options.priority,
-            device: 0,
-            options: options.clone(),
-            failed_at_ms: AtomicU64::new(0),
-            health: Health::new(),
-            claiming: AtomicU64::new(0),
-            free_space: Arc::new(io::FreeSpace::unread(&root)),
-            s3: Some(Arc::new(s3::S3Bucket {
-                client,
-                parameters: parameters.clone(),
-            })),
-            root,
-        })
+        // Nothing on a disk to read: the flags as configured, under the `/dev/null` root.
+        let mut volume = Volume::unchecked(&uuid, Path::new(S3_ROOT), options);
+        volume.device_id = format!("s3://{}/{}", parameters.endpoint, parameters.bucket);
+        volume.s3 = Some(Arc::new(s3::S3Bucket {
+            client,
+            parameters: parameters.clone(),
+        }));
+        Ok(volume)
     }
 
     /// Where the volume is, for log lines: its directory, or its bucket.

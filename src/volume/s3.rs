@@ -62,10 +62,6 @@ pub fn to_io(error: S3Error) -> io::Error {
     }
 }
 
-fn nanos(time: SystemTime) -> i128 {
-    unix_nanos(time)
-}
-
 fn is_block_hash(text: &str) -> bool {
     text.len() == 32 && text.bytes().all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f'))
 }
@@ -202,6 +198,18 @@ impl S3Bucket {
         self.mark_recent(&key).await
     }
 
+    /// Renew the `recent/` marker of a block the bucket holds; false (and nothing written)
+    /// when it holds none. A PUT's first pass: a missing block is written after, so no
+    /// race fix is tried here (`touch` does that for TOUCH requests).
+    pub async fn touch_if_present(&self, hash: &str) -> Result<bool, S3Error> {
+        let key = self.key(hash);
+        if self.head(&key).await?.is_none() {
+            return Ok(false);
+        }
+        self.mark_recent(&key).await?;
+        Ok(true)
+    }
+
     /// keepstore's `Mtime`: the `recent/` marker's time, made now for a block written
     /// without one (a bucket from before markers). `None`: no such block.
     pub async fn mtime(&self, hash: &str) -> Result<Option<SystemTime>, S3Error> {
@@ -235,7 +243,7 @@ impl S3Bucket {
         let Some(mtime) = self.mtime(hash).await.map_err(to_io)? else {
             return Ok(TrashOutcome::Missing);
         };
-        if expected_mtime_ns.is_some_and(|expected| expected != nanos(mtime)) {
+        if expected_mtime_ns.is_some_and(|expected| expected != unix_nanos(mtime)) {
             return Ok(TrashOutcome::Kept);
         }
         if now.duration_since(mtime).unwrap_or_default() < Duration::from_secs(rules.signing_ttl_secs) {
