@@ -37,9 +37,17 @@ pub struct Hasher {
     kernel: Kernel,
     pending: RefCell<Vec<Rc<RefCell<Job>>>>,
     wake: Notify,
-    /// Batches run and chunks hashed in them, for `/metrics`.
-    batches: Cell<u64>,
-    chunks: Cell<u64>,
+    /// Batches run, chunks hashed in them and their bytes, for `/metrics`.
+    counts: Cell<HashCounts>,
+}
+
+/// What one core's hasher has done since it started: `chunks / batches` is how many
+/// streams a kernel call advanced on average.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct HashCounts {
+    pub batches: u64,
+    pub chunks: u64,
+    pub bytes: u64,
 }
 
 impl Hasher {
@@ -48,8 +56,7 @@ impl Hasher {
             kernel,
             pending: RefCell::new(Vec::new()),
             wake: Notify::new(),
-            batches: Cell::new(0),
-            chunks: Cell::new(0),
+            counts: Cell::new(HashCounts::default()),
         })
     }
 
@@ -57,9 +64,9 @@ impl Hasher {
         self.kernel
     }
 
-    /// Batches run and chunks hashed so far on this core.
-    pub fn counts(&self) -> (u64, u64) {
-        (self.batches.get(), self.chunks.get())
+    /// Batches run, chunks and bytes hashed so far on this core.
+    pub fn counts(&self) -> HashCounts {
+        self.counts.get()
     }
 
     /// The hasher's task: spawn it once on the worker's runtime; it runs until the
@@ -106,8 +113,13 @@ impl Hasher {
                 .collect();
             self.kernel.update_batch(&mut batch);
         }
-        self.batches.set(self.batches.get() + 1);
-        self.chunks.set(self.chunks.get() + borrowed.len() as u64);
+        let bytes: usize = borrowed.iter().map(|job| job.range.len()).sum();
+        let counts = self.counts.get();
+        self.counts.set(HashCounts {
+            batches: counts.batches + 1,
+            chunks: counts.chunks + borrowed.len() as u64,
+            bytes: counts.bytes + bytes as u64,
+        });
         for job in borrowed.iter_mut() {
             job.done = true;
             if let Some(waker) = job.waker.take() {
@@ -191,7 +203,7 @@ mod tests {
             for (message, digest) in results.borrow().iter() {
                 assert_eq!(digest[..], Md5::digest(message)[..], "{}", kernel.name());
             }
-            let (batches, chunks) = hasher.counts();
+            let HashCounts { batches, chunks, .. } = hasher.counts();
             assert!(
                 batches < chunks,
                 "{}: chunks were batched ({batches} batches, {chunks} chunks)",

@@ -188,6 +188,11 @@ pub struct Counters {
     open_connections: AtomicU64,
     connection_limit_hits: AtomicU64,
     idle_connections_closed: AtomicU64,
+    /// This thread's batched MD5 (`hasher`), as last counted: kernel calls, chunks and
+    /// bytes hashed.
+    md5_batches: AtomicU64,
+    md5_chunks: AtomicU64,
+    md5_bytes: AtomicU64,
 }
 
 impl Counters {
@@ -204,6 +209,9 @@ impl Counters {
             open_connections: AtomicU64::new(0),
             connection_limit_hits: AtomicU64::new(0),
             idle_connections_closed: AtomicU64::new(0),
+            md5_batches: AtomicU64::new(0),
+            md5_chunks: AtomicU64::new(0),
+            md5_bytes: AtomicU64::new(0),
         }
     }
 }
@@ -276,6 +284,13 @@ impl Recorder {
     /// Connections open on this thread now.
     pub fn set_open_connections(&self, open: u64) {
         self.counters.open_connections.store(open, Ordering::Relaxed);
+    }
+
+    /// This thread's hasher totals so far: batches (kernel calls), chunks and bytes.
+    pub fn set_md5_counts(&self, batches: u64, chunks: u64, bytes: u64) {
+        self.counters.md5_batches.store(batches, Ordering::Relaxed);
+        self.counters.md5_chunks.store(chunks, Ordering::Relaxed);
+        self.counters.md5_bytes.store(bytes, Ordering::Relaxed);
     }
 
     /// The connection limit was reached; `closed` idle connections were closed for room.
@@ -1072,6 +1087,23 @@ fn service_families(threads: &[Arc<Counters>], gauges: &Gauges) -> Vec<Family> {
         )
         .with(labels([("kernel", kernel)]), count(lanes)),
     );
+    families.extend([
+        counter(
+            "keepring_md5_batches_total",
+            "Batches the per-core MD5 hashers ran: each advances every chunk pending on its core together.",
+            sum_over(threads, |counters| &counters.md5_batches),
+        ),
+        counter(
+            "keepring_md5_chunks_total",
+            "Chunks hashed in those batches (divided by the batches: streams advanced per batch).",
+            sum_over(threads, |counters| &counters.md5_chunks),
+        ),
+        counter(
+            "keepring_md5_bytes_total",
+            "Bytes hashed by the per-core MD5 hashers (GET, HEAD and PUT bodies, the scrubber).",
+            sum_over(threads, |counters| &counters.md5_bytes),
+        ),
+    ]);
     families
 }
 
@@ -1139,6 +1171,10 @@ mod tests {
         first.volume(&vol).operation(VolumeOp::Read);
         second.volume(&vol).operation(VolumeOp::Read);
         second.volume(&vol).error(VolumeErrorKind::Full);
+        first.set_md5_counts(3, 10, 4_096);
+        second.set_md5_counts(2, 2, 100);
+        // Totals are set, not added: a second count replaces the first.
+        second.set_md5_counts(4, 5, 200);
         let gauges = Gauges {
             buffer_unit_bytes: 10,
             buffer_total_bytes: 100,
@@ -1177,6 +1213,9 @@ mod tests {
         assert_eq!(value_of(&text, ops), Some(2.0));
         assert_eq!(value_of(&text, "arvados_keepstore_bufferpool_inuse_buffers"), Some(2.0));
         assert_eq!(value_of(&text, "keepring_draining"), Some(1.0));
+        assert_eq!(value_of(&text, "keepring_md5_batches_total"), Some(7.0));
+        assert_eq!(value_of(&text, "keepring_md5_chunks_total"), Some(15.0));
+        assert_eq!(value_of(&text, "keepring_md5_bytes_total"), Some(4_296.0));
     }
 
     #[test]
