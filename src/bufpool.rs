@@ -6,7 +6,7 @@
 
 use std::cell::RefCell;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -53,6 +53,8 @@ pub struct BufferBudget {
     /// request waits for budget. A mutex, not per-core state: it is touched twice per
     /// large PUT, and any core under pressure must be able to free them.
     spares: Mutex<Vec<Vec<u8>>>,
+    /// A spare was kept or taken since the last `release_idle_spares`.
+    spares_used: AtomicBool,
 }
 
 // SAFETY: the page is only touched through atomics, and the mapping lives as long as self.
@@ -124,6 +126,7 @@ impl BufferBudget {
             slot: usize::MAX,
             memory,
             spares: Mutex::new(Vec::new()),
+            spares_used: AtomicBool::new(false),
         };
         unclaimed.reclaim_dead();
         for (index, slot) in slots.iter().enumerate() {
@@ -226,6 +229,7 @@ impl BufferBudget {
             .filter(|&index| fits(&spares[index]))
             .min_by_key(|&index| spares[index].capacity())?;
         let mut buffer = spares.swap_remove(index);
+        self.spares_used.store(true, Ordering::Relaxed);
         self.give(buffer.capacity() as u64);
         buffer.clear();
         Some(buffer)
@@ -252,10 +256,20 @@ impl BufferBudget {
         }
         if self.try_take(buffer.capacity() as u64) {
             spares.push(buffer);
+            self.spares_used.store(true, Ordering::Relaxed);
         }
         drop(spares);
         // Freed (an munmap of up to 64 MiB) after the lock, not under it.
         drop(evicted);
+    }
+
+    /// Free the spares if none was kept or taken since the last call (the supervisor calls
+    /// this every `SPARE_BODY_IDLE_SECS`): a burst of concurrent PUTs leaves its buffers for
+    /// the next burst, and an idle node gives their memory back.
+    pub fn release_idle_spares(&self) {
+        if !self.spares_used.swap(false, Ordering::Relaxed) {
+            self.release_spare();
+        }
     }
 
     /// Free the spares and their budget share (a request is waiting for budget, or the
@@ -476,6 +490,26 @@ mod tests {
             assert_eq!(lease.bytes(), size as u64 * 2);
         });
         assert!(budget.take_spare(size).is_none(), "released for the waiting request");
+    }
+
+    #[test]
+    fn spares_left_untouched_for_a_whole_interval_are_freed() {
+        let size = SPARE_BODY_BYTES_MIN;
+        let budget = BufferBudget::new(size as u64 * 64).unwrap();
+        for _ in 0..SPARE_BODY_BUFFERS_MAX + 2 {
+            budget.keep_spare(Vec::with_capacity(size));
+        }
+        let kept = (SPARE_BODY_BUFFERS_MAX * size) as u64;
+        assert_eq!(budget.in_use_bytes(), kept, "at most SPARE_BODY_BUFFERS_MAX kept");
+        budget.release_idle_spares();
+        assert_eq!(budget.in_use_bytes(), kept, "used in this interval: kept");
+        let taken = budget.take_spare(size).expect("a spare");
+        budget.keep_spare(taken);
+        budget.release_idle_spares();
+        assert_eq!(budget.in_use_bytes(), kept, "used again in this interval: kept");
+        budget.release_idle_spares();
+        assert_eq!(budget.in_use_bytes(), 0, "a whole interval unused: freed");
+        assert!(budget.take_spare(size).is_none());
     }
 
     #[test]

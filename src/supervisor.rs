@@ -29,7 +29,7 @@ use crate::lifecycle::listeners::{self, Source};
 use crate::lifecycle::Phase;
 use crate::limits::{
     BUFFER_UNIT_BYTES, CONNECTIONS_PER_WORKER_DEFAULT_MAX, HELPER_QUEUE_JOBS_MAX, HELPER_THREADS,
-    OPEN_FILES_PER_CONNECTION_SHARE, TLS_RELOAD_INTERVAL_SECS, WORKERS_READY_TIMEOUT_MS,
+    OPEN_FILES_PER_CONNECTION_SHARE, SPARE_BODY_IDLE_SECS, TLS_RELOAD_INTERVAL_SECS, WORKERS_READY_TIMEOUT_MS,
 };
 use crate::md5lanes::Kernel;
 use crate::node::{Node, NodeState};
@@ -389,6 +389,8 @@ enum Event {
     WorkersDone(Vec<WorkerExit>),
     /// Time for the hourly re-read of the TLS certificate and key.
     TlsReload,
+    /// Time to free spare PUT buffers no PUT used since the last tick.
+    SpareCheck,
 }
 
 /// Signals become events on one channel (signal-hook's iterator on its own thread).
@@ -434,11 +436,13 @@ fn serve_until_drained(
         Some(_) => crossbeam_channel::tick(Duration::from_secs(TLS_RELOAD_INTERVAL_SECS)),
         None => crossbeam_channel::never(),
     };
+    let spare_checks = crossbeam_channel::tick(Duration::from_secs(SPARE_BODY_IDLE_SECS));
     loop {
         let event = crossbeam_channel::select! {
             recv(signals) -> signal => Event::Signal(signal.unwrap_or(SIGTERM)),
             recv(done_receiver) -> exits => Event::WorkersDone(exits.unwrap_or_default()),
             recv(tls_ticks) -> _ => Event::TlsReload,
+            recv(spare_checks) -> _ => Event::SpareCheck,
         };
         match event {
             Event::Signal(SIGQUIT) => {
@@ -462,6 +466,7 @@ fn serve_until_drained(
             Event::Signal(SIGUSR1) => reload.watcher.nudge(WatchEvent::Rescan("SIGUSR1")),
             Event::Signal(SIGHUP) => reload.apply(&services.node, &services.chores),
             Event::TlsReload => reload.reload_tls(None, "hourly"),
+            Event::SpareCheck => services.budget.release_idle_spares(),
             Event::Signal(signal) => tracing::info!(signal, "signal ignored"),
             Event::WorkersDone(exits) => {
                 let cut: usize = exits.iter().map(|exit| exit.cut_connections).sum();
