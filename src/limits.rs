@@ -126,13 +126,6 @@ pub const STREAMED_WRITE_BYTES_MIN: u64 = 1024 * 1024;
 /// the first bytes of the block leave in one write.
 pub const RESPONSE_HEAD_BYTES_MAX: usize = 2 * 1024;
 
-/// Nice value of the chore threads (trash list, emptier, temp sweep, drive probe, pulls):
-/// beside a worker at nice 0, CFS gives a busy chore about a tenth of a contended core.
-/// Measured with 20,000 blocks trashed beside 64 KiB GETs on two workers: at nice 0 the
-/// GET median went 1.2 → 2.4-7.8 ms while the list ran (mimalloc made the chore faster
-/// and hungrier); the chore's work is the same either way, only its timing moves.
-pub const CHORE_THREAD_NICE: i32 = 10;
-
 /// `--max-buffers` default, in units of 64 MiB (keepstore's `MaxKeepBlobBuffers`).
 pub const MAX_BUFFERS_DEFAULT: u64 = 128;
 

@@ -24,7 +24,7 @@ use arc_swap::ArcSwap;
 
 use crate::bufpool::BufferBudget;
 use crate::limits::{
-    BLOB_SIGNING_TTL_SECS_DEFAULT, CHORE_THREAD_NICE, CHORE_WORKERS_DEFAULT, TRASH_CHECK_INTERVAL_SECS_DEFAULT,
+    BLOB_SIGNING_TTL_SECS_DEFAULT, CHORE_WORKERS_DEFAULT, TRASH_CHECK_INTERVAL_SECS_DEFAULT,
     TRASH_LIFETIME_SECS_DEFAULT,
 };
 use crate::metrics::Registry;
@@ -318,10 +318,7 @@ pub fn start(context: &Arc<ChoreContext>) -> std::io::Result<()> {
         let context = context.clone();
         std::thread::Builder::new()
             .name(name.to_string())
-            .spawn(move || {
-                yield_to_requests();
-                body(context)
-            })
+            .spawn(move || body(context))
             .map(drop)
     };
     for _ in 0..settings.trash_workers {
@@ -342,21 +339,6 @@ pub fn start(context: &Arc<ChoreContext>) -> std::io::Result<()> {
         spawn("keepring-pull", pull::run_pull_list)?;
     }
     Ok(())
-}
-
-/// Lower the calling chore thread's priority to `CHORE_THREAD_NICE` (on Linux a thread's
-/// nice value is its own), so a core running a worker gives a busy chore (a long trash
-/// list, a pull) what the worker leaves: the chore goes on, requests keep their latency.
-fn yield_to_requests() {
-    // SAFETY: setpriority on this thread's own id; no memory is passed.
-    let result = unsafe {
-        let thread = libc::gettid() as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, thread, CHORE_THREAD_NICE)
-    };
-    if result != 0 {
-        let error = std::io::Error::last_os_error();
-        tracing::warn!(error = %error, "chore thread keeps its priority");
-    }
 }
 
 #[cfg(test)]

@@ -952,52 +952,6 @@ fn timed_get(conn: &mut crate::support::client::Conn, locator: &str) -> Duration
     elapsed
 }
 
-/// Chore threads (trash, emptier, temp sweep, probe, pulls) run at nice 10 so a busy
-/// chore takes what the workers leave; workers and the helper pool stay at nice 0.
-#[test]
-fn chore_threads_run_at_a_lower_priority_than_the_workers() {
-    let server = ServerBuilder::new().arg("--workers").arg("2").start();
-    let tasks = format!("/proc/{}/task", server.pid());
-    let mut niceness: Vec<(String, i64)> = Vec::new();
-    for entry in std::fs::read_dir(&tasks).expect("the server's threads") {
-        let path = entry.expect("a thread").path();
-        let (Ok(name), Ok(stat)) = (
-            std::fs::read_to_string(path.join("comm")),
-            std::fs::read_to_string(path.join("stat")),
-        ) else {
-            continue;
-        };
-        // Field 19 of stat is the nice value; the name (field 2) may hold spaces, so count
-        // from the closing parenthesis.
-        let after_name = &stat[stat.rfind(')').expect("stat has a name") + 2..];
-        let nice = after_name.split(' ').nth(16).and_then(|field| field.parse().ok());
-        niceness.push((name.trim().to_string(), nice.expect("a nice value")));
-    }
-    let of = |prefix: &str| -> Vec<i64> {
-        niceness
-            .iter()
-            .filter(|(name, _)| name.starts_with(prefix))
-            .map(|(_, nice)| *nice)
-            .collect()
-    };
-    for chore in [
-        "keepring-trash",
-        "keepring-empty",
-        "keepring-temp",
-        "keepring-drive",
-        "keepring-pull",
-    ] {
-        let found = of(chore);
-        assert!(!found.is_empty(), "no {chore} thread in {niceness:?}");
-        assert!(found.iter().all(|nice| *nice == 10), "{chore}: {niceness:?}");
-    }
-    for serving in ["keepring-worker", "keepring-helper"] {
-        let found = of(serving);
-        assert!(!found.is_empty(), "no {serving} thread in {niceness:?}");
-        assert!(found.iter().all(|nice| *nice == 0), "{serving}: {niceness:?}");
-    }
-}
-
 #[test]
 fn gets_keep_their_latency_while_a_large_trash_list_is_processed() {
     const BLOCKS: usize = 20_000;
