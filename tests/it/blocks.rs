@@ -934,17 +934,10 @@ fn every_md5_kernel_stores_serves_and_checks_blocks_under_concurrency() {
         // Every byte went through the core's hasher twice (its PUT, its GET); the worker
         // copies the hasher's totals into /metrics every second.
         let stored_bytes: u64 = blocks.iter().map(|data| data.len() as u64).sum();
-        let counted = |name: &str| {
-            let metrics = server.request(Request::get("/metrics")).text();
-            metrics
-                .lines()
-                .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while counted("keepring_md5_bytes_total") < 2 * stored_bytes && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let counted = |name: &str| crate::ops::metrics(&server).get(name).copied().unwrap_or(0.0) as u64;
+        eventually(Duration::from_secs(5), || {
+            counted("keepring_md5_bytes_total") >= 2 * stored_bytes
+        });
         assert_eq!(
             counted("keepring_md5_bytes_total"),
             2 * stored_bytes,

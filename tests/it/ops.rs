@@ -97,7 +97,8 @@ fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
     series
 }
 
-fn metrics(server: &TestServer) -> BTreeMap<String, f64> {
+/// Every series of the server's /metrics by name (labels included); also used by `blocks`.
+pub(crate) fn metrics(server: &TestServer) -> BTreeMap<String, f64> {
     let response = server.request(Request::get("/metrics"));
     assert_eq!(response.status, 200, "{}", response.summary());
     parse_metrics(&response.text())
