@@ -18,9 +18,11 @@
 #   - runs every case in interleaved rounds (keepring, nginx, keepring, nginx …), --rounds
 #     each, --duration seconds each: GET 4 KiB, GET 1 MiB, GET 64 MiB (wrk), HEAD 4 KiB (hey:
 #     wrk cannot do HEAD, it waits for a body), GET 4 KiB while 64 MiB GETs run beside it
-#     (p50/p99 of the small ones), PUT 1 MiB and PUT 64 MiB (wrk + scripts/bench/wrk.lua; the
-#     stored copy is removed before each PUT so every PUT writes and fsyncs; nginx takes no
-#     PUT, so these are keepring alone, compared with the MD5 rate);
+#     (p50/p99 of the small ones), PUT 1 MiB and PUT 64 MiB (scripts/bench/put-load.py, a
+#     thread per connection sending whole blocks back to back: wrk copies a Lua-made request
+#     on its one thread each time, which starved 64 MiB PUTs; the stored copy is removed
+#     before each PUT so every PUT writes and fsyncs; nginx takes no PUT, so these are
+#     keepring alone, compared with the MD5 rate and the disk's);
 #   - samples each server's CPU time (utime+stime of the process and its children from
 #     /proc/PID/stat) around every round → CPU µs per request.
 # Writes OUT/bench-<date>.csv (every round), OUT/summary.md (medians, ratios, the issue's
@@ -352,7 +354,9 @@ measure() {
         cmd=(timeout $((duration + 60)) nice -n "$nice_level" taskset -c "$client_cores" wrk -t"$threads" -c"$conns" -d"${duration}s"
             --timeout 30s -s "$repo/scripts/bench/wrk.lua")
         if [[ -n $put_list ]]; then
-            cmd=(env BENCH_PUT_LIST="$put_list" "${cmd[@]}" "http://127.0.0.1:$port/")
+            cmd=(timeout $((duration + 60)) nice -n "$nice_level" taskset -c "$client_cores" python3
+                "$repo/scripts/bench/put-load.py" --list "$put_list" --connections "$conns" --duration "$duration"
+                "http://127.0.0.1:$port/")
         else
             cmd+=("$url")
         fi
