@@ -3,6 +3,7 @@
 //! ARCHITECTURE.md is the map (modules, one request's path, one restart's path, the rules
 //! on which module may use which) and each module's `//!` tells its part.
 
+pub mod allocator;
 pub mod api;
 pub mod blocking;
 pub mod bufpool;
@@ -29,3 +30,7 @@ pub mod supervisor;
 pub mod tls;
 pub mod volume;
 pub mod volumes;
+
+/// Big allocations page-aligned, so PUT bodies can be written with O_DIRECT (`allocator`).
+#[global_allocator]
+static ALLOCATOR: allocator::PageAlignedLarge = allocator::PageAlignedLarge;

@@ -17,7 +17,7 @@ use crate::http::reply::{Reply, TEXT_PLAIN};
 use crate::http::request::Head;
 use crate::http::session::Session;
 use crate::http::token::tokens;
-use crate::limits::{BLOCK_BYTES_MAX, HASH_HEX_LEN, STREAMED_WRITE_BYTES_MIN, WRITE_STEP_BYTES};
+use crate::limits::{BLOCK_BYTES_MAX, HASH_HEX_LEN, STREAMED_WRITE_BYTES_MIN};
 use crate::locator::Locator;
 use crate::md5lanes::LaneState;
 use crate::metrics::{VolumeErrorKind, VolumeOp};
@@ -118,7 +118,7 @@ async fn receive(
         reader.put_back(body);
         digest = advanced;
         if let Some(write) = streamed.as_mut() {
-            if reader.body().len() - write.writer.written() >= WRITE_STEP_BYTES {
+            if write.writer.wants(reader.body().len()) {
                 write.append(reader).await;
             }
         }
@@ -161,7 +161,11 @@ impl StreamedWrite {
         reader: &mut body::BodyReader,
         progress: &mut StoreProgress,
     ) -> Arc<Volume> {
-        self.append(reader).await;
+        if self.failure.is_none() {
+            let (result, body) = self.writer.append_last(reader.lend()).await;
+            reader.put_back(body);
+            self.failure = result.err();
+        }
         let result = match self.failure.take() {
             Some(error) => {
                 self.writer.abandon().await;

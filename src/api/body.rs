@@ -188,8 +188,11 @@ impl BodyReader {
             core.pool.grow(&mut self.lease, CHUNK_BYTES as u64).await?;
             self.leased_body_bytes += CHUNK_BYTES as u64;
             if (self.body.capacity() as u64) < self.leased_body_bytes {
-                self.body
-                    .reserve_exact(self.leased_body_bytes as usize - self.body.len());
+                // Doubled, not grown a chunk at a time: growing a big buffer copies it
+                // (`allocator`). Pages past the lease stay untouched, so not resident.
+                let doubled = (2 * self.body.capacity()).min(self.bytes_max as usize + 1);
+                let want = (self.leased_body_bytes as usize).max(doubled);
+                self.body.reserve_exact(want - self.body.len());
             }
         }
         let before = self.body.len();

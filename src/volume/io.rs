@@ -16,11 +16,13 @@ use std::sync::{Arc, OnceLock};
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::fs::{File, OpenOptions};
 
+use crate::allocator::PAGE_BYTES;
 use crate::blocking::Pool;
 use crate::digest::FileIdentity;
 use crate::limits::{
-    BLOCK_BYTES_MAX, CHUNK_BYTES, DRIVE_PROBE_BYTES, FREE_SPACE_READING_AGE_MS_MAX, STREAMED_WRITE_BYTES_MIN,
-    TEMP_CREATE_ATTEMPTS_MAX, VOLUME_FREE_BYTES_MIN, WRITEBACK_QUEUE_MAX, WRITEBACK_STEP_BYTES, WRITE_STEP_BYTES,
+    BLOCK_BYTES_MAX, CHUNK_BYTES, DIRECT_WRITE_STEP_BYTES, DRIVE_PROBE_BYTES, FREE_SPACE_READING_AGE_MS_MAX,
+    STREAMED_WRITE_BYTES_MIN, TEMP_CREATE_ATTEMPTS_MAX, VOLUME_FREE_BYTES_MIN, WRITEBACK_QUEUE_MAX,
+    WRITEBACK_STEP_BYTES, WRITE_STEP_BYTES,
 };
 use crate::volume::temp::{self, Claim};
 use crate::volume::{layout, now_ms, Volume};
@@ -226,7 +228,7 @@ pub async fn write_block(
         Ok(writer) => writer,
         Err(error) => return (Err(error), data),
     };
-    let (result, data) = writer.append(data).await;
+    let (result, data) = writer.append_last(data).await;
     let result = match result {
         Ok(()) => writer.commit().await,
         Err(error) => {
@@ -315,12 +317,23 @@ pub fn probe_blocking(root: &Path, random: u64) -> io::Result<()> {
 
 /// One block being written: a temp file in the block's directory that becomes the block
 /// only on `commit` (fdatasync, rename, directory fsync). Bytes may be appended while the
-/// body still arrives; writeback of each `WRITEBACK_STEP_BYTES` starts as soon as it is
-/// written, so the final fdatasync finds little left to do. A writer dropped before
-/// `commit` or `abandon` (a request cut short) has a helper thread remove its temp file.
+/// body still arrives.
+///
+/// A block whose space was reserved (its length known, `STREAMED_WRITE_BYTES_MIN` or
+/// more) is written past the page cache (`O_DIRECT`, through a second descriptor) from
+/// page-aligned memory (`allocator`) in whole pages: no copy into the cache, no writeback
+/// to start, and a stored block does not push blocks being read out of the cache. Its
+/// last partial page, any unaligned piece, and every write on a filesystem that refuses
+/// `O_DIRECT` (at open or at the first write) go through the cache as before; there the
+/// writeback of each `WRITEBACK_STEP_BYTES` starts as soon as it is written, so the final
+/// fdatasync (which covers both descriptors' writes: it is per file) finds little left.
+/// A writer dropped before `commit` or `abandon` (a request cut short) has a helper
+/// thread remove its temp file.
 pub struct BlockWriter {
     helpers: Pool,
     file: Option<File>,
+    /// The temp file opened again with `O_DIRECT`, while direct writes work.
+    direct: Option<File>,
     temp: PathBuf,
     dir: PathBuf,
     target: PathBuf,
@@ -357,9 +370,14 @@ impl BlockWriter {
             let _ = tokio_uring::fs::remove_file(&temp).await;
             return Err(error.into());
         }
+        let direct = match length.filter(|length| reserves_space(*length)) {
+            Some(_) => open_direct(&temp).await,
+            None => None,
+        };
         Ok(BlockWriter {
             helpers: helpers.clone(),
             file: Some(file),
+            direct,
             temp,
             dir,
             target: layout::block_path(root, hash),
@@ -368,33 +386,93 @@ impl BlockWriter {
         })
     }
 
+    /// Whether `length` bytes of the block so far are worth an `append` now: a write
+    /// step's worth is waiting.
+    pub fn wants(&self, length: usize) -> bool {
+        length.saturating_sub(self.written) >= self.step()
+    }
+
+    fn step(&self) -> usize {
+        match self.direct {
+            Some(_) => DIRECT_WRITE_STEP_BYTES,
+            None => WRITE_STEP_BYTES,
+        }
+    }
+
+    /// Whether this block is being written past the page cache (tests).
+    #[cfg(test)]
+    pub fn writes_directly(&self) -> bool {
+        self.direct.is_some()
+    }
+
     /// Bytes written so far (the file holds `data[..written()]`).
     pub fn written(&self) -> usize {
         self.written
     }
 
-    /// Write `data[written()..]` at its offset (`data` is the block so far),
-    /// `WRITE_STEP_BYTES` per write: a 64 MiB copy into the page cache in one go would hold
-    /// the submitting core for tens of milliseconds.
-    pub async fn append(&mut self, mut data: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
-        let Some(file) = self.file.as_ref() else {
-            return (Err(io::ErrorKind::NotConnected.into()), data);
+    /// Write what arrived of `data` (the block so far) beyond `written()`, more to come:
+    /// while writing directly, only whole pages (the rest waits for more bytes, or for
+    /// `append_last`).
+    pub async fn append(&mut self, data: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+        let end = match self.direct {
+            Some(_) => data.len() / PAGE_BYTES * PAGE_BYTES,
+            None => data.len(),
         };
+        self.write_through(data, end).await
+    }
+
+    /// Write all of `data` beyond `written()`: the block is whole.
+    pub async fn append_last(&mut self, data: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
         let end = data.len();
-        debug_assert!(self.written <= end);
+        self.write_through(data, end).await
+    }
+
+    /// Write `data[written()..end]` at its offset, a step per write (`WRITE_STEP_BYTES`
+    /// through the cache: a 64 MiB copy into it in one go would hold the submitting core
+    /// for tens of milliseconds; `DIRECT_WRITE_STEP_BYTES` past it).
+    async fn write_through(&mut self, mut data: Vec<u8>, end: usize) -> (io::Result<()>, Vec<u8>) {
+        if self.file.is_none() {
+            return (Err(io::ErrorKind::NotConnected.into()), data);
+        }
+        debug_assert!(end <= data.len());
         while self.written < end {
-            let step_end = (self.written + WRITE_STEP_BYTES).min(end);
+            let mut step_end = (self.written + self.step()).min(end);
+            let start_aligned = (data.as_ptr() as usize + self.written).is_multiple_of(PAGE_BYTES);
+            let whole_pages = (step_end - self.written) / PAGE_BYTES * PAGE_BYTES;
+            let direct = self.direct.as_ref().filter(|_| start_aligned && whole_pages > 0);
+            if direct.is_some() {
+                // The whole pages directly; a partial last page next, through the cache.
+                step_end = self.written + whole_pages;
+            }
+            let through = direct.or(self.file.as_ref());
+            let Some(file) = through else {
+                return (Err(io::ErrorKind::NotConnected.into()), data);
+            };
             let (result, slice) = file
                 .write_all_at(data.slice(self.written..step_end), self.written as u64)
                 .await;
             data = slice.into_inner();
-            if let Err(error) = result {
-                return (Err(error), data);
+            match result {
+                Ok(()) => {}
+                // The filesystem took the O_DIRECT open but not the write (its block size
+                // is above a page, say): this block goes through the cache from here on.
+                Err(error) if direct.is_some() && error.raw_os_error() == Some(libc::EINVAL) => {
+                    self.direct = None;
+                    continue;
+                }
+                Err(error) => return (Err(error), data),
             }
             self.written = step_end;
-            if self.written - self.writeback_from >= WRITEBACK_STEP_BYTES {
-                start_writeback(file, self.writeback_from, self.written - self.writeback_from);
-                self.writeback_from = self.written;
+            match direct.is_some() {
+                // Nothing of this range waits in the cache.
+                true => self.writeback_from = self.written,
+                false if self.written - self.writeback_from >= WRITEBACK_STEP_BYTES => {
+                    if let Some(file) = self.file.as_ref() {
+                        start_writeback(file, self.writeback_from, self.written - self.writeback_from);
+                    }
+                    self.writeback_from = self.written;
+                }
+                false => {}
             }
         }
         (Ok(()), data)
@@ -405,8 +483,12 @@ impl BlockWriter {
         let Some(file) = self.file.take() else {
             return Err(WriteError::Failed(io::ErrorKind::NotConnected.into()));
         };
+        if let Some(direct) = self.direct.take() {
+            let _ = direct.close().await;
+        }
         // Renamed while still open, so the temp file's lock (`temp::claim`) holds until
-        // it has its block name: the sweep can never take it in between.
+        // it has its block name: the sweep can never take it in between. One fdatasync
+        // covers what both descriptors wrote.
         let result = match file.sync_data().await {
             Ok(()) => commit(&self.temp, &self.target, &self.dir).await,
             Err(error) => Err(error),
@@ -423,6 +505,9 @@ impl BlockWriter {
 
     /// Give up: close and remove the temp file.
     pub async fn abandon(mut self) {
+        if let Some(direct) = self.direct.take() {
+            let _ = direct.close().await;
+        }
         if let Some(file) = self.file.take() {
             let _ = file.close().await;
         }
@@ -496,6 +581,18 @@ fn writeback_thread() -> Option<&'static SyncSender<(OwnedFd, u64, u64)>> {
             }
         })
         .as_ref()
+}
+
+/// The temp file at `path` opened again for direct writes; `None` where the filesystem
+/// has no `O_DIRECT` (tmpfs before Linux 6.6, some FUSE filesystems): the block is then
+/// written through the cache.
+async fn open_direct(path: &Path) -> Option<File> {
+    OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .await
+        .ok()
 }
 
 /// A new temp file for block `hash`, created exclusively and claimed (`temp::claim`):

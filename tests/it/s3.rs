@@ -220,16 +220,23 @@ fn delete_moves_a_block_to_trash_and_untrash_brings_it_back() {
         head(store, &format!("trash/{hash}")).map(|(size, _)| size),
         Some(data.len() as u64)
     );
-    // Garage's listing may name a just-deleted object for a moment (its GET and HEAD do
-    // not): wait for it, bounded.
+    // Garage's listing may name a just-deleted object for a while (its GET and HEAD do
+    // not): wait for it, bounded. Seen here: still listed after 5 s in 2 of 3 runs of the
+    // S3 tests right after a full test run, never in the 10 runs after; the message
+    // tells what the store and the index said.
     let listed = |server: &TestServer| {
         index_lines(server, &hash[..6])
             .iter()
             .any(|line| line.starts_with(&hash))
     };
     assert!(
-        eventually(Duration::from_secs(5), || !listed(&server)),
-        "trash still listed"
+        eventually(Duration::from_secs(15), || !listed(&server)),
+        "trash still listed: index {:?}, HEAD {:?}, trash/ HEAD {:?}, recent/ HEAD {:?}; plain listing {}",
+        index_lines(&server, &hash[..6]),
+        head(store, &hash),
+        head(store, &format!("trash/{hash}")),
+        head(store, &format!("recent/{hash}")),
+        plain_client(store, &store.bucket, &["list", &hash[..6]]).trim()
     );
     let untrashed = server.request(Request::put(&format!("/untrash/{locator}"), b"").token(ROOT_TOKEN));
     assert_eq!(untrashed.status, 200, "{}", untrashed.summary());

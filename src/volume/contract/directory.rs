@@ -352,3 +352,96 @@ fn a_big_block_reserves_its_space_and_is_written_whole() {
         assert_eq!(get(volume, &blocking_hash).as_deref(), Some(&blocking[..]));
     });
 }
+
+/// Pages of `path` in the page cache now (mincore on a read-only mapping).
+fn cached_pages(path: &Path) -> usize {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open(path).expect("open");
+    let length = file.metadata().expect("stat").len() as usize;
+    let pages = length.div_ceil(crate::allocator::PAGE_BYTES);
+    // SAFETY: a read-only shared mapping of an open file, unmapped below; mincore writes
+    // one byte per page into a vector of that many bytes.
+    unsafe {
+        let address = libc::mmap(
+            std::ptr::null_mut(),
+            length,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        );
+        assert_ne!(address, libc::MAP_FAILED, "mmap");
+        let mut resident = vec![0u8; pages];
+        let status = libc::mincore(address, length, resident.as_mut_ptr());
+        libc::munmap(address, length);
+        assert_eq!(status, 0, "mincore");
+        resident.iter().filter(|&&flags| flags & 1 != 0).count()
+    }
+}
+
+/// Whether `path` is on tmpfs, where every page of a file is memory (and "cached").
+fn on_tmpfs(path: &Path) -> bool {
+    let path = crate::volume::io::c_path(path).expect("path");
+    // SAFETY: statfs fills the struct it is given.
+    unsafe {
+        let mut stat: libc::statfs = std::mem::zeroed();
+        libc::statfs(path.as_ptr(), &mut stat) == 0 && stat.f_type == libc::TMPFS_MAGIC
+    }
+}
+
+#[test]
+fn a_big_block_arriving_in_ragged_pieces_is_written_past_the_page_cache() {
+    use crate::limits::{DIRECT_WRITE_STEP_BYTES, STREAMED_WRITE_BYTES_MIN};
+    on_a_directory(|volume| {
+        // More than one direct step, ending in a partial page.
+        let block = super::fresh_block(DIRECT_WRITE_STEP_BYTES + 3 * 1024 * 1024 + 1000);
+        let hash = md5_hex(&block);
+        let directly = tokio_uring::start(async {
+            let mut writer = io::BlockWriter::create(volume, &hash, 7, Some(block.len() as u64), helpers())
+                .await
+                .expect("create");
+            let directly = writer.writes_directly();
+            // As a body arrives: pieces of odd sizes, an append whenever a step waits.
+            let mut body = Vec::with_capacity(block.len());
+            for piece in block.chunks(128 * 1024 + 7) {
+                body.extend_from_slice(piece);
+                if writer.wants(body.len()) {
+                    let (result, returned) = writer.append(body).await;
+                    result.expect("append");
+                    body = returned;
+                    assert!(writer.written() <= body.len());
+                }
+            }
+            let (result, _) = writer.append_last(body).await;
+            result.expect("append the rest");
+            assert_eq!(writer.written(), block.len());
+            writer.commit().await.expect("commit");
+            directly
+        });
+        let path = layout::block_path(&volume.root, &hash);
+        if !on_tmpfs(&volume.root) {
+            assert!(directly, "ext4, xfs and btrfs take O_DIRECT");
+            // At most the last, partial page went through the cache.
+            let cached = cached_pages(&path);
+            assert!(cached <= 1, "{cached} pages of the block are in the page cache");
+        }
+        assert!(
+            std::fs::read(&path).expect("read") == block,
+            "the stored bytes are the block's"
+        );
+        // A small block goes through the cache as before.
+        let small = super::fresh_block(STREAMED_WRITE_BYTES_MIN as usize - 1);
+        let small_hash = md5_hex(&small);
+        let small_directly = tokio_uring::start(async {
+            let writer = io::BlockWriter::create(volume, &small_hash, 8, Some(small.len() as u64), helpers())
+                .await
+                .expect("create");
+            let directly = writer.writes_directly();
+            writer.abandon().await;
+            directly
+        });
+        assert!(!small_directly);
+        assert_eq!(put(volume, &small), small_hash);
+        assert!(std::fs::read(layout::block_path(&volume.root, &small_hash)).expect("read") == small);
+    });
+}
