@@ -96,7 +96,9 @@ mod tests {
         // glibc's own small-block alignment is 16: at least one of a few small blocks is
         // not on a page, which shows the rule does not apply below the threshold.
         let small: Vec<Vec<u8>> = (0..8).map(|_| Vec::with_capacity(100)).collect();
-        assert!(small.iter().any(|buffer| !(buffer.as_ptr() as usize).is_multiple_of(PAGE_BYTES)));
+        assert!(small
+            .iter()
+            .any(|buffer| !(buffer.as_ptr() as usize).is_multiple_of(PAGE_BYTES)));
     }
 
     #[test]

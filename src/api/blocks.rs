@@ -473,10 +473,12 @@ fn write_reply(core: &Core, head: &Head, hash: &str, size: u64, stored: &[Arc<Vo
     let Reply::Full(mut response) = Reply::text(200, TEXT_PLAIN, locator.into_bytes()) else {
         unreachable!("Reply::text is a full reply")
     };
-    response.extra.push(format!("X-Keep-Replicas-Stored: {replicas}"));
     response
         .extra
-        .push(format!("X-Keep-Storage-Classes-Confirmed: {}", confirmed.join(", ")));
+        .push(format!("X-Keep-Replicas-Stored: {replicas}").into());
+    response
+        .extra
+        .push(format!("X-Keep-Storage-Classes-Confirmed: {}", confirmed.join(", ")).into());
     Reply::Full(response)
 }
 

@@ -7,6 +7,7 @@
 //! with the head, the ones between by sendfile from the page cache, the last one from the
 //! bytes just hashed. HEAD reads and checks the whole copy before answering.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -94,7 +95,7 @@ pub async fn read<'a>(
             status: 200,
             framing: BodyFraming::Length(stream.size),
             content_type: Some("application/octet-stream"),
-            extra: vec!["Vary: X-Keep-Signature".to_string()],
+            extra: vec![Cow::Borrowed("Vary: X-Keep-Signature")],
             body: Box::new(stream),
         }));
     }
@@ -300,6 +301,17 @@ impl<'a> BlockStream<'a> {
 }
 
 impl BodySource for BlockStream<'_> {
+    fn ready(&mut self, spent: Vec<u8>) -> Result<Result<Piece, RequestError>, Vec<u8>> {
+        if let Some(first) = self.first.take() {
+            return Ok(Ok(first));
+        }
+        if self.offset == self.size {
+            self.core.pool.recycle(spent);
+            return Ok(Ok(Piece::End));
+        }
+        Err(spent)
+    }
+
     fn next(&mut self, spent: Vec<u8>) -> Pin<Box<dyn Future<Output = Result<Piece, RequestError>> + '_>> {
         Box::pin(async move {
             if let Some(first) = self.first.take() {

@@ -3,6 +3,7 @@
 //! (length or chunked framing, the head leaving with the first piece). Handlers never
 //! write to the socket.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::os::fd::RawFd;
 use std::pin::Pin;
@@ -15,7 +16,7 @@ use crate::http::response::BodyFraming;
 pub struct Response {
     pub status: u16,
     pub content_type: Option<&'static str>,
-    pub extra: Vec<String>,
+    pub extra: Vec<Cow<'static, str>>,
     pub body: Vec<u8>,
     /// `/metrics` and `/_health` carry no CORS headers (keepstore-observed.md).
     pub cors: bool,
@@ -27,7 +28,7 @@ pub struct Streamed<'a> {
     /// `Length` must be exactly what the source yields; `Chunked` is framed by the session.
     pub framing: BodyFraming,
     pub content_type: Option<&'static str>,
-    pub extra: Vec<String>,
+    pub extra: Vec<Cow<'static, str>>,
     pub body: Box<dyn BodySource + 'a>,
 }
 
@@ -46,6 +47,14 @@ pub enum Piece {
 
 /// Where a streamed body comes from.
 pub trait BodySource {
+    /// The next piece when it is at hand without waiting (a piece read ahead, the end):
+    /// then no future is made (a boxed future per piece costs a malloc of its whole
+    /// state, which for a 4 KiB GET is most of what the allocator does). Else the
+    /// buffer comes back for `next`.
+    fn ready(&mut self, spent: Vec<u8>) -> Result<Result<Piece, RequestError>, Vec<u8>> {
+        Err(spent)
+    }
+
     /// The next piece. `spent` is the buffer of the piece before, written and ready for
     /// reuse (empty at the first call). An error before any byte left becomes an error
     /// response; after, the body is cut (the connection closes mid-body).

@@ -1,6 +1,7 @@
 //! Response heads. Every response carries the CORS headers keepstore sends (except on
 //! `/metrics` and `/_health`), `X-Request-Id`, `Date` and an explicit framing header.
 
+use std::borrow::Cow;
 use std::io::Write;
 
 use crate::error::reason_phrase;
@@ -25,7 +26,7 @@ pub struct ResponseHead<'a> {
     pub framing: BodyFraming,
     pub content_type: Option<&'a str>,
     /// Extra headers, each `Name: value` without the line end.
-    pub extra: Vec<String>,
+    pub extra: Vec<Cow<'static, str>>,
     pub cors: bool,
     pub request_id: Option<&'a str>,
     pub close: bool,

@@ -399,7 +399,7 @@ impl Session {
         if !response.cors {
             head.request_id = None;
         }
-        let mut out = Vec::with_capacity(512 + response.body.len());
+        let mut out = Vec::with_capacity(1024 + response.body.len());
         head.write_to(&mut out);
         let body_bytes = if self.is_head { 0 } else { response.body.len() as u64 };
         if !self.is_head {
@@ -425,7 +425,8 @@ impl Session {
         let mut head = self.response_head(status, framing);
         head.content_type = content_type;
         head.extra = extra;
-        let mut pending = Vec::with_capacity(512);
+        // Room for the head (the CORS lines alone are ~420 bytes) without a realloc.
+        let mut pending = Vec::with_capacity(1024);
         head.write_to(&mut pending);
         if self.is_head {
             self.write_raw(pending).await.0?;
@@ -463,7 +464,11 @@ impl Session {
         let mut spent = Vec::new();
         let mut bytes_out = 0u64;
         loop {
-            let (result, returned) = match source.next(spent).await? {
+            let piece = match source.ready(spent) {
+                Ok(piece) => piece?,
+                Err(spent) => source.next(spent).await?,
+            };
+            let (result, returned) = match piece {
                 Piece::End => return Ok(bytes_out),
                 // Over TLS the bytes must be encrypted: the buffer holds them (below).
                 Piece::File { fd, position, buffer } if pending.is_empty() && !chunked && self.tls.is_none() => {
