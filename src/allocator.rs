@@ -49,6 +49,8 @@ unsafe impl GlobalAlloc for PageAlignedLarge {
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // For a big block this is malloc + memset (the system has no aligned calloc), so
+        // every page becomes resident at once; no request path asks for big zeroed blocks.
         // SAFETY: as `alloc`.
         unsafe { System.alloc_zeroed(system_layout(layout)) }
     }

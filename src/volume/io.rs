@@ -220,12 +220,12 @@ fn read_cached(file: &File, buffer: &mut Vec<u8>, end: usize, position: u64) -> 
     let read = unsafe {
         libc::syscall(
             libc::SYS_preadv2,
-            file.as_raw_fd(),
+            file.as_raw_fd() as libc::c_long,
             &iov as *const libc::iovec,
-            1,
+            1 as libc::c_long,
             position as libc::c_long,
-            0,
-            libc::RWF_NOWAIT,
+            0 as libc::c_long,
+            libc::RWF_NOWAIT as libc::c_long,
         )
     };
     if read < 0 {
@@ -484,8 +484,13 @@ impl BlockWriter {
         }
         debug_assert!(end <= data.len());
         while self.written < end {
-            let mut step_end = (self.written + self.step()).min(end);
             let start_aligned = (data.as_ptr() as usize + self.written).is_multiple_of(PAGE_BYTES);
+            // Through the cache a step is a copy that holds the core: the short step.
+            let step = match self.direct.is_some() && start_aligned {
+                true => DIRECT_WRITE_STEP_BYTES,
+                false => WRITE_STEP_BYTES,
+            };
+            let mut step_end = (self.written + step).min(end);
             let whole_pages = (step_end - self.written) / PAGE_BYTES * PAGE_BYTES;
             let direct = self.direct.as_ref().filter(|_| start_aligned && whole_pages > 0);
             if direct.is_some() {
@@ -503,8 +508,12 @@ impl BlockWriter {
             match result {
                 Ok(()) => {}
                 // The filesystem took the O_DIRECT open but not the write (its block size
-                // is above a page, say): this block goes through the cache from here on.
-                Err(error) if direct.is_some() && error.raw_os_error() == Some(libc::EINVAL) => {
+                // is above a page, say): this block goes through the cache from here on,
+                // from `written` (a direct step that failed half way is written again).
+                Err(error)
+                    if direct.is_some()
+                        && matches!(error.raw_os_error(), Some(libc::EINVAL) | Some(libc::EOPNOTSUPP)) =>
+                {
                     self.direct = None;
                     continue;
                 }
@@ -531,13 +540,21 @@ impl BlockWriter {
         let Some(file) = self.file.take() else {
             return Err(WriteError::Failed(io::ErrorKind::NotConnected.into()));
         };
-        if let Some(direct) = self.direct.take() {
-            let _ = direct.close().await;
-        }
-        // Renamed while still open, so the temp file's lock (`temp::claim`) holds until
-        // it has its block name: the sweep can never take it in between. One fdatasync
-        // covers what both descriptors wrote.
-        let result = match file.sync_data().await {
+        // A close can report a write the filesystem had still buffered for that
+        // descriptor (FUSE, NFS flush on close): then the block is not stored.
+        let closed = match self.direct.take() {
+            Some(direct) => direct.close().await,
+            None => Ok(()),
+        };
+        // Renamed while still open, so the temp file's lock (`temp::claim`, an OFD lock,
+        // which closing the other descriptor leaves alone) holds until it has its block
+        // name: the sweep can never take it in between. One fdatasync covers what both
+        // descriptors wrote (it is per file).
+        let result = match closed {
+            Err(error) => Err(error),
+            Ok(()) => file.sync_data().await,
+        };
+        let result = match result {
             Ok(()) => commit(&self.temp, &self.target, &self.dir).await,
             Err(error) => Err(error),
         };

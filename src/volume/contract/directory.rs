@@ -393,42 +393,50 @@ fn on_tmpfs(path: &Path) -> bool {
 fn a_big_block_arriving_in_ragged_pieces_is_written_past_the_page_cache() {
     use crate::limits::{DIRECT_WRITE_STEP_BYTES, STREAMED_WRITE_BYTES_MIN};
     on_a_directory(|volume| {
-        // More than one direct step, ending in a partial page.
-        let block = super::fresh_block(DIRECT_WRITE_STEP_BYTES + 3 * 1024 * 1024 + 1000);
-        let hash = md5_hex(&block);
-        let directly = tokio_uring::start(async {
-            let mut writer = io::BlockWriter::create(volume, &hash, 7, Some(block.len() as u64), helpers())
-                .await
-                .expect("create");
-            let directly = writer.writes_directly();
-            // As a body arrives: pieces of odd sizes, an append whenever a step waits.
-            let mut body = Vec::with_capacity(block.len());
-            for piece in block.chunks(128 * 1024 + 7) {
-                body.extend_from_slice(piece);
-                if writer.wants(body.len()) {
-                    let (result, returned) = writer.append(body).await;
-                    result.expect("append");
-                    body = returned;
-                    assert!(writer.written() <= body.len());
+        // More than one direct step, ending in a partial page; and whole pages only.
+        for length in [
+            DIRECT_WRITE_STEP_BYTES + 3 * 1024 * 1024 + 1000,
+            DIRECT_WRITE_STEP_BYTES + 2 * 1024 * 1024,
+        ] {
+            let block = super::fresh_block(length);
+            let hash = md5_hex(&block);
+            let directly = tokio_uring::start(async {
+                let mut writer = io::BlockWriter::create(volume, &hash, 7, Some(block.len() as u64), helpers())
+                    .await
+                    .expect("create");
+                let directly = writer.writes_directly();
+                // As a body arrives: pieces of odd sizes, an append whenever a step waits.
+                let mut body = Vec::with_capacity(block.len());
+                for piece in block.chunks(128 * 1024 + 7) {
+                    body.extend_from_slice(piece);
+                    if writer.wants(body.len()) {
+                        let (result, returned) = writer.append(body).await;
+                        result.expect("append");
+                        body = returned;
+                        assert!(writer.written() <= body.len());
+                    }
                 }
+                let (result, _) = writer.append_last(body).await;
+                result.expect("append the rest");
+                assert_eq!(writer.written(), block.len());
+                writer.commit().await.expect("commit");
+                directly
+            });
+            let path = layout::block_path(&volume.root, &hash);
+            if !on_tmpfs(&volume.root) {
+                assert!(directly, "ext4, xfs and btrfs take O_DIRECT");
+                // At most the last, partial page went through the cache.
+                let cached = cached_pages(&path);
+                assert!(
+                    cached <= 1,
+                    "{cached} pages of a {length}-byte block are in the page cache"
+                );
             }
-            let (result, _) = writer.append_last(body).await;
-            result.expect("append the rest");
-            assert_eq!(writer.written(), block.len());
-            writer.commit().await.expect("commit");
-            directly
-        });
-        let path = layout::block_path(&volume.root, &hash);
-        if !on_tmpfs(&volume.root) {
-            assert!(directly, "ext4, xfs and btrfs take O_DIRECT");
-            // At most the last, partial page went through the cache.
-            let cached = cached_pages(&path);
-            assert!(cached <= 1, "{cached} pages of the block are in the page cache");
+            assert!(
+                std::fs::read(&path).expect("read") == block,
+                "the stored bytes are the block's"
+            );
         }
-        assert!(
-            std::fs::read(&path).expect("read") == block,
-            "the stored bytes are the block's"
-        );
         // A small block goes through the cache as before.
         let small = super::fresh_block(STREAMED_WRITE_BYTES_MIN as usize - 1);
         let small_hash = md5_hex(&small);
