@@ -221,23 +221,29 @@ fn delete_moves_a_block_to_trash_and_untrash_brings_it_back() {
         Some(data.len() as u64)
     );
     // Garage's listing may name a just-deleted object for a while (its GET and HEAD do
-    // not): wait for it, bounded. Seen here: still listed after 5 s in 2 of 3 runs of the
-    // S3 tests right after a full test run, never in the 10 runs after; the message
-    // tells what the store and the index said.
+    // not): wait for it, bounded. Seen here under the full test suite's load: still
+    // listed after 15 s by the store's own listing (boto3) while HEAD said it was gone.
+    // The object's deletion is checked above through HEAD; what the index must then do is
+    // say what the store's listing says.
     let listed = |server: &TestServer| {
         index_lines(server, &hash[..6])
             .iter()
             .any(|line| line.starts_with(&hash))
     };
-    assert!(
-        eventually(Duration::from_secs(15), || !listed(&server)),
-        "trash still listed: index {:?}, HEAD {:?}, trash/ HEAD {:?}, recent/ HEAD {:?}; plain listing {}",
-        index_lines(&server, &hash[..6]),
-        head(store, &hash),
-        head(store, &format!("trash/{hash}")),
-        head(store, &format!("recent/{hash}")),
-        plain_client(store, &store.bucket, &["list", &hash[..6]]).trim()
-    );
+    if !eventually(Duration::from_secs(15), || !listed(&server)) {
+        let store_listing = plain_client(store, &store.bucket, &["list", &hash[..6]]);
+        assert!(
+            store_listing.contains(&hash),
+            "trash still listed by the index and not by the store: index {:?}, HEAD {:?}, trash/ HEAD {:?}, \
+             recent/ HEAD {:?}; store listing {}",
+            index_lines(&server, &hash[..6]),
+            head(store, &hash),
+            head(store, &format!("trash/{hash}")),
+            head(store, &format!("recent/{hash}")),
+            store_listing.trim()
+        );
+        eprintln!("Garage still lists the deleted {hash} after 15 s (HEAD: gone); the index agrees with it");
+    }
     let untrashed = server.request(Request::put(&format!("/untrash/{locator}"), b"").token(ROOT_TOKEN));
     assert_eq!(untrashed.status, 200, "{}", untrashed.summary());
     assert_eq!(head(store, &hash), Some((data.len() as u64, hash.clone())));
