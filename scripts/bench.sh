@@ -100,6 +100,14 @@ done
 
 # ---------------------------------------------------------------------------- build
 run cargo build --release --quiet
+# The revision measured: the tree as built now (edits made while the run goes on are not in it).
+if revision=$(git -C "$repo" rev-parse --short HEAD 2>/dev/null); then
+    if [[ -n $(git -C "$repo" status --porcelain --untracked-files=no -- src Cargo.toml Cargo.lock) ]]; then
+        revision+=" with uncommitted changes in src/ or Cargo.*"
+    fi
+else
+    revision="unknown (not a git checkout)"
+fi
 target_dir=${CARGO_TARGET_DIR:-$repo/target}
 binary=$target_dir/release/keepring
 
@@ -452,16 +460,9 @@ echo "measured in $(($(date +%s) - started)) s"
 
 # ---------------------------------------------------------------------------- report
 # The commit measured, and whether the code differs from it (the bench tooling itself aside).
-if revision=$(git -C "$repo" rev-parse --short HEAD 2>/dev/null); then
-    if [[ -n $(git -C "$repo" status --porcelain --untracked-files=no -- src Cargo.toml Cargo.lock) ]]; then
-        revision+=" with uncommitted changes in src/ or Cargo.*"
-    fi
-else
-    revision="unknown (not a git checkout)"
-fi
 notes=(
     "keepring revision: $revision. Machine: $ncpu cores ($(cpu_model); SIMD: $(cpu_flags 'sse4_2|avx|avx2|avx512f|avx512bw|avx512vl|avx512_vbmi2|sha_ni')), $(uname -r), $(. /etc/os-release && echo "$PRETTY_NAME"); $("$nginx_bin" -v 2>&1 | sed 's/^nginx version: //'); $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2); volume on $(df -T "$work" | awk 'NR == 2 { print $2 }'); date $(date -u +%Y-%m-%dT%H:%MZ)."
-    "$rounds rounds of ${duration}s per case and server, interleaved; medians shown. Servers pinned to cores 0..W-1; wrk/hey to the next core when there is one, else to all cores (W=2 on a 2-core machine: the client competes with the servers); servers and clients at nice $nice_level."
+    "$rounds rounds of ${duration}s per case and server (64 MiB PUTs: twice that), interleaved; medians shown. Servers pinned to cores 0..W-1; wrk/hey to the next core when there is one, else to all cores (W=2 on a 2-core machine: the client competes with the servers); servers and clients at nice $nice_level."
     "MD5: ${md5_lanes:-lane count unknown} (keepring's /metrics: the kernel its per-core hasher runs, streams per kernel call); single-stream MD5 rate ${md5_mbs} MB/s (${md5_source})."
     "Connections: GET/HEAD 4 KiB 16×W, GET/PUT 1 MiB 4×W, GET/PUT 64 MiB 2×W; many-stream cases (issue 16): GET 64 MiB 16×W, GET 4 KiB 64×W, PUT 64 MiB 8×W; beside case: 8 connections of 4 KiB GETs plus W of 64 MiB GETs. HEAD is driven by hey (wrk cannot do HEAD), PUT by scripts/bench/put-load.py (a thread per connection; wrk copies a Lua-made request on its one thread each time, which starved 64 MiB PUTs); every GET by wrk. keepring has no signing key (GETs unsigned, every GET MD5-verified, except in the *verified-copy cache* cases, served by a second keepring with --verified-cache-entries 100000); nginx: worker_processes W, sendfile on, access_log off."
 )
