@@ -1045,3 +1045,63 @@ fn a_copy_failing_its_md5_on_a_get_is_quarantined_and_leaves_the_index() {
     assert_eq!(listing(second, ROOT_TOKEN).text(), "");
     assert_ne!(listing(first, USER_TOKEN).status, 200, "root only");
 }
+
+/// Pages of the file at `path` in the page cache (mincore on a read-only mapping), and
+/// whether the file lives on tmpfs (where every page is memory, so "cached").
+fn cached_pages(path: &std::path::Path) -> (usize, bool) {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let file = std::fs::File::open(path).expect("open block");
+    let length = file.metadata().expect("stat").len() as usize;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).expect("path");
+    // SAFETY: statfs fills the struct it is given; the mapping is read-only, of an open
+    // file, and unmapped before return; mincore writes one byte per page of it.
+    unsafe {
+        let mut stat: libc::statfs = std::mem::zeroed();
+        let tmpfs = libc::statfs(c_path.as_ptr(), &mut stat) == 0 && stat.f_type == libc::TMPFS_MAGIC;
+        let address = libc::mmap(
+            std::ptr::null_mut(),
+            length,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        );
+        assert_ne!(address, libc::MAP_FAILED, "mmap");
+        let mut resident = vec![0u8; length.div_ceil(4096)];
+        let status = libc::mincore(address, length, resident.as_mut_ptr());
+        libc::munmap(address, length);
+        assert_eq!(status, 0, "mincore");
+        (resident.iter().filter(|&&flags| flags & 1 != 0).count(), tmpfs)
+    }
+}
+
+#[test]
+fn a_big_put_is_stored_whole_and_leaves_the_page_cache_alone() {
+    let server = TestServer::start();
+    // Over one 16 MiB direct write, ending in a partial page, sent in odd-sized pieces.
+    let data = test_bytes(4242, 20 * MIB + 1234);
+    let hash = md5_hex(&data);
+    let mut conn = server.conn();
+    let head = format!(
+        "PUT /{hash} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {USER_TOKEN}\r\nContent-Length: {}\r\n\r\n",
+        data.len()
+    );
+    conn.write_raw(head.as_bytes()).expect("write head");
+    for piece in data.chunks(300_007) {
+        conn.write_raw(piece).expect("write body piece");
+    }
+    let put = conn.read_response("PUT").expect("PUT response");
+    assert_eq!(put.status, 200, "{}", put.summary());
+    let path = block_path(server.volume(0), &hash);
+    let (cached, tmpfs) = cached_pages(&path);
+    if !tmpfs {
+        // Written past the cache (O_DIRECT) but for the last, partial page.
+        assert!(cached <= 1, "{cached} pages of the stored block are in the page cache");
+    }
+    assert!(std::fs::read(&path).expect("read block") == data, "stored bytes differ");
+    let locator = put.text().trim_end().to_string();
+    let get = server.request(Request::get(&format!("/{locator}")).token(USER_TOKEN));
+    assert_eq!(get.status, 200, "{}", get.summary());
+    assert!(get.body == data, "GET returned other bytes");
+}
