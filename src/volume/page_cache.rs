@@ -32,6 +32,15 @@ struct Cachestat {
 /// Whether any page of the file is in the page cache now. An unknown answer counts as
 /// cached: never evict what might be hot.
 pub fn any_cached(fd: RawFd) -> bool {
+    match cached_pages(fd) {
+        Some(pages) => pages > 0,
+        None => first_page_cached(fd),
+    }
+}
+
+/// How many pages of the file are in the page cache now (`cachestat`); `None` on a
+/// kernel without it. Also how tests see that a block was written past the cache.
+pub fn cached_pages(fd: RawFd) -> Option<u64> {
     let range = CachestatRange { offset: 0, length: 0 };
     let mut stat = Cachestat::default();
     // SAFETY: both pointers are valid for the call; length 0 means "to the end".
@@ -44,10 +53,7 @@ pub fn any_cached(fd: RawFd) -> bool {
             0,
         )
     };
-    if result == 0 {
-        return stat.cached > 0;
-    }
-    first_page_cached(fd)
+    (result == 0).then_some(stat.cached)
 }
 
 /// A one-byte read that fails with EAGAIN rather than wait for the disk.

@@ -1046,34 +1046,20 @@ fn a_copy_failing_its_md5_on_a_get_is_quarantined_and_leaves_the_index() {
     assert_ne!(listing(first, USER_TOKEN).status, 200, "root only");
 }
 
-/// Pages of the file at `path` in the page cache (mincore on a read-only mapping), and
-/// whether the file lives on tmpfs (where every page is memory, so "cached").
-fn cached_pages(path: &std::path::Path) -> (usize, bool) {
+/// Pages of the file at `path` in the page cache, and whether the file lives on tmpfs
+/// (where every page is memory, so "cached").
+fn cached_pages(path: &std::path::Path) -> (u64, bool) {
     use std::os::fd::AsRawFd;
     use std::os::unix::ffi::OsStrExt;
     let file = std::fs::File::open(path).expect("open block");
-    let length = file.metadata().expect("stat").len() as usize;
+    let pages = keepring::volume::page_cache::cached_pages(file.as_raw_fd()).expect("cachestat (Linux 6.5+)");
     let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).expect("path");
-    // SAFETY: statfs fills the struct it is given; the mapping is read-only, of an open
-    // file, and unmapped before return; mincore writes one byte per page of it.
-    unsafe {
+    // SAFETY: statfs fills the struct it is given.
+    let tmpfs = unsafe {
         let mut stat: libc::statfs = std::mem::zeroed();
-        let tmpfs = libc::statfs(c_path.as_ptr(), &mut stat) == 0 && stat.f_type == libc::TMPFS_MAGIC;
-        let address = libc::mmap(
-            std::ptr::null_mut(),
-            length,
-            libc::PROT_READ,
-            libc::MAP_SHARED,
-            file.as_raw_fd(),
-            0,
-        );
-        assert_ne!(address, libc::MAP_FAILED, "mmap");
-        let mut resident = vec![0u8; length.div_ceil(4096)];
-        let status = libc::mincore(address, length, resident.as_mut_ptr());
-        libc::munmap(address, length);
-        assert_eq!(status, 0, "mincore");
-        (resident.iter().filter(|&&flags| flags & 1 != 0).count(), tmpfs)
-    }
+        libc::statfs(c_path.as_ptr(), &mut stat) == 0 && stat.f_type == libc::TMPFS_MAGIC
+    };
+    (pages, tmpfs)
 }
 
 #[test]

@@ -353,30 +353,11 @@ fn a_big_block_reserves_its_space_and_is_written_whole() {
     });
 }
 
-/// Pages of `path` in the page cache now (mincore on a read-only mapping).
+/// Pages of `path` in the page cache now.
 fn cached_pages(path: &Path) -> usize {
     use std::os::fd::AsRawFd;
     let file = std::fs::File::open(path).expect("open");
-    let length = file.metadata().expect("stat").len() as usize;
-    let pages = length.div_ceil(crate::allocator::PAGE_BYTES);
-    // SAFETY: a read-only shared mapping of an open file, unmapped below; mincore writes
-    // one byte per page into a vector of that many bytes.
-    unsafe {
-        let address = libc::mmap(
-            std::ptr::null_mut(),
-            length,
-            libc::PROT_READ,
-            libc::MAP_SHARED,
-            file.as_raw_fd(),
-            0,
-        );
-        assert_ne!(address, libc::MAP_FAILED, "mmap");
-        let mut resident = vec![0u8; pages];
-        let status = libc::mincore(address, length, resident.as_mut_ptr());
-        libc::munmap(address, length);
-        assert_eq!(status, 0, "mincore");
-        resident.iter().filter(|&&flags| flags & 1 != 0).count()
-    }
+    crate::volume::page_cache::cached_pages(file.as_raw_fd()).expect("cachestat (Linux 6.5+)") as usize
 }
 
 /// Whether `path` is on tmpfs, where every page of a file is memory (and "cached").
