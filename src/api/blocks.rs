@@ -119,7 +119,7 @@ async fn receive(
         digest = advanced;
         if let Some(write) = streamed.as_mut() {
             if write.writer.wants(reader.body().len()) {
-                write.append(reader).await;
+                write.append(reader, false).await;
             }
         }
     }
@@ -161,11 +161,7 @@ impl StreamedWrite {
         reader: &mut body::BodyReader,
         progress: &mut StoreProgress,
     ) -> Arc<Volume> {
-        if self.failure.is_none() {
-            let (result, body) = self.writer.append_last(reader.lend()).await;
-            reader.put_back(body);
-            self.failure = result.err();
-        }
+        self.append(reader, true).await;
         let result = match self.failure.take() {
             Some(error) => {
                 self.writer.abandon().await;
@@ -181,12 +177,17 @@ impl StreamedWrite {
         self.volume
     }
 
-    /// Write what arrived since the last call (nothing more once a write failed).
-    async fn append(&mut self, reader: &mut body::BodyReader) {
+    /// Write what arrived since the last call, all of it when the body is `whole`
+    /// (nothing more once a write failed).
+    async fn append(&mut self, reader: &mut body::BodyReader, whole: bool) {
         if self.failure.is_some() {
             return;
         }
-        let (result, body) = self.writer.append(reader.lend()).await;
+        let body = reader.lend();
+        let (result, body) = match whole {
+            true => self.writer.append_last(body).await,
+            false => self.writer.append(body).await,
+        };
         reader.put_back(body);
         self.failure = result.err();
     }

@@ -314,13 +314,10 @@ impl BodySource for BlockStream<'_> {
 
     fn next(&mut self, spent: Vec<u8>) -> Pin<Box<dyn Future<Output = Result<Piece, RequestError>> + '_>> {
         Box::pin(async move {
-            if let Some(first) = self.first.take() {
-                return Ok(first);
-            }
-            if self.offset == self.size {
-                self.core.pool.recycle(spent);
-                return Ok(Piece::End);
-            }
+            let spent = match self.ready(spent) {
+                Ok(piece) => return piece,
+                Err(spent) => spent,
+            };
             self.read_chunk(spent, 0).await.map_err(|(error, returned)| {
                 self.core.pool.recycle(returned);
                 error

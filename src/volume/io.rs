@@ -479,9 +479,6 @@ impl BlockWriter {
     /// through the cache: a 64 MiB copy into it in one go would hold the submitting core
     /// for tens of milliseconds; `DIRECT_WRITE_STEP_BYTES` past it).
     async fn write_through(&mut self, mut data: Vec<u8>, end: usize) -> (io::Result<()>, Vec<u8>) {
-        if self.file.is_none() {
-            return (Err(io::ErrorKind::NotConnected.into()), data);
-        }
         debug_assert!(end <= data.len());
         while self.written < end {
             let start_aligned = (data.as_ptr() as usize + self.written).is_multiple_of(PAGE_BYTES);
@@ -497,8 +494,8 @@ impl BlockWriter {
                 // The whole pages directly; a partial last page next, through the cache.
                 step_end = self.written + whole_pages;
             }
-            let through = direct.or(self.file.as_ref());
-            let Some(file) = through else {
+            // `file` is only taken by `commit` and `abandon`, which consume the writer.
+            let Some(file) = direct.or(self.file.as_ref()) else {
                 return (Err(io::ErrorKind::NotConnected.into()), data);
             };
             let (result, slice) = file
