@@ -53,7 +53,17 @@ impl BlockDigest {
 
 /// Does the stream `state` hash to `hash` (32 lowercase hex digits)?
 pub fn state_matches(state: &LaneState, hash: &str) -> bool {
-    crate::signature::hex(&state.finish()) == hash
+    hex_is(&state.finish(), hash.as_bytes())
+}
+
+/// Is `hash` the lowercase hex of `digest` (compared digit by digit, no string built)?
+pub fn hex_is(digest: &[u8; 16], hash: &[u8]) -> bool {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    hash.len() == 2 * digest.len()
+        && digest
+            .iter()
+            .zip(hash.chunks_exact(2))
+            .all(|(byte, pair)| pair[0] == DIGITS[(byte >> 4) as usize] && pair[1] == DIGITS[(byte & 15) as usize])
 }
 
 /// What identifies the exact bytes of a stored file without reading them: any write,
@@ -120,6 +130,22 @@ mod tests {
             size: 11,
             mtime_ns,
             ctime_ns: mtime_ns,
+        }
+    }
+
+    /// `hex_is` agrees with building the hex string, and refuses near misses.
+    #[test]
+    fn hex_is_compares_with_the_lowercase_hex() {
+        for seed in 0u8..=255 {
+            let digest: [u8; 16] = std::array::from_fn(|index| seed.wrapping_mul(37).wrapping_add(index as u8 * 91));
+            let hex = crate::signature::hex(&digest);
+            assert!(hex_is(&digest, hex.as_bytes()), "{hex}");
+            assert!(!hex_is(&digest, hex.to_uppercase().as_bytes()) || !hex.bytes().any(|b| b.is_ascii_alphabetic()));
+            assert!(!hex_is(&digest, &hex.as_bytes()[..31]));
+            assert!(!hex_is(&digest, format!("{hex}0").as_bytes()));
+            let mut other = hex.into_bytes();
+            other[usize::from(seed) % 32] ^= 1;
+            assert!(!hex_is(&digest, &other));
         }
     }
 

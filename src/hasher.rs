@@ -28,6 +28,9 @@ struct Job {
     state: LaneState,
     buffer: Vec<u8>,
     range: Range<usize>,
+    /// The chunk is the stream's last: its padding is hashed in the same batch, leaving
+    /// the digest in the state (`LaneState::digest_after_padding`).
+    finish: bool,
     done: bool,
     waker: Option<Waker>,
 }
@@ -36,6 +39,9 @@ struct Job {
 pub struct Hasher {
     kernel: Kernel,
     pending: RefCell<Vec<Rc<RefCell<Job>>>>,
+    /// Finished jobs no one else holds, taken again by the next `update`s (a small GET
+    /// hashes once: without these every request would allocate its job).
+    spare: RefCell<Vec<Rc<RefCell<Job>>>>,
     wake: Notify,
     /// Batches run, chunks hashed in them and their bytes, for `/metrics`.
     counts: Cell<HashCounts>,
@@ -55,6 +61,7 @@ impl Hasher {
         Rc::new(Hasher {
             kernel,
             pending: RefCell::new(Vec::new()),
+            spare: RefCell::new(Vec::new()),
             wake: Notify::new(),
             counts: Cell::new(HashCounts::default()),
         })
@@ -81,22 +88,53 @@ impl Hasher {
     /// Advance `state` by `buffer[range]`, batched with every other chunk pending on this
     /// core; the state and the buffer come back.
     pub async fn update(&self, state: LaneState, buffer: Vec<u8>, range: Range<usize>) -> (LaneState, Vec<u8>) {
+        self.queue(state, buffer, range, false).await
+    }
+
+    /// `update` with the stream's last chunk, and its MD5 digest: the padding that ends
+    /// the stream is hashed in the batch's lanes too (for a small block, whose message is a
+    /// few dozen blocks, that one more block on the single-stream path cost as much as a
+    /// tenth of its hashing).
+    pub async fn finish(&self, state: LaneState, buffer: Vec<u8>, range: Range<usize>) -> ([u8; 16], Vec<u8>) {
+        let (state, buffer) = self.queue(state, buffer, range, true).await;
+        (state.digest_after_padding(), buffer)
+    }
+
+    async fn queue(
+        &self,
+        state: LaneState,
+        buffer: Vec<u8>,
+        range: Range<usize>,
+        finish: bool,
+    ) -> (LaneState, Vec<u8>) {
         assert!(range.end <= buffer.len(), "a hash range past its buffer");
-        let job = Rc::new(RefCell::new(Job {
+        let fresh = Job {
             state,
             buffer,
             range,
+            finish,
             done: false,
             waker: None,
-        }));
+        };
+        let job = match self.spare.borrow_mut().pop() {
+            Some(job) => {
+                *job.borrow_mut() = fresh;
+                job
+            }
+            None => Rc::new(RefCell::new(fresh)),
+        };
         self.pending.borrow_mut().push(Rc::clone(&job));
         self.wake.notify_one();
-        Finished { job }.await
+        Finished {
+            hasher: self,
+            job: Some(job),
+        }
+        .await
     }
 
     /// Hash every pending chunk in one batch and wake their requests.
     fn run_batch(&self) {
-        let jobs = std::mem::take(&mut *self.pending.borrow_mut());
+        let mut jobs = std::mem::take(&mut *self.pending.borrow_mut());
         if jobs.is_empty() {
             return;
         }
@@ -113,6 +151,21 @@ impl Hasher {
                 .collect();
             self.kernel.update_batch(&mut batch);
         }
+        if borrowed.iter().any(|job| job.finish) {
+            // The streams that end here take their padding in one more batch.
+            let paddings: Vec<_> = borrowed
+                .iter()
+                .filter(|job| job.finish)
+                .map(|job| job.state.padding())
+                .collect();
+            let mut batch: Vec<(&mut LaneState, &[u8])> = borrowed
+                .iter_mut()
+                .filter(|job| job.finish)
+                .zip(&paddings)
+                .map(|(job, (padding, length))| (&mut job.state, &padding[..*length]))
+                .collect();
+            self.kernel.update_batch(&mut batch);
+        }
         let bytes: usize = borrowed.iter().map(|job| job.range.len()).sum();
         let counts = self.counts.get();
         self.counts.set(HashCounts {
@@ -126,26 +179,55 @@ impl Hasher {
                 waker.wake();
             }
         }
+        drop(borrowed);
+        // The queue's allocation serves the next tick (nothing was queued meanwhile: this
+        // runs without yielding).
+        jobs.clear();
+        let mut pending = self.pending.borrow_mut();
+        if pending.is_empty() {
+            *pending = jobs;
+        }
     }
 }
 
-/// Waits for a job's batch, then takes its state and buffer back.
-struct Finished {
-    job: Rc<RefCell<Job>>,
+/// The most finished jobs a hasher keeps for reuse (one per stream a busy core runs at
+/// once is plenty; more would only hold memory).
+const SPARE_JOBS_MAX: usize = 256;
+
+/// Waits for a job's batch, then takes its state and buffer back and leaves the emptied
+/// job to the hasher for the next `update`.
+struct Finished<'a> {
+    hasher: &'a Hasher,
+    /// `None` once the result was taken.
+    job: Option<Rc<RefCell<Job>>>,
 }
 
-impl Future for Finished {
+impl Future for Finished<'_> {
     type Output = (LaneState, Vec<u8>);
 
-    fn poll(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut job = self.job.borrow_mut();
-        if !job.done {
-            job.waker = Some(context.waker().clone());
+    fn poll(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some(job) = self.job.take() else {
+            panic!("Finished polled after it returned");
+        };
+        let output = {
+            let mut inner = job.borrow_mut();
+            if !inner.done {
+                inner.waker = Some(context.waker().clone());
+                None
+            } else {
+                Some((std::mem::take(&mut inner.state), std::mem::take(&mut inner.buffer)))
+            }
+        };
+        let Some(output) = output else {
+            self.job = Some(job);
             return Poll::Pending;
+        };
+        // Done: the hasher let go of it after its batch, so this is the only holder.
+        let mut spare = self.hasher.spare.borrow_mut();
+        if Rc::strong_count(&job) == 1 && spare.len() < SPARE_JOBS_MAX {
+            spare.push(job);
         }
-        let state = std::mem::take(&mut job.state);
-        let buffer = std::mem::take(&mut job.buffer);
-        Poll::Ready((state, buffer))
+        Poll::Ready(output)
     }
 }
 
@@ -186,8 +268,19 @@ mod tests {
                     let mut buffer = message.clone();
                     let mut offset = 0;
                     let mut piece = 1 + stream * 13;
-                    while offset < length {
+                    // Half the streams end through `finish` (their padding hashed in the
+                    // batch's lanes beside other streams' chunks), half alone afterwards.
+                    let finish_in_batch = stream % 2 == 0;
+                    loop {
                         let end = (offset + piece).min(length);
+                        if end == length && finish_in_batch {
+                            let (digest, _) = hasher.finish(state, buffer, offset..end).await;
+                            results.borrow_mut().push((message, digest));
+                            return;
+                        }
+                        if offset == length {
+                            break;
+                        }
                         (state, buffer) = hasher.update(state, buffer, offset..end).await;
                         offset = end;
                         piece = piece * 3 % 70_001 + 1;

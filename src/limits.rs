@@ -221,8 +221,14 @@ pub const SPARE_BODY_IDLE_SECS: u64 = 10;
 pub const FREE_CHUNKS_PER_WORKER_MAX: usize = 64;
 
 /// After a drain starts, a connection idle between requests gets this long for its next
-/// request to arrive (it may be on the wire already) before it is closed.
+/// request to arrive (it may be on the wire already) before it is closed (up to
+/// `WATCH_SWEEP_MS` later: the sweeper closes it).
 pub const DRAIN_IDLE_GRACE_MS: u64 = 300;
+
+/// How often each worker's sweeper looks for connections past their deadline
+/// (`http::watch`): a timeout fires up to this much late, which no timeout here (the
+/// shortest is `DRAIN_IDLE_GRACE_MS`) minds.
+pub const WATCH_SWEEP_MS: u64 = 100;
 
 /// `--drain-timeout-secs` default: how long a draining process waits for its requests.
 pub const DRAIN_TIMEOUT_SECS_DEFAULT: u64 = 300;

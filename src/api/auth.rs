@@ -30,14 +30,14 @@ pub fn check_read_permission(
     node: &NodeState,
     head: &Head,
     locator: &Locator,
-    now_secs: u64,
+    now_secs: impl FnOnce() -> u64,
 ) -> Result<(), RequestError> {
     let Some(key) = node.signing_key.as_ref().filter(|_| node.enforce_signatures) else {
         return Ok(());
     };
     let presented = tokens(head);
     let token = presented.first().ok_or(RequestError::NoToken)?;
-    key.verify(locator, token, now_secs).map_err(|error| match error {
+    key.verify(locator, token, now_secs()).map_err(|error| match error {
         SignatureError::Expired => RequestError::ExpiredSignature,
         SignatureError::Invalid => RequestError::InvalidSignature,
     })

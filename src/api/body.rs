@@ -171,7 +171,7 @@ impl BodyReader {
         let body = core.body_buffer(length.unwrap_or(CHUNK_BYTES as u64).min(bytes_max) as usize);
         let expected_bytes = length.unwrap_or(BLOCK_BYTES_MAX);
         let allowed = Duration::from_millis(BODY_GRACE_MS + expected_bytes * 1000 / BODY_RATE_BYTES_PER_SEC_MIN);
-        session.set_body_deadline(Instant::now() + allowed);
+        session.set_body_deadline(allowed);
         Ok(BodyReader {
             body,
             lease,

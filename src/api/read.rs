@@ -7,7 +7,6 @@
 //! with the head, the ones between by sendfile from the page cache, the last one from the
 //! bytes just hashed. HEAD reads and checks the whole copy before answering.
 
-use std::borrow::Cow;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -20,7 +19,7 @@ use crate::api::auth;
 use crate::api::blocks::now_secs;
 use crate::api::context::{Core, StateRef};
 use crate::bufpool::{Lease, CHUNK_BUFFER_BYTES};
-use crate::digest::{state_matches, FileIdentity, EMPTY_BLOCK_HASH};
+use crate::digest::{hex_is, FileIdentity, EMPTY_BLOCK_HASH};
 use crate::error::RequestError;
 use crate::http::reply::{BodySource, Piece, Reply, Streamed};
 use crate::http::request::Head;
@@ -46,12 +45,14 @@ pub async fn read<'a>(
     if send_body && locator.size.unwrap_or(0) == 0 && locator.hash != EMPTY_BLOCK_HASH {
         return Err(RequestError::MethodNotAllowed);
     }
-    let has_hint = |letter: char| locator.hints().any(|hint| hint.starts_with(letter));
-    if has_hint('R') && !has_hint('A') {
+    let (remote, signed) = locator.hints().fold((false, false), |(remote, signed), hint| {
+        (remote || hint.starts_with('R'), signed || hint.starts_with('A'))
+    });
+    if remote && !signed {
         return Err(RequestError::RemoteLocator);
     }
     let state = core.state();
-    auth::check_read_permission(&state, head, &locator, now_secs())?;
+    auth::check_read_permission(&state, head, &locator, now_secs)?;
     let lease = core.pool.lease(CHUNK_BUFFER_BYTES as u64).await?;
     let mut buffer = core.pool.chunk();
     let mut failure = RequestError::NotFound;
@@ -95,7 +96,9 @@ pub async fn read<'a>(
             status: 200,
             framing: BodyFraming::Length(stream.size),
             content_type: Some("application/octet-stream"),
-            extra: vec![Cow::Borrowed("Vary: X-Keep-Signature")],
+            // `Vary: X-Keep-Signature` comes with every answer on this route (the
+            // session's `vary_signature`).
+            extra: Vec::new(),
             body: Box::new(stream),
         }));
     }
@@ -222,15 +225,26 @@ impl<'a> BlockStream<'a> {
             self.volume().note_read_error(&error);
             return Err((RequestError::Internal(format!("volume error: {error}")), buffer));
         }
-        if let Some(digest) = self.digest.take() {
-            // Hashed with every other chunk pending on this core (`hasher`).
-            let (digest, returned) = self.core.hasher.update(digest, buffer, room..room + want).await;
-            self.digest = Some(digest);
-            buffer = returned;
-        }
         let position = self.offset;
+        let last = position + want as u64 == self.size;
+        // Hashed with every other chunk pending on this core (`hasher`); the last chunk
+        // comes back with the digest. `matched`: None when the copy is not being hashed.
+        let mut matched = None;
+        match self.digest.take() {
+            Some(digest) if last => {
+                let (digest, returned) = self.core.hasher.finish(digest, buffer, room..room + want).await;
+                buffer = returned;
+                matched = Some(hex_is(&digest, &self.hash));
+            }
+            Some(digest) => {
+                let (digest, returned) = self.core.hasher.update(digest, buffer, room..room + want).await;
+                self.digest = Some(digest);
+                buffer = returned;
+            }
+            None => {}
+        }
         self.offset += want as u64;
-        if self.offset < self.size {
+        if !last {
             return Ok(match (&self.source, room) {
                 (Source::File { file, .. }, 0) => Piece::File {
                     fd: std::os::fd::AsRawFd::as_raw_fd(file),
@@ -240,17 +254,13 @@ impl<'a> BlockStream<'a> {
                 _ => Piece::Bytes { buffer, from: room },
             });
         }
-        if self
-            .digest
-            .as_ref()
-            .is_some_and(|digest| !state_matches(digest, self.hash()))
-        {
+        if matched == Some(false) {
             tracing::error!(volume = %self.volume().uuid, hash = self.hash(), "stored copy fails its MD5 check");
             self.core.metrics.volume(self.volume()).error(VolumeErrorKind::Checksum);
             self.quarantine();
             return Err((RequestError::ChecksumMismatch, buffer));
         }
-        self.completed();
+        self.completed(matched == Some(true));
         Ok(Piece::Bytes { buffer, from: room })
     }
 
@@ -289,9 +299,10 @@ impl<'a> BlockStream<'a> {
         }
     }
 
-    /// The whole copy was read and matched: remember it and count the read.
-    fn completed(&self) {
-        if let (Some(_), Source::File { identity, .. }) = (&self.digest, &self.source) {
+    /// The whole copy was read and matched (`hashed`: its bytes were hashed now, not
+    /// vouched for by the verified-copy cache): remember it and count the read.
+    fn completed(&self, hashed: bool) {
+        if let (true, Source::File { identity, .. }) = (hashed, &self.source) {
             self.core.verified.borrow_mut().insert(self.hash(), *identity);
         }
         let counters = self.core.metrics.volume(self.volume());

@@ -11,3 +11,4 @@ pub mod response;
 pub mod session;
 pub mod tls_channel;
 pub mod token;
+pub mod watch;

@@ -36,6 +36,14 @@ pub struct Head {
 
 /// `Ok(None)`: the head is not complete yet, read more.
 pub fn parse_head(bytes: &[u8]) -> Result<Option<(Head, usize)>, RequestError> {
+    let mut head = Head::default();
+    Ok(parse_head_into(bytes, &mut head)?.map(|length| (head, length)))
+}
+
+/// `parse_head` into `head`, which a connection keeps from one request to the next (its
+/// method, path and query keep their allocations); returns the head's length, or
+/// `Ok(None)` (`head` untouched) when it is not complete yet.
+pub fn parse_head_into(bytes: &[u8], head: &mut Head) -> Result<Option<usize>, RequestError> {
     let mut slots = [httparse::EMPTY_HEADER; HEADER_COUNT_MAX];
     let mut request = httparse::Request::new(&mut slots);
     let head_len = match request.parse(bytes) {
@@ -48,18 +56,30 @@ pub fn parse_head(bytes: &[u8]) -> Result<Option<(Head, usize)>, RequestError> {
     if head_len > HEADER_BYTES_MAX {
         return Err(RequestError::HeadTooLarge);
     }
-    Ok(Some((head_from_request(&request)?, head_len)))
+    fill_head(&request, head)?;
+    Ok(Some(head_len))
 }
 
-/// The owned `Head` of a completely parsed request head.
-fn head_from_request(request: &httparse::Request) -> Result<Head, RequestError> {
+/// `head` := what a completely parsed request head says.
+fn fill_head(request: &httparse::Request, head: &mut Head) -> Result<(), RequestError> {
     let target = request.path.unwrap_or("/");
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let version_minor = request.version.unwrap_or(1);
-    let mut head = Head {
-        method: request.method.unwrap_or("").to_string(),
-        path: path.to_string(),
-        query: query.to_string(),
+    let mut method = std::mem::take(&mut head.method);
+    let mut path_text = std::mem::take(&mut head.path);
+    let mut query_text = std::mem::take(&mut head.query);
+    for (text, value) in [
+        (&mut method, request.method.unwrap_or("")),
+        (&mut path_text, path),
+        (&mut query_text, query),
+    ] {
+        text.clear();
+        text.push_str(value);
+    }
+    *head = Head {
+        method,
+        path: path_text,
+        query: query_text,
         close: version_minor == 0,
         http10: version_minor == 0,
         ..Head::default()
@@ -77,7 +97,7 @@ fn head_from_request(request: &httparse::Request) -> Result<Head, RequestError> 
             // Every Transfer-Encoding field counts, in order (RFC 9110 §5.3).
             transfer_codings.extend(value.split(',').map(|coding| coding.trim().to_ascii_lowercase()));
         } else {
-            apply_header(&mut head, name, value, version_minor);
+            apply_header(head, name, value, version_minor);
         }
     }
     head.framing = body_framing(&transfer_codings, content_length)?;
@@ -86,7 +106,7 @@ fn head_from_request(request: &httparse::Request) -> Result<Head, RequestError> 
     if head.framing == Some(Framing::Chunked) && content_length.is_some() {
         head.close = true;
     }
-    Ok(head)
+    Ok(())
 }
 
 /// The Content-Length of a request after one more such field: repeats must agree.

@@ -2,7 +2,6 @@
 //! `/metrics` and `/_health`), `X-Request-Id`, `Date` and an explicit framing header.
 
 use std::borrow::Cow;
-use std::io::Write;
 
 use crate::error::reason_phrase;
 
@@ -25,6 +24,9 @@ pub struct ResponseHead<'a> {
     pub status: u16,
     pub framing: BodyFraming,
     pub content_type: Option<&'a str>,
+    /// `Vary: X-Keep-Signature` (every answer on the block read route), first of the
+    /// extra headers.
+    pub vary_signature: bool,
     /// Extra headers, each `Name: value` without the line end.
     pub extra: Vec<Cow<'static, str>>,
     pub cors: bool,
@@ -41,6 +43,7 @@ impl<'a> ResponseHead<'a> {
             status,
             framing,
             content_type: None,
+            vary_signature: false,
             extra: Vec::new(),
             cors: true,
             request_id: None,
@@ -50,29 +53,34 @@ impl<'a> ResponseHead<'a> {
         }
     }
 
-    /// Append the serialised head to `out`.
+    /// Append the serialised head to `out` (by plain copies: no `core::fmt` on the path of
+    /// every response).
     pub fn write_to(&self, out: &mut Vec<u8>) {
-        // Writing into a Vec cannot fail.
-        let _ = write!(out, "HTTP/1.1 {} {}\r\n", self.status, reason_phrase(self.status));
+        let mut number = itoa::Buffer::new();
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(number.format(self.status).as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(reason_phrase(self.status).as_bytes());
+        out.extend_from_slice(b"\r\n");
         if self.cors {
             out.extend_from_slice(CORS_HEADERS.as_bytes());
         }
+        if self.vary_signature {
+            out.extend_from_slice(b"Vary: X-Keep-Signature\r\n");
+        }
         for header in &self.extra {
-            out.extend_from_slice(header.as_bytes());
-            out.extend_from_slice(b"\r\n");
+            line(out, &[header]);
         }
         if let Some(request_id) = self.request_id {
-            let _ = write!(out, "X-Request-Id: {request_id}\r\n");
+            line(out, &["X-Request-Id: ", request_id]);
         }
-        let _ = write!(out, "Date: {}\r\n", self.date);
+        line(out, &["Date: ", self.date]);
         match self.framing {
-            BodyFraming::Length(length) => {
-                let _ = write!(out, "Content-Length: {length}\r\n");
-            }
+            BodyFraming::Length(length) => line(out, &["Content-Length: ", number.format(length)]),
             BodyFraming::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
         }
         if let Some(content_type) = self.content_type {
-            let _ = write!(out, "Content-Type: {content_type}\r\n");
+            line(out, &["Content-Type: ", content_type]);
         }
         if self.close {
             out.extend_from_slice(b"Connection: close\r\n");
@@ -81,6 +89,14 @@ impl<'a> ResponseHead<'a> {
         }
         out.extend_from_slice(b"\r\n");
     }
+}
+
+/// One header line: `parts` one after the other, then CRLF.
+fn line(out: &mut Vec<u8>, parts: &[&str]) {
+    for part in parts {
+        out.extend_from_slice(part.as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 #[cfg(test)]
@@ -92,13 +108,16 @@ mod tests {
         let mut head = ResponseHead::new(404, BodyFraming::Length(20), "Wed, 25 Nov 2026 08:50:57 GMT");
         head.request_id = Some("req-x");
         head.close = true;
-        head.extra.push("Vary: X-Keep-Signature".into());
+        head.vary_signature = true;
+        head.extra.push("X-Content-Type-Options: nosniff".into());
         let mut out = Vec::new();
         head.write_to(&mut out);
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("HTTP/1.1 404 Not Found\r\nAccess-Control-Allow-Headers: "));
         assert!(text.contains("\r\nAccess-Control-Max-Age: 86486400\r\n"));
-        assert!(text.contains("\r\nVary: X-Keep-Signature\r\nX-Request-Id: req-x\r\n"));
+        assert!(
+            text.contains("\r\nVary: X-Keep-Signature\r\nX-Content-Type-Options: nosniff\r\nX-Request-Id: req-x\r\n")
+        );
         assert!(text.ends_with("Content-Length: 20\r\nConnection: close\r\n\r\n"));
     }
 }

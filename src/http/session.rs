@@ -3,9 +3,10 @@
 //! `100 Continue` when asked), write responses in order with the right framing and
 //! `Connection` header, keep the connection alive or close it. The per-core drain gate
 //! tells it when a response must close the connection and when to stop waiting for the
-//! next request. tokio-uring does not cancel an operation whose future is dropped, so
-//! every timeout shuts the socket down first: the pending operation then completes and
-//! frees its buffer.
+//! next request. Every socket operation is awaited under a deadline kept by the
+//! connection's `Watch`: past it the worker's sweeper shuts the socket down, the pending
+//! operation completes (tokio-uring does not cancel one whose future is dropped) and the
+//! session treats the connection as gone.
 //!
 //! A TLS connection (`tls`) differs only where bytes meet the socket: reads, writes and a
 //! clean close go through its `TlsChannel`, and a file piece is written from its buffer
@@ -16,7 +17,7 @@ use std::future::Future;
 use std::net::Shutdown;
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
@@ -24,14 +25,22 @@ use tokio_uring::net::TcpStream;
 use crate::error::RequestError;
 use crate::http::chunked::ChunkedDecoder;
 use crate::http::reply::{BodySource, Piece, Response, Streamed};
-use crate::http::request::{parse_head, Framing, Head};
+use crate::http::request::{parse_head_into, Framing, Head};
 use crate::http::response::{BodyFraming, ResponseHead};
 use crate::http::tls_channel::TlsChannel;
+use crate::http::watch::{deadline_after, Watch};
 use crate::lifecycle::drain::Gate;
 use crate::limits::{
-    DRAIN_IDLE_GRACE_MS, HEADER_TIMEOUT_MS, IDLE_TIMEOUT_MS, IO_STALL_TIMEOUT_MS, LINGER_MS_MAX, READ_BUFFER_BYTES,
-    TLS_CLOSE_NOTIFY_MS_MAX,
+    HEADER_TIMEOUT_MS, IDLE_TIMEOUT_MS, IO_STALL_TIMEOUT_MS, LINGER_MS_MAX, READ_BUFFER_BYTES, TLS_CLOSE_NOTIFY_MS_MAX,
 };
+
+/// Room reserved for a response head (the CORS lines alone are ~420 bytes), so writing
+/// one never reallocates.
+const HEAD_ROOM_BYTES: usize = 1024;
+
+/// The largest head buffer a session keeps between responses: a whole response (an
+/// index page, metrics) can be far bigger, and an idle connection should not hold it.
+const HEAD_BUFFER_KEPT_BYTES: usize = 16 * 1024;
 
 enum Body {
     Length { remaining: u64 },
@@ -56,20 +65,28 @@ pub struct Session {
     pub is_head: bool,
     /// The request spoke HTTP/1.0 and asked to be kept alive.
     http10_keep_alive: bool,
-    /// This core's drain gate: once open, a response closes the connection and no next
-    /// request is waited for beyond `DRAIN_IDLE_GRACE_MS`.
+    /// This core's drain gate: once open, a response closes the connection (and the
+    /// worker's sweeper ends a wait for a next request `DRAIN_IDLE_GRACE_MS` after it).
     gate: Rc<Gate>,
-    /// When the current request's body must have arrived (set by whoever reads it).
-    body_deadline: Option<Instant>,
+    /// The deadline of the socket operation in progress, which the worker's sweeper
+    /// enforces (`http::watch`).
+    watch: Rc<Watch>,
+    /// When the current request's body must have arrived (set by whoever reads it; ms on
+    /// `watch::now_ms`'s clock).
+    body_deadline: Option<u64>,
     /// Every answer on the block read route carries `Vary: X-Keep-Signature`, errors too.
     pub vary_signature: bool,
     /// Body bytes of the current request read so far (for the metrics).
     pub body_bytes_in: u64,
+    /// Where response heads (and whole small responses) are put together; its allocation
+    /// is kept from one response to the next.
+    head_out: Vec<u8>,
 }
 
 impl Session {
-    pub fn new(stream: TcpStream, gate: Rc<Gate>, tls: Option<TlsChannel>) -> Self {
+    pub fn new(stream: TcpStream, gate: Rc<Gate>, tls: Option<TlsChannel>, watch: Rc<Watch>) -> Self {
         Session {
+            watch,
             stream,
             tls: tls.map(Box::new),
             gate,
@@ -86,6 +103,7 @@ impl Session {
             body_deadline: None,
             vary_signature: false,
             body_bytes_in: 0,
+            head_out: Vec::new(),
         }
     }
 
@@ -94,7 +112,7 @@ impl Session {
     }
 
     /// Read more bytes into the read buffer, compacting it first. `Ok(0)` is end of stream.
-    async fn fill(&mut self, deadline: Instant) -> Result<usize, RequestError> {
+    async fn fill(&mut self, deadline: u64) -> Result<usize, RequestError> {
         if self.start > 0 {
             self.read_buffer.drain(..self.start);
             self.start = 0;
@@ -107,65 +125,46 @@ impl Session {
             return Err(RequestError::HeadTooLarge);
         }
         let read = read_into(&self.stream, self.tls.as_deref_mut(), buffer, end);
-        let (result, buffer) = with_deadline(&self.stream, deadline, read).await?;
+        let (result, buffer) = with_deadline(&self.watch, deadline, read).await?;
         self.read_buffer = buffer;
         result.map_err(|_| RequestError::ClientGone)
     }
 
     /// Wait between requests for more bytes: until `idle_deadline`, or, once the worker
-    /// drains, `DRAIN_IDLE_GRACE_MS` after the drain began, whichever is first.
-    async fn fill_between_requests(&mut self, idle_deadline: Instant) -> Result<usize, RequestError> {
+    /// drains, `DRAIN_IDLE_GRACE_MS` after the drain began (the sweeper cuts the wait:
+    /// `Watch::sweep`), whichever is first.
+    async fn fill_between_requests(&mut self, idle_deadline: u64) -> Result<usize, RequestError> {
         self.read_buffer.clear();
         self.start = 0;
         let buffer = std::mem::take(&mut self.read_buffer);
         let end = buffer.capacity();
-        let gate = &self.gate;
-        let outcome = {
-            let read = read_into(&self.stream, self.tls.as_deref_mut(), buffer, end);
-            tokio::pin!(read);
-            loop {
-                let grace = Duration::from_millis(DRAIN_IDLE_GRACE_MS);
-                let deadline = match gate.began() {
-                    Some(began) => idle_deadline.min(began + grace),
-                    None => idle_deadline,
-                };
-                tokio::select! {
-                    biased;
-                    read = &mut read => break Some(read),
-                    _ = tokio::time::sleep_until(deadline.into()) => break None,
-                    _ = gate.opened(), if gate.began().is_none() => {}
-                }
+        self.watch.arm(idle_deadline, true);
+        let (result, buffer) = read_into(&self.stream, self.tls.as_deref_mut(), buffer, end).await;
+        self.read_buffer = buffer;
+        if self.watch.disarm() {
+            // Idle past its time (or the drain's grace): the sweeper shut the read side;
+            // a TLS peer is told before both sides are shut.
+            if let Some(tls) = self.tls.as_mut() {
+                tls.close_notify_now(self.stream.as_raw_fd());
             }
-        };
-        match outcome {
-            Some((result, buffer)) => {
-                self.read_buffer = buffer;
-                result.map_err(|_| RequestError::ClientGone)
-            }
-            None => {
-                // Idle past its time: a TLS peer is told (its read's future is gone, so
-                // the channel is free), then the read that stays queued in the ring is
-                // completed by shutting the socket.
-                if let Some(tls) = self.tls.as_mut() {
-                    tls.close_notify_now(self.stream.as_raw_fd());
-                }
-                let _ = self.stream.shutdown(Shutdown::Both);
-                Err(RequestError::ClientGone)
-            }
+            let _ = self.stream.shutdown(Shutdown::Both);
+            return Err(RequestError::ClientGone);
         }
+        result.map_err(|_| RequestError::ClientGone)
     }
 
-    /// Read the next request head. `Ok(None)`: the client closed between requests (or
-    /// stayed idle past `IDLE_TIMEOUT_MS`, or the worker is draining).
-    pub async fn read_head(&mut self) -> Result<Option<Head>, RequestError> {
-        let idle_deadline = Instant::now() + Duration::from_millis(IDLE_TIMEOUT_MS);
+    /// Read the next request head into `head` (kept by the connection from one request to
+    /// the next). `Ok(false)`: the client closed between requests (or stayed idle past
+    /// `IDLE_TIMEOUT_MS`, or the worker is draining).
+    pub async fn read_head(&mut self, head: &mut Head) -> Result<bool, RequestError> {
+        let idle_deadline = deadline_after(Duration::from_millis(IDLE_TIMEOUT_MS));
         let mut head_deadline = None;
         loop {
             if !self.buffered().is_empty() {
-                head_deadline.get_or_insert_with(|| Instant::now() + Duration::from_millis(HEADER_TIMEOUT_MS));
-                if let Some((head, length)) = parse_head(self.buffered())? {
+                head_deadline.get_or_insert_with(|| deadline_after(Duration::from_millis(HEADER_TIMEOUT_MS)));
+                if let Some(length) = parse_head_into(self.buffered(), head)? {
                     self.start += length;
-                    return Ok(Some(head));
+                    return Ok(true);
                 }
             }
             let filled = match head_deadline {
@@ -173,17 +172,18 @@ impl Session {
                 None => self.fill_between_requests(idle_deadline).await,
             };
             match filled {
-                Ok(0) if self.buffered().is_empty() => return Ok(None),
+                Ok(0) if self.buffered().is_empty() => return Ok(false),
                 Ok(0) => return Err(RequestError::ClientGone),
                 Ok(_) => {}
-                Err(RequestError::ClientGone) if head_deadline.is_none() => return Ok(None),
+                Err(RequestError::ClientGone) if head_deadline.is_none() => return Ok(false),
                 Err(error) => return Err(error),
             }
         }
     }
 
-    /// Prepare for a request: its body framing, its id, whether to close after it.
-    pub fn begin_request(&mut self, head: &Head, request_id: String, date: String, draining: bool) {
+    /// Prepare for a request: its body framing, whether to close after it. Its id and
+    /// `Date` are written into `request_id` and `date` by the caller.
+    pub fn begin_request(&mut self, head: &Head, draining: bool) {
         self.body = match head.framing {
             Some(Framing::Length(0)) | None => None,
             Some(Framing::Length(length)) => Some(Body::Length { remaining: length }),
@@ -192,8 +192,6 @@ impl Session {
         self.continue_pending = head.expect_continue && self.body.is_some();
         self.response_started = false;
         self.close_after = head.close || draining;
-        self.request_id = request_id;
-        self.date = date;
         self.is_head = head.method == "HEAD";
         self.http10_keep_alive = head.http10 && !head.close;
         self.body_deadline = None;
@@ -227,7 +225,7 @@ impl Session {
             }
             self.response_started = false;
         }
-        let mut stall = Instant::now() + Duration::from_millis(IO_STALL_TIMEOUT_MS);
+        let mut stall = deadline_after(Duration::from_millis(IO_STALL_TIMEOUT_MS));
         if let Some(deadline) = self.body_deadline {
             stall = stall.min(deadline);
         }
@@ -248,7 +246,7 @@ impl Session {
                 out.reserve(want);
                 let end = out.len() + want;
                 let read = read_into(&self.stream, self.tls.as_deref_mut(), out, end);
-                let (result, returned) = match with_deadline(&self.stream, stall, read).await {
+                let (result, returned) = match with_deadline(&self.watch, stall, read).await {
                     Ok(done) => done,
                     Err(error) => return (Err(error), Vec::new()),
                 };
@@ -272,7 +270,7 @@ impl Session {
         &mut self,
         mut out: Vec<u8>,
         length_max: usize,
-        stall: Instant,
+        stall: u64,
     ) -> (Result<usize, RequestError>, Vec<u8>) {
         loop {
             let before = out.len();
@@ -321,14 +319,16 @@ impl Session {
         self.close_after |= self.gate.began().is_some();
         let mut head = ResponseHead::new(status, framing, &self.date);
         head.request_id = Some(&self.request_id);
+        head.vary_signature = self.vary_signature;
         head.close = self.close_after;
         head.keep_alive = self.http10_keep_alive;
         head
     }
 
-    /// The whole body must have arrived by `deadline`, whatever the pace of single reads.
-    pub fn set_body_deadline(&mut self, deadline: Instant) {
-        self.body_deadline = Some(deadline);
+    /// The whole body must have arrived within `allowed` from now, whatever the pace of
+    /// single reads.
+    pub fn set_body_deadline(&mut self, allowed: Duration) {
+        self.body_deadline = Some(deadline_after(allowed));
     }
 
     /// Write every byte of `buffer` (bounded by `IO_STALL_TIMEOUT_MS`) through io_uring.
@@ -345,15 +345,15 @@ impl Session {
         if sent == buffer.len() {
             return (Ok(()), buffer);
         }
-        let stall = Instant::now() + Duration::from_millis(IO_STALL_TIMEOUT_MS);
+        let stall = deadline_after(Duration::from_millis(IO_STALL_TIMEOUT_MS));
         if let Some(tls) = self.tls.as_deref_mut() {
-            return match with_deadline(&self.stream, stall, tls.write_all(&self.stream, buffer, sent)).await {
+            return match with_deadline(&self.watch, stall, tls.write_all(&self.stream, buffer, sent)).await {
                 Ok((Ok(()), buffer)) => (Ok(()), buffer),
                 Ok((Err(_), buffer)) => (Err(RequestError::ClientGone), buffer),
                 Err(error) => (Err(error), Vec::new()),
             };
         }
-        match with_deadline(&self.stream, stall, self.stream.write_all(buffer.slice(sent..))).await {
+        match with_deadline(&self.watch, stall, self.stream.write_all(buffer.slice(sent..))).await {
             Ok((Ok(()), slice)) => (Ok(()), slice.into_inner()),
             Ok((Err(_), slice)) => (Err(RequestError::ClientGone), slice.into_inner()),
             Err(error) => (Err(error), Vec::new()),
@@ -392,6 +392,7 @@ impl Session {
 
     /// Write a whole response; returns its status and body bytes.
     pub async fn send(&mut self, response: Response) -> Result<(u16, u64), RequestError> {
+        let mut out = std::mem::take(&mut self.head_out);
         let mut head = self.response_head(response.status, BodyFraming::Length(response.body.len() as u64));
         head.content_type = response.content_type;
         head.extra = response.extra;
@@ -399,13 +400,16 @@ impl Session {
         if !response.cors {
             head.request_id = None;
         }
-        let mut out = Vec::with_capacity(1024 + response.body.len());
+        out.clear();
+        out.reserve(HEAD_ROOM_BYTES + response.body.len());
         head.write_to(&mut out);
         let body_bytes = if self.is_head { 0 } else { response.body.len() as u64 };
         if !self.is_head {
             out.extend_from_slice(&response.body);
         }
-        self.write_raw(out).await.0?;
+        let (result, out) = self.write_raw(out).await;
+        self.keep_head_buffer(out);
+        result?;
         Ok((response.status, body_bytes))
     }
 
@@ -422,14 +426,17 @@ impl Session {
             extra,
             mut body,
         } = streamed;
+        let mut pending = std::mem::take(&mut self.head_out);
         let mut head = self.response_head(status, framing);
         head.content_type = content_type;
         head.extra = extra;
-        // Room for the head (the CORS lines alone are ~420 bytes) without a realloc.
-        let mut pending = Vec::with_capacity(1024);
+        pending.clear();
+        pending.reserve(HEAD_ROOM_BYTES);
         head.write_to(&mut pending);
         if self.is_head {
-            self.write_raw(pending).await.0?;
+            let (result, pending) = self.write_raw(pending).await;
+            self.keep_head_buffer(pending);
+            result?;
             return Ok((status, 0));
         }
         let chunked = framing == BodyFraming::Chunked;
@@ -438,8 +445,11 @@ impl Session {
             pending.extend_from_slice(b"0\r\n\r\n");
         }
         if !pending.is_empty() {
-            self.write_raw(pending).await.0?;
+            let (result, returned) = self.write_raw(pending).await;
+            pending = returned;
+            result?;
         }
+        self.keep_head_buffer(pending);
         if let BodyFraming::Length(length) = framing {
             if bytes_out != length {
                 // The head promised more (or less) than the source gave: the body must
@@ -503,27 +513,40 @@ impl Session {
             let _ = std::io::Write::write_fmt(pending, format_args!("{length:x}\r\n"));
             buffer.extend_from_slice(b"\r\n");
         }
-        self.write_after(std::mem::take(pending), buffer, from).await
+        self.write_after(pending, buffer, from).await
     }
 
     /// Write `prefix` then `buffer[from..]`: in one write when the prefix fits in the room
-    /// before `from`, else in two.
+    /// before `from`, else in two. `prefix` is left empty (its allocation kept).
     async fn write_after(
         &mut self,
-        prefix: Vec<u8>,
+        prefix: &mut Vec<u8>,
         mut buffer: Vec<u8>,
         from: usize,
     ) -> (Result<(), RequestError>, Vec<u8>) {
         if prefix.len() <= from {
             let start = from - prefix.len();
-            buffer[start..from].copy_from_slice(&prefix);
+            buffer[start..from].copy_from_slice(prefix);
+            prefix.clear();
             self.response_started = true;
             return self.write_rest(buffer, start).await;
         }
-        if let (Err(error), _) = self.write_raw(prefix).await {
+        let (result, returned) = self.write_raw(std::mem::take(prefix)).await;
+        *prefix = returned;
+        prefix.clear();
+        if let Err(error) = result {
             return (Err(error), buffer);
         }
         self.write_rest(buffer, from).await
+    }
+
+    /// Keep `buffer`'s allocation for the next response head (one that grew past
+    /// `HEAD_BUFFER_KEPT_BYTES` for a big whole response is let go).
+    fn keep_head_buffer(&mut self, mut buffer: Vec<u8>) {
+        if buffer.capacity() <= HEAD_BUFFER_KEPT_BYTES {
+            buffer.clear();
+            self.head_out = buffer;
+        }
     }
 
     /// The socket's descriptor (for a cut from another core: `api::body::SlowBodies`).
@@ -540,11 +563,11 @@ impl Session {
     /// A TLS peer gets close_notify first; what it sends after is dropped unread.
     pub async fn linger_close(&mut self) {
         if let Some(mut tls) = self.tls.take() {
-            let deadline = Instant::now() + Duration::from_millis(TLS_CLOSE_NOTIFY_MS_MAX);
-            let _ = with_deadline(&self.stream, deadline, tls.close_notify(&self.stream)).await;
+            let deadline = deadline_after(Duration::from_millis(TLS_CLOSE_NOTIFY_MS_MAX));
+            let _ = with_deadline(&self.watch, deadline, tls.close_notify(&self.stream)).await;
         }
         let _ = self.stream.shutdown(Shutdown::Write);
-        let deadline = Instant::now() + Duration::from_millis(LINGER_MS_MAX);
+        let deadline = deadline_after(Duration::from_millis(LINGER_MS_MAX));
         loop {
             self.read_buffer.clear();
             self.start = 0;
@@ -557,18 +580,15 @@ impl Session {
     }
 }
 
-/// Run `operation` with a deadline; past it the socket is shut down (see module doc).
-async fn with_deadline<T>(
-    stream: &TcpStream,
-    deadline: Instant,
-    operation: impl Future<Output = T>,
-) -> Result<T, RequestError> {
-    match tokio::time::timeout_at(deadline.into(), operation).await {
-        Ok(output) => Ok(output),
-        Err(_) => {
-            let _ = stream.shutdown(Shutdown::Both);
-            Err(RequestError::ClientGone)
-        }
+/// Run `operation` under `deadline` (ms on `watch::now_ms`'s clock); past it the worker's
+/// sweeper shuts the socket down, the operation completes, and this says the client is
+/// gone (see module doc).
+async fn with_deadline<T>(watch: &Watch, deadline: u64, operation: impl Future<Output = T>) -> Result<T, RequestError> {
+    watch.arm(deadline, false);
+    let output = operation.await;
+    match watch.disarm() {
+        true => Err(RequestError::ClientGone),
+        false => Ok(output),
     }
 }
 

@@ -190,22 +190,33 @@ impl LaneState {
 
     /// `finish` on a chosen engine.
     pub fn finish_with(&self, engine: SingleStream) -> [u8; 16] {
-        // RFC 1321 §3.1–3.2: a 1 bit, zeros up to 56 bytes mod 64, the bit length mod 2^64.
+        let mut padded = self.clone();
+        let (padding, length) = self.padding();
+        padded.update_with(engine, &padding[..length]);
+        padded.digest_after_padding()
+    }
+
+    /// The bytes that end the message fed so far (RFC 1321 §3.1–3.2: a 1 bit, zeros up
+    /// to 56 bytes mod 64, the bit length mod 2^64) and how many there are: fed to this
+    /// stream (alone or in a batch), they leave its digest in the state words, which
+    /// `digest_after_padding` reads. So a batch can finish many streams in its lanes.
+    pub fn padding(&self) -> ([u8; 2 * BLOCK_BYTES], usize) {
         let mut padding = [0u8; 2 * BLOCK_BYTES];
-        padding[..self.tail_bytes].copy_from_slice(&self.tail[..self.tail_bytes]);
-        padding[self.tail_bytes] = 0x80;
-        let padded_bytes = if self.tail_bytes < 56 {
-            BLOCK_BYTES
-        } else {
-            2 * BLOCK_BYTES
+        let length = match self.tail_bytes < 56 {
+            true => BLOCK_BYTES - self.tail_bytes,
+            false => 2 * BLOCK_BYTES - self.tail_bytes,
         };
+        padding[0] = 0x80;
         let bit_length = self.length_bytes.wrapping_mul(8);
-        padding[padded_bytes - 8..padded_bytes].copy_from_slice(&bit_length.to_le_bytes());
-        let (blocks, _) = padding[..padded_bytes].as_chunks::<BLOCK_BYTES>();
-        let mut state = self.state;
-        engine.compress(&mut state, blocks);
+        padding[length - 8..length].copy_from_slice(&bit_length.to_le_bytes());
+        (padding, length)
+    }
+
+    /// The digest in the state words of a stream its `padding` was fed to.
+    pub fn digest_after_padding(&self) -> [u8; 16] {
+        debug_assert_eq!(self.tail_bytes, 0, "the padding ends on a block boundary");
         let mut digest = [0u8; 16];
-        for (bytes, word) in digest.chunks_exact_mut(4).zip(state) {
+        for (bytes, word) in digest.chunks_exact_mut(4).zip(self.state) {
             bytes.copy_from_slice(&word.to_le_bytes());
         }
         digest

@@ -325,3 +325,49 @@ fn round_blocks_lets_waiting_streams_take_turns() {
         "and never past the shortest chosen"
     );
 }
+
+/// Streams finished in a batch (each fed its `padding`, several at once in the kernel's
+/// lanes) end with md-5's digest: every tail length 0..=63 on both sides of the 56-byte
+/// boundary (one padding block or two), lengths 0..300, and lane counts 1..=33.
+#[test]
+fn streams_finish_together_in_lanes() {
+    let mut random = Random(16);
+    for (kernel, engine) in paths() {
+        for streams in [1usize, 2, 7, 16, 17, 33] {
+            let messages: Vec<Vec<u8>> = (0..streams).map(|_| random.bytes_up_to(300)).collect();
+            let mut states = vec![LaneState::new(); streams];
+            let mut jobs: Vec<(&mut LaneState, &[u8])> = states
+                .iter_mut()
+                .zip(&messages)
+                .map(|(state, message)| (state, message.as_slice()))
+                .collect();
+            kernel.update_batch_with(engine, &mut jobs);
+            let paddings: Vec<_> = states.iter().map(LaneState::padding).collect();
+            let mut jobs: Vec<(&mut LaneState, &[u8])> = states
+                .iter_mut()
+                .zip(&paddings)
+                .map(|(state, (padding, length))| (state, &padding[..*length]))
+                .collect();
+            kernel.update_batch_with(engine, &mut jobs);
+            for (state, message) in states.iter().zip(&messages) {
+                assert_eq!(
+                    state.digest_after_padding(),
+                    reference(message),
+                    "kernel {}, engine {}, {streams} streams, {} bytes",
+                    kernel.name(),
+                    engine.name(),
+                    message.len()
+                );
+            }
+        }
+        for length in 0..300usize {
+            let message = random.bytes(length);
+            let mut state = LaneState::new();
+            state.update_with(engine, &message);
+            let (padding, padding_length) = state.padding();
+            assert_eq!((length + padding_length) % BLOCK_BYTES, 0, "{length} bytes");
+            state.update_with(engine, &padding[..padding_length]);
+            assert_eq!(state.digest_after_padding(), reference(&message), "{length} bytes");
+        }
+    }
+}

@@ -30,13 +30,15 @@ pub async fn serve(stream: TcpStream, worker: &Worker, live: &LiveConnection) {
             }
         },
     };
-    let mut session = Session::new(stream, Rc::clone(&worker.gate), tls);
+    let mut session = Session::new(stream, Rc::clone(&worker.gate), tls, Rc::clone(&live.watch));
+    // One head for the connection's life: each request's is parsed into it.
+    let mut head = Head::default();
     let linger = loop {
-        let head = match session.read_head().await {
-            Ok(Some(head)) => head,
-            Ok(None) | Err(RequestError::ClientGone) => break false,
+        match session.read_head(&mut head).await {
+            Ok(true) => {}
+            Ok(false) | Err(RequestError::ClientGone) => break false,
             Err(error) => break refuse_head(worker, live, &mut session, &error).await,
-        };
+        }
         let (status, aborted) = serve_one(worker, live, &mut session, &head).await;
         if !session.buffered().is_empty() {
             // A pipelined request is already here and may be served without waiting on
@@ -57,7 +59,9 @@ pub async fn serve(stream: TcpStream, worker: &Worker, live: &LiveConnection) {
 
 /// A head that could not be read or parsed: answer it, log it; linger if answered.
 async fn refuse_head(worker: &Worker, live: &LiveConnection, session: &mut Session, error: &RequestError) -> bool {
-    session.begin_request(&Head::default(), worker.new_request_id(), worker.http_date(), true);
+    session.begin_request(&Head::default(), true);
+    worker.write_request_id(&mut session.request_id);
+    worker.write_http_date(&mut session.date);
     let answered = answer_error(session, error).await.is_ok();
     worker.log_request(&Answered {
         head: &Head::default(),
@@ -76,12 +80,26 @@ async fn refuse_head(worker: &Worker, live: &LiveConnection, session: &mut Sessi
 async fn serve_one(worker: &Worker, live: &LiveConnection, session: &mut Session, head: &Head) -> (u16, bool) {
     let started = Instant::now();
     live.idle_since.set(None);
-    let request_id = head.request_id.clone().unwrap_or_else(|| worker.new_request_id());
-    session.begin_request(head, request_id, worker.http_date(), worker.gate.began().is_some());
+    session.begin_request(head, worker.gate.began().is_some());
+    match &head.request_id {
+        Some(id) => {
+            session.request_id.clear();
+            session.request_id.push_str(id);
+        }
+        None => worker.write_request_id(&mut session.request_id),
+    }
+    worker.write_http_date(&mut session.date);
     {
-        use std::fmt::Write;
         let mut text = live.request.borrow_mut();
-        let _ = write!(text, "{} {} {}", head.method, head.path, session.request_id);
+        for part in [
+            head.method.as_str(),
+            " ",
+            head.path.as_str(),
+            " ",
+            session.request_id.as_str(),
+        ] {
+            text.push_str(part);
+        }
     }
     // keepstore's limiter: /metrics and the health check are never held back.
     let limiter = &worker.core.services.limiter;
@@ -181,9 +199,6 @@ async fn answer_error(session: &mut Session, error: &RequestError) -> Result<(u1
         body: reply.body.into_bytes(),
         cors: reply.cors,
     };
-    if session.vary_signature {
-        response.extra.push("Vary: X-Keep-Signature".into());
-    }
     if reply.nosniff {
         response.extra.push("X-Content-Type-Options: nosniff".into());
     }

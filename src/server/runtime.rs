@@ -16,8 +16,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::api::context::Services;
+use crate::http::watch::Watch;
 use crate::limits::RING_ENTRIES;
-use crate::limits::{ACTIVITY_COUNT_MS, LIMIT_WARNING_INTERVAL_MS};
+use crate::limits::{ACTIVITY_COUNT_MS, DRAIN_IDLE_GRACE_MS, LIMIT_WARNING_INTERVAL_MS, WATCH_SWEEP_MS};
 use crate::server::connection;
 use crate::server::worker::{redact_signatures, LiveConnection, Worker};
 
@@ -71,6 +72,8 @@ pub fn run(start: WorkerStart) -> WorkerExit {
                 }
             }
             let activity = tokio_uring::spawn(count_activity(worker.clone()));
+            // Runs through the drain too: it ends idle connections and stalled transfers.
+            let sweeper = tokio_uring::spawn(sweep_deadlines(worker.clone()));
             let hasher = tokio_uring::spawn(worker.core.hasher.clone().run());
             let scrub = tokio_uring::spawn(crate::scrub::run(CoreOf(worker.clone())));
             let _ = start.ready.send(start.id);
@@ -83,6 +86,7 @@ pub fn run(start: WorkerStart) -> WorkerExit {
             activity.abort();
             scrub.abort();
             let exit = finish_drain(&worker, start.drain_timeout).await;
+            sweeper.abort();
             hasher.abort();
             exit
         })
@@ -123,6 +127,25 @@ async fn count_activity(worker: Rc<Worker>) {
             .core
             .metrics
             .set_md5_counts(hashed.batches, hashed.chunks, hashed.bytes);
+    }
+}
+
+/// Every `WATCH_SWEEP_MS`, cut each connection whose socket operation is past its
+/// deadline, and once a drain's grace is over, each one waiting for a next request
+/// (`http::watch`: a per-operation timer cost a twentieth of a small GET's instructions).
+async fn sweep_deadlines(worker: Rc<Worker>) {
+    let mut ticks = tokio::time::interval(Duration::from_millis(WATCH_SWEEP_MS));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let now = crate::http::watch::now_ms();
+        let draining_past_grace = worker
+            .gate
+            .began()
+            .is_some_and(|began| began.elapsed() >= Duration::from_millis(DRAIN_IDLE_GRACE_MS));
+        for connection in worker.live.borrow().values() {
+            connection.watch.sweep(now, draining_past_grace);
+        }
     }
 }
 
@@ -216,6 +239,7 @@ async fn accept_loop(listener: tokio::net::TcpListener, worker: Rc<Worker>) {
         let id = worker.next_connection_id.get();
         worker.next_connection_id.set(id + 1);
         let live = Rc::new(LiveConnection {
+            watch: Rc::new(Watch::new(stream.as_raw_fd())),
             fd: stream.as_raw_fd(),
             request: RefCell::new(String::new()),
             admitted: Cell::new(None),

@@ -15,6 +15,7 @@ use tokio::sync::Notify;
 
 use crate::api::context::{Core, Services};
 use crate::http::request::{Framing, Head};
+use crate::http::watch::Watch;
 use crate::lifecycle::drain::Gate;
 use crate::tls::ServerTls;
 
@@ -30,6 +31,8 @@ pub struct LiveConnection {
     /// recently used idle connection is closed first when the limit is reached.
     pub idle_since: Cell<Option<Instant>>,
     pub peer: SocketAddr,
+    /// The deadline of its socket operation in progress, enforced by the worker's sweeper.
+    pub watch: Rc<Watch>,
 }
 
 /// One core's server side: its handler context (`core`), its connections, its drain gate.
@@ -94,34 +97,38 @@ impl Worker {
         true
     }
 
-    /// `req-` + 20 of [0-9a-z], as keepstore generates them.
-    pub fn new_request_id(&self) -> String {
+    /// `req-` + 20 of [0-9a-z], as keepstore generates them, written over `out` (its
+    /// allocation is kept from one request to the next).
+    pub fn write_request_id(&self, out: &mut String) {
         const ALPHABET: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
-        let mut id = String::with_capacity(24);
-        id.push_str("req-");
+        let mut id = *b"req-00000000000000000000";
+        // Each digit is the next base-36 digit of `bits` read as a fraction in [0, 1): a
+        // multiply instead of a division (ten digits use 52 of its 64 bits).
         let mut bits = self.core.next_random();
-        for index in 0..20 {
+        for (index, digit) in id[4..].iter_mut().enumerate() {
             if index == 10 {
                 bits = self.core.next_random();
             }
-            id.push(ALPHABET[(bits % 36) as usize] as char);
-            bits /= 36;
+            let scaled = u128::from(bits) * 36;
+            *digit = ALPHABET[(scaled >> 64) as usize];
+            bits = scaled as u64;
         }
-        id
+        out.clear();
+        // ASCII by construction.
+        out.push_str(std::str::from_utf8(&id).unwrap_or("req-"));
     }
 
-    /// The `Date` header value, formatted once per second per worker.
-    pub fn http_date(&self) -> String {
-        let now = SystemTime::now();
-        let second = now
-            .duration_since(UNIX_EPOCH)
-            .map(|elapsed| elapsed.as_secs())
-            .unwrap_or(0);
+    /// The `Date` header value written over `out`; formatted once per second per worker
+    /// (the second from the coarse clock: no time-source read per request).
+    pub fn write_http_date(&self, out: &mut String) {
+        let second = coarse_unix_seconds();
         let mut cache = self.date_cache.borrow_mut();
         if cache.0 != second || cache.1.is_empty() {
+            let now = UNIX_EPOCH + Duration::from_secs(second);
             *cache = (second, httpdate::fmt_http_date(now));
         }
-        cache.1.clone()
+        out.clear();
+        out.push_str(&cache.1);
     }
 
     /// The one place a request is logged and counted.
@@ -155,6 +162,22 @@ impl Worker {
             request_id = %answered.request_id,
             "request"
         );
+    }
+}
+
+/// Whole seconds since the epoch from `CLOCK_REALTIME_COARSE` (the kernel's last tick:
+/// a memory read, no time-source read; behind by at most a tick, which a one-second
+/// `Date` header cannot show).
+fn coarse_unix_seconds() -> u64 {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `now` is a valid timespec to write; the clock id is a constant.
+    let result = unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut now) };
+    match result {
+        0 => now.tv_sec.max(0) as u64,
+        _ => SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|elapsed| elapsed.as_secs())
+            .unwrap_or(0),
     }
 }
 

@@ -62,10 +62,6 @@ pub fn to_io(error: S3Error) -> io::Error {
     }
 }
 
-fn is_block_hash(text: &str) -> bool {
-    text.len() == 32 && text.bytes().all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f'))
-}
-
 impl S3Bucket {
     /// The object key of block `hash` (keepstore's `key`).
     pub fn key(&self, hash: &str) -> String {
@@ -85,7 +81,7 @@ impl S3Bucket {
         } else {
             key
         };
-        is_block_hash(hash).then_some(hash)
+        crate::locator::is_hash(hash).then_some(hash)
     }
 
     async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, S3Error> {
@@ -427,7 +423,7 @@ impl S3Bucket {
 
 /// Block hash → the 16 bytes Content-MD5 carries.
 fn decode_hash(hash: &str) -> Option<[u8; 16]> {
-    if !is_block_hash(hash) {
+    if !crate::locator::is_hash(hash) {
         return None;
     }
     let mut md5 = [0u8; 16];

@@ -10,6 +10,11 @@ use crate::volume::Volume;
 
 /// Indexes into `volumes`, in the order a block with `hash` should be tried.
 pub fn order<V: std::ops::Deref<Target = Volume>>(hash: &str, volumes: &[V]) -> Vec<usize> {
+    if volumes.len() < 2 {
+        // Nothing to order: no MD5 of the hash and the volume's id (a GET of a small
+        // block on a one-volume node spends ~1% of its CPU on it).
+        return (0..volumes.len()).collect();
+    }
     let mut keyed: Vec<(i64, [u8; 16], usize)> = volumes
         .iter()
         .enumerate()
