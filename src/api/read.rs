@@ -57,11 +57,19 @@ pub async fn read<'a>(
     let mut buffer = core.pool.chunk();
     let mut failure = RequestError::NotFound;
     let volumes = state.volumes.all();
-    let mut order = placement::order(locator.hash, volumes);
     // Placement order, but volumes that are failing (a dead or hanging S3 store, a
-    // failing drive) after the others.
-    order.sort_by_key(|&index| volumes[index].is_suspect());
-    for volume_index in order {
+    // failing drive) after the others. One volume: nothing to order or allocate.
+    let ordered: Vec<usize>;
+    let order: &[usize] = match volumes.len() {
+        1 => &[0],
+        _ => {
+            let mut order = placement::order(locator.hash, volumes);
+            order.sort_by_key(|&index| volumes[index].is_suspect());
+            ordered = order;
+            &ordered
+        }
+    };
+    for &volume_index in order {
         let mut stream = match BlockStream::open(core, &state, volume_index, locator.hash).await {
             Ok(Some(stream)) => stream,
             Ok(None) => continue,

@@ -65,6 +65,15 @@ fn fill_head(request: &httparse::Request, head: &mut Head) -> Result<(), Request
     let target = request.path.unwrap_or("/");
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let version_minor = request.version.unwrap_or(1);
+    // The last request's strings, refilled rather than allocated again.
+    let mut spare = Spare([
+        head.authorization.take(),
+        head.cookie.take(),
+        head.request_id.take(),
+        head.storage_classes.take(),
+        head.host.take(),
+        head.forwarded_for.take(),
+    ]);
     let mut method = std::mem::take(&mut head.method);
     let mut path_text = std::mem::take(&mut head.path);
     let mut query_text = std::mem::take(&mut head.query);
@@ -97,7 +106,7 @@ fn fill_head(request: &httparse::Request, head: &mut Head) -> Result<(), Request
             // Every Transfer-Encoding field counts, in order (RFC 9110 §5.3).
             transfer_codings.extend(value.split(',').map(|coding| coding.trim().to_ascii_lowercase()));
         } else {
-            apply_header(head, name, value, version_minor);
+            apply_header(head, name, value, version_minor, &mut spare);
         }
     }
     head.framing = body_framing(&transfer_codings, content_length)?;
@@ -118,8 +127,23 @@ fn merge_content_length(previous: Option<u64>, value: &str) -> Result<u64, Reque
     Ok(parsed)
 }
 
+/// The optional header strings of a connection's previous request (in `Head`'s field
+/// order: authorization, cookie, request id, storage classes, host, forwarded for), whose
+/// allocations the next request's values take over.
+struct Spare([Option<String>; 6]);
+
+impl Spare {
+    /// `value` in the spare string `slot` (or a new one).
+    fn take(&mut self, slot: usize, value: &str) -> String {
+        let mut text = self.0[slot].take().unwrap_or_default();
+        text.clear();
+        text.push_str(value);
+        text
+    }
+}
+
 /// Record one non-framing header field keepring acts on in `head` (the first of repeats wins).
-fn apply_header(head: &mut Head, name: &str, value: &str, version_minor: u8) {
+fn apply_header(head: &mut Head, name: &str, value: &str, version_minor: u8, spare: &mut Spare) {
     if name.eq_ignore_ascii_case("expect") {
         head.expect_continue = value.eq_ignore_ascii_case("100-continue");
     } else if name.eq_ignore_ascii_case("connection") {
@@ -131,17 +155,17 @@ fn apply_header(head: &mut Head, name: &str, value: &str, version_minor: u8) {
             }
         }
     } else if name.eq_ignore_ascii_case("authorization") {
-        head.authorization.get_or_insert_with(|| value.to_string());
+        head.authorization.get_or_insert_with(|| spare.take(0, value));
     } else if name.eq_ignore_ascii_case("cookie") {
-        head.cookie.get_or_insert_with(|| value.to_string());
+        head.cookie.get_or_insert_with(|| spare.take(1, value));
     } else if name.eq_ignore_ascii_case("x-request-id") {
-        head.request_id.get_or_insert_with(|| value.to_string());
+        head.request_id.get_or_insert_with(|| spare.take(2, value));
     } else if name.eq_ignore_ascii_case("x-keep-storage-classes") {
-        head.storage_classes.get_or_insert_with(|| value.to_string());
+        head.storage_classes.get_or_insert_with(|| spare.take(3, value));
     } else if name.eq_ignore_ascii_case("host") {
-        head.host.get_or_insert_with(|| value.to_string());
+        head.host.get_or_insert_with(|| spare.take(4, value));
     } else if name.eq_ignore_ascii_case("x-forwarded-for") {
-        head.forwarded_for.get_or_insert_with(|| value.to_string());
+        head.forwarded_for.get_or_insert_with(|| spare.take(5, value));
     }
 }
 
@@ -224,6 +248,43 @@ pub fn percent_decode(text: &str) -> String {
 mod tests {
     use super::*;
 
+    /// A connection parses every request into one `Head`: each request sees only its
+    /// own fields (none left over from the one before), and strings are refilled in
+    /// their old allocations.
+    #[test]
+    fn a_reused_head_holds_only_the_latest_request() {
+        let mut head = Head::default();
+        let first = b"PUT /abc?x=1 HTTP/1.1\r\nHost: one\r\nAuthorization: Bearer t1\r\nX-Request-Id: req-1\r\nContent-Length: 3\r\n\r\n";
+        assert_eq!(parse_head_into(first, &mut head).unwrap(), Some(first.len()));
+        assert_eq!(
+            (head.method.as_str(), head.path.as_str(), head.query.as_str()),
+            ("PUT", "/abc", "x=1")
+        );
+        assert_eq!(head.framing, Some(Framing::Length(3)));
+        let host_allocation = head.host.as_ref().map(|host| host.as_ptr());
+        let path_allocation = head.path.as_ptr();
+        let second = b"GET /def HTTP/1.1\r\nHost: two\r\n\r\n";
+        assert_eq!(
+            parse_head_into(&second[..10], &mut head).unwrap(),
+            None,
+            "incomplete: untouched"
+        );
+        assert_eq!(head.method, "PUT");
+        assert_eq!(parse_head_into(second, &mut head).unwrap(), Some(second.len()));
+        assert_eq!(
+            (head.method.as_str(), head.path.as_str(), head.query.as_str()),
+            ("GET", "/def", "")
+        );
+        assert_eq!(head.host.as_deref(), Some("two"));
+        assert_eq!(
+            (head.authorization.as_deref(), head.request_id.as_deref()),
+            (None, None)
+        );
+        assert_eq!(head.framing, None);
+        assert_eq!(head.host.as_ref().map(|host| host.as_ptr()), host_allocation);
+        assert_eq!(head.path.as_ptr(), path_allocation);
+    }
+
     #[test]
     fn partial_head_asks_for_more() {
         assert!(parse_head(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap().is_none());
@@ -303,15 +364,33 @@ mod tests {
             close: true,
             ..Head::default()
         };
-        apply_header(&mut http10, "Connection", "Keep-Alive", 0);
+        apply_header(
+            &mut http10,
+            "Connection",
+            "Keep-Alive",
+            0,
+            &mut Spare(Default::default()),
+        );
         assert!(!http10.close);
-        apply_header(&mut http10, "connection", "keep-alive, close", 0);
+        apply_header(
+            &mut http10,
+            "connection",
+            "keep-alive, close",
+            0,
+            &mut Spare(Default::default()),
+        );
         assert!(http10.close);
         let mut http11 = Head {
             close: true,
             ..Head::default()
         };
-        apply_header(&mut http11, "Connection", "keep-alive", 1);
+        apply_header(
+            &mut http11,
+            "Connection",
+            "keep-alive",
+            1,
+            &mut Spare(Default::default()),
+        );
         assert!(http11.close);
     }
 

@@ -10,7 +10,12 @@ pub fn block_dir(root: &Path, hash: &str) -> PathBuf {
 }
 
 pub fn block_path(root: &Path, hash: &str) -> PathBuf {
-    block_dir(root, hash).join(hash)
+    // One allocation of the right size (two joins grew the path twice).
+    let mut path = PathBuf::with_capacity(root.as_os_str().len() + 2 + 3 + hash.len());
+    path.push(root);
+    path.push(&hash[..3]);
+    path.push(hash);
+    path
 }
 
 /// `tmp<hash><digits>` in the block's own directory (Go `ioutil.TempFile` pattern, so
