@@ -69,15 +69,20 @@ fn paths() -> Vec<(Kernel, SingleStream)> {
         .collect()
 }
 
+/// Feeds `pieces[i]` to `states[i]`, all in one batch call.
+fn feed(kernel: Kernel, engine: SingleStream, states: &mut [LaneState], pieces: &[Vec<u8>]) {
+    let mut jobs: Vec<(&mut LaneState, &[u8])> = states
+        .iter_mut()
+        .zip(pieces)
+        .map(|(state, piece)| (state, piece.as_slice()))
+        .collect();
+    kernel.update_batch_with(engine, &mut jobs);
+}
+
 /// Hashes `messages` as one batch call each and checks each digest against md-5's.
 fn check_one_batch(kernel: Kernel, engine: SingleStream, messages: &[Vec<u8>]) {
     let mut states = vec![LaneState::new(); messages.len()];
-    let mut jobs: Vec<(&mut LaneState, &[u8])> = states
-        .iter_mut()
-        .zip(messages)
-        .map(|(state, message)| (state, message.as_slice()))
-        .collect();
-    kernel.update_batch_with(engine, &mut jobs);
+    feed(kernel, engine, &mut states, messages);
     for (lane, (state, message)) in states.iter().zip(messages).enumerate() {
         assert_eq!(
             state.finish_with(engine),
@@ -112,12 +117,7 @@ fn known_answers_from_rfc_1321_appendix_a5() {
     for (kernel, engine) in paths() {
         let messages: Vec<Vec<u8>> = cases.iter().map(|(message, _)| message.as_bytes().to_vec()).collect();
         let mut states = vec![LaneState::new(); messages.len()];
-        let mut jobs: Vec<(&mut LaneState, &[u8])> = states
-            .iter_mut()
-            .zip(&messages)
-            .map(|(state, message)| (state, message.as_slice()))
-            .collect();
-        kernel.update_batch_with(engine, &mut jobs);
+        feed(kernel, engine, &mut states, &messages);
         for (state, (_, digest)) in states.iter().zip(cases) {
             assert_eq!(crate::signature::hex(&state.finish_with(engine)), digest);
         }
@@ -336,19 +336,15 @@ fn streams_finish_together_in_lanes() {
         for streams in [1usize, 2, 7, 16, 17, 33] {
             let messages: Vec<Vec<u8>> = (0..streams).map(|_| random.bytes_up_to(300)).collect();
             let mut states = vec![LaneState::new(); streams];
-            let mut jobs: Vec<(&mut LaneState, &[u8])> = states
-                .iter_mut()
-                .zip(&messages)
-                .map(|(state, message)| (state, message.as_slice()))
+            feed(kernel, engine, &mut states, &messages);
+            let paddings: Vec<Vec<u8>> = states
+                .iter()
+                .map(|state| {
+                    let (padding, length) = state.padding();
+                    padding[..length].to_vec()
+                })
                 .collect();
-            kernel.update_batch_with(engine, &mut jobs);
-            let paddings: Vec<_> = states.iter().map(LaneState::padding).collect();
-            let mut jobs: Vec<(&mut LaneState, &[u8])> = states
-                .iter_mut()
-                .zip(&paddings)
-                .map(|(state, (padding, length))| (state, &padding[..*length]))
-                .collect();
-            kernel.update_batch_with(engine, &mut jobs);
+            feed(kernel, engine, &mut states, &paddings);
             for (state, message) in states.iter().zip(&messages) {
                 assert_eq!(
                     state.digest_after_padding(),
