@@ -137,7 +137,8 @@ mod tests {
     #[test]
     fn hex_is_compares_with_the_lowercase_hex() {
         for seed in 0u8..=255 {
-            let digest: [u8; 16] = std::array::from_fn(|index| seed.wrapping_mul(37).wrapping_add(index as u8 * 91));
+            let digest: [u8; 16] =
+                std::array::from_fn(|index| seed.wrapping_mul(37).wrapping_add((index as u8).wrapping_mul(91)));
             let hex = crate::signature::hex(&digest);
             assert!(hex_is(&digest, hex.as_bytes()), "{hex}");
             assert!(!hex_is(&digest, hex.to_uppercase().as_bytes()) || !hex.bytes().any(|b| b.is_ascii_alphabetic()));

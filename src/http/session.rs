@@ -141,7 +141,11 @@ impl Session {
         self.watch.arm(idle_deadline, true);
         let (result, buffer) = read_into(&self.stream, self.tls.as_deref_mut(), buffer, end).await;
         self.read_buffer = buffer;
-        if self.watch.disarm() {
+        let fired = self.watch.disarm();
+        // Bytes that arrived as the sweeper cut the wait are a request to answer (its
+        // read side is shut, its write side is not): as a select preferring the read did.
+        let arrived = matches!(result, Ok(read) if read > 0);
+        if fired && !arrived {
             // Idle past its time (or the drain's grace): the sweeper shut the read side;
             // a TLS peer is told before both sides are shut.
             if let Some(tls) = self.tls.as_mut() {

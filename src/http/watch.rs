@@ -84,11 +84,21 @@ impl Watch {
     /// worker's drain began more than `DRAIN_IDLE_GRACE_MS` ago). Cuts the armed
     /// operation when it is due: a wait between requests by shutting the read side only
     /// (a TLS session can still say close_notify), anything else both sides (a write
-    /// blocked on a peer that does not read ends only so). True when it cut.
+    /// blocked on a peer that does not read ends only so). A wait between requests still
+    /// pending at the next sweep (a TLS read can be writing: its handshake reply, an
+    /// alert, to a peer that does not read) is cut on both sides then. True when it cut.
     pub fn sweep(&self, now: u64, draining_past_grace: bool) -> bool {
         let deadline = self.deadline_ms.get();
-        if deadline == 0 || self.fired.get() {
+        if deadline == 0 {
             return false;
+        }
+        if self.fired.get() {
+            if !self.between_requests.replace(false) {
+                return false;
+            }
+            // SAFETY: as below.
+            unsafe { libc::shutdown(self.fd, libc::SHUT_RDWR) };
+            return true;
         }
         let between_requests = self.between_requests.get();
         if now < deadline && !(between_requests && draining_past_grace) {
@@ -173,5 +183,24 @@ mod tests {
         (&server).write_all(b"y").expect("write after a read-side shutdown");
         client.read_exact(&mut byte).expect("client read");
         assert_eq!(&byte, b"y");
+    }
+
+    /// A wait between requests that is still pending a sweep after its read side was
+    /// shut (a TLS read writing to a peer that does not read) is cut on both sides, once.
+    #[test]
+    fn a_wait_between_requests_still_pending_at_the_next_sweep_is_cut_on_both_sides() {
+        let (server, mut client) = pair();
+        let watch = Watch::new(server.as_raw_fd());
+        let now = now_ms();
+        watch.arm(now + 10, true);
+        assert!(watch.sweep(now + 10, false), "due: read side cut");
+        (&server).write_all(b"z").expect("the write side is still open");
+        assert!(watch.sweep(now + 110, false), "still pending a sweep later: both sides");
+        assert!(!watch.sweep(now + 210, false), "cut once more, not again");
+        assert!(watch.disarm());
+        let mut byte = [0u8; 1];
+        client.read_exact(&mut byte).expect("the byte sent before");
+        assert_eq!(client.read(&mut byte).expect("client read"), 0, "then the FIN");
+        assert!((&server).write_all(b"w").is_err(), "the write side is shut now");
     }
 }
