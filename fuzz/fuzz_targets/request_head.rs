@@ -2,10 +2,12 @@
 //! buffer that grows until a head is complete. Beyond "never panics" it checks that
 //! a complete head is within `limits.rs`, that the bytes after it do not change it, that
 //! every shorter prefix of it asks for more (so a head split across reads parses as one
-//! read would), and that what it keeps is what the head says.
+//! read would), that what it keeps is what the head says, and that parsing it into the
+//! `Head` of a connection's previous request (as the session does) leaves nothing of that
+//! one behind.
 #![no_main]
 
-use keepring::http::request::{parse_head, percent_decode, Framing, Head};
+use keepring::http::request::{parse_head, parse_head_into, percent_decode, Framing, Head};
 use keepring::limits::{HEADER_BYTES_MAX, HEADER_COUNT_MAX};
 use libfuzzer_sys::fuzz_target;
 
@@ -42,6 +44,13 @@ fn check_complete(data: &[u8], head: &Head, head_len: usize) {
     let (head_alone, len_alone) = alone.expect("the head alone is complete");
     assert_eq!(len_alone, head_len);
     assert_eq!(format!("{head_alone:?}"), format!("{head:?}"));
+
+    // Parsed into the head of a previous request that set every field keepring keeps
+    // (the session reuses one per connection, strings and all): the same result.
+    let mut reused = previous_request();
+    let reused_len = parse_head_into(head_bytes, &mut reused).expect("parses into a used head");
+    assert_eq!(reused_len, Some(head_len));
+    assert_eq!(format!("{reused:?}"), format!("{head:?}"), "something of the previous request stayed");
 
     // Every shorter prefix asks for more bytes: checked at the cut points most likely to
     // differ (inside the last CRLF, the middle) and one chosen by the input.
@@ -99,6 +108,17 @@ fn check_complete(data: &[u8], head: &Head, head_len: usize) {
     }
     if !head.query.contains(['%', '+']) {
         assert_eq!(percent_decode(&head.query), head.query);
+    }
+}
+
+/// The head of a request with every field `Head` keeps set.
+fn previous_request() -> Head {
+    let raw = b"PUT /previous?query=1 HTTP/1.0\r\nAuthorization: Bearer previous\r\nCookie: c=1\r\n\
+X-Request-Id: req-previous\r\nX-Keep-Storage-Classes: hot\r\nHost: previous\r\nX-Forwarded-For: 10.0.0.1\r\n\
+Content-Length: 5\r\nExpect: 100-continue\r\nConnection: keep-alive\r\n\r\n";
+    match parse_head(raw) {
+        Ok(Some((head, _))) => head,
+        other => panic!("the previous request parses: {other:?}"),
     }
 }
 
