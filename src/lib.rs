@@ -25,6 +25,7 @@ pub mod node;
 pub mod s3;
 pub mod scrub;
 pub mod server;
+pub mod shared_body;
 pub mod signature;
 pub mod supervisor;
 pub mod tls;

@@ -80,6 +80,21 @@ pub const LISTEN_BACKLOG: i32 = 1024;
 /// with 128 KiB (and 2.8x the req/s), the big GET giving up a fair share (515 → 392 MB/s).
 pub const CHUNK_BYTES: usize = 128 * 1024;
 
+/// A PUT body is received at most this far ahead of its hash (`hasher::BodyStream`): the
+/// hasher waits to gather every receiving stream's bytes into one batch's lanes, and a
+/// stream this far ahead waits for it. Bounds the hashing left when the body is whole
+/// (about 4 ms on one stream).
+pub const HASH_LAG_MAX_BYTES: usize = 2 * 1024 * 1024;
+
+/// The most of one PUT stream's waiting bytes a hasher batch takes, so one batch holds
+/// the core about a millisecond even with 16 streams far behind.
+pub const HASH_SLICE_MAX_BYTES: usize = 256 * 1024;
+
+/// The least a batch takes of a waiting PUT stream when others have less waiting: the
+/// batch takes equal lengths from its streams (every lane busy in every round), but not
+/// so little that its overhead counts.
+pub const HASH_SLICE_MIN_BYTES: usize = 64 * 1024;
+
 /// A block write starts the writeback of every this many bytes as soon as they are in the
 /// page cache (sync_file_range), so its final fdatasync waits for little: measured here on
 /// a 64 MiB write, fdatasync took 24 ms without and 0.4 ms with, each call under 0.5 ms.

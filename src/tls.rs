@@ -21,16 +21,47 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::ServerConfig;
 
+/// Where plaintext taken from a rustls connection goes: a `Vec` up to a length
+/// (`UpTo`), or the free end of a shared PUT body (`shared_body::Room`).
+pub trait PlaintextSink {
+    /// Bytes it can still take.
+    fn space(&self) -> usize;
+    /// Append `bytes` (at most `space()`).
+    fn put(&mut self, bytes: &[u8]);
+}
+
+/// A `Vec` filled up to `end` bytes.
+pub struct UpTo<'a> {
+    pub buffer: &'a mut Vec<u8>,
+    pub end: usize,
+}
+
+impl PlaintextSink for UpTo<'_> {
+    fn space(&self) -> usize {
+        self.end.saturating_sub(self.buffer.len())
+    }
+
+    fn put(&mut self, bytes: &[u8]) {
+        self.buffer.extend_from_slice(bytes);
+    }
+}
+
+impl PlaintextSink for crate::shared_body::Room {
+    fn space(&self) -> usize {
+        crate::shared_body::Room::space(self)
+    }
+
+    fn put(&mut self, bytes: &[u8]) {
+        crate::shared_body::Room::put(self, bytes);
+    }
+}
+
 /// Plaintext a rustls connection (either side: the listener's `http::tls_channel`, the
-/// S3 client's `s3::tls`) holds, moved into `buffer` up to `end`: `Some(count)` (0: end
-/// of stream, or no room), or `None` when it has none yet.
-pub fn take_plaintext(
-    mut reader: rustls::Reader<'_>,
-    buffer: &mut Vec<u8>,
-    end: usize,
-) -> std::io::Result<Option<usize>> {
+/// S3 client's `s3::tls`) holds, moved into `sink` as far as it has space: `Some(count)`
+/// (0: end of stream, or no space), or `None` when it has none yet.
+pub fn take_plaintext(mut reader: rustls::Reader<'_>, sink: &mut impl PlaintextSink) -> std::io::Result<Option<usize>> {
     use std::io::{BufRead, ErrorKind};
-    let want = end.saturating_sub(buffer.len());
+    let want = sink.space();
     if want == 0 {
         return Ok(Some(0));
     }
@@ -40,7 +71,7 @@ pub fn take_plaintext(
             Ok(chunk) => {
                 // Empty: the peer sent close_notify and everything before it was read.
                 let count = chunk.len().min(want - taken);
-                buffer.extend_from_slice(&chunk[..count]);
+                sink.put(&chunk[..count]);
                 count
             }
             Err(error) if error.kind() == ErrorKind::WouldBlock => break,

@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use futures_util::FutureExt;
+
 use crate::api::context::Core;
 use crate::api::{auth, body};
 use crate::digest::state_matches;
@@ -19,7 +21,6 @@ use crate::http::session::Session;
 use crate::http::token::tokens;
 use crate::limits::{BLOCK_BYTES_MAX, HASH_HEX_LEN, STREAMED_WRITE_BYTES_MIN};
 use crate::locator::Locator;
-use crate::md5lanes::LaneState;
 use crate::metrics::{VolumeErrorKind, VolumeOp};
 use crate::volume::health::WriteStarted;
 use crate::volume::io::{self, WriteError};
@@ -46,7 +47,9 @@ pub async fn write(
     }
     let wanted_classes = head.requested_storage_classes();
     let mut candidates = write_candidates(core, hash, &wanted_classes)?;
-    let mut reader = body::BodyReader::start(core, session, length, BLOCK_BYTES_MAX).await?;
+    let mut reader = body::BodyReader::start(core, session, length, BLOCK_BYTES_MAX)
+        .await?
+        .hashed(&core.hasher);
     // A big body goes to its first volume while it arrives (the common case: no volume
     // holds the block yet); the others, and every fallback, are written from memory after.
     let mut streamed = match length {
@@ -66,7 +69,7 @@ pub async fn write(
         let volume = write.finish(core, hash, &mut reader, &mut progress).await;
         candidates.retain(|candidate| candidate.uuid != volume.uuid);
     }
-    let (mut body, lease) = reader.finish();
+    let (mut body, lease) = reader.finish().await;
     let size = body.len() as u64;
     let stored = store(core, hash, &mut body, &candidates, &wanted_classes, progress).await;
     core.keep_body_buffer(body);
@@ -106,23 +109,16 @@ fn write_candidates(core: &Core, hash: &str, wanted_classes: &[String]) -> Resul
 async fn receive(
     core: &Core,
     session: &mut Session,
-    reader: &mut body::BodyReader,
+    reader: &mut body::BodyReader<'_>,
     streamed: &mut Option<StreamedWrite>,
     locator_text: &str,
 ) -> Result<(), RequestError> {
-    let mut digest = LaneState::new();
-    while let Some(piece) = reader.next(core, session).await? {
-        // Hashed with every other chunk pending on this core (`hasher`).
-        let body = reader.lend();
-        let (advanced, body) = core.hasher.update(digest, body, piece).await;
-        reader.put_back(body);
-        digest = advanced;
+    while reader.next(core, session).await?.is_some() {
         if let Some(write) = streamed.as_mut() {
-            if write.writer.wants(reader.body().len()) {
-                write.append(reader, false).await;
-            }
+            write.advance(reader);
         }
     }
+    let digest = reader.digest().await;
     match state_matches(&digest, &locator_text[..HASH_HEX_LEN]) {
         true => Ok(()),
         false => Err(RequestError::HashMismatch {
@@ -132,21 +128,34 @@ async fn receive(
     }
 }
 
-/// A PUT body being written to its first volume as it arrives.
+/// A PUT body being written to its first volume as it arrives. Each step's write runs
+/// as a task of its own while the body keeps arriving (it reads bytes that arrived, the
+/// socket fills the buffer past them: `shared_body`); a request cut short leaves the task
+/// to finish its write, and its writer's drop removes the temp file.
 struct StreamedWrite {
     volume: Arc<Volume>,
     started: WriteStarted,
-    writer: io::BlockWriter,
+    step: WriteStep,
     /// The first write error: the rest of the body is still read (and hashed), then the
     /// copy goes to the other volumes from memory.
     failure: Option<std::io::Error>,
 }
 
+enum WriteStep {
+    Idle(io::BlockWriter),
+    Writing(tokio::task::JoinHandle<(io::BlockWriter, std::io::Result<()>)>),
+    /// The write task ended without giving its writer back (it panicked): its drop
+    /// removed the temp file.
+    Lost,
+}
+
 impl StreamedWrite {
     /// The request ends without a block (body cut short, MD5 mismatch): remove the temp
     /// file, and still account for a write error the volume gave meanwhile.
-    async fn give_up(self, core: &Core, hash: &str) {
-        self.writer.abandon().await;
+    async fn give_up(mut self, core: &Core, hash: &str) {
+        if let Some(writer) = self.writer().await {
+            writer.abandon().await;
+        }
         if let Some(error) = self.failure {
             note_write_failure(core, &self.volume, hash, error.into());
         }
@@ -158,16 +167,24 @@ impl StreamedWrite {
         mut self,
         core: &Core,
         hash: &str,
-        reader: &mut body::BodyReader,
+        reader: &mut body::BodyReader<'_>,
         progress: &mut StoreProgress,
     ) -> Arc<Volume> {
-        self.append(reader, true).await;
-        let result = match self.failure.take() {
-            Some(error) => {
-                self.writer.abandon().await;
-                Err(error.into())
+        let result = match self.writer().await {
+            None => Err(self.failure.take().unwrap_or_else(write_task_lost).into()),
+            Some(mut writer) => {
+                if self.failure.is_none() {
+                    let (result, _) = writer.append_last(reader.arrived()).await;
+                    self.failure = result.err();
+                }
+                match self.failure.take() {
+                    Some(error) => {
+                        writer.abandon().await;
+                        Err(error.into())
+                    }
+                    None => writer.commit().await,
+                }
             }
-            None => self.writer.commit().await,
         };
         let size = reader.body().len();
         let outcome = account_write(core, &self.volume, hash, result, size, self.started);
@@ -177,20 +194,65 @@ impl StreamedWrite {
         self.volume
     }
 
-    /// Write what arrived since the last call, all of it when the body is `whole`
-    /// (nothing more once a write failed).
-    async fn append(&mut self, reader: &mut body::BodyReader, whole: bool) {
-        if self.failure.is_some() {
+    /// Start writing what arrived, unless a write is still running or a step's worth has
+    /// not arrived yet (nothing more once a write failed).
+    fn advance(&mut self, reader: &body::BodyReader<'_>) {
+        if let WriteStep::Writing(task) = &mut self.step {
+            if !task.is_finished() {
+                return;
+            }
+            // Finished: its output is there to take without waiting.
+            let Some(outcome) = task.now_or_never() else { return };
+            self.step = match outcome {
+                Ok((writer, result)) => {
+                    if let Err(error) = result {
+                        self.failure.get_or_insert(error);
+                    }
+                    WriteStep::Idle(writer)
+                }
+                Err(_) => {
+                    self.failure.get_or_insert_with(write_task_lost);
+                    WriteStep::Lost
+                }
+            };
+        }
+        let wanted = matches!(&self.step, WriteStep::Idle(writer) if writer.wants(reader.len()));
+        if self.failure.is_some() || !wanted {
             return;
         }
-        let body = reader.lend();
-        let (result, body) = match whole {
-            true => self.writer.append_last(body).await,
-            false => self.writer.append(body).await,
+        let WriteStep::Idle(mut writer) = std::mem::replace(&mut self.step, WriteStep::Lost) else {
+            return;
         };
-        reader.put_back(body);
-        self.failure = result.err();
+        let arrived = reader.arrived();
+        self.step = WriteStep::Writing(tokio_uring::spawn(async move {
+            let (result, _) = writer.append(arrived).await;
+            (writer, result)
+        }));
     }
+
+    /// The writer, once its running write (if any) ended.
+    async fn writer(&mut self) -> Option<io::BlockWriter> {
+        match std::mem::replace(&mut self.step, WriteStep::Lost) {
+            WriteStep::Idle(writer) => Some(writer),
+            WriteStep::Writing(task) => match task.await {
+                Ok((writer, result)) => {
+                    if let Err(error) = result {
+                        self.failure.get_or_insert(error);
+                    }
+                    Some(writer)
+                }
+                Err(_) => {
+                    self.failure.get_or_insert_with(write_task_lost);
+                    None
+                }
+            },
+            WriteStep::Lost => None,
+        }
+    }
+}
+
+fn write_task_lost() -> std::io::Error {
+    std::io::Error::other("the block's write task ended early")
 }
 
 /// The streamed write of a new block to the first candidate, unless a candidate already
@@ -218,7 +280,7 @@ async fn start_streamed_write(
     Some(StreamedWrite {
         volume,
         started,
-        writer,
+        step: WriteStep::Idle(writer),
         failure: None,
     })
 }

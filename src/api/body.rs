@@ -16,12 +16,15 @@ use std::time::{Duration, Instant};
 use crate::api::context::Core;
 use crate::bufpool::{Lease, CHUNK_BUFFER_BYTES};
 use crate::error::RequestError;
+use crate::hasher::{BodyStream, Hasher};
 use crate::http::request::{Framing, Head};
 use crate::http::session::Session;
 use crate::limits::{
     BLOCK_BYTES_MAX, BODY_GRACE_MS, BODY_RATE_BYTES_PER_SEC_MIN, CHUNK_BYTES, SLOW_BODY_AGE_MIN_MS, SLOW_BODY_CHECK_MS,
     STREAMED_WRITE_BYTES_MIN,
 };
+use crate::md5lanes::LaneState;
+use crate::shared_body::{Arrived, SharedBody};
 
 /// The body's announced length: `None` for chunked, 0 when there is no body.
 pub fn announced_length(head: &Head) -> Option<u64> {
@@ -45,7 +48,7 @@ pub async fn read_leased(
     while let Some(piece) = reader.next(core, session).await? {
         on_data(&reader.body()[piece]);
     }
-    Ok(reader.finish())
+    Ok(reader.finish().await)
 }
 
 /// A big body in progress, as any core sees it.
@@ -134,9 +137,14 @@ async fn lease_giving_way(core: &Core, bytes: u64) -> Result<Lease, RequestError
 }
 
 /// A request body arriving into one leased buffer, a piece (at most one chunk) per step,
-/// so the caller can hash, and write, each piece before the next one is read.
-pub struct BodyReader {
-    body: Vec<u8>,
+/// so the caller can write each piece (and, with `hashed`, the hasher hash it) while the
+/// next one is read. A body with a Content-Length (within `bytes_max`) is read straight
+/// into the free end of its buffer (`shared_body`), so the hash and a volume write can work
+/// on what arrived meanwhile; a chunked body grows its buffer, which nothing may be
+/// looking at then: it waits for its hash before each read.
+pub struct BodyReader<'a> {
+    body: SharedBody,
+    hash: Option<BodyStream<'a>>,
     lease: Lease,
     length: Option<u64>,
     bytes_max: u64,
@@ -145,7 +153,7 @@ pub struct BodyReader {
     tracked: Option<(Arc<BodyInFlight>, Arc<crate::api::context::Services>)>,
 }
 
-impl Drop for BodyReader {
+impl Drop for BodyReader<'_> {
     fn drop(&mut self) {
         if let Some((body, services)) = &self.tracked {
             services.slow_bodies.deregister(body);
@@ -153,7 +161,7 @@ impl Drop for BodyReader {
     }
 }
 
-impl BodyReader {
+impl<'a> BodyReader<'a> {
     /// Lease the budget for the body (Content-Length) or its first chunk (chunked) and
     /// set the connection's body deadline.
     pub async fn start(
@@ -173,7 +181,8 @@ impl BodyReader {
         let allowed = Duration::from_millis(BODY_GRACE_MS + expected_bytes * 1000 / BODY_RATE_BYTES_PER_SEC_MIN);
         session.set_body_deadline(allowed);
         Ok(BodyReader {
-            body,
+            body: SharedBody::new(body),
+            hash: None,
             lease,
             length,
             bytes_max,
@@ -182,24 +191,25 @@ impl BodyReader {
         })
     }
 
+    /// Hash the body as it arrives, on `hasher`; `digest` gives the result.
+    pub fn hashed(mut self, hasher: &'a Hasher) -> Self {
+        self.hash = Some(BodyStream::new(hasher));
+        self
+    }
+
     /// Read the next piece: the range of `body()` it landed in, or `None` at the end.
     pub async fn next(&mut self, core: &Core, session: &mut Session) -> Result<Option<Range<usize>>, RequestError> {
-        if self.length.is_none() && self.body.len() as u64 + CHUNK_BYTES as u64 > self.leased_body_bytes {
-            core.pool.grow(&mut self.lease, CHUNK_BYTES as u64).await?;
-            self.leased_body_bytes += CHUNK_BYTES as u64;
-            if (self.body.capacity() as u64) < self.leased_body_bytes {
-                // Doubled, not grown a chunk at a time: growing a big buffer copies it
-                // (`allocator`). Pages past the lease stay untouched, so not resident.
-                let doubled = (2 * self.body.capacity()).min(self.bytes_max as usize + 1);
-                let want = (self.leased_body_bytes as usize).max(doubled);
-                self.body.reserve_exact(want - self.body.len());
-            }
-        }
         let before = self.body.len();
-        let (result, returned) = session
-            .read_body_some(std::mem::take(&mut self.body), CHUNK_BYTES, self.bytes_max as usize + 1)
-            .await;
-        self.body = returned;
+        let into_room = self.length.is_some_and(|length| length <= self.bytes_max);
+        let result = match into_room {
+            true => {
+                let room = self.body.room(CHUNK_BYTES);
+                let (result, room) = session.read_body_room(room, CHUNK_BYTES).await;
+                self.body.fill(room);
+                result
+            }
+            false => self.read_growing(core, session).await,
+        };
         if let Some((body, _)) = &self.tracked {
             body.received.store(self.body.len() as u64, Ordering::Relaxed);
             if result.is_err() && body.cut.load(Ordering::Relaxed) {
@@ -212,27 +222,83 @@ impl BodyReader {
         if self.body.len() as u64 > self.bytes_max {
             return Err(RequestError::BodyTooLarge);
         }
+        if let Some(hash) = self.hash.as_mut() {
+            hash.feed(self.body.arrived(self.body.len())).await;
+        }
         // At most one chunk per step: processing it holds the core about a millisecond.
         Ok(Some(before..self.body.len()))
     }
 
+    /// A read of a chunked body (or of one longer than `bytes_max`), into a buffer that
+    /// grows with the lease: it has the buffer to itself.
+    async fn read_growing(&mut self, core: &Core, session: &mut Session) -> Result<usize, RequestError> {
+        let mut body = self.exclusive().await;
+        if self.length.is_none() && body.len() as u64 + CHUNK_BYTES as u64 > self.leased_body_bytes {
+            if let Err(error) = core.pool.grow(&mut self.lease, CHUNK_BYTES as u64).await {
+                self.body = SharedBody::new(body);
+                return Err(error);
+            }
+            self.leased_body_bytes += CHUNK_BYTES as u64;
+            if (body.capacity() as u64) < self.leased_body_bytes {
+                // Doubled, not grown a chunk at a time: growing a big buffer copies it
+                // (`allocator`). Pages past the lease stay untouched, so not resident.
+                let doubled = (2 * body.capacity()).min(self.bytes_max as usize + 1);
+                let want = (self.leased_body_bytes as usize).max(doubled);
+                body.reserve_exact(want - body.len());
+            }
+        }
+        let (result, returned) = session
+            .read_body_some(body, CHUNK_BYTES, self.bytes_max as usize + 1)
+            .await;
+        self.body = SharedBody::new(returned);
+        result
+    }
+
+    /// The buffer as a `Vec`, once the hash is done with it (the caller holds no view).
+    async fn exclusive(&mut self) -> Vec<u8> {
+        if let Some(hash) = self.hash.as_mut() {
+            hash.settle().await;
+        }
+        let body = std::mem::replace(&mut self.body, SharedBody::new(Vec::new()));
+        body.take_vec().unwrap_or_else(|shared| {
+            // A view still out (none should be): the bytes are copied, nothing is lost.
+            let mut copy = Vec::with_capacity(shared.capacity());
+            copy.extend_from_slice(shared.filled());
+            copy
+        })
+    }
+
     /// The bytes received so far.
     pub fn body(&self) -> &[u8] {
-        &self.body
+        self.body.filled()
     }
 
-    /// Lend the buffer to an operation that takes it by value (an io_uring write); it
-    /// must come back through `put_back` before the next `next`.
-    pub fn lend(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.body)
+    /// Bytes received so far.
+    pub fn len(&self) -> usize {
+        self.body.len()
     }
 
-    pub fn put_back(&mut self, body: Vec<u8>) {
-        self.body = body;
+    pub fn is_empty(&self) -> bool {
+        self.body.is_empty()
     }
 
-    pub fn finish(mut self) -> (Vec<u8>, Lease) {
-        let body = std::mem::take(&mut self.body);
+    /// The body so far, for an operation that reads it (a volume write) while more
+    /// arrives.
+    pub fn arrived(&self) -> Arrived {
+        self.body.arrived(self.body.len())
+    }
+
+    /// The MD5 state of the whole body (hashed with `hashed`: else of nothing).
+    pub async fn digest(&mut self) -> LaneState {
+        match self.hash.take() {
+            Some(hash) => hash.finish().await,
+            None => LaneState::new(),
+        }
+    }
+
+    /// The body and its lease; every view handed out must be gone.
+    pub async fn finish(mut self) -> (Vec<u8>, Lease) {
+        let body = self.exclusive().await;
         let empty = Lease::empty(&self.lease);
         let lease = std::mem::replace(&mut self.lease, empty);
         (body, lease)

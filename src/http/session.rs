@@ -33,6 +33,8 @@ use crate::lifecycle::drain::Gate;
 use crate::limits::{
     HEADER_TIMEOUT_MS, IDLE_TIMEOUT_MS, IO_STALL_TIMEOUT_MS, LINGER_MS_MAX, READ_BUFFER_BYTES, TLS_CLOSE_NOTIFY_MS_MAX,
 };
+use crate::shared_body::Room;
+use crate::tls::{PlaintextSink, UpTo};
 
 /// Room reserved for a response head (the CORS lines alone are ~420 bytes), so writing
 /// one never reallocates.
@@ -221,18 +223,10 @@ impl Session {
         want_max: usize,
         length_max: usize,
     ) -> (Result<usize, RequestError>, Vec<u8>) {
-        if self.continue_pending {
-            self.continue_pending = false;
-            let (result, _) = self.write_raw(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec()).await;
-            if let Err(error) = result {
-                return (Err(error), out);
-            }
-            self.response_started = false;
-        }
-        let mut stall = deadline_after(Duration::from_millis(IO_STALL_TIMEOUT_MS));
-        if let Some(deadline) = self.body_deadline {
-            stall = stall.min(deadline);
-        }
+        let stall = match self.before_body_read().await {
+            Ok(stall) => stall,
+            Err(error) => return (Err(error), out),
+        };
         match self.body.as_mut() {
             None => (Ok(0), out),
             Some(Body::Length { remaining: 0 }) => (Ok(0), out),
@@ -268,6 +262,77 @@ impl Session {
             }
             Some(Body::Chunked(_)) => self.read_chunked_some(out, length_max, stall).await,
         }
+    }
+
+    /// `100 Continue` if the client waits for it, then the deadline of the next body read.
+    async fn before_body_read(&mut self) -> Result<u64, RequestError> {
+        if self.continue_pending {
+            self.continue_pending = false;
+            let (result, _) = self.write_raw(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec()).await;
+            result?;
+            self.response_started = false;
+        }
+        let stall = deadline_after(Duration::from_millis(IO_STALL_TIMEOUT_MS));
+        Ok(match self.body_deadline {
+            Some(deadline) => stall.min(deadline),
+            None => stall,
+        })
+    }
+
+    /// `read_body_some` of a body with a Content-Length into the free end of a shared
+    /// body (`room`, fresh: nothing filled yet), at most `want_max` bytes; the room comes
+    /// back with what it was filled with. A chunked body reads through `read_body_some`.
+    pub async fn read_body_room(&mut self, mut room: Room, want_max: usize) -> (Result<usize, RequestError>, Room) {
+        let stall = match self.before_body_read().await {
+            Ok(stall) => stall,
+            Err(error) => return (Err(error), room),
+        };
+        let remaining = match self.body {
+            None | Some(Body::Length { remaining: 0 }) => return (Ok(0), room),
+            Some(Body::Length { remaining }) => remaining,
+            Some(Body::Chunked(_)) => return (Err(RequestError::Malformed("chunked body into a shared buffer")), room),
+        };
+        let want = remaining.min(want_max as u64).min(room.space() as u64) as usize;
+        let buffered = self.read_buffer.len() - self.start;
+        let read = if buffered > 0 {
+            let take = want.min(buffered);
+            room.put(&self.read_buffer[self.start..self.start + take]);
+            self.start += take;
+            take
+        } else {
+            let stream = &self.stream;
+            let tls = self.tls.as_deref_mut();
+            let read = async move {
+                match tls {
+                    None => {
+                        let (result, slice) = stream.read(room.slice(0..want)).await;
+                        (result, slice.into_inner())
+                    }
+                    Some(tls) => {
+                        let mut limited = Limited { sink: room, left: want };
+                        let result = tls.read(stream, &mut limited).await;
+                        (result, limited.sink)
+                    }
+                }
+            };
+            // As `with_deadline`, keeping the room whether or not the deadline cut it.
+            self.watch.arm(stall, false);
+            let (result, returned) = read.await;
+            let cut = self.watch.disarm();
+            room = returned;
+            if cut {
+                return (Err(RequestError::ClientGone), room);
+            }
+            match result {
+                Ok(0) | Err(_) => return (Err(RequestError::ClientGone), room),
+                Ok(read) => read,
+            }
+        };
+        if let Some(Body::Length { remaining }) = self.body.as_mut() {
+            *remaining -= read as u64;
+        }
+        self.body_bytes_in += read as u64;
+        (Ok(read), room)
     }
 
     async fn read_chunked_some(
@@ -584,6 +649,23 @@ impl Session {
     }
 }
 
+/// A plaintext sink that takes at most `left` more bytes.
+struct Limited<S> {
+    sink: S,
+    left: usize,
+}
+
+impl<S: PlaintextSink> PlaintextSink for Limited<S> {
+    fn space(&self) -> usize {
+        self.sink.space().min(self.left)
+    }
+
+    fn put(&mut self, bytes: &[u8]) {
+        self.left -= bytes.len();
+        self.sink.put(bytes);
+    }
+}
+
 /// Run `operation` under `deadline` (ms on `watch::now_ms`'s clock); past it the worker's
 /// sweeper shuts the socket down, the operation completes, and this says the client is
 /// gone (see module doc).
@@ -610,6 +692,18 @@ async fn read_into(
             let (result, slice) = stream.read(buffer.slice(offset..end)).await;
             (result, slice.into_inner())
         }
-        Some(tls) => tls.read(stream, buffer, end).await,
+        Some(tls) => {
+            let mut buffer = buffer;
+            let result = tls
+                .read(
+                    stream,
+                    &mut UpTo {
+                        buffer: &mut buffer,
+                        end,
+                    },
+                )
+                .await;
+            (result, buffer)
+        }
     }
 }

@@ -20,6 +20,7 @@ use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 
 use crate::limits::{TLS_READ_BYTES, TLS_RECORD_WIRE_BYTES_MAX, TLS_SEND_BUFFER_BYTES};
+use crate::tls::PlaintextSink;
 
 pub struct TlsChannel {
     connection: ServerConnection,
@@ -50,31 +51,23 @@ impl TlsChannel {
         })
     }
 
-    /// Append decrypted bytes to `buffer`, at most up to `end` (≤ its capacity): as
-    /// `TcpStream::read` into `buffer.slice(buffer.len()..end)` does for a plain
-    /// connection, `Ok(0)` being the end of the stream (a close_notify, or a TCP EOF
+    /// Move decrypted bytes into `sink` (as far as its space goes): as a plain socket
+    /// read does, `Ok(0)` being the end of the stream (a close_notify, or a TCP EOF
     /// without one: HTTP framing decides whether what came before was whole).
-    pub async fn read(&mut self, stream: &TcpStream, mut buffer: Vec<u8>, end: usize) -> (io::Result<usize>, Vec<u8>) {
+    pub async fn read(&mut self, stream: &TcpStream, sink: &mut impl PlaintextSink) -> io::Result<usize> {
         loop {
-            match crate::tls::take_plaintext(self.connection.reader(), &mut buffer, end) {
-                Ok(Some(read)) => return (Ok(read), buffer),
-                Ok(None) => {}
-                Err(error) => return (Err(error), buffer),
+            if let Some(read) = crate::tls::take_plaintext(self.connection.reader(), sink)? {
+                return Ok(read);
             }
             // Handshake messages, a key update's answer, an alert: out before waiting.
-            if let Err(error) = self.flush(stream).await {
-                return (Err(error), buffer);
-            }
+            self.flush(stream).await?;
             if self.incoming_start == self.incoming.len() && !self.eof {
-                let want = end.saturating_sub(buffer.len());
-                if let Err(error) = self.read_socket(stream, want).await {
-                    return (Err(error), buffer);
-                }
+                self.read_socket(stream, sink.space()).await?;
             }
             if let Err(error) = self.feed() {
                 // rustls queued an alert saying why; the connection ends either way.
                 let _ = self.flush(stream).await;
-                return (Err(error), buffer);
+                return Err(error);
             }
         }
     }

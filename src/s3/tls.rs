@@ -89,7 +89,9 @@ impl TlsLayer {
         timeout: Duration,
     ) -> io::Result<usize> {
         loop {
-            if let Some(count) = crate::tls::take_plaintext(self.session.reader(), buffer, end)? {
+            if let Some(count) =
+                crate::tls::take_plaintext(self.session.reader(), &mut crate::tls::UpTo { buffer, end })?
+            {
                 return Ok(count);
             }
             // A key update's answer or an alert: out before waiting.

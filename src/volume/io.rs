@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, OnceLock};
 
-use tokio_uring::buf::BoundedBuf;
+use tokio_uring::buf::{BoundedBuf, IoBuf};
 use tokio_uring::fs::{File, OpenOptions};
 
 use crate::allocator::PAGE_BYTES;
@@ -461,27 +461,27 @@ impl BlockWriter {
     /// Write what arrived of `data` (the block so far) beyond `written()`, more to come:
     /// while writing directly, only whole pages (the rest waits for more bytes, or for
     /// `append_last`).
-    pub async fn append(&mut self, data: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+    pub async fn append<T: IoBuf>(&mut self, data: T) -> (io::Result<()>, T) {
         let end = match self.direct {
-            Some(_) => data.len() / PAGE_BYTES * PAGE_BYTES,
-            None => data.len(),
+            Some(_) => data.bytes_init() / PAGE_BYTES * PAGE_BYTES,
+            None => data.bytes_init(),
         };
         self.write_through(data, end).await
     }
 
     /// Write all of `data` beyond `written()`: the block is whole.
-    pub async fn append_last(&mut self, data: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
-        let end = data.len();
+    pub async fn append_last<T: IoBuf>(&mut self, data: T) -> (io::Result<()>, T) {
+        let end = data.bytes_init();
         self.write_through(data, end).await
     }
 
     /// Write `data[written()..end]` at its offset, a step per write (`WRITE_STEP_BYTES`
     /// through the cache: a 64 MiB copy into it in one go would hold the submitting core
     /// for tens of milliseconds; `DIRECT_WRITE_STEP_BYTES` past it).
-    async fn write_through(&mut self, mut data: Vec<u8>, end: usize) -> (io::Result<()>, Vec<u8>) {
-        debug_assert!(end <= data.len());
+    async fn write_through<T: IoBuf>(&mut self, mut data: T, end: usize) -> (io::Result<()>, T) {
+        debug_assert!(end <= data.bytes_init());
         while self.written < end {
-            let start_aligned = (data.as_ptr() as usize + self.written).is_multiple_of(PAGE_BYTES);
+            let start_aligned = (data.stable_ptr() as usize + self.written).is_multiple_of(PAGE_BYTES);
             // Through the cache a step is a copy that holds the core: the short step.
             let step = match self.direct.is_some() && start_aligned {
                 true => DIRECT_WRITE_STEP_BYTES,
