@@ -458,6 +458,40 @@ fn big_body_is_written_while_it_arrives_and_a_hang_up_removes_it() {
 }
 
 #[test]
+fn a_hang_up_while_direct_writes_run_beside_the_body_leaves_nothing() {
+    // A 40 MiB body is written past the page cache 16 MiB at a time, each write a task of
+    // its own while the body keeps arriving: a client gone after 34 MiB leaves those
+    // tasks to end on their own, and their temp file must still go.
+    let server = TestServer::start();
+    let data = test_bytes(34, 40 * MIB);
+    let hash = md5_hex(&data);
+    let mut conn = server.conn();
+    let head = format!(
+        "PUT /{hash} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {USER_TOKEN}\r\nContent-Length: {}\r\n\r\n",
+        data.len()
+    );
+    conn.write_raw(head.as_bytes()).expect("write head");
+    conn.write_raw(&data[..34 * MIB]).expect("write most of the body");
+    assert!(
+        eventually(Duration::from_secs(5), || !temp_files(server.volume(0), &hash)
+            .is_empty()),
+        "no temp file while the body arrives"
+    );
+    drop(conn);
+    assert!(
+        eventually(Duration::from_secs(10), || block_dir_entries(server.volume(0), &hash)
+            .is_empty()),
+        "the temp file of an abandoned body stays: {:?}",
+        block_dir_entries(server.volume(0), &hash)
+    );
+    // The server goes on: the whole body on a new connection is stored, byte for byte.
+    let locator = server.put_block(&data);
+    assert_only_block_file(server.volume(0), &hash);
+    assert!(std::fs::read(block_path(server.volume(0), &hash)).unwrap() == data);
+    assert_eq!(md5_hex(&server.get(&locator).body), hash);
+}
+
+#[test]
 fn a_slow_reader_of_a_big_block_gets_every_byte_in_order() {
     // Chunks after the first leave by sendfile until the socket is full, then the rest of
     // the chunk is written from memory: a reader with a tiny receive buffer that pauses

@@ -73,6 +73,23 @@ fn https_serves_a_64_mib_block_byte_for_byte() {
 }
 
 #[test]
+fn https_put_of_a_big_body_is_stored_byte_for_byte() {
+    // Over TLS the plaintext of a body goes straight into the free end of its buffer while
+    // the hasher and the direct writes read what arrived; a wrong hash is still refused.
+    let (_dir, _tls, server) = https_server("big-put");
+    let data = test_bytes(132, 40 * 1024 * 1024 + 4321);
+    let hash = md5_hex(&data);
+    let mut conn = server.conn();
+    let put = conn.request(&Request::put(&format!("/{hash}"), &data).token(USER_TOKEN));
+    assert_eq!(put.status, 200, "{}", put.summary());
+    assert!(std::fs::read(block_path(server.volume(0), &hash)).unwrap() == data);
+    let wrong = md5_hex(b"other bytes");
+    let refused = conn.request(&Request::put(&format!("/{wrong}"), &data).token(USER_TOKEN));
+    assert_eq!(refused.status, 400, "{}", refused.summary());
+    assert!(!block_path(server.volume(0), &wrong).exists());
+}
+
+#[test]
 fn plain_http_serves_beside_https_and_is_not_answered_on_the_https_port() {
     let (_dir, _tls, https) = https_server("beside");
     let plain = TestServer::start();
