@@ -22,7 +22,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::ServerConfig;
 
 /// Where plaintext taken from a rustls connection goes: a `Vec` up to a length
-/// (`UpTo`), or the free end of a shared PUT body (`shared_body::Room`).
+/// (`UpTo`), or (`http::session`) the free end of a shared PUT body.
 pub trait PlaintextSink {
     /// Bytes it can still take.
     fn space(&self) -> usize;
@@ -43,16 +43,6 @@ impl PlaintextSink for UpTo<'_> {
 
     fn put(&mut self, bytes: &[u8]) {
         self.buffer.extend_from_slice(bytes);
-    }
-}
-
-impl PlaintextSink for crate::shared_body::Room {
-    fn space(&self) -> usize {
-        crate::shared_body::Room::space(self)
-    }
-
-    fn put(&mut self, bytes: &[u8]) {
-        crate::shared_body::Room::put(self, bytes);
     }
 }
 

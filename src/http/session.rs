@@ -649,6 +649,17 @@ impl Session {
     }
 }
 
+/// A PUT body's plaintext over TLS goes straight into its buffer's free end.
+impl PlaintextSink for Room {
+    fn space(&self) -> usize {
+        Room::space(self)
+    }
+
+    fn put(&mut self, bytes: &[u8]) {
+        Room::put(self, bytes);
+    }
+}
+
 /// A plaintext sink that takes at most `left` more bytes.
 struct Limited<S> {
     sink: S,
