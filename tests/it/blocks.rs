@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use md5::{Digest, Md5};
 
-use crate::support::client::eventually;
+use crate::support::client::{eventually, Conn};
 use crate::support::*;
 
 const MIB: usize = 1024 * 1024;
@@ -418,18 +418,25 @@ fn big_put_with_wrong_hash_leaves_no_temp_file() {
     assert!(block_dir_entries(server.volume(0), &md5_hex(&data)).is_empty());
 }
 
-#[test]
-fn big_body_is_written_while_it_arrives_and_a_hang_up_removes_it() {
-    let server = TestServer::start();
-    let data = test_bytes(32, 4 * MIB);
-    let hash = md5_hex(&data);
+/// A connection that sent a PUT of `data` (as block `hash`) with only its first `sent`
+/// body bytes: the server waits for the rest.
+fn put_part_of(server: &TestServer, hash: &str, data: &[u8], sent: usize) -> Conn {
     let mut conn = server.conn();
     let head = format!(
         "PUT /{hash} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {USER_TOKEN}\r\nContent-Length: {}\r\n\r\n",
         data.len()
     );
     conn.write_raw(head.as_bytes()).expect("write head");
-    conn.write_raw(&data[..3 * MIB]).expect("write most of the body");
+    conn.write_raw(&data[..sent]).expect("write most of the body");
+    conn
+}
+
+#[test]
+fn big_body_is_written_while_it_arrives_and_a_hang_up_removes_it() {
+    let server = TestServer::start();
+    let data = test_bytes(32, 4 * MIB);
+    let hash = md5_hex(&data);
+    let conn = put_part_of(&server, &hash, &data, 3 * MIB);
     // The part received is on disk under a temp name, never under the block's name.
     let temp_size = || {
         temp_files(server.volume(0), &hash)
@@ -465,13 +472,7 @@ fn a_hang_up_while_direct_writes_run_beside_the_body_leaves_nothing() {
     let server = TestServer::start();
     let data = test_bytes(34, 40 * MIB);
     let hash = md5_hex(&data);
-    let mut conn = server.conn();
-    let head = format!(
-        "PUT /{hash} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {USER_TOKEN}\r\nContent-Length: {}\r\n\r\n",
-        data.len()
-    );
-    conn.write_raw(head.as_bytes()).expect("write head");
-    conn.write_raw(&data[..34 * MIB]).expect("write most of the body");
+    let conn = put_part_of(&server, &hash, &data, 34 * MIB);
     assert!(
         eventually(Duration::from_secs(5), || !temp_files(server.volume(0), &hash)
             .is_empty()),
