@@ -103,7 +103,6 @@ impl SharedBody {
         assert!(Rc::ptr_eq(&room.allocation, &self.allocation), "a Room of another body");
         assert_eq!(room.start, self.len, "a Room taken back out of order");
         self.len += room.init;
-        room.allocation.room_out.set(false);
         room.init
     }
 
@@ -207,6 +206,14 @@ impl Room {
     }
 }
 
+impl Drop for Room {
+    /// A room that never came back to `fill` (the read that held it was dropped with its
+    /// request) lets the body hand out another; what it was filled with is not counted.
+    fn drop(&mut self) {
+        self.allocation.room_out.set(false);
+    }
+}
+
 // SAFETY: the pointer is `start` bytes into the allocation, which the view keeps alive and
 // which never moves; `end - start` bytes from it are the allocation's, unread by any other
 // view until this one is given back to `fill`.
@@ -281,6 +288,17 @@ mod tests {
         assert_eq!(room.filled(), 0);
         // (An io_uring operation holding `room` may still write into it: its memory is held.)
         assert_eq!(view.bytes_init(), 4);
+    }
+
+    #[test]
+    fn a_room_dropped_without_fill_frees_the_free_end() {
+        let mut body = SharedBody::new(Vec::with_capacity(8));
+        let mut lost = body.room(4);
+        lost.put(b"lost");
+        drop(lost);
+        assert_eq!(body.len(), 0, "a dropped room's bytes are not the body's");
+        assert_eq!(body.extend_from_slice(b"kept"), 4);
+        assert_eq!(body.filled(), b"kept");
     }
 
     #[test]

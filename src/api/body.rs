@@ -262,6 +262,8 @@ impl<'a> BodyReader<'a> {
         let body = std::mem::replace(&mut self.body, SharedBody::new(Vec::new()));
         body.take_vec().unwrap_or_else(|shared| {
             // A view still out (none should be): the bytes are copied, nothing is lost.
+            debug_assert!(false, "a body view outlived its hash");
+            tracing::warn!("a request body was copied: a view of its buffer was still out");
             let mut copy = Vec::with_capacity(shared.capacity());
             copy.extend_from_slice(shared.filled());
             copy

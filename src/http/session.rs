@@ -292,6 +292,7 @@ impl Session {
             Some(Body::Length { remaining }) => remaining,
             Some(Body::Chunked(_)) => return (Err(RequestError::Malformed("chunked body into a shared buffer")), room),
         };
+        debug_assert_eq!(room.filled(), 0, "a room read into from its start must be fresh");
         let want = remaining.min(want_max as u64).min(room.space() as u64) as usize;
         let buffered = self.read_buffer.len() - self.start;
         let read = if buffered > 0 {
