@@ -176,6 +176,7 @@ pub fn run(cli: Cli, config: Config) -> Result<u8, StartError> {
     tracing::info!(
         kernel = md5_kernel.name(),
         lanes = md5_kernel.lanes(),
+        rounds = %md5_kernel.describe_rounds(),
         "MD5 hashing in SIMD lanes"
     );
     // Signals are handled from here on (a TERM during start-up then drains instead of killing).

@@ -13,18 +13,26 @@
 //!   not yet a whole block. `finish` pads and returns the digest (RFC 1321 §3.1–3.5).
 //! - `Kernel` is chosen once at start (`Kernel::detect`, which honours
 //!   `KEEPRING_MD5_KERNEL=avx512|avx2|scalar` so tests and operators can force a
-//!   fallback) and advances a batch: streams with whole blocks share rounds of the
-//!   kernel's width; a stream left alone takes the single-stream path (`scalar.rs`,
-//!   OpenSSL's block function), which is faster than one busy lane of a wide kernel.
+//!   fallback) and advances a batch: streams with whole blocks share rounds, a stream left
+//!   alone takes the single-stream path (`scalar.rs`, OpenSSL's block function), which is
+//!   faster than one busy lane of a wide kernel.
+//! - A round's `Shape` (which registers, how many independent chains) follows the number
+//!   of streams it takes: AVX-512 runs up to 8 on ymm registers with AVX-512VL's
+//!   instructions, 9–16 on one zmm chain or two ymm chains (whichever a start-up
+//!   measurement finds faster on this CPU), 28 or more on two zmm chains; AVX2 runs two
+//!   ymm chains from 9 streams.
 //!
-//! Measured with `cargo bench --bench md5lanes` (Xeon with AVX-512, GB/s per second of
-//! thread CPU time, medians of 5 interleaved repeats on a machine shared with builds):
-//! one stream 0.48 (OpenSSL) and 0.42 (md-5); AVX-512 at 2 / 8 / 16 / 32 streams of
-//! 64 MiB 0.78 / 3.08 / 4.79 / 5.34, so a lone busy lane would run at ~0.39, below
-//! OpenSSL, while two streams already beat it; 64 messages of 4 KiB 5.6 against 0.42 for
-//! OpenSSL EVP one by one (13×). AVX2 tops out at 8 streams, 2.6.
+//! Measured with `cargo bench --bench md5lanes` (GB/s per second of thread CPU time,
+//! medians of 3 interleaved repeats). AMD EPYC (Zen 4, zmm executed as two ymm halves),
+//! streams of 64 MiB, before → after the shapes: AVX-512 at 2 / 4 / 8 / 16 / 32 streams
+//! 0.90 / 1.79 / 3.46 / 5.91 / 7.91 → 1.19 / 2.35 / 4.45 / 6.80 / 7.40–7.96; AVX2 at 16
+//! 3.99 → 5.34; one stream 0.76 (OpenSSL). Intel Xeon with AVX-512 (before the shapes):
+//! one stream 0.48 (OpenSSL) and 0.42 (md-5); AVX-512 at 2 / 8 / 16 / 32 streams
+//! 0.78 / 3.08 / 4.79 / 5.34; 64 messages of 4 KiB 5.6 against 0.42 for OpenSSL EVP one
+//! by one (13×).
 
 use std::fmt;
+use std::sync::OnceLock;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -256,6 +264,8 @@ impl LaneState {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kernel {
     /// 16 lanes in zmm registers; `vpternlogd` is each round function, `vprold` the rotate.
+    /// A round of at most 8 streams runs the same instructions on ymm registers (AVX-512VL),
+    /// and one of 28 or more two 16-lane chains at once.
     Avx512,
     /// 8 lanes in ymm registers.
     Avx2,
@@ -331,7 +341,9 @@ impl Kernel {
     pub fn is_available(self) -> bool {
         match self {
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
+            Kernel::Avx512 => {
+                std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512vl")
+            }
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 => std::arch::is_x86_feature_detected!("avx2"),
             #[cfg(not(target_arch = "x86_64"))]
@@ -350,7 +362,7 @@ impl Kernel {
 
     fn cpu_feature(self) -> &'static str {
         match self {
-            Kernel::Avx512 => "avx512f",
+            Kernel::Avx512 => "avx512f or avx512vl",
             Kernel::Avx2 => "avx2",
             Kernel::Scalar => "nothing",
         }
@@ -418,44 +430,185 @@ impl Kernel {
         }
     }
 
-    /// Streams one round takes when `streams` have blocks left: AVX-512 runs two 16-lane
-    /// chains side by side once there are enough streams to fill most of both.
+    /// Streams one round takes when `streams` have blocks left: the widest shape worth
+    /// running for that many (`Shape::for_streams`).
     fn round_width(self, streams: usize) -> usize {
+        Shape::for_streams(self, streams).lanes()
+    }
+
+    /// Runs `blocks` blocks of each of `lanes` (at most the round's width) in one call.
+    fn round(self, jobs: &mut [(&mut LaneState, &[u8])], lanes: &mut [Lane], blocks: usize) {
+        Shape::for_streams(self, lanes.len()).run(jobs, lanes, blocks);
+    }
+
+    /// The shapes this kernel's rounds take, for the start-up log: on AVX-512 it measures
+    /// (once per process) which 16-lane shape this CPU runs faster.
+    pub fn describe_rounds(self) -> String {
         match self {
-            Kernel::Avx512 if streams >= AVX512_PAIR_STREAMS_MIN => 2 * AVX512_LANES,
-            _ => self.lanes(),
+            Kernel::Avx512 => {
+                let choice = sixteen();
+                format!(
+                    "up to 8 streams: {}; 9-16: {} (16 lanes x 2 KiB took {} ns on one zmm chain, {} ns on two ymm chains); 17-{}: {}; more: {}",
+                    Shape::Ymm { ternary: true, groups: 1 }.name(),
+                    choice.shape.name(),
+                    choice.zmm_nanos,
+                    choice.ymm_pair_nanos,
+                    AVX512_PAIR_STREAMS_MIN - 1,
+                    Shape::Zmm { groups: 1 }.name(),
+                    Shape::Zmm { groups: 2 }.name()
+                )
+            }
+            Kernel::Avx2 => format!(
+                "up to 8 streams: {}; more: {}",
+                Shape::Ymm {
+                    ternary: false,
+                    groups: 1
+                }
+                .name(),
+                Shape::Ymm {
+                    ternary: false,
+                    groups: 2
+                }
+                .name()
+            ),
+            Kernel::Scalar => Shape::Single.name().to_string(),
+        }
+    }
+}
+
+/// The registers and chains one kernel call runs: `groups` independent chains of 16 lanes
+/// (zmm) or of 8 (ymm, with AVX-512VL's ternary logic and rotate or with AVX2 alone).
+/// Independent chains fill the cycles each one waits on its step's dependencies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Shape {
+    Zmm { groups: usize },
+    Ymm { ternary: bool, groups: usize },
+    Single,
+}
+
+/// What the CPU decides for AVX-512 rounds of 9 to 16 streams: one zmm chain, or two ymm
+/// chains (measured once per process, `calibrate_sixteen`).
+static AVX512_SIXTEEN: OnceLock<SixteenChoice> = OnceLock::new();
+
+/// The 16-lane shape AVX-512 rounds take, and the timings that chose it.
+#[derive(Clone, Copy, Debug)]
+struct SixteenChoice {
+    shape: Shape,
+    zmm_nanos: u64,
+    ymm_pair_nanos: u64,
+}
+
+/// Blocks per lane and repeats of `calibrate_sixteen`: 16 lanes × 32 blocks is 32 KiB, in
+/// the core's caches, about 5 µs a call; the fastest of 25 calls of each shape (taken in
+/// turns) is what another process's time slice or an interrupt cannot make look faster.
+const CALIBRATION_BLOCKS: usize = 32;
+const CALIBRATION_REPEATS: usize = 25;
+
+impl Shape {
+    /// Every shape, for the tests.
+    #[cfg(test)]
+    const ALL: [Shape; 7] = [
+        Shape::Zmm { groups: 1 },
+        Shape::Zmm { groups: 2 },
+        Shape::Ymm {
+            ternary: true,
+            groups: 1,
+        },
+        Shape::Ymm {
+            ternary: true,
+            groups: 2,
+        },
+        Shape::Ymm {
+            ternary: false,
+            groups: 1,
+        },
+        Shape::Ymm {
+            ternary: false,
+            groups: 2,
+        },
+        Shape::Single,
+    ];
+
+    /// The shape a round of `streams` streams runs on `kernel`. AVX-512: up to 8 on ymm
+    /// registers (a 16-lane round would run half empty), 9 to 16 as calibrated, 28 and more
+    /// two zmm chains (`AVX512_PAIR_STREAMS_MIN`), between them 16-lane rounds. AVX2: two
+    /// ymm chains from 9 (one paired round costs less than an 8-lane round and another for
+    /// the rest, even a lone stream on the single-stream path).
+    fn for_streams(kernel: Kernel, streams: usize) -> Shape {
+        match kernel {
+            Kernel::Avx512 => match streams {
+                s if s >= AVX512_PAIR_STREAMS_MIN => Shape::Zmm { groups: 2 },
+                s if s > 2 * AVX2_LANES => Shape::Zmm { groups: 1 },
+                s if s > AVX2_LANES => sixteen().shape,
+                _ => Shape::Ymm {
+                    ternary: true,
+                    groups: 1,
+                },
+            },
+            Kernel::Avx2 if streams > AVX2_LANES => Shape::Ymm {
+                ternary: false,
+                groups: 2,
+            },
+            Kernel::Avx2 => Shape::Ymm {
+                ternary: false,
+                groups: 1,
+            },
+            Kernel::Scalar => Shape::Single,
         }
     }
 
-    /// Runs `blocks` blocks of each of `lanes` (at most the kernel's width) in one call.
-    fn round(self, jobs: &mut [(&mut LaneState, &[u8])], lanes: &mut [Lane], blocks: usize) {
+    fn lanes(self) -> usize {
+        match self {
+            Shape::Zmm { groups } => AVX512_LANES * groups,
+            Shape::Ymm { groups, .. } => AVX2_LANES * groups,
+            Shape::Single => 1,
+        }
+    }
+
+    /// The kernel whose CPU features this shape's instructions need.
+    fn kernel(self) -> Kernel {
+        match self {
+            Shape::Zmm { .. } | Shape::Ymm { ternary: true, .. } => Kernel::Avx512,
+            Shape::Ymm { ternary: false, .. } => Kernel::Avx2,
+            Shape::Single => Kernel::Scalar,
+        }
+    }
+
+    /// Runs `blocks` blocks of each of `lanes` (at most this shape's lanes) in one call.
+    fn run(self, jobs: &mut [(&mut LaneState, &[u8])], lanes: &mut [Lane], blocks: usize) {
+        assert!(lanes.len() <= self.lanes(), "more streams than the round's lanes");
+        // SAFETY (every `unsafe` call below): a shape's instructions are those of its
+        // kernel, checked here (a cached flag load): the enum is public, so a hand-built
+        // `Kernel::Avx512` on a CPU without it must stop, not run. `detect`/`from_name`
+        // check it too, and `best` picks only available kernels.
+        assert!(self.kernel().is_available(), "an MD5 kernel this CPU lacks");
         match self {
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 if lanes.len() > AVX512_LANES => {
-                let (mut states, messages) = gather::<{ 2 * AVX512_LANES }>(jobs, lanes, blocks);
-                // SAFETY: checked just below (a cached flag load): the enum is public, so a
-                // hand-built `Kernel::Avx512` on a CPU without it must stop, not run. Also
-                // `Kernel::Avx512` runs only where `is_available` saw avx512f:
-                // `detect`/`from_name` check it, and `best` picks only available kernels.
-                assert!(self.is_available(), "an MD5 kernel this CPU lacks");
-                unsafe { avx512::compress::<2>(&mut states, &messages, blocks) };
-                scatter(jobs, lanes, &states, blocks);
+            Shape::Zmm { groups: 2 } => {
+                run::<{ 2 * AVX512_LANES }>(jobs, lanes, blocks, |s, m, b| unsafe { avx512::compress::<2>(s, m, b) })
             }
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 => {
-                let (mut states, messages) = gather::<AVX512_LANES>(jobs, lanes, blocks);
-                // SAFETY: as above.
-                assert!(self.is_available(), "an MD5 kernel this CPU lacks");
-                unsafe { avx512::compress::<1>(&mut states, &messages, blocks) };
-                scatter(jobs, lanes, &states, blocks);
+            Shape::Zmm { .. } => {
+                run::<AVX512_LANES>(jobs, lanes, blocks, |s, m, b| unsafe { avx512::compress::<1>(s, m, b) })
             }
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => {
-                let (mut states, messages) = gather::<AVX2_LANES>(jobs, lanes, blocks);
-                // SAFETY: as above, `Kernel::Avx2` is only in hand where avx2 was detected.
-                assert!(self.is_available(), "an MD5 kernel this CPU lacks");
-                unsafe { avx2::compress(&mut states, &messages, blocks) };
-                scatter(jobs, lanes, &states, blocks);
+            Shape::Ymm {
+                ternary: true,
+                groups: 2,
+            } => run::<{ 2 * AVX2_LANES }>(jobs, lanes, blocks, |s, m, b| unsafe {
+                avx2::compress_ternary::<2>(s, m, b)
+            }),
+            #[cfg(target_arch = "x86_64")]
+            Shape::Ymm { ternary: true, .. } => run::<AVX2_LANES>(jobs, lanes, blocks, |s, m, b| unsafe {
+                avx2::compress_ternary::<1>(s, m, b)
+            }),
+            #[cfg(target_arch = "x86_64")]
+            Shape::Ymm { groups: 2, .. } => {
+                run::<{ 2 * AVX2_LANES }>(jobs, lanes, blocks, |s, m, b| unsafe { avx2::compress::<2>(s, m, b) })
+            }
+            #[cfg(target_arch = "x86_64")]
+            Shape::Ymm { .. } => {
+                run::<AVX2_LANES>(jobs, lanes, blocks, |s, m, b| unsafe { avx2::compress::<1>(s, m, b) })
             }
             _ => {
                 for lane in lanes.iter_mut() {
@@ -465,6 +618,83 @@ impl Kernel {
             }
         }
     }
+
+    fn name(self) -> &'static str {
+        match self {
+            Shape::Zmm { groups: 2 } => "two zmm chains",
+            Shape::Zmm { .. } => "one zmm chain",
+            Shape::Ymm {
+                ternary: true,
+                groups: 2,
+            } => "two ymm chains (AVX-512VL)",
+            Shape::Ymm { ternary: true, .. } => "one ymm chain (AVX-512VL)",
+            Shape::Ymm { groups: 2, .. } => "two ymm chains",
+            Shape::Ymm { .. } => "one ymm chain",
+            Shape::Single => "one stream at a time",
+        }
+    }
+}
+
+fn sixteen() -> SixteenChoice {
+    *AVX512_SIXTEEN.get_or_init(calibrate_sixteen)
+}
+
+/// Times one zmm chain against two ymm chains on 16 lanes of cached blocks and keeps the
+/// faster: a CPU that runs a zmm instruction as two ymm halves (AMD Zen 4) does better
+/// with two independent ymm chains (measured there: 6.8 against 5.9 GB/s at 16 streams of
+/// 64 MiB), one with full-width zmm units (Intel Xeon) with the zmm chain.
+fn calibrate_sixteen() -> SixteenChoice {
+    let zmm = Shape::Zmm { groups: 1 };
+    let ymm_pair = Shape::Ymm {
+        ternary: true,
+        groups: 2,
+    };
+    if !Kernel::Avx512.is_available() {
+        return SixteenChoice {
+            shape: zmm,
+            zmm_nanos: 0,
+            ymm_pair_nanos: 0,
+        };
+    }
+    let blocks: Vec<[u8; BLOCK_BYTES]> = (0..AVX512_LANES * CALIBRATION_BLOCKS)
+        .map(|block| std::array::from_fn(|byte| (block * 31 + byte * 7) as u8))
+        .collect();
+    let mut states = vec![LaneState::new(); AVX512_LANES];
+    let time = |shape: Shape, states: &mut [LaneState]| {
+        let mut jobs: Vec<(&mut LaneState, &[u8])> = states.iter_mut().map(|state| (state, &[][..])).collect();
+        let mut lanes: Vec<Lane> = blocks
+            .chunks(CALIBRATION_BLOCKS)
+            .enumerate()
+            .map(|(job, blocks)| Lane { job, blocks })
+            .collect();
+        let started = std::time::Instant::now();
+        shape.run(&mut jobs, &mut lanes, CALIBRATION_BLOCKS);
+        started.elapsed().as_nanos() as u64
+    };
+    let (mut zmm_nanos, mut ymm_pair_nanos) = (u64::MAX, u64::MAX);
+    for _ in 0..CALIBRATION_REPEATS {
+        zmm_nanos = zmm_nanos.min(time(zmm, &mut states));
+        ymm_pair_nanos = ymm_pair_nanos.min(time(ymm_pair, &mut states));
+    }
+    SixteenChoice {
+        shape: if ymm_pair_nanos < zmm_nanos { ymm_pair } else { zmm },
+        zmm_nanos,
+        ymm_pair_nanos,
+    }
+}
+
+/// One kernel call over `lanes` (at most `WIDTH`): gathers their states and next blocks,
+/// runs `compress`, and puts the states back.
+#[cfg(target_arch = "x86_64")]
+fn run<const WIDTH: usize>(
+    jobs: &mut [(&mut LaneState, &[u8])],
+    lanes: &mut [Lane],
+    blocks: usize,
+    compress: impl FnOnce(&mut [[u32; 4]], &[Option<&[[u8; BLOCK_BYTES]]>], usize),
+) {
+    let (mut states, messages) = gather::<WIDTH>(jobs, lanes, blocks);
+    compress(&mut states, &messages, blocks);
+    scatter(jobs, lanes, &states, blocks);
 }
 
 /// A stream's blocks still to hash, and which job it is.
