@@ -22,6 +22,7 @@ use crate::http::token::tokens;
 use crate::limits::{BLOCK_BYTES_MAX, HASH_HEX_LEN, STREAMED_WRITE_BYTES_MIN};
 use crate::locator::Locator;
 use crate::metrics::{VolumeErrorKind, VolumeOp};
+use crate::shared_body::Arrived;
 use crate::volume::health::WriteStarted;
 use crate::volume::io::{self, WriteError};
 use crate::volume::{layout, s3, Volume};
@@ -58,7 +59,28 @@ pub async fn write(
         }
         _ => None,
     };
-    if let Err(error) = receive(core, session, &mut reader, &mut streamed, locator_text).await {
+    let received = match receive(core, session, &mut reader, &mut streamed).await {
+        // The body is whole. Only the streamed write's rename needs its digest: its last
+        // steps and its fdatasync run while the hasher takes the body's last bytes.
+        Ok(()) => {
+            let arrived = reader.arrived();
+            let complete_write = async {
+                if let Some(write) = streamed.as_mut() {
+                    write.complete(arrived).await;
+                }
+            };
+            let (digest, ()) = futures_util::future::join(reader.digest(), complete_write).await;
+            match state_matches(&digest, hash) {
+                true => Ok(()),
+                false => Err(RequestError::HashMismatch {
+                    computed: crate::signature::hex(&digest.finish()),
+                    path: locator_text.to_string(),
+                }),
+            }
+        }
+        Err(error) => Err(error),
+    };
+    if let Err(error) = received {
         if let Some(write) = streamed {
             write.give_up(core, hash).await;
         }
@@ -104,28 +126,19 @@ fn write_candidates(core: &Core, hash: &str, wanted_classes: &[String]) -> Resul
     }
 }
 
-/// Read the whole body, hashing it and feeding the streamed write as it arrives; the
-/// body must hash to the locator's hash.
+/// Read the whole body, hashing it and feeding the streamed write as it arrives.
 async fn receive(
     core: &Core,
     session: &mut Session,
     reader: &mut body::BodyReader<'_>,
     streamed: &mut Option<StreamedWrite>,
-    locator_text: &str,
 ) -> Result<(), RequestError> {
     while reader.next(core, session).await?.is_some() {
         if let Some(write) = streamed.as_mut() {
             write.advance(reader);
         }
     }
-    let digest = reader.digest().await;
-    match state_matches(&digest, &locator_text[..HASH_HEX_LEN]) {
-        true => Ok(()),
-        false => Err(RequestError::HashMismatch {
-            computed: crate::signature::hex(&digest.finish()),
-            path: locator_text.to_string(),
-        }),
-    }
+    Ok(())
 }
 
 /// A PUT body being written to its first volume as it arrives. Each step's write runs
@@ -139,6 +152,8 @@ struct StreamedWrite {
     /// The first write error: the rest of the body is still read (and hashed), then the
     /// copy goes to the other volumes from memory.
     failure: Option<std::io::Error>,
+    /// Every byte written and synced (`complete`): only the rename is left.
+    synced: bool,
 }
 
 enum WriteStep {
@@ -161,8 +176,25 @@ impl StreamedWrite {
         }
     }
 
-    /// The body arrived whole and matched: write its rest and commit (or, after a
-    /// failure, abandon), and record the outcome; returns the volume written to.
+    /// The body arrived whole: write its rest and make the temp file durable, while the
+    /// caller still waits for the digest (`finish` renames it once that matched).
+    async fn complete(&mut self, arrived: Arrived) {
+        let Some(mut writer) = self.writer().await else {
+            return;
+        };
+        if self.failure.is_none() {
+            let (result, _) = writer.append_last(arrived).await;
+            self.failure = result.err();
+        }
+        if self.failure.is_none() {
+            self.failure = writer.sync().await.err();
+        }
+        self.synced = self.failure.is_none();
+        self.step = WriteStep::Idle(writer);
+    }
+
+    /// The body arrived whole and matched: name the written copy the block (or, after a
+    /// failure, abandon it), and record the outcome; returns the volume written to.
     async fn finish(
         mut self,
         core: &Core,
@@ -170,21 +202,18 @@ impl StreamedWrite {
         reader: &mut body::BodyReader<'_>,
         progress: &mut StoreProgress,
     ) -> Arc<Volume> {
+        if !self.synced && self.failure.is_none() {
+            self.complete(reader.arrived()).await;
+        }
         let result = match self.writer().await {
             None => Err(self.failure.take().unwrap_or_else(write_task_lost).into()),
-            Some(mut writer) => {
-                if self.failure.is_none() {
-                    let (result, _) = writer.append_last(reader.arrived()).await;
-                    self.failure = result.err();
+            Some(writer) => match self.failure.take() {
+                Some(error) => {
+                    writer.abandon().await;
+                    Err(error.into())
                 }
-                match self.failure.take() {
-                    Some(error) => {
-                        writer.abandon().await;
-                        Err(error.into())
-                    }
-                    None => writer.commit().await,
-                }
-            }
+                None => writer.publish().await,
+            },
         };
         let size = reader.body().len();
         let outcome = account_write(core, &self.volume, hash, result, size, self.started);
@@ -282,6 +311,7 @@ async fn start_streamed_write(
         started,
         step: WriteStep::Idle(writer),
         failure: None,
+        synced: false,
     })
 }
 

@@ -534,27 +534,41 @@ impl BlockWriter {
 
     /// Make the written bytes the block, durably; on failure nothing stays behind.
     pub async fn commit(mut self) -> Result<(), WriteError> {
+        match self.sync().await {
+            Ok(()) => self.publish().await,
+            Err(error) => {
+                self.abandon().await;
+                Err(error.into())
+            }
+        }
+    }
+
+    /// Make the written bytes durable (fdatasync) without naming them the block yet:
+    /// `publish` does that, once the caller knows they are the block (a PUT syncs while
+    /// the last of its body is still being hashed). Nothing more may be appended.
+    pub async fn sync(&mut self) -> io::Result<()> {
+        // A close can report a write the filesystem had still buffered for that
+        // descriptor (FUSE, NFS flush on close): then the block is not stored.
+        if let Some(direct) = self.direct.take() {
+            direct.close().await?;
+        }
+        // One fdatasync covers what both descriptors wrote (it is per file).
+        match self.file.as_ref() {
+            Some(file) => file.sync_data().await,
+            None => Err(io::ErrorKind::NotConnected.into()),
+        }
+    }
+
+    /// Name the synced temp file the block, durably (rename, directory fsync); on failure
+    /// nothing stays behind. Only after `sync` succeeded.
+    pub async fn publish(mut self) -> Result<(), WriteError> {
         let Some(file) = self.file.take() else {
             return Err(WriteError::Failed(io::ErrorKind::NotConnected.into()));
         };
-        // A close can report a write the filesystem had still buffered for that
-        // descriptor (FUSE, NFS flush on close): then the block is not stored.
-        let closed = match self.direct.take() {
-            Some(direct) => direct.close().await,
-            None => Ok(()),
-        };
         // Renamed while still open, so the temp file's lock (`temp::claim`, an OFD lock,
         // which closing the other descriptor leaves alone) holds until it has its block
-        // name: the sweep can never take it in between. One fdatasync covers what both
-        // descriptors wrote (it is per file).
-        let result = match closed {
-            Err(error) => Err(error),
-            Ok(()) => file.sync_data().await,
-        };
-        let result = match result {
-            Ok(()) => commit(&self.temp, &self.target, &self.dir).await,
-            Err(error) => Err(error),
-        };
+        // name: the sweep can never take it in between.
+        let result = commit(&self.temp, &self.target, &self.dir).await;
         // The bytes were synced before the rename; a close error after it changes nothing.
         let _ = file.close().await;
         if result.is_err() {
