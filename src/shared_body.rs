@@ -27,6 +27,8 @@ struct Allocation {
     capacity: usize,
     /// Whether a `Room` is out.
     room_out: Cell<bool>,
+    /// What must live exactly as long as the memory (`keep_with_memory`).
+    kept: Cell<Option<Box<dyn std::any::Any>>>,
 }
 
 /// The owner's handle: the filled length, and the views it hands out.
@@ -50,9 +52,17 @@ impl SharedBody {
                 base,
                 capacity,
                 room_out: Cell::new(false),
+                kept: Cell::new(None),
             }),
             len,
         }
+    }
+
+    /// Keep `guard` until the allocation is freed: now if no view is out, else when the
+    /// last one is dropped (a PUT cut short while its write task still reads the body
+    /// hands its buffer lease here, so the budget counts the memory until it is gone).
+    pub fn keep_with_memory(&self, guard: Box<dyn std::any::Any>) {
+        self.allocation.kept.set(Some(guard));
     }
 
     /// The bytes filled so far.
@@ -249,6 +259,38 @@ unsafe impl IoBufMut for Room {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Sets its flag when dropped.
+    struct DropFlag(Rc<Cell<bool>>);
+
+    impl Drop for DropFlag {
+        fn drop(&mut self) {
+            self.0.set(true);
+        }
+    }
+
+    #[test]
+    fn what_is_kept_with_the_memory_goes_with_the_last_view() {
+        let dropped = Rc::new(Cell::new(false));
+        let mut body = SharedBody::new(Vec::with_capacity(16));
+        body.extend_from_slice(b"abcd");
+        let view = body.arrived(4);
+        body.keep_with_memory(Box::new(DropFlag(dropped.clone())));
+        drop(body);
+        assert!(!dropped.get(), "a view still reads the memory");
+        assert_eq!(view.bytes(), b"abcd");
+        drop(view);
+        assert!(
+            dropped.get(),
+            "the last view freed the memory and what was kept with it"
+        );
+
+        let dropped = Rc::new(Cell::new(false));
+        let body = SharedBody::new(Vec::with_capacity(16));
+        body.keep_with_memory(Box::new(DropFlag(dropped.clone())));
+        drop(body);
+        assert!(dropped.get(), "with no view out it goes with the handle");
+    }
 
     #[test]
     fn views_read_what_arrived_while_the_room_fills_past_it() {

@@ -158,6 +158,13 @@ impl Drop for BodyReader<'_> {
         if let Some((body, services)) = &self.tracked {
             services.slow_bodies.deregister(body);
         }
+        // Dropped before `finish` (the request was cut short): a write task may still be
+        // reading the buffer, so its lease goes back when the memory does, not now.
+        if self.lease.bytes() > 0 {
+            let empty = Lease::empty(&self.lease);
+            let lease = std::mem::replace(&mut self.lease, empty);
+            self.body.keep_with_memory(Box::new(lease));
+        }
     }
 }
 

@@ -485,6 +485,17 @@ fn a_hang_up_while_direct_writes_run_beside_the_body_leaves_nothing() {
         "the temp file of an abandoned body stays: {:?}",
         block_dir_entries(server.volume(0), &hash)
     );
+    // The body's buffer lease went back with its memory, once the write tasks let go.
+    let in_use = || {
+        crate::ops::metrics(&server)
+            .get("keepring_bufferpool_inuse_bytes")
+            .copied()
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || in_use() == Some(0.0)),
+        "the abandoned body's lease is still counted: {:?}",
+        in_use()
+    );
     // The server goes on: the whole body on a new connection is stored, byte for byte.
     let locator = server.put_block(&data);
     assert_only_block_file(server.volume(0), &hash);
