@@ -80,6 +80,12 @@ pub const LISTEN_BACKLOG: i32 = 1024;
 /// with 128 KiB (and 2.8x the req/s), the big GET giving up a fair share (515 → 392 MB/s).
 pub const CHUNK_BYTES: usize = 128 * 1024;
 
+/// Bytes one socket read of a PUT body with a Content-Length may take (into the body's own
+/// buffer, `shared_body`): the read is one copy out of the socket and the hash runs later
+/// in the hasher's batches, so a longer read does not hold the core the way a GET's
+/// read-and-hash step does; fewer, longer reads cost fewer ring round trips and wake-ups.
+pub const BODY_READ_BYTES: usize = 1024 * 1024;
+
 /// A PUT body is received at most this far ahead of its hash (`hasher::BodyStream`): the
 /// hasher waits to gather every receiving stream's bytes into one batch's lanes, and a
 /// stream this far ahead waits for it. Bounds the hashing left when the body is whole

@@ -20,8 +20,8 @@ use crate::hasher::{BodyStream, Hasher};
 use crate::http::request::{Framing, Head};
 use crate::http::session::Session;
 use crate::limits::{
-    BLOCK_BYTES_MAX, BODY_GRACE_MS, BODY_RATE_BYTES_PER_SEC_MIN, CHUNK_BYTES, SLOW_BODY_AGE_MIN_MS, SLOW_BODY_CHECK_MS,
-    STREAMED_WRITE_BYTES_MIN,
+    BLOCK_BYTES_MAX, BODY_GRACE_MS, BODY_RATE_BYTES_PER_SEC_MIN, BODY_READ_BYTES, CHUNK_BYTES, SLOW_BODY_AGE_MIN_MS,
+    SLOW_BODY_CHECK_MS, STREAMED_WRITE_BYTES_MIN,
 };
 use crate::md5lanes::LaneState;
 use crate::shared_body::{Arrived, SharedBody};
@@ -210,8 +210,8 @@ impl<'a> BodyReader<'a> {
         let into_room = self.length.is_some_and(|length| length <= self.bytes_max);
         let result = match into_room {
             true => {
-                let room = self.body.room(CHUNK_BYTES);
-                let (result, room) = session.read_body_room(room, CHUNK_BYTES).await;
+                let room = self.body.room(BODY_READ_BYTES);
+                let (result, room) = session.read_body_room(room, BODY_READ_BYTES).await;
                 self.body.fill(room);
                 result
             }
@@ -232,7 +232,6 @@ impl<'a> BodyReader<'a> {
         if let Some(hash) = self.hash.as_mut() {
             hash.feed(self.body.arrived(self.body.len())).await;
         }
-        // At most one chunk per step: processing it holds the core about a millisecond.
         Ok(Some(before..self.body.len()))
     }
 
