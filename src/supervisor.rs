@@ -173,10 +173,13 @@ pub fn run(cli: Cli, config: Config) -> Result<u8, StartError> {
         ..services_of(&config, volumes, budget, watcher_handle.clone(), helpers)
     });
     start_background(&services, &config, watcher_inbox)?;
+    // Outside the log macro: it times the kernels once (under a millisecond), which must
+    // happen here, before the workers hash, whatever the log level.
+    let md5_rounds = md5_kernel.describe_rounds();
     tracing::info!(
         kernel = md5_kernel.name(),
         lanes = md5_kernel.lanes(),
-        rounds = %md5_kernel.describe_rounds(),
+        rounds = %md5_rounds,
         "MD5 hashing in SIMD lanes"
     );
     // Signals are handled from here on (a TERM during start-up then drains instead of killing).

@@ -159,7 +159,10 @@ impl Drop for BodyReader<'_> {
             services.slow_bodies.deregister(body);
         }
         // Dropped before `finish` (the request was cut short): a write task may still be
-        // reading the buffer, so its lease goes back when the memory does, not now.
+        // reading a Content-Length body's buffer, so its lease goes back when the memory
+        // does, not now. (A chunked body cut inside `read_growing` has its Vec in the
+        // read, not here: that lease goes back at once, as before; nothing writes those
+        // while they arrive.)
         if self.lease.bytes() > 0 {
             let empty = Lease::empty(&self.lease);
             let lease = std::mem::replace(&mut self.lease, empty);

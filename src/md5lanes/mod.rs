@@ -448,13 +448,12 @@ impl Kernel {
             Kernel::Avx512 => {
                 let choice = sixteen();
                 format!(
-                    "up to 8 streams: {}; 9-16: {} (16 lanes x 2 KiB took {} ns on one zmm chain, {} ns on two ymm chains); 17-{}: {}; more: {}",
+                    "up to 8 streams: {}; 9-16: {} (16 lanes x 2 KiB took {} ns on one zmm chain, {} ns on two ymm chains); 17-{}: rounds of 16 as 9-16, then the rest; more: {}",
                     Shape::Ymm { ternary: true, groups: 1 }.name(),
                     choice.shape.name(),
                     choice.zmm_nanos,
                     choice.ymm_pair_nanos,
                     AVX512_PAIR_STREAMS_MIN - 1,
-                    Shape::Zmm { groups: 1 }.name(),
                     Shape::Zmm { groups: 2 }.name()
                 )
             }
@@ -531,7 +530,8 @@ impl Shape {
 
     /// The shape a round of `streams` streams runs on `kernel`. AVX-512: up to 8 on ymm
     /// registers (a 16-lane round would run half empty), 9 to 16 as calibrated, 28 and more
-    /// two zmm chains (`AVX512_PAIR_STREAMS_MIN`), between them 16-lane rounds. AVX2: two
+    /// two zmm chains (`AVX512_PAIR_STREAMS_MIN`); between them rounds 16 wide (`advance`
+    /// then runs each with 16 streams, so in the calibrated shape). AVX2: two
     /// ymm chains from 9 (one paired round costs less than an 8-lane round and another for
     /// the rest, even a lone stream on the single-stream path).
     fn for_streams(kernel: Kernel, streams: usize) -> Shape {

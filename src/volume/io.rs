@@ -387,6 +387,8 @@ pub struct BlockWriter {
     target: PathBuf,
     written: usize,
     writeback_from: usize,
+    /// `sync` succeeded: only `publish` (or `abandon`) may follow.
+    synced: bool,
 }
 
 impl BlockWriter {
@@ -431,6 +433,7 @@ impl BlockWriter {
             target: layout::block_path(root, hash),
             written: 0,
             writeback_from: 0,
+            synced: false,
         })
     }
 
@@ -480,6 +483,7 @@ impl BlockWriter {
     /// for tens of milliseconds; `DIRECT_WRITE_STEP_BYTES` past it).
     async fn write_through<T: IoBuf>(&mut self, mut data: T, end: usize) -> (io::Result<()>, T) {
         debug_assert!(end <= data.bytes_init());
+        debug_assert!(!self.synced, "a block appended to after its sync");
         while self.written < end {
             let start_aligned = (data.stable_ptr() as usize + self.written).is_multiple_of(PAGE_BYTES);
             // Through the cache a step is a copy that holds the core: the short step.
@@ -554,14 +558,23 @@ impl BlockWriter {
         }
         // One fdatasync covers what both descriptors wrote (it is per file).
         match self.file.as_ref() {
-            Some(file) => file.sync_data().await,
-            None => Err(io::ErrorKind::NotConnected.into()),
+            Some(file) => file.sync_data().await?,
+            None => return Err(io::ErrorKind::NotConnected.into()),
         }
+        self.synced = true;
+        Ok(())
     }
 
     /// Name the synced temp file the block, durably (rename, directory fsync); on failure
     /// nothing stays behind. Only after `sync` succeeded.
     pub async fn publish(mut self) -> Result<(), WriteError> {
+        if !self.synced {
+            // Never named the block before its bytes are durable.
+            self.abandon().await;
+            return Err(WriteError::Failed(io::Error::other(
+                "a block published before its sync",
+            )));
+        }
         let Some(file) = self.file.take() else {
             return Err(WriteError::Failed(io::ErrorKind::NotConnected.into()));
         };
