@@ -152,8 +152,6 @@ struct StreamedWrite {
     /// The first write error: the rest of the body is still read (and hashed), then the
     /// copy goes to the other volumes from memory.
     failure: Option<std::io::Error>,
-    /// Every byte written and synced (`complete`): only the rename is left.
-    synced: bool,
 }
 
 enum WriteStep {
@@ -177,19 +175,19 @@ impl StreamedWrite {
     }
 
     /// The body arrived whole: write its rest and make the temp file durable, while the
-    /// caller still waits for the digest (`finish` renames it once that matched).
+    /// caller still waits for the digest (`finish` renames it once that matched). Does
+    /// nothing more once the writer is synced or a write failed.
     async fn complete(&mut self, arrived: Arrived) {
         let Some(mut writer) = self.writer().await else {
             return;
         };
-        if self.failure.is_none() {
+        if self.failure.is_none() && !writer.is_synced() {
             let (result, _) = writer.append_last(arrived).await;
             self.failure = result.err();
+            if self.failure.is_none() {
+                self.failure = writer.sync().await.err();
+            }
         }
-        if self.failure.is_none() {
-            self.failure = writer.sync().await.err();
-        }
-        self.synced = self.failure.is_none();
         self.step = WriteStep::Idle(writer);
     }
 
@@ -202,9 +200,7 @@ impl StreamedWrite {
         reader: &mut body::BodyReader<'_>,
         progress: &mut StoreProgress,
     ) -> Arc<Volume> {
-        if !self.synced && self.failure.is_none() {
-            self.complete(reader.arrived()).await;
-        }
+        self.complete(reader.arrived()).await;
         let result = match self.writer().await {
             None => Err(self.failure.take().unwrap_or_else(write_task_lost).into()),
             Some(writer) => match self.failure.take() {
@@ -311,7 +307,6 @@ async fn start_streamed_write(
         started,
         step: WriteStep::Idle(writer),
         failure: None,
-        synced: false,
     })
 }
 

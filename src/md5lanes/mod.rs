@@ -265,7 +265,8 @@ impl LaneState {
 pub enum Kernel {
     /// 16 lanes in zmm registers; `vpternlogd` is each round function, `vprold` the rotate.
     /// A round of at most 8 streams runs the same instructions on ymm registers (AVX-512VL),
-    /// and one of 28 or more two 16-lane chains at once.
+    /// one of 9 to 16 in the shape timed at start (`calibrate_sixteen`), and one of 28 or
+    /// more two 16-lane chains at once.
     Avx512,
     /// 8 lanes in ymm registers.
     Avx2,
@@ -529,16 +530,15 @@ impl Shape {
     ];
 
     /// The shape a round of `streams` streams runs on `kernel`. AVX-512: up to 8 on ymm
-    /// registers (a 16-lane round would run half empty), 9 to 16 as calibrated, 28 and more
-    /// two zmm chains (`AVX512_PAIR_STREAMS_MIN`); between them rounds 16 wide (`advance`
-    /// then runs each with 16 streams, so in the calibrated shape). AVX2: two
+    /// registers (a 16-lane round would run half empty), 9 to 27 in the calibrated 16-lane
+    /// shape (from 17 `advance` takes 16 of them a round), 28 and more two zmm chains
+    /// (`AVX512_PAIR_STREAMS_MIN`). AVX2: two
     /// ymm chains from 9 (one paired round costs less than an 8-lane round and another for
     /// the rest, even a lone stream on the single-stream path).
     fn for_streams(kernel: Kernel, streams: usize) -> Shape {
         match kernel {
             Kernel::Avx512 => match streams {
                 s if s >= AVX512_PAIR_STREAMS_MIN => Shape::Zmm { groups: 2 },
-                s if s > 2 * AVX2_LANES => Shape::Zmm { groups: 1 },
                 s if s > AVX2_LANES => sixteen().shape,
                 _ => Shape::Ymm {
                     ternary: true,

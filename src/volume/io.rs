@@ -456,6 +456,11 @@ impl BlockWriter {
         self.direct.is_some()
     }
 
+    /// Whether `sync` succeeded (only `publish` or `abandon` may follow).
+    pub fn is_synced(&self) -> bool {
+        self.synced
+    }
+
     /// Bytes written so far (the file holds `data[..written()]`).
     pub fn written(&self) -> usize {
         self.written
