@@ -30,7 +30,7 @@ use std::task::{Context, Poll, Waker};
 use tokio::sync::Notify;
 
 use crate::limits::{HASH_LAG_MAX_BYTES, HASH_SLICE_MAX_BYTES, HASH_SLICE_MIN_BYTES};
-use crate::md5lanes::{Kernel, LaneState};
+use crate::md5lanes::{Kernel, LaneState, Rounds};
 use crate::shared_body::Arrived;
 
 /// One queued chunk: the stream it advances and the bytes (`buffer[range]`).
@@ -62,12 +62,13 @@ pub struct Hasher {
 }
 
 /// What one core's hasher has done since it started: `chunks / batches` is how many
-/// streams a kernel call advanced on average.
+/// streams a kernel call advanced on average, `rounds` how full its lanes ran.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct HashCounts {
     pub batches: u64,
     pub chunks: u64,
     pub bytes: u64,
+    pub rounds: Rounds,
 }
 
 impl Hasher {
@@ -184,6 +185,7 @@ impl Hasher {
         let least_waiting = receiving.iter().map(|stream| stream.waiting()).min().unwrap_or(0);
         let slice = least_waiting.clamp(HASH_SLICE_MIN_BYTES, HASH_SLICE_MAX_BYTES);
         let taken: Vec<usize> = receiving.iter().map(|stream| stream.waiting().min(slice)).collect();
+        let mut rounds = Rounds::default();
         {
             let mut batch: Vec<(&mut LaneState, &[u8])> = borrowed
                 .iter_mut()
@@ -202,7 +204,7 @@ impl Hasher {
                     batch.push((state, &arrived.bytes()[*hashed..*hashed + take]));
                 }
             }
-            self.kernel.update_batch(&mut batch);
+            rounds += self.kernel.update_batch(&mut batch);
         }
         if borrowed.iter().any(|job| job.finish) {
             // The streams that end here take their padding in one more batch.
@@ -217,14 +219,16 @@ impl Hasher {
                 .zip(&paddings)
                 .map(|(job, (padding, length))| (&mut job.state, &padding[..*length]))
                 .collect();
-            self.kernel.update_batch(&mut batch);
+            rounds += self.kernel.update_batch(&mut batch);
         }
         let bytes = borrowed.iter().map(|job| job.range.len()).sum::<usize>() + taken.iter().sum::<usize>();
-        let counts = self.counts.get();
+        let mut counts = self.counts.get();
+        counts.rounds += rounds;
         self.counts.set(HashCounts {
             batches: counts.batches + 1,
             chunks: counts.chunks + (borrowed.len() + receiving.len()) as u64,
             bytes: counts.bytes + bytes as u64,
+            rounds: counts.rounds,
         });
         for job in borrowed.iter_mut() {
             job.done = true;

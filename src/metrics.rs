@@ -25,6 +25,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::hasher::HashCounts;
 use crate::volume::Volume;
 
 /// `Content-Type` of the text exposition format.
@@ -194,6 +195,11 @@ pub struct Counters {
     md5_batches: AtomicU64,
     md5_chunks: AtomicU64,
     md5_bytes: AtomicU64,
+    /// Its kernel calls' rounds (`md5lanes::Rounds`): bytes hashed in SIMD lanes, the
+    /// room those rounds had, bytes hashed one stream at a time.
+    md5_lane_bytes: AtomicU64,
+    md5_room_bytes: AtomicU64,
+    md5_single_bytes: AtomicU64,
 }
 
 impl Counters {
@@ -213,6 +219,9 @@ impl Counters {
             md5_batches: AtomicU64::new(0),
             md5_chunks: AtomicU64::new(0),
             md5_bytes: AtomicU64::new(0),
+            md5_lane_bytes: AtomicU64::new(0),
+            md5_room_bytes: AtomicU64::new(0),
+            md5_single_bytes: AtomicU64::new(0),
         }
     }
 }
@@ -287,11 +296,22 @@ impl Recorder {
         self.counters.open_connections.store(open, Ordering::Relaxed);
     }
 
-    /// This thread's hasher totals so far: batches (kernel calls), chunks and bytes.
-    pub fn set_md5_counts(&self, batches: u64, chunks: u64, bytes: u64) {
-        self.counters.md5_batches.store(batches, Ordering::Relaxed);
-        self.counters.md5_chunks.store(chunks, Ordering::Relaxed);
-        self.counters.md5_bytes.store(bytes, Ordering::Relaxed);
+    /// This thread's hasher totals so far: batches (kernel calls), chunks, bytes, and
+    /// what its rounds did.
+    pub fn set_md5_counts(&self, hashed: HashCounts) {
+        let counters = &self.counters;
+        counters.md5_batches.store(hashed.batches, Ordering::Relaxed);
+        counters.md5_chunks.store(hashed.chunks, Ordering::Relaxed);
+        counters.md5_bytes.store(hashed.bytes, Ordering::Relaxed);
+        counters
+            .md5_lane_bytes
+            .store(hashed.rounds.lane_bytes, Ordering::Relaxed);
+        counters
+            .md5_room_bytes
+            .store(hashed.rounds.room_bytes, Ordering::Relaxed);
+        counters
+            .md5_single_bytes
+            .store(hashed.rounds.single_bytes, Ordering::Relaxed);
     }
 
     /// The connection limit was reached; `closed` idle connections were closed for room.
@@ -1125,6 +1145,24 @@ fn service_families(threads: &[Arc<Counters>], gauges: &Gauges) -> Vec<Family> {
             "Bytes hashed by the per-core MD5 hashers (GET, HEAD and PUT bodies, the scrubber).",
             sum_over(threads, |counters| &counters.md5_bytes),
         ),
+        Family::new(
+            "keepring_md5_round_bytes_total",
+            Kind::Counter,
+            "Whole 64-byte blocks the hashers' kernel calls hashed (padding included), by path: in SIMD lanes, or one stream at a time.",
+        )
+        .with(
+            labels([("path", "lanes")]),
+            count(sum_over(threads, |counters| &counters.md5_lane_bytes)),
+        )
+        .with(
+            labels([("path", "single")]),
+            count(sum_over(threads, |counters| &counters.md5_single_bytes)),
+        ),
+        counter(
+            "keepring_md5_round_room_bytes_total",
+            "Bytes the SIMD rounds had lanes for (each round's width times its length): round bytes in lanes over this is how full the lanes ran.",
+            sum_over(threads, |counters| &counters.md5_room_bytes),
+        ),
     ]);
     families
 }
@@ -1169,6 +1207,7 @@ fn limiter_families(threads: &[Arc<Counters>], gauges: &Gauges) -> Vec<Family> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::md5lanes::Rounds;
     use crate::volume::VolumeOptions;
     use std::path::Path;
 
@@ -1193,10 +1232,20 @@ mod tests {
         first.volume(&vol).operation(VolumeOp::Read);
         second.volume(&vol).operation(VolumeOp::Read);
         second.volume(&vol).error(VolumeErrorKind::Full);
-        first.set_md5_counts(3, 10, 4_096);
-        second.set_md5_counts(2, 2, 100);
+        let hashed = |batches, chunks, bytes, lane_bytes, room_bytes, single_bytes| HashCounts {
+            batches,
+            chunks,
+            bytes,
+            rounds: Rounds {
+                lane_bytes,
+                room_bytes,
+                single_bytes,
+            },
+        };
+        first.set_md5_counts(hashed(3, 10, 4_096, 3_840, 4_096, 320));
+        second.set_md5_counts(hashed(2, 2, 100, 0, 0, 128));
         // Totals are set, not added: a second count replaces the first.
-        second.set_md5_counts(4, 5, 200);
+        second.set_md5_counts(hashed(4, 5, 200, 128, 512, 128));
         let gauges = Gauges {
             buffer_unit_bytes: 10,
             buffer_total_bytes: 100,
@@ -1238,6 +1287,15 @@ mod tests {
         assert_eq!(value_of(&text, "keepring_md5_batches_total"), Some(7.0));
         assert_eq!(value_of(&text, "keepring_md5_chunks_total"), Some(15.0));
         assert_eq!(value_of(&text, "keepring_md5_bytes_total"), Some(4_296.0));
+        assert_eq!(
+            value_of(&text, "keepring_md5_round_bytes_total{path=\"lanes\"}"),
+            Some(3_968.0)
+        );
+        assert_eq!(
+            value_of(&text, "keepring_md5_round_bytes_total{path=\"single\"}"),
+            Some(448.0)
+        );
+        assert_eq!(value_of(&text, "keepring_md5_round_room_bytes_total"), Some(4_608.0));
     }
 
     #[test]

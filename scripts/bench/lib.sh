@@ -59,3 +59,30 @@ cpu_model() {
 cpu_flags() {
     grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -E "^($1)\$" | tr '\n' ' ' | sed 's/ $//'
 }
+
+# The MD5 hasher's totals from a keepring's /metrics on 127.0.0.1:$1, as one line
+# "lane_bytes room_bytes single_bytes batches chunks" (zeros when unreadable). Workers
+# copy their totals into /metrics once a second: read after the round has been still
+# that long.
+md5_rounds() {
+    curl -s --max-time 5 "http://127.0.0.1:$1/metrics" | awk '
+        $1 == "keepring_md5_round_bytes_total{path=\"lanes\"}" { lanes = $2 }
+        $1 == "keepring_md5_round_bytes_total{path=\"single\"}" { single = $2 }
+        $1 == "keepring_md5_round_room_bytes_total" { room = $2 }
+        $1 == "keepring_md5_batches_total" { batches = $2 }
+        $1 == "keepring_md5_chunks_total" { chunks = $2 }
+        END { printf "%.0f %.0f %.0f %.0f %.0f\n", lanes, room, single, batches, chunks }'
+}
+
+# From two md5_rounds lines: "fill_pct,streams_per_call": how full the SIMD lanes ran
+# (bytes hashed in lanes over the rounds' room) and streams per kernel call; empty fields
+# where nothing was hashed.
+md5_fill() {
+    awk -v a="$1" -v b="$2" 'BEGIN {
+        split(a, x, " "); split(b, y, " ")
+        room = y[2] - x[2]; calls = y[4] - x[4]
+        fill = room > 0 ? sprintf("%.1f", 100 * (y[1] - x[1]) / room) : ""
+        per = calls > 0 ? sprintf("%.2f", (y[5] - x[5]) / calls) : ""
+        printf "%s,%s\n", fill, per
+    }'
+}

@@ -71,8 +71,10 @@ def load(path):
 
 
 def medians(rows):
-    keys = ["req_s", "mb_s", "p50_ms", "p99_ms", "cpu_us_per_req", "server_cpu_pct", "beside_mb_s"]
-    result = {key: median([number(row[key]) for row in rows]) for key in keys}
+    keys = ["req_s", "mb_s", "p50_ms", "p99_ms", "cpu_us_per_req", "server_cpu_pct", "beside_mb_s",
+            "lane_fill_pct", "streams_per_call"]
+    # (CSVs from before the MD5 lane columns lack them.)
+    result = {key: median([number(row.get(key)) for row in rows]) for key in keys}
     result["rounds"] = len(rows)
     result["errors"] = sum(int(row["errors"] or 0) for row in rows)
     return result
@@ -205,6 +207,7 @@ def main():
         target("GET 1 MiB: workers 2 ≥ 1.8× workers 1", value, lambda v: v >= 1.8, fmt(value, 2, "×"))
     many_stream_targets(get, target, args, workers_seen)
     out("")
+    md5_lanes(get, out, workers_seen)
 
     # The floor of a verified GET on this machine: what nginx spends to send the block
     # (its CPU per request, sendfile, no checking) plus hashing the block once at the MD5
@@ -315,6 +318,31 @@ def many_stream_targets(get, target, args, workers_seen):
         value = ratio(get("get_64m_x16", 2, "keepring", "mb_s"), get("get_64m_x16", 1, "keepring", "mb_s"))
         target("GET 64 MiB × 16 clients: workers 2 ≥ 1.8× workers 1 (on 2 cores the client shares them)",
                value, lambda v: v >= 1.8, fmt(value, 2, "×"))
+
+def md5_lanes(get, out, workers_seen):
+    """How full keepring's SIMD lanes ran in each case (its /metrics, per round)."""
+    rows = [
+        (case, workers, get(case, workers, "keepring", "lane_fill_pct"), get(case, workers, "keepring", "streams_per_call"))
+        for case, _ in CASES
+        for workers in workers_seen
+    ]
+    rows = [row for row in rows if row[2] is not None]
+    if not rows:
+        return
+    out("## MD5 lanes")
+    out("")
+    out(
+        "From keepring's /metrics around each round: bytes its hashers' SIMD rounds hashed over the room "
+        "those rounds had (a round of 5 streams on an 8-lane shape is 62% full), and streams per kernel "
+        "call. Lone streams take the single-stream path and are not in the fill."
+    )
+    out("")
+    out("| case | workers | lanes full | streams per call |")
+    out("| --- | ---: | ---: | ---: |")
+    for case, workers, fill, per_call in rows:
+        out(f"| {LABEL[case]} | {workers} | {fmt(fill, 1, '%')} | {fmt(per_call, 2)} |")
+    out("")
+
 
 if __name__ == "__main__":
     main()

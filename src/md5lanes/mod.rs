@@ -380,12 +380,13 @@ impl Kernel {
 
     /// Feeds each job's bytes to its stream, as `state.update(bytes)` for each would, but
     /// sharing the kernel's lanes between streams.
-    pub fn update_batch(self, jobs: &mut [(&mut LaneState, &[u8])]) {
-        self.update_batch_with(SingleStream::best(), jobs);
+    /// Returns what its rounds did (`Rounds`), for the hasher's counters.
+    pub fn update_batch(self, jobs: &mut [(&mut LaneState, &[u8])]) -> Rounds {
+        self.update_batch_with(SingleStream::best(), jobs)
     }
 
     /// `update_batch` with a chosen lone-stream engine.
-    pub fn update_batch_with(self, engine: SingleStream, jobs: &mut [(&mut LaneState, &[u8])]) {
+    pub fn update_batch_with(self, engine: SingleStream, jobs: &mut [(&mut LaneState, &[u8])]) -> Rounds {
         let mut tail_blocks = Vec::new();
         let mut bodies = Vec::with_capacity(jobs.len());
         let mut rests = Vec::with_capacity(jobs.len());
@@ -405,29 +406,38 @@ impl Kernel {
                 blocks: std::slice::from_ref(block),
             })
             .collect();
-        self.advance(engine, jobs, &mut tails);
-        self.advance(engine, jobs, &mut bodies);
+        let mut rounds = Rounds::default();
+        self.advance(engine, jobs, &mut tails, &mut rounds);
+        self.advance(engine, jobs, &mut bodies, &mut rounds);
         for ((state, _), rest) in jobs.iter_mut().zip(rests) {
             state.keep_tail(rest);
         }
+        rounds
     }
 
     /// Hashes every lane's blocks into its job's state: the longest streams first, a
     /// kernel's width at a time, until at most one stream is left for the single path.
-    fn advance(self, engine: SingleStream, jobs: &mut [(&mut LaneState, &[u8])], lanes: &mut Vec<Lane>) {
+    fn advance(
+        self,
+        engine: SingleStream,
+        jobs: &mut [(&mut LaneState, &[u8])],
+        lanes: &mut Vec<Lane>,
+        rounds: &mut Rounds,
+    ) {
         loop {
             lanes.retain(|lane| !lane.blocks.is_empty());
             let width = self.round_width(lanes.len());
             if lanes.len() <= 1 || width == 1 {
                 for lane in lanes.iter() {
                     engine.compress(&mut jobs[lane.job].0.state, lane.blocks);
+                    rounds.single_bytes += (lane.blocks.len() * BLOCK_BYTES) as u64;
                 }
                 return;
             }
             lanes.sort_unstable_by_key(|lane| std::cmp::Reverse(lane.blocks.len()));
             let chosen = lanes.len().min(width);
             let blocks = round_blocks(lanes, chosen);
-            self.round(jobs, &mut lanes[..chosen], blocks);
+            self.round(jobs, &mut lanes[..chosen], blocks, rounds);
         }
     }
 
@@ -438,8 +448,11 @@ impl Kernel {
     }
 
     /// Runs `blocks` blocks of each of `lanes` (at most the round's width) in one call.
-    fn round(self, jobs: &mut [(&mut LaneState, &[u8])], lanes: &mut [Lane], blocks: usize) {
-        Shape::for_streams(self, lanes.len()).run(jobs, lanes, blocks);
+    fn round(self, jobs: &mut [(&mut LaneState, &[u8])], lanes: &mut [Lane], blocks: usize, rounds: &mut Rounds) {
+        let shape = Shape::for_streams(self, lanes.len());
+        rounds.lane_bytes += (lanes.len() * blocks * BLOCK_BYTES) as u64;
+        rounds.room_bytes += (shape.lanes() * blocks * BLOCK_BYTES) as u64;
+        shape.run(jobs, lanes, blocks);
     }
 
     /// The shapes this kernel's rounds take, for the start-up log: on AVX-512 it measures
@@ -473,6 +486,26 @@ impl Kernel {
             ),
             Kernel::Scalar => Shape::Single.name().to_string(),
         }
+    }
+}
+
+/// What an `update_batch` call's rounds did, in bytes (whole 64-byte blocks, padding
+/// included): hashed in SIMD lanes, the room those rounds had (each round's width times
+/// its length: a round of 5 streams on an 8-lane shape has room for 8), and hashed one
+/// stream at a time (a lone stream, or the scalar kernel). `lane_bytes / room_bytes` is
+/// how full the lanes ran: the share of the kernel's work that hashed a stream's bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rounds {
+    pub lane_bytes: u64,
+    pub room_bytes: u64,
+    pub single_bytes: u64,
+}
+
+impl std::ops::AddAssign for Rounds {
+    fn add_assign(&mut self, other: Rounds) {
+        self.lane_bytes += other.lane_bytes;
+        self.room_bytes += other.room_bytes;
+        self.single_bytes += other.single_bytes;
     }
 }
 

@@ -427,3 +427,59 @@ fn every_round_shape_matches_md5_for_every_lane_count() {
         }
     }
 }
+
+#[test]
+fn rounds_count_the_blocks_each_path_hashed_and_the_lanes_room() {
+    let block = BLOCK_BYTES as u64;
+    let bytes = |length: usize| vec![7u8; length];
+    for kernel in kernels() {
+        let width = |streams| Shape::for_streams(kernel, streams).lanes() as u64;
+        let name = kernel.name();
+        // Three equal streams of 10 blocks: one round of 3 streams (on the shape a round of
+        // 3 takes), or one stream at a time on the scalar kernel.
+        let mut states = vec![LaneState::new(); 3];
+        let pieces = vec![bytes(640); 3];
+        let mut jobs: Vec<(&mut LaneState, &[u8])> = states.iter_mut().zip(&pieces).map(|(s, p)| (s, &p[..])).collect();
+        let rounds = kernel.update_batch(&mut jobs);
+        let expected = match width(3) {
+            1 => Rounds {
+                single_bytes: 30 * block,
+                ..Rounds::default()
+            },
+            lanes => Rounds {
+                lane_bytes: 30 * block,
+                room_bytes: lanes * 10 * block,
+                single_bytes: 0,
+            },
+        };
+        assert_eq!(rounds, expected, "{name}: three equal streams");
+        // Ragged: 10 blocks and 4 blocks and 10 bytes. Both streams run 4 blocks together,
+        // the longer one its last 6 alone; the 10 bytes wait in its state (no whole block).
+        let mut states = vec![LaneState::new(); 2];
+        let pieces = [bytes(640), bytes(266)];
+        let mut jobs: Vec<(&mut LaneState, &[u8])> = states.iter_mut().zip(&pieces).map(|(s, p)| (s, &p[..])).collect();
+        let rounds = kernel.update_batch(&mut jobs);
+        let expected = match width(2) {
+            1 => Rounds {
+                single_bytes: 14 * block,
+                ..Rounds::default()
+            },
+            lanes => Rounds {
+                lane_bytes: 8 * block,
+                room_bytes: lanes * 4 * block,
+                single_bytes: 6 * block,
+            },
+        };
+        assert_eq!(rounds, expected, "{name}: ragged streams");
+        // The second stream's 10 waiting bytes and 54 more make one block, hashed alone.
+        let rounds = kernel.update_batch(&mut [(&mut states[1], &bytes(54)[..])]);
+        assert_eq!(
+            rounds,
+            Rounds {
+                single_bytes: block,
+                ..Rounds::default()
+            },
+            "{name}: a completed tail"
+        );
+    }
+}

@@ -122,11 +122,7 @@ async fn count_activity(worker: Rc<Worker>) {
         });
         worker.core.metrics.set_activity(count, oldest_micros);
         worker.core.metrics.set_open_connections(live.len() as u64);
-        let hashed = worker.core.hasher.counts();
-        worker
-            .core
-            .metrics
-            .set_md5_counts(hashed.batches, hashed.chunks, hashed.bytes);
+        worker.core.metrics.set_md5_counts(worker.core.hasher.counts());
     }
 }
 

@@ -1001,6 +1001,21 @@ fn every_md5_kernel_stores_serves_and_checks_blocks_under_concurrency() {
             batches > 0 && chunks >= batches,
             "[{kernel}] {batches} batches, {chunks} chunks"
         );
+        // Every byte went through a round (whole blocks with their padding: at least the
+        // bytes), and SIMD rounds never hash more than they had room for; the scalar kernel
+        // has no lanes.
+        let (in_lanes, alone, room) = (
+            counted("keepring_md5_round_bytes_total{path=\"lanes\"}"),
+            counted("keepring_md5_round_bytes_total{path=\"single\"}"),
+            counted("keepring_md5_round_room_bytes_total"),
+        );
+        assert!(
+            in_lanes + alone >= 2 * stored_bytes && in_lanes <= room,
+            "[{kernel}] rounds: {in_lanes} bytes in lanes of {room} room, {alone} alone"
+        );
+        if kernel == "scalar" {
+            assert_eq!((in_lanes, room), (0, 0), "[{kernel}] no lanes");
+        }
         let wrong = server.request(Request::put(&format!("/{}", md5_hex(b"other")), b"not that block"));
         assert_eq!(wrong.status, 400, "[{kernel}] {}", wrong.summary());
         assert!(
