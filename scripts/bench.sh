@@ -300,7 +300,7 @@ check_servers() {
 # ---------------------------------------------------------------------------- clients
 csv=$out/bench-$(date +%Y%m%d-%H%M%S).csv
 mkdir -p "$out"
-echo "case,workers,server,round,connections,requests,errors,duration_s,req_s,mb_s,p50_ms,p99_ms,cpu_us_per_req,server_cpu_pct,beside_mb_s,lane_fill_pct,streams_per_call" >"$csv"
+echo "case,workers,server,round,connections,requests,errors,duration_s,req_s,mb_s,p50_ms,p99_ms,cpu_us_per_req,server_cpu_pct,beside_mb_s,lane_fill_pct,streams_per_batch" >"$csv"
 
 # Parse hey's text summary into R (same keys as parse_wrk).
 parse_hey() {
@@ -374,14 +374,14 @@ measure() {
         fi
     fi
     echo "+ ${cmd[*]}"
-    local rounds_before="" lane_fill="" streams_per_call=""
-    [[ $server == keepring && $case != *_cached ]] && rounds_before=$(md5_rounds "$port")
+    local rounds_before="" lane_fill="" streams_per_batch=""
+    if [[ $server == keepring && $case != *_cached ]]; then rounds_before=$(md5_rounds "$port") || true; fi
     before=$(cpu_ticks "$pid")
     "${cmd[@]}" >"$outfile" 2>&1 || echo "client exited $? (see $outfile)"
     after=$(cpu_ticks "$pid")
     if [[ -n $rounds_before ]]; then
         sleep 1.1 # the workers' once-a-second copy into /metrics
-        IFS=, read -r lane_fill streams_per_call <<<"$(md5_fill "$rounds_before" "$(md5_rounds "$port")")"
+        IFS=, read -r lane_fill streams_per_batch <<<"$(md5_fill "$rounds_before" "$(md5_rounds "$port")")"
     fi
     if [[ -n $big_pid ]]; then
         wait "$big_pid" || true
@@ -407,11 +407,11 @@ measure() {
             printf "%.1f,%.1f,%s,%.1f", rps, rps * b / 1e6, per, pct
         }')
     IFS=, read -r rps mbs per_req cpu_pct <<<"$row"
-    echo "$case,$workers,$server,$round,$conns,${R[requests]},${R[errors]},${R[duration_s]},$rps,$mbs,${R[p50_ms]},${R[p99_ms]},$per_req,$cpu_pct,$beside_mbs,$lane_fill,$streams_per_call" >>"$csv"
+    echo "$case,$workers,$server,$round,$conns,${R[requests]},${R[errors]},${R[duration_s]},$rps,$mbs,${R[p50_ms]},${R[p99_ms]},$per_req,$cpu_pct,$beside_mbs,$lane_fill,$streams_per_batch" >>"$csv"
     printf '  %-18s w%s %-8s round %s: %10s req/s %9s MB/s  p50 %7s ms  p99 %7s ms  cpu %7s us/req (%s%%)  errors %s%s%s\n' \
         "$case" "$workers" "$server" "$round" "$rps" "$mbs" "${R[p50_ms]}" "${R[p99_ms]}" "${per_req:--}" "$cpu_pct" \
         "${R[errors]}" "${beside_mbs:+  beside: $beside_mbs MB/s}" \
-        "${lane_fill:+  MD5 lanes $lane_fill% full, $streams_per_call streams/call}"
+        "${lane_fill:+  MD5 lanes $lane_fill% full, $streams_per_batch streams/batch}"
     sleep 0.3
 }
 

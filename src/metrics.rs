@@ -1148,7 +1148,7 @@ fn service_families(threads: &[Arc<Counters>], gauges: &Gauges) -> Vec<Family> {
         Family::new(
             "keepring_md5_round_bytes_total",
             Kind::Counter,
-            "Whole 64-byte blocks the hashers' kernel calls hashed (padding included), by path: in SIMD lanes, or one stream at a time.",
+            "Whole 64-byte blocks the per-core hashers hashed, by path: in SIMD lanes, or one stream at a time (a GET's padding included; a PUT body's or the scrubber's last block and padding are hashed by the request, not counted).",
         )
         .with(
             labels([("path", "lanes")]),

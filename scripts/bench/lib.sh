@@ -61,28 +61,28 @@ cpu_flags() {
 }
 
 # The MD5 hasher's totals from a keepring's /metrics on 127.0.0.1:$1, as one line
-# "lane_bytes room_bytes single_bytes batches chunks" (zeros when unreadable). Workers
-# copy their totals into /metrics once a second: read after the round has been still
-# that long.
+# "lane_bytes room_bytes single_bytes batches chunks", or an empty line when /metrics
+# cannot be read. Workers copy their totals into /metrics once a second: read after the
+# round has been still that long.
 md5_rounds() {
-    curl -s --max-time 5 "http://127.0.0.1:$1/metrics" | awk '
+    { curl -s --max-time 5 "http://127.0.0.1:$1/metrics" || true; } | awk '
         $1 == "keepring_md5_round_bytes_total{path=\"lanes\"}" { lanes = $2 }
         $1 == "keepring_md5_round_bytes_total{path=\"single\"}" { single = $2 }
-        $1 == "keepring_md5_round_room_bytes_total" { room = $2 }
+        $1 == "keepring_md5_round_room_bytes_total" { room = $2; seen = 1 }
         $1 == "keepring_md5_batches_total" { batches = $2 }
         $1 == "keepring_md5_chunks_total" { chunks = $2 }
-        END { printf "%.0f %.0f %.0f %.0f %.0f\n", lanes, room, single, batches, chunks }'
+        END { if (seen) printf "%.0f %.0f %.0f %.0f %.0f\n", lanes, room, single, batches, chunks; else print "" }'
 }
 
-# From two md5_rounds lines: "fill_pct,streams_per_call": how full the SIMD lanes ran
-# (bytes hashed in lanes over the rounds' room) and streams per kernel call; empty fields
-# where nothing was hashed.
+# From two md5_rounds lines: "fill_pct,streams_per_batch": how full the SIMD lanes ran
+# (bytes hashed in lanes over the rounds' room) and streams per hasher batch; empty
+# fields where either reading failed or nothing was hashed.
 md5_fill() {
     awk -v a="$1" -v b="$2" 'BEGIN {
-        split(a, x, " "); split(b, y, " ")
-        room = y[2] - x[2]; calls = y[4] - x[4]
+        if (split(a, x, " ") < 5 || split(b, y, " ") < 5) { print ","; exit }
+        room = y[2] - x[2]; batches = y[4] - x[4]
         fill = room > 0 ? sprintf("%.1f", 100 * (y[1] - x[1]) / room) : ""
-        per = calls > 0 ? sprintf("%.2f", (y[5] - x[5]) / calls) : ""
+        per = batches > 0 ? sprintf("%.2f", (y[5] - x[5]) / batches) : ""
         printf "%s,%s\n", fill, per
     }'
 }

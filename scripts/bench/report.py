@@ -72,7 +72,7 @@ def load(path):
 
 def medians(rows):
     keys = ["req_s", "mb_s", "p50_ms", "p99_ms", "cpu_us_per_req", "server_cpu_pct", "beside_mb_s",
-            "lane_fill_pct", "streams_per_call"]
+            "lane_fill_pct", "streams_per_batch"]
     # (CSVs from before the MD5 lane columns lack them.)
     result = {key: median([number(row.get(key)) for row in rows]) for key in keys}
     result["rounds"] = len(rows)
@@ -322,7 +322,7 @@ def many_stream_targets(get, target, args, workers_seen):
 def md5_lanes(get, out, workers_seen):
     """How full keepring's SIMD lanes ran in each case (its /metrics, per round)."""
     rows = [
-        (case, workers, get(case, workers, "keepring", "lane_fill_pct"), get(case, workers, "keepring", "streams_per_call"))
+        (case, workers, get(case, workers, "keepring", "lane_fill_pct"), get(case, workers, "keepring", "streams_per_batch"))
         for case, _ in CASES
         for workers in workers_seen
     ]
@@ -333,14 +333,14 @@ def md5_lanes(get, out, workers_seen):
     out("")
     out(
         "From keepring's /metrics around each round: bytes its hashers' SIMD rounds hashed over the room "
-        "those rounds had (a round of 5 streams on an 8-lane shape is 62% full), and streams per kernel "
-        "call. Lone streams take the single-stream path and are not in the fill."
+        "those rounds had (a round of 5 streams on an 8-lane shape is 62.5% full), and streams per hasher "
+        "batch. Lone streams take the single-stream path and are not in the fill."
     )
     out("")
-    out("| case | workers | lanes full | streams per call |")
+    out("| case | workers | lanes full | streams per batch |")
     out("| --- | ---: | ---: | ---: |")
-    for case, workers, fill, per_call in rows:
-        out(f"| {LABEL[case]} | {workers} | {fmt(fill, 1, '%')} | {fmt(per_call, 2)} |")
+    for case, workers, fill, per_batch in rows:
+        out(f"| {LABEL[case]} | {workers} | {fmt(fill, 1, '%')} | {fmt(per_batch, 2)} |")
     out("")
 
 

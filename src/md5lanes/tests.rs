@@ -433,7 +433,13 @@ fn rounds_count_the_blocks_each_path_hashed_and_the_lanes_room() {
     let block = BLOCK_BYTES as u64;
     let bytes = |length: usize| vec![7u8; length];
     for kernel in kernels() {
-        let width = |streams| Shape::for_streams(kernel, streams).lanes() as u64;
+        // The lanes a round of so many streams has: 8 up to 8 streams, 16 from 9 to 27
+        // (every SIMD shape), 1 on the scalar kernel.
+        let width = |streams: u64| match (kernel, streams) {
+            (Kernel::Scalar, _) => 1,
+            (_, 0..=8) => 8,
+            _ => 16,
+        };
         let name = kernel.name();
         // Three equal streams of 10 blocks: one round of 3 streams (on the shape a round of
         // 3 takes), or one stream at a time on the scalar kernel.
@@ -481,5 +487,40 @@ fn rounds_count_the_blocks_each_path_hashed_and_the_lanes_room() {
             },
             "{name}: a completed tail"
         );
+        // Two tails completed in one call share a round; nine streams of 3 blocks take
+        // one round of the 16-lane room.
+        let mut states = vec![LaneState::new(); 2];
+        for state in &mut states {
+            kernel.update_batch(&mut [(state, &bytes(10)[..])]);
+        }
+        let more = bytes(54);
+        let mut jobs: Vec<(&mut LaneState, &[u8])> = states.iter_mut().map(|state| (state, &more[..])).collect();
+        let expected = match width(2) {
+            1 => Rounds {
+                single_bytes: 2 * block,
+                ..Rounds::default()
+            },
+            lanes => Rounds {
+                lane_bytes: 2 * block,
+                room_bytes: lanes * block,
+                single_bytes: 0,
+            },
+        };
+        assert_eq!(kernel.update_batch(&mut jobs), expected, "{name}: two tails");
+        let mut states = vec![LaneState::new(); 9];
+        let pieces = vec![bytes(192); 9];
+        let mut jobs: Vec<(&mut LaneState, &[u8])> = states.iter_mut().zip(&pieces).map(|(s, p)| (s, &p[..])).collect();
+        let expected = match width(9) {
+            1 => Rounds {
+                single_bytes: 27 * block,
+                ..Rounds::default()
+            },
+            lanes => Rounds {
+                lane_bytes: 27 * block,
+                room_bytes: lanes * 3 * block,
+                single_bytes: 0,
+            },
+        };
+        assert_eq!(kernel.update_batch(&mut jobs), expected, "{name}: nine streams");
     }
 }
