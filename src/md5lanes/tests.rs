@@ -430,97 +430,54 @@ fn every_round_shape_matches_md5_for_every_lane_count() {
 
 #[test]
 fn rounds_count_the_blocks_each_path_hashed_and_the_lanes_room() {
-    let block = BLOCK_BYTES as u64;
     let bytes = |length: usize| vec![7u8; length];
     for kernel in kernels() {
-        // The lanes a round of so many streams has: 8 up to 8 streams, 16 from 9 to 27
-        // (every SIMD shape), 1 on the scalar kernel.
-        let width = |streams: u64| match (kernel, streams) {
-            (Kernel::Scalar, _) => 1,
-            (_, 0..=8) => 8,
-            _ => 16,
-        };
         let name = kernel.name();
-        // Three equal streams of 10 blocks: one round of 3 streams (on the shape a round of
-        // 3 takes), or one stream at a time on the scalar kernel.
-        let mut states = vec![LaneState::new(); 3];
-        let pieces = vec![bytes(640); 3];
-        let mut jobs: Vec<(&mut LaneState, &[u8])> = states.iter_mut().zip(&pieces).map(|(s, p)| (s, &p[..])).collect();
-        let rounds = kernel.update_batch(&mut jobs);
-        let expected = match width(3) {
-            1 => Rounds {
-                single_bytes: 30 * block,
-                ..Rounds::default()
-            },
-            lanes => Rounds {
-                lane_bytes: 30 * block,
-                room_bytes: lanes * 10 * block,
-                single_bytes: 0,
-            },
+        // What a call of `streams` streams should report: `in_lanes` blocks hashed in SIMD
+        // rounds `round_blocks` long (room: the rounds' width, 8 up to 8 streams and 16 from
+        // 9 to 27, times that), `alone` blocks one stream at a time; the scalar kernel has
+        // no lanes and hashes every block alone.
+        let expected = |streams: usize, in_lanes: u64, round_blocks: u64, alone: u64| {
+            let block = BLOCK_BYTES as u64;
+            let width = if streams <= 8 { 8 } else { 16 };
+            match kernel {
+                Kernel::Scalar => Rounds {
+                    single_bytes: (in_lanes + alone) * block,
+                    ..Rounds::default()
+                },
+                _ => Rounds {
+                    lane_bytes: in_lanes * block,
+                    room_bytes: width * round_blocks * block,
+                    single_bytes: alone * block,
+                },
+            }
         };
-        assert_eq!(rounds, expected, "{name}: three equal streams");
-        // Ragged: 10 blocks and 4 blocks and 10 bytes. Both streams run 4 blocks together,
+        let feed = |states: &mut [LaneState], pieces: &[Vec<u8>]| {
+            let mut jobs: Vec<(&mut LaneState, &[u8])> = states
+                .iter_mut()
+                .zip(pieces)
+                .map(|(state, piece)| (state, &piece[..]))
+                .collect();
+            kernel.update_batch(&mut jobs)
+        };
+        // Three equal streams of 10 blocks: one round of 10 blocks.
+        let rounds = feed(&mut vec![LaneState::new(); 3], &vec![bytes(640); 3]);
+        assert_eq!(rounds, expected(3, 30, 10, 0), "{name}: three equal streams");
+        // Ragged, 10 blocks and 4 blocks and 10 bytes: both streams run 4 blocks together,
         // the longer one its last 6 alone; the 10 bytes wait in its state (no whole block).
         let mut states = vec![LaneState::new(); 2];
-        let pieces = [bytes(640), bytes(266)];
-        let mut jobs: Vec<(&mut LaneState, &[u8])> = states.iter_mut().zip(&pieces).map(|(s, p)| (s, &p[..])).collect();
-        let rounds = kernel.update_batch(&mut jobs);
-        let expected = match width(2) {
-            1 => Rounds {
-                single_bytes: 14 * block,
-                ..Rounds::default()
-            },
-            lanes => Rounds {
-                lane_bytes: 8 * block,
-                room_bytes: lanes * 4 * block,
-                single_bytes: 6 * block,
-            },
-        };
-        assert_eq!(rounds, expected, "{name}: ragged streams");
-        // The second stream's 10 waiting bytes and 54 more make one block, hashed alone.
-        let rounds = kernel.update_batch(&mut [(&mut states[1], &bytes(54)[..])]);
-        assert_eq!(
-            rounds,
-            Rounds {
-                single_bytes: block,
-                ..Rounds::default()
-            },
-            "{name}: a completed tail"
-        );
-        // Two tails completed in one call share a round; nine streams of 3 blocks take
-        // one round of the 16-lane room.
+        let rounds = feed(&mut states, &[bytes(640), bytes(266)]);
+        assert_eq!(rounds, expected(2, 8, 4, 6), "{name}: ragged streams");
+        // Those 10 waiting bytes and 54 more make one block, hashed alone.
+        let rounds = feed(&mut states[1..], &[bytes(54)]);
+        assert_eq!(rounds, expected(1, 0, 0, 1), "{name}: a completed tail");
+        // Two tails completed in one call share a one-block round.
         let mut states = vec![LaneState::new(); 2];
-        for state in &mut states {
-            kernel.update_batch(&mut [(state, &bytes(10)[..])]);
-        }
-        let more = bytes(54);
-        let mut jobs: Vec<(&mut LaneState, &[u8])> = states.iter_mut().map(|state| (state, &more[..])).collect();
-        let expected = match width(2) {
-            1 => Rounds {
-                single_bytes: 2 * block,
-                ..Rounds::default()
-            },
-            lanes => Rounds {
-                lane_bytes: 2 * block,
-                room_bytes: lanes * block,
-                single_bytes: 0,
-            },
-        };
-        assert_eq!(kernel.update_batch(&mut jobs), expected, "{name}: two tails");
-        let mut states = vec![LaneState::new(); 9];
-        let pieces = vec![bytes(192); 9];
-        let mut jobs: Vec<(&mut LaneState, &[u8])> = states.iter_mut().zip(&pieces).map(|(s, p)| (s, &p[..])).collect();
-        let expected = match width(9) {
-            1 => Rounds {
-                single_bytes: 27 * block,
-                ..Rounds::default()
-            },
-            lanes => Rounds {
-                lane_bytes: 27 * block,
-                room_bytes: lanes * 3 * block,
-                single_bytes: 0,
-            },
-        };
-        assert_eq!(kernel.update_batch(&mut jobs), expected, "{name}: nine streams");
+        feed(&mut states, &vec![bytes(10); 2]);
+        let rounds = feed(&mut states, &vec![bytes(54); 2]);
+        assert_eq!(rounds, expected(2, 2, 1, 0), "{name}: two tails");
+        // Nine streams of 3 blocks: one round in the 16-lane room.
+        let rounds = feed(&mut vec![LaneState::new(); 9], &vec![bytes(192); 9]);
+        assert_eq!(rounds, expected(9, 27, 3, 0), "{name}: nine streams");
     }
 }
