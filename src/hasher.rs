@@ -223,13 +223,11 @@ impl Hasher {
         }
         let bytes = borrowed.iter().map(|job| job.range.len()).sum::<usize>() + taken.iter().sum::<usize>();
         let mut counts = self.counts.get();
+        counts.batches += 1;
+        counts.chunks += (borrowed.len() + receiving.len()) as u64;
+        counts.bytes += bytes as u64;
         counts.rounds += rounds;
-        self.counts.set(HashCounts {
-            batches: counts.batches + 1,
-            chunks: counts.chunks + (borrowed.len() + receiving.len()) as u64,
-            bytes: counts.bytes + bytes as u64,
-            rounds: counts.rounds,
-        });
+        self.counts.set(counts);
         for job in borrowed.iter_mut() {
             job.done = true;
             if let Some(waker) = job.waker.take() {
