@@ -17,7 +17,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{md5_rounds, BLOCK_BYTES, FILLER_BLOCK};
+use super::{check_call, md5_rounds, set_state_words, state_words, BLOCK_BYTES, FILLER_BLOCK};
 
 pub const LANES: usize = super::AVX2_LANES;
 
@@ -31,19 +31,15 @@ macro_rules! eight_lane_kernel {
             messages: &[Option<&[[u8; BLOCK_BYTES]]>],
             blocks: usize,
         ) {
-            assert_eq!(states.len(), LANES * GROUPS);
-            assert_eq!(messages.len(), LANES * GROUPS);
-            for message in messages.iter().flatten() {
-                assert!(message.len() >= blocks, "a lane has fewer blocks than the round");
-            }
+            check_call(states, messages, blocks, LANES * GROUPS);
             let zero = _mm256_setzero_si256();
             let (mut a, mut b, mut c, mut d) = ([zero; GROUPS], [zero; GROUPS], [zero; GROUPS], [zero; GROUPS]);
             for group in 0..GROUPS {
                 let lanes = &states[LANES * group..LANES * (group + 1)];
-                a[group] = load_words(&std::array::from_fn(|lane| lanes[lane][0]));
-                b[group] = load_words(&std::array::from_fn(|lane| lanes[lane][1]));
-                c[group] = load_words(&std::array::from_fn(|lane| lanes[lane][2]));
-                d[group] = load_words(&std::array::from_fn(|lane| lanes[lane][3]));
+                a[group] = load_words(&state_words(lanes, 0));
+                b[group] = load_words(&state_words(lanes, 1));
+                c[group] = load_words(&state_words(lanes, 2));
+                d[group] = load_words(&state_words(lanes, 3));
             }
             for block in 0..blocks {
                 // m[w][group]: message word w of the group's 8 lanes.
@@ -73,15 +69,8 @@ macro_rules! eight_lane_kernel {
                 }
             }
             for group in 0..GROUPS {
-                let words = [
-                    store_words(a[group]),
-                    store_words(b[group]),
-                    store_words(c[group]),
-                    store_words(d[group]),
-                ];
-                for (lane, state) in states[LANES * group..LANES * (group + 1)].iter_mut().enumerate() {
-                    *state = [words[0][lane], words[1][lane], words[2][lane], words[3][lane]];
-                }
+                let words = [store_words(a[group]), store_words(b[group]), store_words(c[group]), store_words(d[group])];
+                set_state_words(&mut states[LANES * group..], words);
             }
         }
     };

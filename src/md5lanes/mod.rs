@@ -749,6 +749,28 @@ fn round_blocks(lanes: &[Lane], chosen: usize) -> usize {
     }
 }
 
+/// A kernel call's arguments, as every kernel checks them: `lanes` states and messages,
+/// and no message shorter than the round.
+fn check_call(states: &[[u32; 4]], messages: &[Option<&[[u8; BLOCK_BYTES]]>], blocks: usize, lanes: usize) {
+    assert_eq!(states.len(), lanes);
+    assert_eq!(messages.len(), lanes);
+    for message in messages.iter().flatten() {
+        assert!(message.len() >= blocks, "a lane has fewer blocks than the round");
+    }
+}
+
+/// Word `word` (0 for a .. 3 for d) of each of the first `L` states: one register's load.
+fn state_words<const L: usize>(states: &[[u32; 4]], word: usize) -> [u32; L] {
+    std::array::from_fn(|lane| states[lane][word])
+}
+
+/// Back into the first `L` states: `words[0]` their a, .. `words[3]` their d.
+fn set_state_words<const L: usize>(states: &mut [[u32; 4]], words: [[u32; L]; 4]) {
+    for (lane, state) in states[..L].iter_mut().enumerate() {
+        *state = [words[0][lane], words[1][lane], words[2][lane], words[3][lane]];
+    }
+}
+
 type Messages<'a, const WIDTH: usize> = [Option<&'a [[u8; BLOCK_BYTES]]>; WIDTH];
 
 fn gather<'a, const WIDTH: usize>(
