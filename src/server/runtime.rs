@@ -17,8 +17,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::api::context::Services;
 use crate::http::watch::Watch;
-use crate::limits::RING_ENTRIES;
 use crate::limits::{ACTIVITY_COUNT_MS, DRAIN_IDLE_GRACE_MS, LIMIT_WARNING_INTERVAL_MS, WATCH_SWEEP_MS};
+use crate::limits::{RING_ENTRIES, SEND_NOTSENT_LOWAT_BYTES};
 use crate::server::connection;
 use crate::server::worker::{redact_signatures, LiveConnection, Worker};
 
@@ -229,9 +229,10 @@ async fn accept_loop(listener: tokio::net::TcpListener, worker: Rc<Worker>) {
             }
         };
         let _ = stream.set_nodelay(true);
+        let _ = limit_unsent(&stream);
         // Non-blocking, as tokio's `into_std` documents, and relied upon: a GET's sendfile
         // must stop at a full socket instead of blocking the core
-        // (`Connection::write_file_chunk`).
+        // (`Session::write_file_chunk`).
         let id = worker.next_connection_id.get();
         worker.next_connection_id.set(id + 1);
         let live = Rc::new(LiveConnection {
@@ -250,5 +251,60 @@ async fn accept_loop(listener: tokio::net::TcpListener, worker: Rc<Worker>) {
             let stream = tokio_uring::net::TcpStream::from_std(stream);
             connection::serve(stream, &worker, &live).await;
         });
+    }
+}
+
+/// Bound what a client connection queues unsent (`SEND_NOTSENT_LOWAT_BYTES`).
+fn limit_unsent(stream: &impl AsRawFd) -> std::io::Result<()> {
+    let lowat: libc::c_int = SEND_NOTSENT_LOWAT_BYTES;
+    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a valid pointer.
+    let result = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            (&lowat as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    match result {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn notsent_lowat(stream: &impl AsRawFd) -> libc::c_int {
+        let mut value: libc::c_int = -1;
+        let mut length = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `length` bytes into `value`.
+        let result = unsafe {
+            libc::getsockopt(
+                stream.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_NOTSENT_LOWAT,
+                (&mut value as *mut libc::c_int).cast(),
+                &mut length,
+            )
+        };
+        assert_eq!(result, 0, "{}", std::io::Error::last_os_error());
+        value
+    }
+
+    #[test]
+    fn an_accepted_connection_queues_little_unsent() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let _client = std::net::TcpStream::connect(listener.local_addr().expect("address")).expect("connect");
+        let (accepted, _) = listener.accept().expect("accept");
+        let before = notsent_lowat(&accepted);
+        limit_unsent(&accepted).expect("setsockopt");
+        assert_ne!(
+            before, SEND_NOTSENT_LOWAT_BYTES,
+            "the system default already equals ours"
+        );
+        assert_eq!(notsent_lowat(&accepted), SEND_NOTSENT_LOWAT_BYTES);
     }
 }
