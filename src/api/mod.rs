@@ -146,7 +146,7 @@ pub async fn handle<'a>(core: &'a Core, session: &mut Session, head: &'a Head) -
     match route(&head.method, &head.path) {
         Route::BlockRead { locator, send_body } => {
             session.vary_signature = true;
-            read::read(core, head, locator, send_body).await
+            read::read(core, head, locator, send_body, session.sends_files()).await
         }
         Route::BlockWrite { locator } => blocks::write(core, session, head, locator).await,
         Route::BlockTouch { locator } => blocks::touch(core, head, locator).await,

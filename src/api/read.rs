@@ -6,8 +6,26 @@
 //! its MD5 is skipped for the next one while nothing has been sent. The first chunk leaves
 //! with the head, the ones between by sendfile from the page cache, the last one from the
 //! bytes just hashed. HEAD reads and checks the whole copy before answering.
+//!
+//! Hash-ahead: on a connection that sends files (not TLS), a directory volume's copy of
+//! more than one chunk is read and hashed after its first chunk by a task of its own
+//! (`hash_rest`), paced by the disk and the core's hasher only, while the chunks between
+//! leave as one file range (`Piece::FileRange`: sendfile, no buffer, at the client's
+//! pace). The hash no longer waits for the sends nor the sends for the hash: measured
+//! against sending each chunk after its hash (one worker, clients on the other core), 2
+//! clients of 64 MiB GETs 830-837 -> ~920 MB/s, 16 clients 2.63-2.67 -> 2.75-2.83 GB/s,
+//! 1 MiB GETs +7%; 4 KiB GETs beside one 64 MiB GET: p50 0.54 -> 0.49 ms, p99 0.7 -> 1.1
+//! ms (the big stream's hash is now back to back). The last chunk still leaves only once
+//! the whole copy matched, from the task's hashed buffer; the bytes between are those
+//! hashed, as block files are never modified in place (and a copy that rots in place
+//! still loses its last chunk). A copy the verified-copy cache vouches for is still sent
+//! chunk by chunk (read, then sent by sendfile): as one file range it cost the server a
+//! third less CPU, but a client on the same machine a third more (it then copies bytes
+//! no read brought into the cache) and the bench's 16-client rate fell from ~3.9 to ~3.1
+//! GB/s.
 
 use std::future::Future;
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -21,6 +39,7 @@ use crate::api::context::{Core, StateRef};
 use crate::bufpool::{Lease, CHUNK_BUFFER_BYTES};
 use crate::digest::{hex_is, FileIdentity, EMPTY_BLOCK_HASH};
 use crate::error::RequestError;
+use crate::hasher::Hasher;
 use crate::http::reply::{BodySource, Piece, Reply, Streamed};
 use crate::http::request::Head;
 use crate::http::response::BodyFraming;
@@ -38,6 +57,7 @@ pub async fn read<'a>(
     head: &Head,
     locator_text: &str,
     send_body: bool,
+    sends_files: bool,
 ) -> Result<Reply<'a>, RequestError> {
     let locator = Locator::parse(locator_text).map_err(|_| RequestError::InvalidLocator)?;
     // 3.x: without a size the server could not announce a length and then abort on a
@@ -70,7 +90,7 @@ pub async fn read<'a>(
         }
     };
     for &volume_index in order {
-        let mut stream = match BlockStream::open(core, &state, volume_index, locator.hash).await {
+        let mut stream = match BlockStream::open(core, &state, volume_index, locator.hash, sends_files).await {
             Ok(Some(stream)) => stream,
             Ok(None) => continue,
             Err(error) => {
@@ -118,7 +138,7 @@ pub async fn read<'a>(
 enum Source {
     /// A directory volume's file, and the state it was opened in (for the verified-copy
     /// cache and the quarantine).
-    File { file: File, identity: FileIdentity },
+    File { file: Rc<File>, identity: FileIdentity },
     /// An S3 volume's object body, read in order (S3 has no sendfile and no verified-copy
     /// cache entry: its bytes are hashed every time).
     Object(Box<GetObject>),
@@ -143,6 +163,52 @@ struct BlockStream<'a> {
     first: Option<Piece>,
     /// The budget the chunk buffer is counted against, held while the body is sent.
     lease: Option<Lease>,
+    /// The connection takes `Piece::FileRange`s.
+    sends_files: bool,
+    /// The task reading and hashing the rest of the copy (hash-ahead, module doc).
+    ahead: Option<Ahead>,
+}
+
+/// What `hash_rest` ends with: the digest (or the read's error) and the buffer holding
+/// the copy's last chunk.
+type AheadOutcome = (std::io::Result<[u8; 16]>, Vec<u8>);
+
+/// A running `hash_rest`, aborted when dropped (a client gone mid-body): its read or its
+/// queued hash is left to the ring or the hasher, which own the buffer until they finish.
+struct Ahead(tokio::task::JoinHandle<AheadOutcome>);
+
+impl Drop for Ahead {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Read and hash `file` from `offset` to `size` a chunk at a time into `buffer`, each
+/// chunk in the core's hasher batches; the digest and the buffer with the last chunk
+/// come back.
+async fn hash_rest(
+    hasher: Rc<Hasher>,
+    file: Rc<File>,
+    mut digest: LaneState,
+    mut buffer: Vec<u8>,
+    mut offset: u64,
+    size: u64,
+) -> AheadOutcome {
+    loop {
+        let want = (size - offset).min(CHUNK_BYTES as u64) as usize;
+        buffer.clear();
+        let (result, returned) = io::read_exact_into(&file, buffer, 0, want, offset).await;
+        buffer = returned;
+        if let Err(error) = result {
+            return (Err(error), buffer);
+        }
+        offset += want as u64;
+        if offset == size {
+            let (digest, buffer) = hasher.finish(digest, buffer, 0..want).await;
+            return (Ok(digest), buffer);
+        }
+        (digest, buffer) = hasher.update(digest, buffer, 0..want).await;
+    }
 }
 
 impl<'a> BlockStream<'a> {
@@ -152,6 +218,7 @@ impl<'a> BlockStream<'a> {
         state: &StateRef,
         volume_index: usize,
         hash: &str,
+        sends_files: bool,
     ) -> Result<Option<Self>, RequestError> {
         let volume = &state.volumes.all()[volume_index];
         let (source, size, verify) = match &volume.s3 {
@@ -174,7 +241,14 @@ impl<'a> BlockStream<'a> {
             None => match io::open_block_identified(&volume.root, hash).await {
                 Ok(Some((file, identity))) => {
                     let verify = !core.verified.borrow().contains(hash, identity);
-                    (Source::File { file, identity }, identity.size, verify)
+                    (
+                        Source::File {
+                            file: Rc::new(file),
+                            identity,
+                        },
+                        identity.size,
+                        verify,
+                    )
                 }
                 Ok(None) => return Ok(None),
                 Err(error) => {
@@ -200,6 +274,8 @@ impl<'a> BlockStream<'a> {
             digest: verify.then(LaneState::new),
             first: None,
             lease: None,
+            sends_files,
+            ahead: None,
         }))
     }
 
@@ -228,10 +304,7 @@ impl<'a> BlockStream<'a> {
         };
         buffer = returned;
         if let Err(error) = result {
-            tracing::warn!(volume = %self.volume().uuid, hash = self.hash(), error = %error, "block read failed");
-            self.core.metrics.volume(self.volume()).error(VolumeErrorKind::Io);
-            self.volume().note_read_error(&error);
-            return Err((RequestError::Internal(format!("volume error: {error}")), buffer));
+            return Err((self.read_failed(&error), buffer));
         }
         let position = self.offset;
         let last = position + want as u64 == self.size;
@@ -255,7 +328,7 @@ impl<'a> BlockStream<'a> {
         if !last {
             return Ok(match (&self.source, room) {
                 (Source::File { file, .. }, 0) => Piece::File {
-                    fd: std::os::fd::AsRawFd::as_raw_fd(file),
+                    fd: file.as_raw_fd(),
                     position,
                     buffer,
                 },
@@ -263,25 +336,93 @@ impl<'a> BlockStream<'a> {
             });
         }
         if matched == Some(false) {
-            tracing::error!(volume = %self.volume().uuid, hash = self.hash(), "stored copy fails its MD5 check");
-            self.core.metrics.volume(self.volume()).error(VolumeErrorKind::Checksum);
-            self.quarantine();
-            return Err((RequestError::ChecksumMismatch, buffer));
+            return Err((self.checksum_failed(), buffer));
         }
         self.completed(matched == Some(true));
         Ok(Piece::Bytes { buffer, from: room })
+    }
+
+    /// A read of the copy failed: log and count it; the request's error.
+    fn read_failed(&self, error: &std::io::Error) -> RequestError {
+        tracing::warn!(volume = %self.volume().uuid, hash = self.hash(), error = %error, "block read failed");
+        self.core.metrics.volume(self.volume()).error(VolumeErrorKind::Io);
+        self.volume().note_read_error(error);
+        RequestError::Internal(format!("volume error: {error}"))
+    }
+
+    /// The copy failed its MD5 check: log, count and quarantine it; the request's error.
+    fn checksum_failed(&self) -> RequestError {
+        tracing::error!(volume = %self.volume().uuid, hash = self.hash(), "stored copy fails its MD5 check");
+        self.core.metrics.volume(self.volume()).error(VolumeErrorKind::Checksum);
+        self.quarantine();
+        RequestError::ChecksumMismatch
+    }
+
+    /// After the first chunk, on a connection that sends files, of a directory volume's
+    /// copy being hashed: a task starts reading and hashing the rest into `spent`, and the
+    /// chunks before the last go as one file range (module doc; `None` when there are
+    /// none: a copy of two chunks). `Err(spent)`: this copy is sent chunk by chunk.
+    fn send_rest_from_file(&mut self, spent: Vec<u8>) -> Result<Option<Piece>, Vec<u8>> {
+        let Source::File { file, .. } = &self.source else {
+            return Err(spent);
+        };
+        if !self.sends_files || self.ahead.is_some() {
+            return Err(spent);
+        }
+        let (fd, position) = (file.as_raw_fd(), self.offset);
+        let Some(digest) = self.digest.take() else {
+            return Err(spent);
+        };
+        let buffer = match spent.capacity() >= CHUNK_BYTES {
+            true => spent,
+            false => self.core.pool.chunk(),
+        };
+        let task = hash_rest(
+            Rc::clone(&self.core.hasher),
+            Rc::clone(file),
+            digest,
+            buffer,
+            position,
+            self.size,
+        );
+        self.ahead = Some(Ahead(tokio_uring::spawn(task)));
+        let last_chunk = (self.size - 1) / CHUNK_BYTES as u64 * CHUNK_BYTES as u64;
+        self.offset = last_chunk.max(position);
+        Ok((self.offset > position).then_some(Piece::FileRange {
+            fd,
+            position,
+            length: self.offset - position,
+        }))
+    }
+
+    /// The last chunk from the hash-ahead task, once the whole copy matched.
+    async fn last_chunk_ahead(&mut self, mut ahead: Ahead) -> Result<Piece, RequestError> {
+        let (result, buffer) = (&mut ahead.0)
+            .await
+            .map_err(|error| RequestError::Internal(format!("hash-ahead task failed: {error}")))?;
+        let error = match result {
+            Ok(digest) if hex_is(&digest, &self.hash) => {
+                self.offset = self.size;
+                self.completed(true);
+                return Ok(Piece::Bytes { buffer, from: 0 });
+            }
+            Ok(_) => self.checksum_failed(),
+            Err(error) => self.read_failed(&error),
+        };
+        self.core.pool.recycle(buffer);
+        Err(error)
     }
 
     /// Read and check the rest of the copy after `first` (HEAD); the buffer comes back.
     async fn read_to_end(&mut self, first: Piece) -> Result<Vec<u8>, (RequestError, Vec<u8>)> {
         let mut buffer = match first {
             Piece::Bytes { buffer, .. } | Piece::File { buffer, .. } => buffer,
-            Piece::End => Vec::new(),
+            Piece::FileRange { .. } | Piece::End => Vec::new(),
         };
         while self.offset < self.size {
             buffer = match self.read_chunk(buffer, 0).await? {
                 Piece::Bytes { buffer, .. } | Piece::File { buffer, .. } => buffer,
-                Piece::End => Vec::new(),
+                Piece::FileRange { .. } | Piece::End => Vec::new(),
             };
         }
         Ok(buffer)
@@ -337,6 +478,15 @@ impl BodySource for BlockStream<'_> {
                 Ok(piece) => return piece,
                 Err(spent) => spent,
             };
+            let spent = match self.send_rest_from_file(spent) {
+                Ok(Some(range)) => return Ok(range),
+                Ok(None) => Vec::new(),
+                Err(spent) => spent,
+            };
+            if let Some(ahead) = self.ahead.take() {
+                self.core.pool.recycle(spent);
+                return self.last_chunk_ahead(ahead).await;
+            }
             self.read_chunk(spent, 0).await.map_err(|(error, returned)| {
                 self.core.pool.recycle(returned);
                 error

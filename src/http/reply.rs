@@ -41,6 +41,11 @@ pub enum Piece {
     /// may take them from the page cache (sendfile) instead. `fd` stays open until the
     /// source's next call.
     File { fd: RawFd, position: u64, buffer: Vec<u8> },
+    /// Send `length` bytes of the file `fd` from `position` straight from the page cache
+    /// (sendfile), with no copy in memory. Only a source told that the connection sends
+    /// files (`Session::sends_files`) may yield one. `fd` stays open until the source's
+    /// next call.
+    FileRange { fd: RawFd, position: u64, length: u64 },
     /// The body is complete.
     End,
 }

@@ -19,6 +19,8 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::time::Duration;
 
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 
@@ -31,7 +33,8 @@ use crate::http::tls_channel::TlsChannel;
 use crate::http::watch::{deadline_after, Watch};
 use crate::lifecycle::drain::Gate;
 use crate::limits::{
-    HEADER_TIMEOUT_MS, IDLE_TIMEOUT_MS, IO_STALL_TIMEOUT_MS, LINGER_MS_MAX, READ_BUFFER_BYTES, TLS_CLOSE_NOTIFY_MS_MAX,
+    CHUNK_BYTES, HEADER_TIMEOUT_MS, IDLE_TIMEOUT_MS, IO_STALL_TIMEOUT_MS, LINGER_MS_MAX, READ_BUFFER_BYTES,
+    TLS_CLOSE_NOTIFY_MS_MAX,
 };
 use crate::shared_body::Room;
 use crate::tls::{PlaintextSink, UpTo};
@@ -44,12 +47,31 @@ const HEAD_ROOM_BYTES: usize = 1024;
 /// index page, metrics) can be far bigger, and an idle connection should not hold it.
 const HEAD_BUFFER_KEPT_BYTES: usize = 16 * 1024;
 
+/// The most one sendfile(2) of a file range takes before the session lets the core's other
+/// tasks run (a fast reader would otherwise have a whole 64 MiB block sent in one go).
+/// Measured beside one 64 MiB GET on one worker: 4 KiB GETs' p99 1.04-1.07 ms with 128 KiB
+/// steps, 1.19-1.65 ms with 512 KiB; 16 clients of 64 MiB GETs the same within noise.
+const FILE_RANGE_STEP_BYTES: usize = CHUNK_BYTES;
+
+/// A socket's descriptor, borrowed from the session's `TcpStream` for its readiness.
+struct SocketFd(RawFd);
+
+impl AsRawFd for SocketFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
 enum Body {
     Length { remaining: u64 },
     Chunked(ChunkedDecoder),
 }
 
 pub struct Session {
+    /// The socket registered with tokio's reactor for write readiness, made the first time
+    /// a file range (`Piece::FileRange`) finds the socket full. Declared before `stream`:
+    /// fields drop in order, so it leaves the epoll set before the socket is closed.
+    send_ready: Option<AsyncFd<SocketFd>>,
     stream: TcpStream,
     /// Set on an HTTPS listener's connections: the socket carries TLS records.
     tls: Option<Box<TlsChannel>>,
@@ -88,6 +110,7 @@ pub struct Session {
 impl Session {
     pub fn new(stream: TcpStream, gate: Rc<Gate>, tls: Option<TlsChannel>, watch: Rc<Watch>) -> Self {
         Session {
+            send_ready: None,
             watch,
             stream,
             tls: tls.map(Box::new),
@@ -460,6 +483,64 @@ impl Session {
         self.write_rest(chunk, sent).await
     }
 
+    /// Send `length` bytes of the file `file` from `position` by sendfile(2) alone: no
+    /// buffer holds them (`Piece::FileRange`). When the socket is full the session waits
+    /// until it is writable again (epoll readiness through tokio's reactor), each wait
+    /// bounded by `IO_STALL_TIMEOUT_MS` as a write is; between steps of
+    /// `FILE_RANGE_STEP_BYTES` the core's other tasks run.
+    async fn write_file_range(&mut self, file: RawFd, position: u64, length: u64) -> Result<(), RequestError> {
+        self.response_started = true;
+        let socket = self.stream.as_raw_fd();
+        let end = position + length;
+        let mut offset = position;
+        while offset < end {
+            let want = (end - offset).min(FILE_RANGE_STEP_BYTES as u64) as usize;
+            let sent = match send_file(socket, file, &mut offset, want) {
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                    self.send_when_writable(file, &mut offset, want).await?
+                }
+                result => result.map_err(|_| RequestError::ClientGone)?,
+            };
+            if sent == 0 {
+                return Err(RequestError::Internal(format!(
+                    "file ended at {offset} of the {end} bytes to send"
+                )));
+            }
+            if offset < end {
+                tokio::task::yield_now().await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Wait (bounded) until the socket has room, then sendfile; returns the bytes sent.
+    async fn send_when_writable(&mut self, file: RawFd, offset: &mut u64, want: usize) -> Result<usize, RequestError> {
+        let socket = self.stream.as_raw_fd();
+        if self.send_ready.is_none() {
+            // SAFETY: the descriptor is the session's socket, open until the session is
+            // dropped, and `send_ready` is dropped before `stream` (field order).
+            let registered = unsafe { AsyncFd::register_with_interest(SocketFd(socket), Interest::WRITABLE) }
+                .map_err(|error| RequestError::Internal(format!("cannot wait for the socket: {error}")))?;
+            self.send_ready = Some(registered);
+        }
+        let Some(ready) = self.send_ready.as_ref() else {
+            return Err(RequestError::ClientGone);
+        };
+        let stall = deadline_after(Duration::from_millis(IO_STALL_TIMEOUT_MS));
+        let send = async {
+            loop {
+                let mut guard = ready.writable().await?;
+                // A spurious wake (the socket filled again): readiness is cleared, wait on.
+                if let Ok(result) = guard.try_io(|_| send_file(socket, file, offset, want)) {
+                    return result;
+                }
+            }
+        };
+        with_deadline(&self.watch, stall, send)
+            .await?
+            .map_err(|_| RequestError::ClientGone)
+    }
+
     /// Write a whole response; returns its status and body bytes.
     pub async fn send(&mut self, response: Response) -> Result<(u16, u64), RequestError> {
         let mut out = std::mem::take(&mut self.head_out);
@@ -556,6 +637,17 @@ impl Session {
                     self.write_file_chunk(fd, position, buffer).await
                 }
                 Piece::File { buffer, .. } => self.write_piece(pending, buffer, 0, chunked, &mut bytes_out).await,
+                Piece::FileRange { fd, position, length } if pending.is_empty() && !chunked && self.sends_files() => {
+                    bytes_out += length;
+                    (self.write_file_range(fd, position, length).await, Vec::new())
+                }
+                // Only a source told that this connection sends files yields a range.
+                Piece::FileRange { .. } => (
+                    Err(RequestError::Internal(
+                        "a file range on a connection that cannot send files".into(),
+                    )),
+                    Vec::new(),
+                ),
                 Piece::Bytes { buffer, from } => self.write_piece(pending, buffer, from, chunked, &mut bytes_out).await,
             };
             result?;
@@ -617,6 +709,12 @@ impl Session {
             buffer.clear();
             self.head_out = buffer;
         }
+    }
+
+    /// Whether a body may be sent from files by sendfile (`Piece::FileRange`): not over
+    /// TLS, whose records need the bytes in memory.
+    pub fn sends_files(&self) -> bool {
+        self.tls.is_none()
     }
 
     /// The socket's descriptor (for a cut from another core: `api::body::SlowBodies`).
@@ -687,6 +785,25 @@ async fn with_deadline<T>(watch: &Watch, deadline: u64, operation: impl Future<O
     match watch.disarm() {
         true => Err(RequestError::ClientGone),
         false => Ok(output),
+    }
+}
+
+/// One sendfile(2) of up to `want` bytes of `file` at `*offset` to the non-blocking
+/// `socket`, advancing `*offset`; `Ok(0)`: the file ended. EINTR is retried.
+fn send_file(socket: RawFd, file: RawFd, offset: &mut u64, want: usize) -> std::io::Result<usize> {
+    loop {
+        let mut position = *offset as libc::off_t;
+        // SAFETY: both descriptors are open for the call (the caller holds the socket's
+        // stream and the file's owner); `position` is a valid in/out pointer.
+        let sent = unsafe { libc::sendfile(socket, file, &mut position, want) };
+        if sent >= 0 {
+            *offset = position as u64;
+            return Ok(sent as usize);
+        }
+        let error = std::io::Error::last_os_error();
+        if error.kind() != std::io::ErrorKind::Interrupted {
+            return Err(error);
+        }
     }
 }
 

@@ -505,9 +505,9 @@ fn a_hang_up_while_direct_writes_run_beside_the_body_leaves_nothing() {
 
 #[test]
 fn a_slow_reader_of_a_big_block_gets_every_byte_in_order() {
-    // Chunks after the first leave by sendfile until the socket is full, then the rest of
-    // the chunk is written from memory: a reader with a tiny receive buffer that pauses
-    // between reads forces that switch on nearly every chunk.
+    // The chunks between the first and the last leave by sendfile alone, the session
+    // waiting for room in the socket whenever it is full: a reader with a tiny receive
+    // buffer that pauses between reads makes it wait hundreds of times.
     let server = TestServer::start();
     let data = test_bytes(33, 6 * MIB + 12_345);
     let locator = server.put_block(&data);
@@ -685,6 +685,98 @@ fn corrupt_large_block_is_502_or_cut_short_never_a_full_200() {
     let other = test_bytes(8, 100);
     let other_locator = server.put_block(&other);
     assert_eq!(server.get(&other_locator).body, other);
+}
+
+#[test]
+fn a_copy_rotted_mid_block_is_cut_before_its_end_and_set_aside() {
+    // Past its first chunk a big copy is read and hashed by a task of its own while the
+    // bytes between leave by sendfile; one byte flipped in place in the middle (bit rot:
+    // same size, same name) must still end in a cut body, never a complete one.
+    let server = TestServer::start();
+    let data = test_bytes(36, 6 * MIB + 12_345);
+    let locator = server.put_block(&data);
+    let hash = md5_hex(&data);
+    let path = block_path(server.volume(0), &hash);
+    {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .expect("open the copy");
+        file.write_all_at(&[!data[3 * MIB]], 3 * MIB as u64)
+            .expect("flip one byte");
+    }
+    let get = server.get(&locator);
+    assert_eq!(get.status, 200, "the first chunk is good: {}", get.summary());
+    assert!(
+        !get.complete && get.body.len() < data.len(),
+        "a rotted copy was delivered whole ({} of {} bytes)",
+        get.body.len(),
+        data.len()
+    );
+    assert!(
+        get.body.len() > 3 * MIB,
+        "cut before the bytes up to its last chunk: {}",
+        get.summary()
+    );
+    assert_eq!(
+        get.body[..3 * MIB],
+        data[..3 * MIB],
+        "the bytes before the flip are the block's"
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || block_dir_entries(server.volume(0), &hash)
+            .iter()
+            .any(|name| name.starts_with(&format!("{hash}.corrupt.")))),
+        "not quarantined: {:?}",
+        block_dir_entries(server.volume(0), &hash)
+    );
+    assert_eq!(server.get(&locator).status, 404, "no good copy left");
+    // A fresh PUT repairs it, and the server serves it whole.
+    let again = server.put_block(&data);
+    assert_eq!(md5_hex(&server.get(&again).body), hash);
+}
+
+#[test]
+fn clients_gone_mid_get_leave_no_buffer_held_and_the_server_serving() {
+    // A GET's hash-ahead task outlives nothing: a client that reads a little of a big
+    // block and hangs up ends the request, its task and its buffer lease.
+    let server = ServerBuilder::new().arg("--workers").arg("1").start();
+    let data = test_bytes(37, 24 * MIB + 1);
+    // Written straight to the volume: a PUT would leave its body buffer as a spare, held
+    // from the budget, and the count below must start at zero.
+    write_block_file(server.volume(0), &md5_hex(&data), &data);
+    let locator = signed_locator_for(&data);
+    for _ in 0..4 {
+        let mut conn = server.conn();
+        let request =
+            format!("GET /{locator} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {USER_TOKEN}\r\n\r\n");
+        conn.write_raw(request.as_bytes()).expect("send GET");
+        let mut buffer = vec![0u8; 256 * 1024];
+        let mut received = 0;
+        while received < MIB {
+            match conn.read_raw(&mut buffer, Duration::from_secs(10)) {
+                Ok(0) | Err(_) => break,
+                Ok(read) => received += read,
+            }
+        }
+        assert!(received >= MIB, "the body did not start: {received} bytes");
+    } // each connection dropped with most of its block unread
+    let held = || {
+        server
+            .metric_values()
+            .get("keepring_bufferpool_inuse_bytes")
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || held() == 0.0),
+        "buffers still held after the clients left: {} bytes",
+        held()
+    );
+    let get = server.get(&locator);
+    assert_eq!(get.status, 200, "{}", get.summary());
+    assert!(get.body == data, "wrong bytes after the hang-ups: {}", get.summary());
 }
 
 #[test]
