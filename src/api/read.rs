@@ -9,21 +9,26 @@
 //!
 //! Hash-ahead: on a connection that sends files (not TLS), a directory volume's copy of
 //! more than one chunk is read and hashed after its first chunk by a task of its own
-//! (`hash_rest`), paced by the disk and the core's hasher only, while the chunks between
-//! leave as one file range (`Piece::FileRange`: sendfile, no buffer, at the client's
-//! pace). The hash no longer waits for the sends nor the sends for the hash: measured
-//! against sending each chunk after its hash (one worker, clients on the other core), 2
-//! clients of 64 MiB GETs 830-837 -> ~920 MB/s, 16 clients 2.63-2.67 -> 2.75-2.83 GB/s,
-//! 1 MiB GETs +7%; 4 KiB GETs beside one 64 MiB GET: p50 0.54 -> 0.49 ms, p99 0.7 -> 1.1
-//! ms (the big stream's hash is now back to back). The last chunk still leaves only once
-//! the whole copy matched, from the task's hashed buffer; the bytes between are those
-//! hashed, as block files are never modified in place (and a copy that rots in place
-//! still loses its last chunk). A copy the verified-copy cache vouches for is still sent
-//! chunk by chunk (read, then sent by sendfile): as one file range it cost the server a
-//! third less CPU, but a client on the same machine a third more (it then copies bytes
-//! no read brought into the cache) and the bench's 16-client rate fell from ~3.9 to ~3.1
-//! GB/s.
+//! (`hash_rest`), paced by the disk and the core's hasher only, not by the client; the
+//! chunks between the first and the last leave as file ranges (`Piece::FileRange`:
+//! sendfile, no buffer, at the client's pace) as soon as the task has hashed them.
+//! Measured against reading, hashing then sending each chunk in turn (one worker,
+//! clients on the other core, interleaved runs): 2 clients of 64 MiB GETs 806-811 ->
+//! 853-870 MB/s (CPU per GET 80 -> 74-75 ms); 16 clients and the p99 of 4 KiB GETs
+//! beside a 64 MiB GET the same within noise (sending ranges past the task's hash, as a
+//! first version did, put that p99 at 1.0-1.6 ms instead of 0.7-0.8). A range never
+//! runs ahead of the task, so sendfile finds its pages in the page cache (a miss would
+//! read the disk on the core) and sends only bytes already hashed; the last chunk
+//! leaves only once the whole copy matched, from the task's hashed buffer. As before,
+//! what is sent is the page cache's copy of what was hashed: a file changed in place
+//! after its bytes were hashed is not caught (block files are never modified in place;
+//! the scrubber finds rot on the disk). A copy the verified-copy cache vouches for is
+//! still sent chunk by chunk (read, then sent by sendfile): as one file range it cost
+//! the server a third less CPU, but a client on the same machine a third more (it then
+//! copies bytes no read brought into the cache) and the bench's 16-client rate fell
+//! from ~3.9 to ~3.1 GB/s.
 
+use std::cell::Cell;
 use std::future::Future;
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
@@ -31,6 +36,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio_uring::fs::File;
 
 use crate::api::auth;
@@ -155,7 +161,8 @@ struct BlockStream<'a> {
     hash: [u8; 32],
     source: Source,
     size: u64,
-    /// Bytes read (and hashed) so far.
+    /// Bytes handed to the body so far (each read and hashed first, by this request or
+    /// by its hash-ahead task).
     offset: u64,
     /// `None` when the verified-copy cache vouches for this file state.
     digest: Option<LaneState>,
@@ -173,19 +180,33 @@ struct BlockStream<'a> {
 /// the copy's last chunk.
 type AheadOutcome = (std::io::Result<[u8; 16]>, Vec<u8>);
 
+/// How far a `hash_rest` task has got, shared with its request.
+#[derive(Default)]
+struct Progress {
+    /// The copy's bytes before this offset were read and hashed: the body may send them.
+    hashed_to: Cell<u64>,
+    /// The task has ended (the digest or an error is waiting in its handle).
+    ended: Cell<bool>,
+    /// Notified when either changes (one waiter: the request).
+    changed: Notify,
+}
+
 /// A running `hash_rest`, aborted when dropped (a client gone mid-body): its read or its
 /// queued hash is left to the ring or the hasher, which own the buffer until they finish.
-struct Ahead(tokio::task::JoinHandle<AheadOutcome>);
+struct Ahead {
+    task: tokio::task::JoinHandle<AheadOutcome>,
+    progress: Rc<Progress>,
+}
 
 impl Drop for Ahead {
     fn drop(&mut self) {
-        self.0.abort();
+        self.task.abort();
     }
 }
 
 /// Read and hash `file` from `offset` to `size` a chunk at a time into `buffer`, each
-/// chunk in the core's hasher batches; the digest and the buffer with the last chunk
-/// come back.
+/// chunk in the core's hasher batches, telling `progress` after each; the digest and the
+/// buffer with the last chunk come back.
 async fn hash_rest(
     hasher: Rc<Hasher>,
     file: Rc<File>,
@@ -193,22 +214,28 @@ async fn hash_rest(
     mut buffer: Vec<u8>,
     mut offset: u64,
     size: u64,
+    progress: Rc<Progress>,
 ) -> AheadOutcome {
-    loop {
+    let outcome = loop {
         let want = (size - offset).min(CHUNK_BYTES as u64) as usize;
         buffer.clear();
         let (result, returned) = io::read_exact_into(&file, buffer, 0, want, offset).await;
         buffer = returned;
         if let Err(error) = result {
-            return (Err(error), buffer);
+            break (Err(error), buffer);
         }
         offset += want as u64;
         if offset == size {
             let (digest, buffer) = hasher.finish(digest, buffer, 0..want).await;
-            return (Ok(digest), buffer);
+            break (Ok(digest), buffer);
         }
         (digest, buffer) = hasher.update(digest, buffer, 0..want).await;
-    }
+        progress.hashed_to.set(offset);
+        progress.changed.notify_one();
+    };
+    progress.ended.set(true);
+    progress.changed.notify_one();
+    outcome
 }
 
 impl<'a> BlockStream<'a> {
@@ -359,17 +386,15 @@ impl<'a> BlockStream<'a> {
     }
 
     /// After the first chunk, on a connection that sends files, of a directory volume's
-    /// copy being hashed: a task starts reading and hashing the rest into `spent`, and the
-    /// chunks before the last go as one file range (module doc; `None` when there are
-    /// none: a copy of two chunks). `Err(spent)`: this copy is sent chunk by chunk.
-    fn send_rest_from_file(&mut self, spent: Vec<u8>) -> Result<Option<Piece>, Vec<u8>> {
+    /// copy being hashed: start a task reading and hashing the rest into `spent` (module
+    /// doc). `Err(spent)`: this copy is sent chunk by chunk.
+    fn start_ahead(&mut self, spent: Vec<u8>) -> Result<(), Vec<u8>> {
         let Source::File { file, .. } = &self.source else {
             return Err(spent);
         };
-        if !self.sends_files || self.ahead.is_some() {
+        if !self.sends_files {
             return Err(spent);
         }
-        let (fd, position) = (file.as_raw_fd(), self.offset);
         let Some(digest) = self.digest.take() else {
             return Err(spent);
         };
@@ -377,27 +402,76 @@ impl<'a> BlockStream<'a> {
             true => spent,
             false => self.core.pool.chunk(),
         };
+        let progress = Rc::new(Progress::default());
+        progress.hashed_to.set(self.offset);
         let task = hash_rest(
             Rc::clone(&self.core.hasher),
             Rc::clone(file),
             digest,
             buffer,
-            position,
+            self.offset,
             self.size,
+            Rc::clone(&progress),
         );
-        self.ahead = Some(Ahead(tokio_uring::spawn(task)));
-        let last_chunk = (self.size - 1) / CHUNK_BYTES as u64 * CHUNK_BYTES as u64;
-        self.offset = last_chunk.max(position);
-        Ok((self.offset > position).then_some(Piece::FileRange {
-            fd,
-            position,
-            length: self.offset - position,
-        }))
+        self.ahead = Some(Ahead {
+            task: tokio_uring::spawn(task),
+            progress,
+        });
+        Ok(())
+    }
+
+    /// Where the copy's last chunk begins: the chunks before it may leave as file ranges.
+    fn last_chunk_start(&self) -> u64 {
+        (self.size.max(1) - 1) / CHUNK_BYTES as u64 * CHUNK_BYTES as u64
+    }
+
+    /// The chunks between the first and the last that the hash-ahead task has hashed and
+    /// the body has not sent yet, as one file range. Sent only once hashed: a send never
+    /// runs ahead of the task's read (on a cold page cache sendfile would read the disk on
+    /// the core itself) nor of its hash.
+    fn hashed_range(&mut self) -> Option<Piece> {
+        let (Some(ahead), Source::File { file, .. }) = (&self.ahead, &self.source) else {
+            return None;
+        };
+        let to = ahead.progress.hashed_to.get().min(self.last_chunk_start());
+        if to <= self.offset {
+            return None;
+        }
+        let range = Piece::FileRange {
+            fd: file.as_raw_fd(),
+            position: self.offset,
+            length: to - self.offset,
+        };
+        self.offset = to;
+        Some(range)
+    }
+
+    /// The next piece while the hash-ahead task runs: what it has hashed since the last
+    /// range, else (every chunk before the last sent, or the task ended on an error) the
+    /// last chunk from its buffer, once the whole copy matched.
+    async fn next_ahead(&mut self) -> Result<Piece, RequestError> {
+        loop {
+            if let Some(range) = self.hashed_range() {
+                return Ok(range);
+            }
+            let Some(ahead) = self.ahead.as_ref() else {
+                return Err(RequestError::Internal("no hash-ahead task".into()));
+            };
+            if ahead.progress.ended.get() || self.offset == self.last_chunk_start() {
+                break;
+            }
+            let progress = Rc::clone(&ahead.progress);
+            progress.changed.notified().await;
+        }
+        match self.ahead.take() {
+            Some(ahead) => self.last_chunk_ahead(ahead).await,
+            None => Err(RequestError::Internal("no hash-ahead task".into())),
+        }
     }
 
     /// The last chunk from the hash-ahead task, once the whole copy matched.
     async fn last_chunk_ahead(&mut self, mut ahead: Ahead) -> Result<Piece, RequestError> {
-        let (result, buffer) = (&mut ahead.0)
+        let (result, buffer) = (&mut ahead.task)
             .await
             .map_err(|error| RequestError::Internal(format!("hash-ahead task failed: {error}")))?;
         let error = match result {
@@ -469,6 +543,10 @@ impl BodySource for BlockStream<'_> {
             self.core.pool.recycle(spent);
             return Ok(Ok(Piece::End));
         }
+        if let Some(range) = self.hashed_range() {
+            self.core.pool.recycle(spent);
+            return Ok(Ok(range));
+        }
         Err(spent)
     }
 
@@ -478,19 +556,20 @@ impl BodySource for BlockStream<'_> {
                 Ok(piece) => return piece,
                 Err(spent) => spent,
             };
-            let spent = match self.send_rest_from_file(spent) {
-                Ok(Some(range)) => return Ok(range),
-                Ok(None) => Vec::new(),
-                Err(spent) => spent,
+            let spent = match self.ahead.is_some() {
+                true => spent,
+                false => match self.start_ahead(spent) {
+                    Ok(()) => Vec::new(),
+                    Err(spent) => {
+                        return self.read_chunk(spent, 0).await.map_err(|(error, returned)| {
+                            self.core.pool.recycle(returned);
+                            error
+                        })
+                    }
+                },
             };
-            if let Some(ahead) = self.ahead.take() {
-                self.core.pool.recycle(spent);
-                return self.last_chunk_ahead(ahead).await;
-            }
-            self.read_chunk(spent, 0).await.map_err(|(error, returned)| {
-                self.core.pool.recycle(returned);
-                error
-            })
+            self.core.pool.recycle(spent);
+            self.next_ahead().await
         })
     }
 }

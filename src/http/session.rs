@@ -499,7 +499,7 @@ impl Session {
                 Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
                     self.send_when_writable(file, &mut offset, want).await?
                 }
-                result => result.map_err(|_| RequestError::ClientGone)?,
+                result => result.map_err(send_error)?,
             };
             if sent == 0 {
                 return Err(RequestError::Internal(format!(
@@ -536,9 +536,7 @@ impl Session {
                 }
             }
         };
-        with_deadline(&self.watch, stall, send)
-            .await?
-            .map_err(|_| RequestError::ClientGone)
+        with_deadline(&self.watch, stall, send).await?.map_err(send_error)
     }
 
     /// Write a whole response; returns its status and body bytes.
@@ -641,10 +639,11 @@ impl Session {
                     bytes_out += length;
                     (self.write_file_range(fd, position, length).await, Vec::new())
                 }
-                // Only a source told that this connection sends files yields a range.
+                // Only a source told that this connection sends files yields a range, and
+                // never as the first piece (the head leaves in front of bytes).
                 Piece::FileRange { .. } => (
                     Err(RequestError::Internal(
-                        "a file range on a connection that cannot send files".into(),
+                        "a file range where only bytes can be sent".into(),
                     )),
                     Vec::new(),
                 ),
@@ -785,6 +784,17 @@ async fn with_deadline<T>(watch: &Watch, deadline: u64, operation: impl Future<O
     match watch.disarm() {
         true => Err(RequestError::ClientGone),
         false => Ok(output),
+    }
+}
+
+/// What a failed sendfile of a file range means: the client went away, or (the file's
+/// side: EIO from the disk under a page the cache lost) the body cannot go on.
+fn send_error(error: std::io::Error) -> RequestError {
+    match error.raw_os_error() {
+        Some(libc::EPIPE | libc::ECONNRESET | libc::ENOTCONN | libc::ESHUTDOWN | libc::ETIMEDOUT) => {
+            RequestError::ClientGone
+        }
+        _ => RequestError::Internal(format!("sendfile failed: {error}")),
     }
 }
 
