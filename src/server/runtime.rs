@@ -258,14 +258,17 @@ async fn accept_loop(listener: tokio::net::TcpListener, worker: Rc<Worker>) {
 
 /// Bound what a client connection queues unsent (`SEND_NOTSENT_LOWAT_BYTES`).
 fn limit_unsent(stream: &impl AsRawFd) -> std::io::Result<()> {
-    let lowat: libc::c_int = SEND_NOTSENT_LOWAT_BYTES;
+    set_notsent_lowat(stream, SEND_NOTSENT_LOWAT_BYTES)
+}
+
+fn set_notsent_lowat(stream: &impl AsRawFd, bytes: libc::c_int) -> std::io::Result<()> {
     // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a valid pointer.
     let result = unsafe {
         libc::setsockopt(
             stream.as_raw_fd(),
             libc::IPPROTO_TCP,
             libc::TCP_NOTSENT_LOWAT,
-            (&lowat as *const libc::c_int).cast(),
+            (&bytes as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
@@ -303,17 +306,7 @@ mod tests {
         let (accepted, _) = listener.accept().expect("accept");
         // Another value first, so the check cannot pass on a host whose default is ours.
         let other: libc::c_int = 1;
-        // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a valid pointer.
-        let result = unsafe {
-            libc::setsockopt(
-                accepted.as_raw_fd(),
-                libc::IPPROTO_TCP,
-                libc::TCP_NOTSENT_LOWAT,
-                (&other as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(result, 0);
+        set_notsent_lowat(&accepted, other).expect("setsockopt");
         assert_eq!(notsent_lowat(&accepted), other);
         limit_unsent(&accepted).expect("setsockopt");
         assert_eq!(notsent_lowat(&accepted), SEND_NOTSENT_LOWAT_BYTES);
