@@ -403,7 +403,6 @@ impl<'a> BlockStream<'a> {
             false => self.core.pool.chunk(),
         };
         let progress = Rc::new(Progress::default());
-        progress.hashed_to.set(self.offset);
         let task = hash_rest(
             Rc::clone(&self.core.hasher),
             Rc::clone(file),
@@ -556,18 +555,17 @@ impl BodySource for BlockStream<'_> {
                 Ok(piece) => return piece,
                 Err(spent) => spent,
             };
-            let spent = match self.ahead.is_some() {
-                true => spent,
-                false => match self.start_ahead(spent) {
-                    Ok(()) => Vec::new(),
+            if self.ahead.is_none() {
+                match self.start_ahead(spent) {
+                    Ok(()) => return self.next_ahead().await,
                     Err(spent) => {
                         return self.read_chunk(spent, 0).await.map_err(|(error, returned)| {
                             self.core.pool.recycle(returned);
                             error
                         })
                     }
-                },
-            };
+                }
+            }
             self.core.pool.recycle(spent);
             self.next_ahead().await
         })

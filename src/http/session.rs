@@ -467,20 +467,18 @@ impl Session {
         chunk: Vec<u8>,
     ) -> (Result<(), RequestError>, Vec<u8>) {
         self.response_started = true;
-        let mut sent = 0usize;
-        while sent < chunk.len() {
-            let mut offset = (position + sent as u64) as libc::off_t;
-            // SAFETY: both fds are open for the call; `offset` is a valid in/out pointer.
-            let result = unsafe { libc::sendfile(self.stream.as_raw_fd(), file, &mut offset, chunk.len() - sent) };
-            match result {
-                sent_now if sent_now > 0 => sent += sent_now as usize,
-                -1 if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) => continue,
-                // Full socket (EAGAIN), a file shorter than hashed, or an error the
-                // io_uring write below reports in its own terms.
-                _ => break,
+        let socket = self.stream.as_raw_fd();
+        let mut offset = position;
+        let end = position + chunk.len() as u64;
+        // Until a full socket (EAGAIN), a file shorter than hashed, or an error the
+        // io_uring write below reports in its own terms.
+        while offset < end {
+            let want = (end - offset) as usize;
+            if !matches!(send_file(socket, file, &mut offset, want), Ok(1..)) {
+                break;
             }
         }
-        self.write_rest(chunk, sent).await
+        self.write_rest(chunk, (offset - position) as usize).await
     }
 
     /// Send `length` bytes of the file `file` from `position` by sendfile(2) alone: no
@@ -516,15 +514,14 @@ impl Session {
     /// Wait (bounded) until the socket has room, then sendfile; returns the bytes sent.
     async fn send_when_writable(&mut self, file: RawFd, offset: &mut u64, want: usize) -> Result<usize, RequestError> {
         let socket = self.stream.as_raw_fd();
-        if self.send_ready.is_none() {
+        let ready = match &mut self.send_ready {
+            Some(ready) => ready,
             // SAFETY: the descriptor is the session's socket, open until the session is
             // dropped, and `send_ready` is dropped before `stream` (field order).
-            let registered = unsafe { AsyncFd::register_with_interest(SocketFd(socket), Interest::WRITABLE) }
-                .map_err(|error| RequestError::Internal(format!("cannot wait for the socket: {error}")))?;
-            self.send_ready = Some(registered);
-        }
-        let Some(ready) = self.send_ready.as_ref() else {
-            return Err(RequestError::ClientGone);
+            unregistered => unregistered.insert(
+                unsafe { AsyncFd::register_with_interest(SocketFd(socket), Interest::WRITABLE) }
+                    .map_err(|error| RequestError::Internal(format!("cannot wait for the socket: {error}")))?,
+            ),
         };
         let stall = deadline_after(Duration::from_millis(IO_STALL_TIMEOUT_MS));
         let send = async {
